@@ -1,0 +1,63 @@
+"""Helpers shared by the command-line entry points: flags from dataclass fields, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from typing import Callable
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | None = None, skip=()) -> None:
+    """One flag per field (`--n-layer` for n_layer), typed from the field's annotation."""
+    defaults = defaults or {}
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        kwargs: dict = {}
+        if typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif hint is bool:
+            kwargs["type"] = _parse_bool
+        elif args:  # Optional[X]
+            kwargs["type"] = args[0]
+        else:
+            kwargs["type"] = hint
+        default = defaults.get(f.name, f.default)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=default, help=f"(default: {default})", **kwargs
+        )
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run an entry point: bad input is one line on stderr and exit 2, Ctrl-C exit 130, no traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

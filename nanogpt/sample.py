@@ -1,0 +1,81 @@
+"""Generate text from a checkpoint: `python -m nanogpt.sample --checkpoint DIR --prompt TEXT`.
+
+Also the notebook's counting probe: does "Number k comes before" continue with k+1?
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from nanogpt.cli import run_main
+from nanogpt.model import GPT
+
+
+def generate_text(
+    model: GPT,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 1337,
+) -> str:
+    """The prompt followed by max_new_tokens generated tokens. Same seed, same text.
+
+    Characters the tokenizer never saw still work: they enter the model as <unk>.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt or "\n")  # nanoGPT starts from a newline when there is no prompt
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
+    model.train(was_training)
+    return prompt + tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+def counting_probe(model: GPT, tokenizer, numbers: list[int]) -> list[dict]:
+    """Greedy continuation of "Number k comes before"; correct when the next number is k+1."""
+    rows = []
+    for k in numbers:
+        prompt = f"Number {k} comes before"
+        text = generate_text(model, tokenizer, prompt, max_new_tokens=len(str(k + 1)) + 3, temperature=0)
+        m = re.match(r"\s*(\d+)", text[len(prompt) :])
+        predicted = int(m.group(1)) if m else None
+        rows.append({"k": k, "prompt": prompt, "output": text[len(prompt) :], "predicted": predicted, "correct": predicted == k + 1})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nanogpt.train import load_model
+
+    p = argparse.ArgumentParser(prog="python -m nanogpt.sample", description="Generate text from a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. results/NAME/best)")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    args = p.parse_args(argv)
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    model, tokenizer, _ = load_model(args.checkpoint, device=args.device)
+    for i in range(args.num_samples):
+        if i:
+            print("\n---------------")
+        print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,448 @@
+"""The training loop: AdamW with nanoGPT's weight-decay groups, warmup + cosine decay,
+gradient clipping, periodic evaluation handed to a callback, exact-resume checkpoints.
+
+The loop knows nothing of Ray: the search passes a callback that reports each evaluation.
+`python -m nanogpt.train` trains one configuration, the notebook's single run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from nanogpt.data import TokenData, get_batch
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.tokenizer import load_tokenizer, save_tokenizer
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults are nanoGPT's recommended CPU recipe (shakespeare_char on a laptop)."""
+
+    max_steps: int = 2000  # optimizer steps
+    batch_size: int = 12  # sequences per step
+    learning_rate: float = 1e-3  # peak learning rate, after warmup
+    min_lr: float | None = None  # floor of the cosine decay; None = learning_rate / 10
+    warmup_steps: int = 100  # linear warmup from ~0 to learning_rate
+    lr_decay_steps: int | None = None  # step where the cosine reaches min_lr; None = max_steps
+    weight_decay: float = 0.1  # on 2-D weights only (matmuls, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # evaluate every this many steps (and at the last step)
+    eval_iters: int = 20  # batches per split per evaluation
+    eval_batch_size: int | None = None  # sequences per eval batch; None = batch_size
+    time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
+
+    def __post_init__(self) -> None:
+        positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.min_lr is None:
+            self.min_lr = self.learning_rate / 10
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_decay_steps is None:
+            self.lr_decay_steps = self.max_steps
+        if self.lr_decay_steps < self.warmup_steps:
+            raise ValueError(f"lr_decay_steps ({self.lr_decay_steps}) must be >= warmup_steps ({self.warmup_steps})")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_steps + 1)
+    if step >= cfg.lr_decay_steps:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_steps) / max(1, cfg.lr_decay_steps - cfg.warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """nanoGPT's groups: weight decay on tensors of 2+ dims (matmuls, embeddings), not on biases or norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused AdamW: one kernel for all parameters; measured fastest on CPU here too (benchmarks/RESULTS.md)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or does not fit. The message says what to do."""
+
+
+Callback = Callable[[dict, "Trainer"], None]
+
+
+class Trainer:
+    """Owns a model, its optimizer and the training state; `run` trains to max_steps."""
+
+    def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
+        if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
+            raise ValueError(
+                f"model vocab_size {model_cfg.vocab_size} differs from the tokenizer's {tokenizer.vocab_size}"
+            )
+        data.check_block_size(model_cfg.block_size)
+        self.model_cfg, self.cfg, self.data, self.tokenizer = model_cfg, cfg, data, tokenizer
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # model init
+        self.model = GPT(model_cfg).to(self.device)
+        self.optimizer = configure_optimizer(self.model, cfg, self.device)
+        self.batch_gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.tokens_seen = 0
+        self.train_time = 0.0  # seconds spent in training steps
+        self.elapsed = 0.0  # seconds in run(), evaluations included; carried across resumes
+        self.history: list[dict] = []
+        self.status = "running"
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        else:
+            # fp32 on CPU: bf16 autocast is ~100x slower on CPUs without AMX
+            self.autocast = contextlib.nullcontext
+
+    # --- evaluation -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches per split. The eval batches are the same at every
+        evaluation (fixed generator), so curves are not jittered by sampling noise."""
+        self.model.eval()
+        bs = self.cfg.eval_batch_size or self.cfg.batch_size
+        out = {}
+        for i, (split, ids) in enumerate((("train", self.data.train), ("val", self.data.val))):
+            gen = torch.Generator().manual_seed(10_000 + i)
+            losses = torch.zeros(self.cfg.eval_iters)
+            for k in range(self.cfg.eval_iters):
+                x, y = get_batch(ids, self.model_cfg.block_size, bs, gen)
+                with self.autocast():
+                    _, loss = self.model(x.to(self.device), y.to(self.device))
+                losses[k] = loss.item()
+            out[split] = losses.mean().item()
+        self.model.train()
+        return out
+
+    def _metrics(self, train_loss: float, val_loss: float) -> dict:
+        return {
+            "step": self.step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_bpc": val_loss / math.log(2) / self.data.val_chars_per_token,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_s": self.tokens_seen / self.train_time if self.train_time > 0 else 0.0,
+            "n_params": self.model.get_num_params(),
+            "elapsed_s": self.elapsed,
+            "lr": lr_at(max(0, self.step - 1), self.cfg),
+            "status": self.status,
+        }
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self, callback: Callback | None = None) -> list[dict]:
+        """Train until max_steps (or the time budget, or divergence). After every evaluation,
+        callback(metrics, trainer) is called; it may save a checkpoint with trainer.save(dir)."""
+        cfg, B, T = self.cfg, self.cfg.batch_size, self.model_cfg.block_size
+        model, opt = self.model, self.optimizer
+        model.train()
+        t_start = time.perf_counter() - self.elapsed
+        while self.step < cfg.max_steps and self.status == "running":
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(self.data.train, T, B, self.batch_gen)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                _, loss = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss_value = loss.item()  # also synchronises CUDA, so the timing below is honest
+            self.step += 1
+            self.tokens_seen += B * T
+            self.train_time += time.perf_counter() - t0
+            self.elapsed = time.perf_counter() - t_start
+
+            if not math.isfinite(loss_value):
+                self.status = "diverged"
+                log.warning("loss became %s at step %d: stopping this run as diverged", loss_value, self.step)
+                metrics = self._metrics(loss_value, float("inf"))
+            else:
+                out_of_time = cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s
+                if self.step == cfg.max_steps:
+                    self.status = "finished"
+                elif out_of_time:
+                    self.status = "time_budget"
+                if self.step % cfg.eval_interval != 0 and self.status == "running":
+                    continue
+                losses = self.evaluate()
+                self.elapsed = time.perf_counter() - t_start
+                metrics = self._metrics(losses["train"], losses["val"])
+                if not math.isfinite(losses["val"]):
+                    self.status = metrics["status"] = "diverged"
+                    metrics["val_loss"] = metrics["val_bpc"] = float("inf")
+            self.history.append(metrics)
+            if callback is not None:
+                callback(metrics, self)
+        return self.history
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_time": self.train_time,
+            "elapsed": self.elapsed,
+            "status": self.status,
+            "rng_torch": torch.get_rng_state(),
+            "rng_batch": self.batch_gen.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
+        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
+        torch.set_rng_state(sd["rng_torch"])
+        self.batch_gen.set_state(sd["rng_batch"])
+        if self.device.type == "cuda" and sd["rng_cuda"]:
+            torch.cuda.set_rng_state_all(sd["rng_cuda"])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), d / MODEL_FILE)
+        meta = {
+            "model": self.model_cfg.to_dict(),
+            "train": self.cfg.to_dict(),
+            "dataset": self.data.dataset,
+            "val_chars_per_token": self.data.val_chars_per_token,
+            "step": self.step,
+            "status": self.status,
+            "history": self.history,
+        }
+        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if self.tokenizer is not None:
+            save_tokenizer(self.tokenizer, d / TOKENIZER_FILE)
+        return d
+
+    def restore(self, directory: str | Path) -> None:
+        """Continue from a checkpoint written by save() for the same model and data."""
+        meta, sd = read_checkpoint(directory)
+        if meta["model"] != self.model_cfg.to_dict():
+            raise CheckpointError(f"checkpoint {directory} holds a different model config: {meta['model']}")
+        self.load_state_dict(sd)
+        self.history = list(meta.get("history", []))
+
+
+def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
+    """(config.json contents, model.pt state) of a checkpoint directory, with clear errors."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint directory {d} does not exist: pass the folder that holds {MODEL_FILE}")
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d} is not a checkpoint: {name} is missing")
+    try:
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        GPTConfig(**meta["model"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {d} has a corrupt {CONFIG_FILE} ({e})") from None
+    try:
+        sd = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {d} has a corrupt {MODEL_FILE} ({type(e).__name__}); retrain or pick another checkpoint") from None
+    if not isinstance(sd, dict) or "model" not in sd:
+        raise CheckpointError(f"checkpoint {d}: {MODEL_FILE} holds no model weights")
+    return meta, sd
+
+
+def load_model(directory: str | Path, device: str = "cpu"):
+    """(model in eval mode, tokenizer, config.json contents) from a checkpoint directory."""
+    d = Path(directory)
+    meta, sd = read_checkpoint(d)
+    if not (d / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{d} is not a complete checkpoint: {TOKENIZER_FILE} is missing")
+    try:
+        tokenizer = load_tokenizer(d / TOKENIZER_FILE)
+    except (ValueError, KeyError, TypeError, Exception) as e:
+        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({e})") from None
+    model_cfg = GPTConfig(**meta["model"])
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        raise CheckpointError(
+            f"checkpoint {d}: the tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{model_cfg.vocab_size}; the two files come from different runs"
+        )
+    model = GPT(model_cfg)
+    try:
+        model.load_state_dict(sd["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {d}: weights do not fit its config ({first})") from None
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer, meta
+
+
+def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Train and val loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [m["train_loss"] for m in history], marker="o", label="train")
+    ax.plot(steps, [m["val_loss"] for m in history], marker="o", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title or "loss curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+# --- python -m nanogpt.train ------------------------------------------------------------
+
+# the notebook's single run: nanoGPT's CPU-sized model (GPTConfig's own defaults are GPT-2 124M)
+CLI_MODEL_DEFAULTS = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from nanogpt.cli import add_dataclass_args, dataclass_from_args
+    from nanogpt.data import DATASETS, default_prompts, load_dataset, tokenize
+    from nanogpt.sample import generate_text
+    from nanogpt.tokenizer import build_tokenizer
+
+    p = argparse.ArgumentParser(prog="python -m nanogpt.train", description="Train one GPT configuration.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help=f"built-in data set: {', '.join(DATASETS)} (default: mixed)")
+    src.add_argument("--data-file", help="any UTF-8 text file (90%% train, last 10%% validation)")
+    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
+    p.add_argument("--bpe-vocab-size", type=int, default=512)
+    p.add_argument("--out", default="results/train", help="checkpoint directory (default: results/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its own configuration")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--prompt", action="append", help="prompt for the before/after samples (repeatable)")
+    p.add_argument("--sample-tokens", type=int, default=120)
+    p.add_argument("--temperature", type=float, default=0.8)
+    add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
+    add_dataclass_args(p, TrainConfig)
+    args = p.parse_args(argv)
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    has_ckpt = (out / MODEL_FILE).exists()
+    if has_ckpt and not args.resume:
+        raise ValueError(f"{out} already holds a checkpoint: add --resume to continue it, or choose another --out")
+    if args.resume and not has_ckpt:
+        raise ValueError(f"nothing to resume: {out} holds no checkpoint")
+
+    dataset = load_dataset(args.dataset, args.data_file)
+    if args.resume:
+        meta, _ = read_checkpoint(out)
+        tokenizer = load_tokenizer(out / TOKENIZER_FILE)
+        model_cfg, cfg = GPTConfig(**meta["model"]), TrainConfig(**meta["train"])
+        print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")
+    else:
+        tokenizer = build_tokenizer(args.tokenizer, dataset.text, args.bpe_vocab_size)
+        model_cfg = dataclass_from_args(GPTConfig, args, vocab_size=tokenizer.vocab_size)
+        cfg = dataclass_from_args(TrainConfig, args)
+    data = tokenize(dataset, tokenizer)
+    trainer = Trainer(model_cfg, cfg, data, tokenizer)
+    if args.resume:
+        trainer.restore(out)
+    prompts = args.prompt or default_prompts(dataset)
+
+    print(f"data: {dataset.name}, {len(data.train):,} train / {len(data.val):,} val tokens, "
+          f"{tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
+    print(f"model: {trainer.model.get_num_params():,} parameters on {trainer.device}, {torch.get_num_threads()} threads")
+
+    def show_samples(when: str) -> None:
+        print(f"\n--- samples {when} (temperature {args.temperature}) ---")
+        for prompt in prompts:
+            print(repr(generate_text(trainer.model, tokenizer, prompt, args.sample_tokens, args.temperature, seed=cfg.seed)))
+
+    show_samples("before training")
+    print()
+
+    def report(m: dict, t: Trainer) -> None:
+        print(f"step {m['step']:>6} | train {m['train_loss']:.4f} | val {m['val_loss']:.4f} | "
+              f"{m['val_bpc']:.3f} bpc | {m['tokens_per_s'] / 1e3:.1f}k tok/s | {m['elapsed_s']:.1f} s | {m['status']}")
+        t.save(out)
+
+    history = trainer.run(report)
+    show_samples("after training")
+    if history:
+        png = plot_loss_curve(history, out / "loss.png", f"{dataset.name}: {trainer.model.get_num_params():,} params")
+        print(f"\ncheckpoint: {out}   loss curve: {png}")
+    if trainer.status == "diverged":
+        print("the run diverged (loss became NaN or infinite): lower --learning-rate")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from nanogpt.cli import run_main
+
+    run_main(main)

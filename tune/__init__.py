@@ -1,0 +1,1 @@
+"""The search side of nanogpt-tune: Ray Tune + Optuna over nanogpt. The only package that imports ray."""
