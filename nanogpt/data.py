@@ -255,8 +255,8 @@ def get_batch(
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
-def default_prompts(dataset: Dataset) -> list[str]:
-    """Prompts that show what a model learned from this data set."""
+def default_prompts(name: str, text: str = "") -> list[str]:
+    """Prompts that show what a model learned from this data set (`text`: the corpus, for files)."""
     prompts = {
         "counting": ["Number 7 comes before", "Number 1234 comes before"],
         "abc": ["A7B7", "A321B"],
@@ -265,7 +265,7 @@ def default_prompts(dataset: Dataset) -> list[str]:
         "mixed": ["Number 7 comes before", "A12B12", "Emma had a pet", "x = 3\nif x"],
         "shakespeare": ["ROMEO:", "First Citizen:\n"],
     }
-    if dataset.name in prompts:
-        return prompts[dataset.name]
-    first_line = dataset.train_text.lstrip().split("\n", 1)[0]
+    if name in prompts:
+        return prompts[name]
+    first_line = text.lstrip().split("\n", 1)[0]
     return [first_line[:24] or "\n"]

@@ -37,7 +37,7 @@ class TrainConfig:
     batch_size: int = 12  # sequences per step
     learning_rate: float = 1e-3  # peak learning rate, after warmup
     min_lr: float | None = None  # floor of the cosine decay; None = learning_rate / 10
-    warmup_steps: int = 100  # linear warmup from ~0 to learning_rate
+    warmup_steps: int | None = None  # linear warmup to learning_rate; None = min(100, max_steps // 10)
     lr_decay_steps: int | None = None  # step where the cosine reaches min_lr; None = max_steps
     weight_decay: float = 0.1  # on 2-D weights only (matmuls, embeddings)
     beta1: float = 0.9
@@ -64,6 +64,8 @@ class TrainConfig:
             self.min_lr = self.learning_rate / 10
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.max_steps // 10)
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr_decay_steps is None:
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(model_cfg, cfg, data, tokenizer)
     if args.resume:
         trainer.restore(out)
-    prompts = args.prompt or default_prompts(dataset)
+    prompts = args.prompt or default_prompts(dataset.name, dataset.train_text)
 
     print(f"data: {dataset.name}, {len(data.train):,} train / {len(data.val):,} val tokens, "
           f"{tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")

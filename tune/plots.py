@@ -1,0 +1,133 @@
+"""The report's figures (matplotlib, headless PNG). Each takes tables in and writes one file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+SEARCHABLE = ["n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "block_size", "weight_decay"]
+
+
+class PlotSkipped(Exception):
+    """Not enough data for this figure; the message says why."""
+
+
+def _finite(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path) -> None:
+    """val_loss against step for every trial; ASHA-stopped ones end at their rung (marked x), the best is bold."""
+    if curves.empty:
+        raise PlotSkipped("no trial reported an evaluation")
+    curves = curves[curves["val_loss"].apply(math.isfinite)]
+    best_id = _finite(trials)["trial_id"].iloc[0] if not _finite(trials).empty else None
+    stopped = set(trials.loc[trials["status"].str.contains("stopped", na=False), "trial_id"])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for tid, g in curves.groupby("trial_id"):
+        if tid == best_id:
+            continue
+        line, = ax.plot(g["step"], g["val_loss"], alpha=0.45, lw=1)
+        if tid in stopped:
+            ax.plot(g["step"].iloc[-1], g["val_loss"].iloc[-1], "x", color=line.get_color())
+    if best_id is not None:
+        g = curves[curves["trial_id"] == best_id]
+        ax.plot(g["step"], g["val_loss"], color="black", lw=2.5, label=f"best: {best_id}")
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("learning curves (x = stopped early)")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that no smaller model beats: sorted by size, each lower in loss than all before it."""
+    d = _finite(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
+    keep, best = [], math.inf
+    for idx, row in d.iterrows():
+        if row["best_val_loss"] < best:
+            keep.append(idx)
+            best = row["best_val_loss"]
+    return d.loc[keep]
+
+
+def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
+    d = _finite(df).dropna(subset=["n_params"])
+    if d.empty:
+        raise PlotSkipped("no trial with a finite validation loss")
+    front = pareto_front(d)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    done = d["status"].eq("finished")
+    ax.scatter(d.loc[done, "n_params"], d.loc[done, "best_val_loss"], label="ran to max steps", alpha=0.8)
+    ax.scatter(d.loc[~done, "n_params"], d.loc[~done, "best_val_loss"], marker="x", label="stopped early / other", alpha=0.8)
+    ax.step(front["n_params"], front["best_val_loss"], where="post", color="black", lw=1.5, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("best validation loss")
+    ax.set_title("validation loss against model size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
+    d = _finite(df)
+    cols = [c for c in SEARCHABLE if c in d and d[c].nunique(dropna=True) > 1]
+    if d.empty or not cols:
+        raise PlotSkipped("no hyperparameter varied across trials with a finite validation loss")
+    n = len(cols)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, c in zip(axes.flat, cols):
+        ax.scatter(d[c].astype(float), d["best_val_loss"], alpha=0.8)
+        if c == "learning_rate":
+            ax.set_xscale("log")
+        ax.set_xlabel(c)
+        ax.set_ylabel("best val_loss")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def importance(experiment: Path, settings: dict, path: Path) -> None:
+    """PED-ANOVA importance of each sampled hyperparameter for val_loss, from the Optuna study.
+
+    PED-ANOVA needs no scikit-learn (Optuna's default, fANOVA, does)."""
+    import optuna
+
+    db = experiment / "optuna.db"
+    if not db.is_file() or not settings:
+        raise PlotSkipped("no Optuna study (optuna.db) beside the experiment")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=settings["name"], storage=f"sqlite:///{db}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+            and math.isfinite(t.value)]
+    if len(done) < 3:
+        raise PlotSkipped(f"only {len(done)} completed trials with finite loss in the study; importance needs 3 or more")
+    try:
+        imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (RuntimeError, ValueError, ImportError) as e:
+        raise PlotSkipped(f"Optuna could not compute importances ({e})") from None
+    if not imp:
+        raise PlotSkipped("no sampled hyperparameter varied")
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("importance for val_loss (PED-ANOVA)")
+    ax.set_title(f"hyperparameter importance ({len(done)} trials)")
+    _save(fig, path)

@@ -1,0 +1,52 @@
+"""A compact progress display for a search: one line per trial event, Ray's tables stay off."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+
+def describe_config(config: dict) -> str:
+    n_embd = config.get("n_head", 0) * config.get("head_dim", 0)
+    return (f"L={config.get('n_layer')} H={config.get('n_head')} embd={n_embd} drop={config.get('dropout', 0):.2f} "
+            f"lr={config.get('learning_rate', 0):.1e} B={config.get('batch_size')} T={config.get('block_size')}")
+
+
+class Progress(Callback):
+    def __init__(self, num_samples: int):
+        self.num_samples = num_samples
+        self.t0 = None
+        self.done = 0
+        self.best: tuple[float, str] | None = None
+
+    def _stamp(self) -> str:
+        if self.t0 is None:
+            self.t0 = time.time()
+        return f"[{time.time() - self.t0:6.0f}s]"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        print(f"{self._stamp()} {trial.trial_id} start   {describe_config(trial.config)}", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._stamp()
+        val = result.get("val_loss")
+        if val is not None and (self.best is None or val < self.best[0]):
+            self.best = (val, trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        r = trial.last_result or {}
+        status = r.get("status", "?")
+        if status == "running":
+            status = f"stopped at step {r.get('step')}"
+        best = f" | best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        print(f"{self._stamp()} {trial.trial_id} {status:<20} val_loss {r.get('val_loss', float('nan')):.4f} "
+              f"step {r.get('step')} | {self.done}/{self.num_samples} done{best}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        print(f"{self._stamp()} {trial.trial_id} ERROR (see {trial.path}/error.txt) | {self.done}/{self.num_samples} done", flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(f"{self._stamp()} {trial.trial_id} failed; retrying from its last checkpoint", flush=True)
