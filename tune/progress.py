@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -11,6 +12,15 @@ def describe_config(config: dict) -> str:
     n_embd = config.get("n_head", 0) * config.get("head_dim", 0)
     return (f"L={config.get('n_layer')} H={config.get('n_head')} embd={n_embd} drop={config.get('dropout', 0):.2f} "
             f"lr={config.get('learning_rate', 0):.1e} B={config.get('batch_size')} T={config.get('block_size')}")
+
+
+def last_error_line(error_file: str | None) -> str:
+    """The exception line of a trial's error.txt (the traceback stays in the file)."""
+    try:
+        lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "unknown error"
+    return lines[-1].strip()[:300] if lines else "unknown error"
 
 
 class Progress(Callback):
@@ -46,7 +56,8 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        print(f"{self._stamp()} {trial.trial_id} ERROR (see {trial.path}/error.txt) | {self.done}/{self.num_samples} done", flush=True)
+        print(f"{self._stamp()} {trial.trial_id} ERROR: {last_error_line(trial.error_file)} (full text: {trial.error_file}) "
+              f"| {self.done}/{self.num_samples} done", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         print(f"{self._stamp()} {trial.trial_id} failed; retrying from its last checkpoint", flush=True)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 HPARAMS = ["n_layer", "n_head", "head_dim", "n_embd", "dropout", "learning_rate", "batch_size", "block_size", "weight_decay"]
 CURVE_COLS = ["step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s"]
 COLUMNS = ["trial_id", "status", "node", *HPARAMS, "n_params", "best_val_loss", "best_step", "val_bpc", "last_val_loss",
-           "steps", "max_steps", "tokens_seen", "seconds", "tokens_per_s", "error", "checkpoint"]
+           "steps", "max_steps", "tokens_seen", "seconds", "tokens_per_s", "sampler", "error", "checkpoint"]
 
 
 class ReportError(ValueError):
@@ -108,6 +108,7 @@ def load(path: str | Path) -> pd.DataFrame:
         if cfg.get("n_head") and cfg.get("head_dim"):
             row["n_embd"] = cfg["n_head"] * cfg["head_dim"]
         row["max_steps"] = cfg.get("max_steps")
+        row["sampler"] = cfg.get("sampler")
         last = {}
         if df is not None and not df.empty and "val_loss" in df:
             df = df.dropna(subset=["val_loss"])
@@ -202,8 +203,10 @@ def _counting_numbers(dataset_name: str) -> dict[str, list[int]] | None:
 
 
 def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 5, temperature: float = 0.8,
-                 seed: int = 1337, max_new_tokens: int = 80) -> Path:
-    """Rebuild trials.csv, best/, report.md and plots/ of a search from what it left on disk."""
+                 seed: int = 1337, max_new_tokens: int = 80, trials: pd.DataFrame | None = None) -> Path:
+    """Rebuild trials.csv, best/, report.md and plots/ of a search from what it left on disk.
+
+    `trials`: the table export() just returned, to skip exporting again."""
     import torch
 
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
@@ -215,7 +218,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     path = Path(path)
     settings = _settings(path)
-    df = export(path)
+    df = export(path) if trials is None else trials
     curves = load_curves(path)
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
@@ -279,7 +282,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     # --- all trials
     md += ["## All trials, by validation loss", ""]
-    view = df.drop(columns=["checkpoint", "max_steps", "tokens_per_s", "node"]).copy()
+    view = df.drop(columns=["checkpoint", "max_steps", "tokens_per_s", "node", "sampler"]).copy()
     view["error"] = view["error"].fillna("")
     md += [_md_table(view), ""]
 

@@ -271,14 +271,17 @@ def init_ray(settings: Settings, address: str | None, dashboard: bool) -> None:
 
     if address:
         check_address(address)
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(
             address="local",
+            _node_ip_address="127.0.0.1",  # a local search keeps its traffic on loopback
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",  # never exposed beyond this machine
             logging_level=logging.ERROR,
-            log_to_driver=True,
+            # trial stdout/stderr stays in Ray's logs: trial errors reach the user through the
+            # progress lines and each trial's error.txt, without worker shutdown chatter
+            log_to_driver=False,
         )
     if settings.gpus_per_trial > 0:
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -370,6 +373,12 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
         _check_writable(Path(settings.results_dir))
         if exp.exists():
             raise ValueError(f"{exp} already exists: add --resume to continue it, or pick another --name")
+    if address is None and settings.gpus_per_trial > 0:
+        import torch
+
+        if torch.cuda.device_count() < settings.gpus_per_trial:
+            raise ValueError(f"--gpus-per-trial {settings.gpus_per_trial:g} but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPUs; use --gpus-per-trial 0")
     _quiet_ray()
     import ray
 
@@ -393,12 +402,16 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
     df = report_mod.export(exp)
     print(f"\n{len(df)} trials in {wall:.0f} s; top {min(top, len(df))} by val_loss:")
     print(report_mod.top_table(df, top))
+    unfinished = df["status"].str.startswith(("interrupted", "not started")).sum()
+    if unfinished or len(df) < settings.num_samples:
+        print(f"\nthe search stopped before all {settings.num_samples} trials finished; continue it with:\n"
+              f"  python -m tune.search --resume --name {settings.name} --results-dir {settings.results_dir}")
     if (exp / "best").is_dir():
         print(f"\nbest checkpoint: {exp / 'best'}  (python -m nanogpt.sample --checkpoint {exp / 'best'})")
     else:
         print("\nno trial produced a checkpoint: no best/ was written")
     if report:
-        path = report_mod.write_report(exp)
+        path = report_mod.write_report(exp, trials=df)
         print(f"report: {path}")
     print(f"trials table: {exp / 'trials.csv'}")
     return exp

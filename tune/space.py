@@ -69,11 +69,11 @@ class Preset:
     space: dict
     dataset: str = "mixed"
     num_samples: int = 16
-    max_steps: int = 400
-    eval_interval: int = 50
+    max_steps: int = 300
+    eval_interval: int = 25
     eval_iters: int = 10
     eval_batch_size: int = 32
-    grace_period: int = 100
+    grace_period: int = 75
     reduction_factor: int = 3
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
@@ -251,6 +251,11 @@ class SpaceSampler:
 
     def __call__(self, trial) -> dict:
         fixed = dict(self.constants)
+        # which sampler chose this trial (TPE or random): recorded so a resumed search can show
+        # that TPE, not a fresh random searcher, carried on
+        study = getattr(getattr(trial, "ot_trial", trial), "study", None)
+        if study is not None:
+            fixed["sampler"] = type(study.sampler).__name__
         for name in SEARCHED:
             spec = self.space.get(name)
             if isinstance(spec, IntRange):

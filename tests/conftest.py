@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# a tiny, fast search: 1-layer models on the counting corpus, a few steps each
+TINY = ["--dataset", "counting", "--n-layer", "1", "--n-head", "2", "--head-dim", "8", "--block-size", "16",
+        "--batch-size", "4,8", "--dropout", "0:0.1"]
+
+
+def run_cli(module: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repository root, as a user would."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Bad input: non-zero exit, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture
+def run():
+    return run_cli
