@@ -118,7 +118,7 @@ def load(path: str | Path) -> pd.DataFrame:
             row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=float(best["val_bpc"]),
                        last_val_loss=float(last["val_loss"]), steps=int(last["step"]), n_params=int(last["n_params"]),
                        tokens_seen=int(last["tokens_seen"]), seconds=float(last["elapsed_s"]),
-                       tokens_per_s=float(last["tokens_per_s"]), node=last.get("node_ip"))
+                       tokens_per_s=float(last["tokens_per_s"]), node=last.get("node_id") or last.get("node_ip"))
         row["status"] = _status(trial.status, last, rungs)
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:300]
@@ -295,7 +295,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
         except (OSError, KeyError, TypeError, UnicodeDecodeError):
             prompts = ["\n"]
     models = []
-    for _, row in df.head(top).iterrows():
+    for _, row in finite.head(top).iterrows():  # diverged trials have nothing to say
         if row["checkpoint"] is None:
             missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
             continue

@@ -270,12 +270,10 @@ def init_ray(settings: Settings, address: str | None, dashboard: bool) -> None:
     import ray
 
     if address:
-        check_address(address)
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(
             address="local",
-            _node_ip_address="127.0.0.1",  # a local search keeps its traffic on loopback
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",  # never exposed beyond this machine
             logging_level=logging.ERROR,
@@ -379,6 +377,16 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
         if torch.cuda.device_count() < settings.gpus_per_trial:
             raise ValueError(f"--gpus-per-trial {settings.gpus_per_trial:g} but this machine has "
                              f"{torch.cuda.device_count()} CUDA GPUs; use --gpus-per-trial 0")
+    if address:
+        check_address(address)
+        # Ray 2.60 clusters use token authentication; a driver joining one must say so too (Ray only
+        # turns it on by itself for clusters it starts), and before ray is imported. The token stays
+        # where Ray keeps it (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH).
+        if "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()
+        ):
+            os.environ["RAY_AUTH_MODE"] = "token"
     _quiet_ray()
     import ray
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 
+import ray
 import torch
 from ray import tune
 
@@ -60,9 +61,11 @@ def train_gpt(config: dict, data: TokenData, tokenizer: dict) -> None:
         with checkpoint.as_directory() as d:
             trainer.restore(d)
 
+    node_id = ray.get_runtime_context().get_node_id()  # which machine: node_ip is the same for nodes on one host
+
     def report(metrics: dict, t: Trainer) -> None:
         with tempfile.TemporaryDirectory() as d:
             t.save(d)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(d))
 
     trainer.run(report)

@@ -1,0 +1,166 @@
+"""Faults that really happen: a trial's worker killed, the search killed, a node lost, a trial diverging."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import REPO, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    if not f.is_file():
+        return []
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def _wait_for(predicate, proc, timeout=180, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"search ended before {what}: {out}")
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _start(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "tune.search", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
+    max_steps, interval = 300, 20
+    proc = _start([*TINY, "--num-samples", "1", "--max-steps", str(max_steps), "--eval-interval", str(interval),
+                   "--scheduler", "fifo", "--results-dir", str(tmp_path), "--name", "kw", "--no-report"])
+    exp = tmp_path / "kw"
+
+    def some_results():
+        dirs = list(exp.glob("trial_*"))
+        return dirs and len(_results(dirs[0])) >= 3
+
+    _wait_for(some_results, proc, what="three evaluations")
+    trial = next(exp.glob("trial_*"))
+    victim = _results(trial)[-1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "retrying from its last checkpoint" in out
+
+    df = pd.read_csv(exp / "trials.csv")
+    assert len(df) == 1 and df["status"][0] == "finished" and df["steps"][0] == max_steps
+    rows = _results(trial)
+    assert len({r["pid"] for r in rows}) >= 2, "the trial never ran in a second worker"
+    steps = [r["step"] for r in rows]
+    # the retry resumed from a checkpoint: it never started over from step 0, and ends at max_steps
+    assert steps[-1] == max_steps and steps[0] == interval and steps.count(interval) == 1
+    assert all(b - a <= interval for a, b in zip(steps, steps[1:]))
+    batch = df["batch_size"][0]
+    assert rows[-1]["tokens_seen"] == max_steps * batch * 16
+
+
+def test_search_killed_then_resumed(tmp_path):
+    args = [*TINY, "--num-samples", "6", "--max-steps", "150", "--eval-interval", "25", "--scheduler", "fifo",
+            "--results-dir", str(tmp_path), "--name", "kill", "--no-report", "--seed", "2"]
+    proc = _start(args, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    exp = tmp_path / "kill"
+
+    def finished():
+        return {d.name for d in exp.glob("trial_*") if _results(d) and _results(d)[-1]["status"] == "finished"}
+
+    _wait_for(lambda: len(finished()) >= 2, proc, what="two finished trials")
+    time.sleep(1.5)  # let Ray snapshot the experiment state once more
+    os.killpg(os.getpgid(proc.pid), 0)  # still alive
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = finished()
+    snapshot = {d: (exp / d / "result.json").read_bytes() for d in done_before}
+    time.sleep(3)  # Ray's processes notice their driver is gone
+
+    resumed = run_cli("tune.search", "--resume", "--name", "kill", "--results-dir", str(tmp_path), "--no-report")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    df = pd.read_csv(exp / "trials.csv")
+    assert len(df) == 6, df[["trial_id", "status"]]
+    assert set(df["status"]) == {"finished"}
+    for d, content in snapshot.items():
+        assert (exp / d / "result.json").read_bytes() == content, f"{d} was trained again"
+    assert set(df["sampler"]) == {"TPESampler"}
+    study = optuna.load_study(study_name="kill", storage=f"sqlite:///{exp / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 6
+
+
+def test_diverging_trial_is_recorded_and_never_best(tmp_path):
+    # lr 1e30 makes the weights overflow within two steps; the other learning rate trains normally
+    proc = run_cli("tune.search", *TINY, "--lr", "3e-3,1e30", "--num-samples", "6", "--max-steps", "20",
+                   "--eval-interval", "5", "--scheduler", "fifo", "--searcher", "random", "--seed", "0",
+                   "--results-dir", str(tmp_path), "--name", "div")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = pd.read_csv(tmp_path / "div" / "trials.csv")
+    assert len(df) == 6
+    diverged = df[df["status"] == "diverged"]
+    assert len(diverged) >= 1 and (diverged["learning_rate"] == 1e30).all()
+    assert all(math.isinf(v) for v in diverged["best_val_loss"])
+    assert (df["status"] == "finished").sum() >= 1
+    best = json.loads((tmp_path / "div" / "best" / "trial.json").read_text())
+    assert best["learning_rate"] == 3e-3 and math.isfinite(best["best_val_loss"])
+    assert "diverged" in (tmp_path / "div" / "report.md").read_text()
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A head and a worker node, both on this machine, started and stopped by this test only."""
+    port = 6391 + os.getpid() % 500
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    head = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+                           "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert head.returncode == 0, head.stdout + head.stderr
+    before = _raylets()
+    worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=1"], env=env, capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    worker_raylet = (_raylets() - before).pop()
+    try:
+        yield f"127.0.0.1:{port}", worker_raylet
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _raylets() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "raylet"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, two_node_cluster):
+    address, worker_raylet = two_node_cluster
+    proc = _start([*TINY, "--num-samples", "4", "--max-steps", "3000", "--eval-interval", "100", "--scheduler", "fifo",
+                   "--address", address, "--results-dir", str(tmp_path), "--name", "cl", "--no-report",
+                   "--max-failures", "3"])
+    exp = tmp_path / "cl"
+
+    def nodes_seen():
+        return {r["node_id"] for d in exp.glob("trial_*") for r in _results(d)}
+
+    _wait_for(lambda: len(nodes_seen()) >= 2, proc, what="trials on both nodes")
+    # kill the worker node: its raylet and, with it, the trial workers it started
+    os.kill(worker_raylet, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    df = pd.read_csv(exp / "trials.csv")
+    assert len(df) == 4 and set(df["status"]) == {"finished"}, df[["trial_id", "status", "steps"]]
+    assert df["node"].notna().all()
+    assert len(nodes_seen()) == 2
