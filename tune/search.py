@@ -360,17 +360,9 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
     """Run (or resume) a search; returns the experiment directory."""
     from tune import report as report_mod
 
+    _quiet_ray()
     exp = settings.experiment_dir
     data, tokenizer = prepare_data(settings)  # data errors surface before Ray starts
-    if resume:
-        from ray.tune import Tuner
-
-        if not Tuner.can_restore(str(exp)):
-            raise ValueError(f"{exp} cannot be resumed: Ray's experiment state is missing (the search never started)")
-    else:
-        _check_writable(Path(settings.results_dir))
-        if exp.exists():
-            raise ValueError(f"{exp} already exists: add --resume to continue it, or pick another --name")
     if address is None and settings.gpus_per_trial > 0:
         import torch
 
@@ -387,7 +379,15 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
             or (Path.home() / ".ray" / "auth_token").is_file()
         ):
             os.environ["RAY_AUTH_MODE"] = "token"
-    _quiet_ray()
+    if resume:
+        from ray.tune import Tuner
+
+        if not Tuner.can_restore(str(exp)):
+            raise ValueError(f"{exp} cannot be resumed: Ray's experiment state is missing (the search never started)")
+    else:
+        _check_writable(Path(settings.results_dir))
+        if exp.exists():
+            raise ValueError(f"{exp} already exists: add --resume to continue it, or pick another --name")
     import ray
 
     init_ray(settings, address, dashboard)

@@ -1,0 +1,146 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written or overwritten."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from nanogpt.cli import run_main
+from tune.search import main as search_main
+
+
+def _search(argv, capsys):
+    """Run `python -m tune.search argv` in-process (fast: these fail before Ray starts)."""
+    with pytest.raises(SystemExit) as e:
+        run_main(search_main, argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return e.value.code, lines
+
+
+@pytest.fixture
+def files(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "empty.txt").write_text("")
+    (d / "binary.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (d / "latin1.txt").write_bytes("caf\u00e9 ".encode("latin-1") * 100)
+    (d / "short.txt").write_text("to be or not to be")
+    return d
+
+
+CASES = [
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--data-file", "{data}/missing.txt"], "does not exist"),
+    (["--data-file", "{data}/empty.txt"], "empty"),
+    (["--data-file", "{data}/binary.bin"], "binary"),
+    (["--data-file", "{data}/latin1.txt"], "not UTF-8"),
+    (["--data-file", "{data}/short.txt"], "too short"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--max-steps", "-5"], "--max-steps"),
+    (["--n-layer", "6:2"], "empty"),
+    (["--dropout", "0:1.5"], "dropout"),
+    (["--lr", "0:1e-3"], "learning rate"),
+    (["--n-head", "0,2"], "positive"),
+    (["--head-dim", "abc"], "not a number"),
+    (["--batch-size", "-8"], "positive"),
+    (["--reduction-factor", "1"], "--reduction-factor"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    (["--resume", "--name", "ghost"], "nothing to resume"),
+    (["--resume"], "--name"),
+    (["--name", "../escape"], "--name"),
+    (["--results-dir", "s3://bucket/x"], "--results-dir"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_search_rejects_bad_input(argv, needle, files, tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = [a.replace("{data}", str(files)) for a in argv]
+    code, lines = _search([*argv, "--results-dir", str(results)] if "--results-dir" not in argv else argv, capsys)
+    assert code == 2
+    assert len(lines) == 1 and needle.lower() in lines[0].lower(), lines
+    assert not results.exists(), "a failed search wrote something"
+
+
+def test_existing_name_is_never_overwritten(tmp_path, capsys):
+    exp = tmp_path / "results" / "taken"
+    exp.mkdir(parents=True)
+    (exp / "trials.csv").write_text("precious")
+    code, lines = _search(["--dataset", "counting", "--results-dir", str(tmp_path / "results"), "--name", "taken"], capsys)
+    assert code == 2 and "already exists" in lines[0] and "--resume" in lines[0]
+    assert (exp / "trials.csv").read_text() == "precious" and sorted(os.listdir(exp)) == ["trials.csv"]
+
+
+def test_resume_refuses_new_settings(tmp_path, capsys):
+    exp = tmp_path / "results" / "old"
+    exp.mkdir(parents=True)
+    (exp / "search.json").write_text("{}")
+    code, lines = _search(["--resume", "--name", "old", "--lr", "1e-3", "--results-dir", str(tmp_path / "results")], capsys)
+    assert code == 2 and "saved settings" in lines[0] and "--lr" in lines[0]
+
+
+def test_unwritable_results_dir(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("I am a file")
+    code, lines = _search(["--dataset", "counting", "--results-dir", str(blocker / "results")], capsys)
+    assert code == 2 and "not writable" in lines[0]
+    assert blocker.read_text() == "I am a file"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpus_per_trial_without_gpu_fails_at_once(tmp_path, capsys):
+    t0 = time.time()
+    code, lines = _search(["--dataset", "counting", "--gpus-per-trial", "0.5", "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "--gpus-per-trial" in lines[0] and time.time() - t0 < 30
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_address_fails_within_seconds(tmp_path, capsys):
+    t0 = time.time()
+    code, lines = _search(["--dataset", "counting", "--address", "127.0.0.1:9", "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "cannot reach a Ray cluster" in lines[0]
+    assert time.time() - t0 < 15
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_bad_input_has_no_traceback(tmp_path):
+    """The real command line, end to end: one line, exit 2, no traceback."""
+    proc = run_cli("tune.search", "--num-samples", "0", "--results-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "--num-samples")
+    proc = run_cli("tune.report", str(tmp_path / "nothing"))
+    assert_one_line_error(proc, "not a directory")
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("tune.report", str(tmp_path / "empty"))
+    assert_one_line_error(proc, "no Ray Tune experiment")
+
+
+def test_checkpoint_errors_for_sample(tmp_path):
+    """Missing, corrupt and mismatched checkpoints: one line each."""
+    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.model import GPTConfig
+    from nanogpt.tokenizer import CharTokenizer, save_tokenizer
+    from nanogpt.train import TrainConfig, Trainer
+
+    proc = run_cli("nanogpt.sample", "--checkpoint", str(tmp_path / "missing"))
+    assert_one_line_error(proc, "does not exist")
+
+    ds = load_dataset("counting")
+    tok = CharTokenizer.from_text(ds.text)
+    trainer = Trainer(GPTConfig(block_size=8, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8),
+                      TrainConfig(max_steps=1, eval_interval=1, eval_iters=1), tokenize(ds, tok), tok)
+    good = trainer.save(tmp_path / "good")
+    proc = run_cli("nanogpt.sample", "--checkpoint", str(good), "--prompt", "Zürich ☃ 7", "--max-new-tokens", "5")
+    assert proc.returncode == 0 and proc.stdout.startswith("Zürich ☃ 7")  # unseen characters go through <unk>
+
+    corrupt = trainer.save(tmp_path / "corrupt")
+    (corrupt / "model.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(corrupt)), "corrupt")
+
+    foreign = trainer.save(tmp_path / "foreign")
+    save_tokenizer(CharTokenizer.from_text("abc"), foreign / "tokenizer.json")
+    assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(foreign)), "different runs")

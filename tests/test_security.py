@@ -1,0 +1,72 @@
+"""No pickle from disk; the dashboard stays on 127.0.0.1 and off by default; token auth stays on."""
+
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SOURCES = sorted(p for d in ("nanogpt", "tune", "benchmarks") for p in (REPO / d).rglob("*.py"))
+
+
+def test_project_code_never_unpickles_from_disk():
+    assert SOURCES
+    for path in SOURCES:
+        text = path.read_text()
+        assert not re.search(r"\bpickle\.loads?\(|cloudpickle\.load", text), path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+
+
+class _Boom:
+    def __reduce__(self):
+        return (Path.write_text, (Path("/tmp/nanogpt-tune-pwned"), "pwned"))
+
+
+def test_malicious_checkpoint_is_refused_not_executed(tmp_path):
+    from nanogpt.train import CheckpointError, load_model
+
+    marker = Path("/tmp/nanogpt-tune-pwned")
+    marker.unlink(missing_ok=True)
+    ckpt = tmp_path / "evil"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model": {"block_size": 8, "vocab_size": 5, "n_layer": 1, "n_head": 1, "n_embd": 8}}')
+    (ckpt / "tokenizer.json").write_text('{"kind": "char", "chars": ["a", "b", "c", "d"]}')
+    with open(ckpt / "model.pt", "wb") as f:
+        pickle.dump({"model": _Boom()}, f)
+    with pytest.raises(CheckpointError):
+        load_model(ckpt)
+    assert not marker.exists(), "the checkpoint's pickle payload ran"
+
+
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_local_ray_dashboard_only_on_loopback(monkeypatch, dashboard):
+    import ray
+
+    from tune.search import Settings, init_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2})
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    settings = Settings(name="x", results_dir="/tmp", preset="laptop", dataset="counting", data_file=None,
+                        tokenizer="char", bpe_vocab_size=512, space={}, num_samples=1, max_steps=1, eval_interval=1,
+                        time_budget_s=None, cpus_per_trial=1, gpus_per_trial=0, max_concurrent=None, seed=0,
+                        searcher="optuna", scheduler="asha", grace_period=1, reduction_factor=2, max_failures=0,
+                        created="")
+    init_ray(settings, address=None, dashboard=dashboard)
+    assert seen["address"] == "local"
+    assert seen["include_dashboard"] is dashboard
+    assert seen["dashboard_host"] == "127.0.0.1"
+    import os
+
+    assert os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
+
+
+def test_token_auth_is_never_disabled():
+    for path in SOURCES:
+        text = path.read_text()
+        assert not re.search(r"RAY_AUTH_MODE[\"'\]]*\s*[=:,]\s*[\"']disabled", text), path
+        assert "0.0.0.0" not in text, path
