@@ -32,3 +32,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 @pytest.fixture
 def run():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory):
+    """One TPE + ASHA search of 8 tiny trials on real local Ray, shared by the search and report tests.
+
+    Tests that change the experiment work on a copy."""
+    results = tmp_path_factory.mktemp("results")
+    proc = run_cli("tune.search", *TINY, "--num-samples", "8", "--max-steps", "40", "--eval-interval", "5",
+                   "--grace-period", "5", "--reduction-factor", "2", "--lr", "1e-4:3e-2", "--seed", "3",
+                   "--results-dir", str(results), "--name", "e2e")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return results / "e2e", proc

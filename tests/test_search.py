@@ -19,14 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory):
-    """One TPE + ASHA search of 8 trials, shared by the tests below."""
-    results = tmp_path_factory.mktemp("results")
-    proc = run_cli("tune.search", *TINY, "--num-samples", "8", "--max-steps", "40", "--eval-interval", "5",
-                   "--grace-period", "5", "--reduction-factor", "2", "--lr", "1e-4:3e-2", "--seed", "3",
-                   "--results-dir", str(results), "--name", "e2e")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return results / "e2e", proc
+def search(tiny_search):
+    return tiny_search
 
 
 def test_search_runs_all_trials_and_writes_outputs(search):

@@ -296,7 +296,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
             prompts = ["\n"]
     models = []
     for _, row in finite.head(top).iterrows():  # diverged trials have nothing to say
-        if row["checkpoint"] is None:
+        if pd.isna(row["checkpoint"]):
             missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
             continue
         try:
