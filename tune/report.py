@@ -189,6 +189,14 @@ def _fence(text: str) -> str:
     return "```\n" + text.replace("```", "` ` `") + "\n```"
 
 
+def _data_file_text(settings: dict) -> str:
+    """The searched file's text, for its default prompt; empty when it is gone or there was none."""
+    try:
+        return Path(settings["data_file"]).read_text(encoding="utf-8")
+    except (OSError, KeyError, TypeError, UnicodeDecodeError):
+        return ""
+
+
 def _counting_numbers(dataset_name: str) -> dict[str, list[int]] | None:
     """Numbers whose "Number k comes before" sentence is in training, in validation only, or nowhere."""
     from nanogpt.data import COUNTING_MAX, load_dataset
@@ -288,12 +296,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     # --- generations
     dataset_name = settings.get("dataset") or ""
-    prompts = prompts or default_prompts(dataset_name) if dataset_name else prompts
-    if not prompts:
-        try:
-            prompts = default_prompts("", Path(settings["data_file"]).read_text(encoding="utf-8"))
-        except (OSError, KeyError, TypeError, UnicodeDecodeError):
-            prompts = ["\n"]
+    prompts = prompts or default_prompts(dataset_name, _data_file_text(settings))
     models = []
     for _, row in finite.head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):

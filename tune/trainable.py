@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 
 import ray
 import torch
@@ -48,6 +49,7 @@ def _trial_resources() -> tuple[float, float]:
 
 def train_gpt(config: dict, data: TokenData, tokenizer: dict) -> None:
     """Function trainable. `data` and `tokenizer` arrive once through tune.with_parameters."""
+    started_at = time.time()
     # Ray logs every persisted checkpoint at INFO; a search makes hundreds
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     cpus, gpus = _trial_resources()
@@ -62,10 +64,12 @@ def train_gpt(config: dict, data: TokenData, tokenizer: dict) -> None:
             trainer.restore(d)
 
     node_id = ray.get_runtime_context().get_node_id()  # which machine: node_ip is the same for nodes on one host
+    # start cost, for benchmarks/search_overhead.py: when this worker began and how long set-up took
+    timing = {"started_at": started_at, "setup_s": time.time() - started_at}
 
     def report(metrics: dict, t: Trainer) -> None:
         with tempfile.TemporaryDirectory() as d:
             t.save(d)
-            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, "node_id": node_id, **timing}, checkpoint=tune.Checkpoint.from_directory(d))
 
     trainer.run(report)

@@ -1,0 +1,76 @@
+"""Shared by the benchmark scripts: data, machine description, fp32 peak, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SHARED_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# nanoGPT's recommended CPU recipe (README: "I only have a macbook")
+NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_steps=2000,
+                   learning_rate=1e-3, dropout=0.0)
+
+
+def shakespeare_file() -> Path:
+    """The local copy beside the project, else the project's own cached download."""
+    if SHARED_SHAKESPEARE.is_file():
+        return SHARED_SHAKESPEARE
+    from nanogpt.data import shakespeare_path
+
+    return shakespeare_path()
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def matmul_peak_gflops(threads: int, n: int = 1024, seconds: float = 3.0) -> float:
+    """Measured fp32 matmul throughput: the denominator of CPU MFU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    dt = time.perf_counter() - t0
+    torch.set_num_threads(old)
+    return 2 * n**3 * reps / dt / 1e9
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section `## name` of benchmarks/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is rewritten by the script named in it.\n"
+    section = f"## {name}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+def stamp() -> str:
+    return f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}."
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
