@@ -48,6 +48,7 @@ CASES = [
     (["--head-dim", "abc"], "not a number"),
     (["--batch-size", "-8"], "positive"),
     (["--reduction-factor", "1"], "--reduction-factor"),
+    (["--eval-interval", "10", "--grace-period", "15"], "multiple of --eval-interval"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
     (["--resume", "--name", "ghost"], "nothing to resume"),
     (["--resume"], "--name"),

@@ -122,27 +122,58 @@ def test_diverging_trial_is_recorded_and_never_best(tmp_path):
 
 @pytest.fixture
 def two_node_cluster():
-    """A head and a worker node, both on this machine, started and stopped by this test only."""
+    """A head and a worker node, both on this machine, in a temp dir of their own so that the test
+    stops exactly the processes it started (never `ray stop`, which would stop every Ray here)."""
     port = 6391 + os.getpid() % 500
+    temp = Path(f"/tmp/ngt-ray-{os.getpid()}")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    head = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
-                           "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert head.returncode == 0, head.stdout + head.stderr
-    before = _raylets()
-    worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=1"], env=env, capture_output=True, text=True, timeout=120)
-    assert worker.returncode == 0, worker.stdout + worker.stderr
-    worker_raylet = (_raylets() - before).pop()
     try:
-        yield f"127.0.0.1:{port}", worker_raylet
+        head = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+                               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert head.returncode == 0, head.stdout + head.stderr
+        before = _raylets(temp)
+        worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1"], env=env, capture_output=True, text=True, timeout=120)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        new = _raylets(temp) - before
+        assert len(new) == 1, "the worker node's raylet did not start under the cluster's temp dir"
+        yield f"127.0.0.1:{port}", new.pop()
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_processes_under(temp)
 
 
-def _raylets() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "raylet"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+def _pids_under(temp: Path, name: str | None = None) -> set[int]:
+    out = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout
+    pids = {int(p) for p in out.split()} - {os.getpid()}
+    if name:
+        pids = {p for p in pids if _comm(p) == name}
+    return pids
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _raylets(temp: Path) -> set[int]:
+    return _pids_under(temp, "raylet")
+
+
+def _stop_processes_under(temp: Path) -> None:
+    """SIGTERM, then SIGKILL, every process whose command line names the cluster's temp dir."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_under(temp):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while _pids_under(temp) and time.time() < deadline:
+            time.sleep(0.2)
+    subprocess.run(["rm", "-rf", str(temp)])
 
 
 def test_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, two_node_cluster):

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # flags that shape a search: with --resume, the saved settings are used and these are refused
-SHAPING = ["preset", "dataset", "data_file", "tokenizer", "num_samples", "max_steps", "eval_interval", "time_budget",
+SHAPING = ["preset", "dataset", "data_file", "tokenizer", "bpe_vocab_size", "num_samples", "max_steps", "eval_interval", "time_budget",
            "cpus_per_trial", "gpus_per_trial", "max_concurrent", "searcher", "scheduler", "grace_period",
            "reduction_factor", "seed", *RANGE_FLAGS]
 
@@ -177,10 +177,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
     eval_interval = min(preset.eval_interval, preset.max_steps)
     grace = min(preset.grace_period, preset.max_steps)
-    if args.max_steps is not None and args.grace_period is None:
-        grace = max(eval_interval, min(grace, preset.max_steps // 4))
-    if grace < eval_interval:
-        raise ValueError(f"--grace-period {grace} is shorter than --eval-interval {eval_interval}: ASHA only sees evaluations")
+    if args.grace_period is None and (args.max_steps is not None or args.eval_interval is not None):
+        # keep the preset's proportions: a quarter of the steps, on an evaluation
+        grace = max(eval_interval, min(grace, preset.max_steps // 4) // eval_interval * eval_interval)
+    if grace < eval_interval or grace % eval_interval:
+        raise ValueError(f"--grace-period ({grace}) must be a multiple of --eval-interval ({eval_interval}): "
+                         f"ASHA decides on evaluations")
     if preset.gpus_per_trial > 1 and preset.gpus_per_trial != int(preset.gpus_per_trial):
         raise ValueError(f"--gpus-per-trial above 1 must be a whole number, got {preset.gpus_per_trial}")
     dataset = args.dataset if args.data_file is None else None
@@ -411,7 +413,9 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
     print(f"\n{len(df)} trials in {wall:.0f} s; top {min(top, len(df))} by val_loss:")
     print(report_mod.top_table(df, top))
     unfinished = df["status"].str.startswith(("interrupted", "not started")).sum()
-    if unfinished or len(df) < settings.num_samples:
+    if settings.time_budget_s and wall >= settings.time_budget_s:
+        print(f"\nthe time budget ({settings.time_budget_s:g} s) ended the search after {len(df)} trials")
+    elif unfinished or len(df) < settings.num_samples:
         print(f"\nthe search stopped before all {settings.num_samples} trials finished; continue it with:\n"
               f"  python -m tune.search --resume --name {settings.name} --results-dir {settings.results_dir}")
     if (exp / "best").is_dir():
