@@ -67,6 +67,8 @@ def main() -> None:
     search = tokens / (end - begin)
     peak2 = matmul_peak_gflops(2)
     ratio = search / one
+    per_trial = sum(r["tokens_per_s"] for r in rows) / len(rows)
+    train_share = sum(r["elapsed_s"] for r in rows) / sum(r["time_total_s"] for r in rows)
     table = md_table(["setup", "training tokens/s", "CPU MFU"], [
         ["one run, 2 threads (evaluations included)", f"{one / 1e3:.1f}k", f"{100 * one * fpt / (peak2 * 1e9):.1f}%"],
         [f"search, {args.trials} trials on 2 slots of 1 CPU (first trial start to last report)", f"{search / 1e3:.1f}k",
@@ -80,6 +82,10 @@ all its trials' tokens over the span from the first trial's start to the last re
 evaluations and checkpoints are inside it. MFU against the measured 2-thread fp32 matmul peak ({peak2:.0f} GFLOP/s).
 
 {table}
+
+Inside the search, a trial's own training steps ran at {per_trial / 1e3:.1f}k tokens/s on average (so {2 * per_trial / 1e3:.1f}k
+for two side by side), and its training loop (evaluations included) took {100 * train_share:.0f}% of the trial's time
+in Ray; the rest went to reporting and checkpoints.
 
 Search / single run: **{ratio:.2f}x**. Goal: >= {GOAL}x: **{'met' if ratio >= GOAL else 'missed'}**.
 """
