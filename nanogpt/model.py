@@ -185,7 +185,7 @@ class GPT(nn.Module):
 
         if targets is not None:
             logits = self.lm_head(x)  # (b, t, vocab_size)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
             # inference-time mini-optimization: only forward the lm_head on the very last position
             logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab_size); list index keeps the time dim

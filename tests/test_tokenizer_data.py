@@ -1,0 +1,116 @@
+"""Tokenizers (char with <unk>, byte-level BPE, JSON) and data (corpora, splits, errors, download, batches)."""
+
+import pytest
+import torch
+
+from nanogpt import data as D
+from nanogpt.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
+
+
+def test_char_tokenizer_round_trip_and_unk(tmp_path):
+    tok = CharTokenizer.from_text("hello world")
+    assert tok.vocab_size == len(set("hello world")) + 1
+    assert tok.decode(tok.encode("hello world")) == "hello world"
+    ids = tok.encode("hellø!")
+    assert ids[-2:] == [0, 0] and tok.decode(ids) == "hell<unk><unk>"
+    save_tokenizer(tok, tmp_path / "t.json")
+    again = load_tokenizer(tmp_path / "t.json")
+    assert again.encode("hello") == tok.encode("hello") and again.vocab_size == tok.vocab_size
+
+
+def test_bpe_round_trip_and_json(tmp_path):
+    text = "the cat sat on the mat. the dog sat on the log. " * 50
+    tok = BPETokenizer.train(text, vocab_size=300)
+    assert 257 <= tok.vocab_size <= 300
+    s = "the cat 🐈 ate ß!"  # never seen: byte-level BPE still round-trips exactly
+    assert tok.decode(tok.encode(s)) == s
+    assert len(tok.encode("the cat sat on the mat")) < len("the cat sat on the mat")  # merges learned
+    save_tokenizer(tok, tmp_path / "b.json")
+    assert load_tokenizer(tmp_path / "b.json").encode(s) == tok.encode(s)
+
+
+def test_tokenizer_errors():
+    with pytest.raises(ValueError):
+        build_tokenizer("wordpiece", "abc")
+    with pytest.raises(ValueError):
+        tokenizer_from_dict({"kind": "nope"})
+    with pytest.raises(ValueError):
+        BPETokenizer.train("abc", vocab_size=100)
+
+
+@pytest.mark.parametrize("name", ["counting", "abc", "stories", "code", "mixed"])
+def test_builtin_corpora(name):
+    ds = D.load_dataset(name)
+    assert len(ds.train_text) > 9 * len(ds.val_text) * 0.8 > 0
+    assert D.load_dataset(name).val_text == ds.val_text  # deterministic
+
+
+def test_mixed_validation_holds_every_pattern():
+    ds = D.load_dataset("mixed")
+    assert len(ds.text) > 100_000
+    for pattern in ("Number ", "B1", "had a pet", "print("):
+        assert pattern in ds.val_text, pattern
+    assert "def add_numbers" in ds.val_text
+
+
+def test_file_errors(tmp_path):
+    cases = {
+        "missing.txt": (None, "does not exist"),
+        "empty.txt": (b"", "empty"),
+        "binary.bin": (b"\x00\x01" * 50, "binary"),
+        "latin1.txt": (b"abc\ncaf\xe9", "byte 7 (line 2)"),
+    }
+    for name, (content, needle) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(D.DataError, match=None) as e:
+            D.load_dataset(data_file=tmp_path / name)
+        assert needle in str(e.value), (name, str(e.value))
+    with pytest.raises(D.DataError, match="--data-file"):
+        D.load_dataset("nope")
+    (tmp_path / "ok.txt").write_text("x" * 100)
+    with pytest.raises(D.DataError, match="not both"):
+        D.load_dataset("counting", data_file=tmp_path / "ok.txt")
+
+
+def test_too_short_for_block_size(tmp_path):
+    (tmp_path / "s.txt").write_text("abcdefghij" * 10)
+    ds = D.load_dataset(data_file=tmp_path / "s.txt")
+    td = D.tokenize(ds, CharTokenizer.from_text(ds.text))
+    td.check_block_size(8)
+    with pytest.raises(D.DataError, match="needs at least 65"):
+        td.check_block_size(64)
+
+
+def test_get_batch():
+    data = torch.arange(100)
+    x, y = D.get_batch(data, 8, 4, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 8)
+    assert torch.equal(y, x + 1)
+    x2, _ = D.get_batch(data, 8, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2)
+
+
+def test_shakespeare_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path))
+    with pytest.raises(D.DataError, match="--data-file"):
+        D.shakespeare_path(url="http://127.0.0.1:9/input.txt")
+
+
+def test_shakespeare_wrong_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "fake.txt"
+    fake.write_text("not shakespeare")
+    with pytest.raises(D.DataError, match="SHA-256"):
+        D.shakespeare_path(url=fake.as_uri())
+    assert not (tmp_path / "cache" / "tinyshakespeare.txt").exists()
+
+
+@pytest.mark.skipif(not (D.Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt").is_file(),
+                    reason="no local copy of tiny Shakespeare")
+def test_shakespeare_cached_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path))
+    src = D.Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
+    path = D.shakespeare_path(url=src.as_uri())
+    assert len(path.read_text()) == 1_115_394
+    assert D.shakespeare_path(url="http://127.0.0.1:9/") == path  # cached and verified: no download

@@ -1,0 +1,165 @@
+"""The training loop: schedule, metrics, exact resume, divergence, checkpoints; and the nanogpt CLIs."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from nanogpt.data import load_dataset, tokenize
+from nanogpt.model import GPTConfig
+from nanogpt.tokenizer import CharTokenizer
+from nanogpt.train import CheckpointError, Trainer, TrainConfig, load_model, lr_at
+
+METRICS = {"step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "n_params", "elapsed_s"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("counting")
+    tok = CharTokenizer.from_text(ds.text)
+    return tokenize(ds, tok), tok
+
+
+def make(data, dropout=0.0, **kw):
+    td, tok = data
+    cfg = TrainConfig(**{"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "eval_interval": 10, "eval_iters": 2, **kw})
+    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout),
+                   cfg, td, tok)
+
+
+@pytest.mark.parametrize("kw", [dict(learning_rate=0), dict(max_steps=0), dict(min_lr=1.0), dict(device="tpu"),
+                                dict(warmup_steps=50, lr_decay_steps=10), dict(beta2=1.0)])
+def test_config_errors(kw):
+    with pytest.raises(ValueError):
+        TrainConfig(**kw)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(max_steps=1000, learning_rate=1e-3, warmup_steps=100)
+    assert lr_at(0, cfg) < lr_at(50, cfg) < lr_at(99, cfg) <= 1e-3
+    assert lr_at(100, cfg) == pytest.approx(1e-3)
+    assert lr_at(1000, cfg) == pytest.approx(1e-4) and lr_at(5000, cfg) == pytest.approx(1e-4)
+    assert lr_at(550, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert TrainConfig(max_steps=30).warmup_steps == 3  # a short run still warms up
+
+
+def test_loop_reports_metrics_and_learns(data):
+    seen = []
+    history = make(data).run(lambda m, t: seen.append(m))
+    assert [m["step"] for m in seen] == [10, 20, 30, 40] and seen == history
+    assert all(METRICS <= set(m) for m in seen)
+    assert seen[-1]["status"] == "finished" and seen[0]["status"] == "running"
+    assert seen[-1]["val_loss"] < seen[0]["val_loss"]
+    assert seen[0]["val_loss"] < math.log(data[1].vocab_size) + 0.5
+    assert seen[-1]["tokens_seen"] == 40 * 8 * 16
+    assert seen[-1]["val_bpc"] == pytest.approx(seen[-1]["val_loss"] / math.log(2) / data[0].val_chars_per_token)
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    straight = make(data, dropout=0.1).run()
+    class Killed(Exception):
+        pass
+
+    def save_then_die(m, t):  # the process dies right after its step-20 checkpoint
+        if m["step"] == 20:
+            t.save(tmp_path / "ckpt")
+            raise Killed
+
+    with pytest.raises(Killed):
+        make(data, dropout=0.1).run(save_then_die)
+    second = make(data, dropout=0.1)
+    second.restore(tmp_path / "ckpt")
+    resumed = second.run()
+    assert len(resumed) == len(straight) == 4
+    for a, b in zip(straight, resumed):
+        assert a["step"] == b["step"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    ref = make(data, dropout=0.1)
+    ref.run()
+    for (k, p), q in zip(ref.model.state_dict().items(), second.model.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=k)
+
+
+def test_same_seed_same_run(data):
+    a, b = make(data).run(), make(data).run()
+    assert [m["val_loss"] for m in a] == [m["val_loss"] for m in b]
+    c = make(data, seed=7).run()
+    assert [m["val_loss"] for m in a] != [m["val_loss"] for m in c]
+
+
+def test_divergence_ends_the_run_without_raising(data):
+    history = make(data, learning_rate=1e30, grad_clip=0.0, max_steps=30).run()
+    assert history[-1]["status"] == "diverged" and math.isinf(history[-1]["val_loss"])
+    assert history[-1]["step"] < 30
+
+
+def test_time_budget(data):
+    history = make(data, max_steps=100000, eval_interval=100000, time_budget_s=0.5).run()
+    assert history[-1]["status"] == "time_budget" and history[-1]["step"] < 100000
+
+
+def test_checkpoint_files_and_errors(data, tmp_path):
+    t = make(data)
+    t.run()
+    d = t.save(tmp_path / "c")
+    assert {p.name for p in d.iterdir()} == {"model.pt", "config.json", "tokenizer.json"}
+    model, tok, meta = load_model(d)
+    assert meta["step"] == 40 and not model.training
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(tmp_path / "half")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--max-steps", "30", "--eval-interval", "15",
+                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "8",
+                   "--eval-iters", "2", "--out", str(out), "--sample-tokens", "20")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_train_cli(trained):
+    out, proc = trained
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "samples before training" in proc.stdout and "samples after training" in proc.stdout
+    assert "step     30" in proc.stdout
+
+
+def test_train_cli_refuses_to_overwrite_and_resumes(trained):
+    out, _ = trained
+    before = (out / "model.pt").read_bytes()
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--out", str(out))
+    assert_one_line_error(proc, "--resume")
+    assert (out / "model.pt").read_bytes() == before
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--out", str(out), "--resume", "--sample-tokens", "5")
+    assert proc.returncode == 0 and "resuming" in proc.stdout
+
+
+def test_sample_cli_same_seed_same_text(trained):
+    out, _ = trained
+    args = ["--checkpoint", str(out), "--prompt", "Number 7", "--max-new-tokens", "20", "--seed", "3"]
+    a, b = run_cli("nanogpt.sample", *args), run_cli("nanogpt.sample", *args)
+    assert a.returncode == 0 and a.stdout.startswith("Number 7") and a.stdout == b.stdout
+    c = run_cli("nanogpt.sample", "--checkpoint", str(out), "--prompt", "Number 7", "--num-samples", "2", "--seed", "3")
+    assert c.stdout.count("Number 7") == 2
+
+
+def test_attention_cli(trained, tmp_path):
+    out, _ = trained
+    png = tmp_path / "att.png"
+    proc = run_cli("nanogpt.attention", "--checkpoint", str(out), "--text", "Number 7 comes", "--out", str(png))
+    assert proc.returncode == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    assert_one_line_error(run_cli("nanogpt.attention", "--checkpoint", str(out), "--text", "x", "--layer", "5"), "layer")
+
+
+def test_train_cli_bad_data(tmp_path):
+    assert_one_line_error(run_cli("nanogpt.train", "--data-file", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")),
+                          "does not exist")
+    assert_one_line_error(run_cli("nanogpt.train", "--dataset", "nope", "--out", str(tmp_path / "o")), "unknown dataset")
+    assert not (tmp_path / "o").exists()
