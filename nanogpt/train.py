@@ -400,9 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not has_ckpt:
         raise ValueError(f"nothing to resume: {out} holds no checkpoint")
 
+    meta = read_checkpoint(out)[0] if args.resume else None
+    if meta is not None and args.dataset is None and args.data_file is None and meta["dataset"] in DATASETS:
+        args.dataset = meta["dataset"]  # a resumed run continues on its own data, not on the default
     dataset = load_dataset(args.dataset, args.data_file)
-    if args.resume:
-        meta, _ = read_checkpoint(out)
+    if meta is not None:
+        if dataset.name != meta["dataset"]:
+            raise ValueError(f"{out} was trained on {meta['dataset']}, not {dataset.name}: resume with the same data")
         tokenizer = load_tokenizer(out / TOKENIZER_FILE)
         model_cfg, cfg = GPTConfig(**meta["model"]), TrainConfig(**meta["train"])
         print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")

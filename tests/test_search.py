@@ -76,16 +76,25 @@ def test_best_checkpoint_samples_text(search):
     assert proc.stdout.startswith("Number 7") and len(proc.stdout.strip()) > len("Number 7")
 
 
-def test_random_searcher_and_fifo_scheduler(tmp_path):
+def test_random_fifo_bpe_one_at_a_time(tmp_path):
     proc = run_cli("tune.search", *TINY, "--num-samples", "3", "--max-steps", "10", "--eval-interval", "5",
-                   "--searcher", "random", "--scheduler", "fifo", "--results-dir", str(tmp_path), "--name", "rf",
-                   "--no-report")
+                   "--searcher", "random", "--scheduler", "fifo", "--tokenizer", "bpe", "--bpe-vocab-size", "300",
+                   "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "rf", "--no-report")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    df = pd.read_csv(tmp_path / "rf" / "trials.csv")
+    exp = tmp_path / "rf"
+    df = pd.read_csv(exp / "trials.csv")
     assert len(df) == 3
     assert set(df["status"]) == {"finished"}  # FIFO never stops a trial early
     assert set(df["sampler"]) == {"RandomSampler"}
-    assert not (tmp_path / "rf" / "report.md").exists()
+    assert not (exp / "report.md").exists()
+    assert json.loads((exp / "best" / "tokenizer.json").read_text())["kind"] == "bpe"
+    # --max-concurrent 1: no two trials trained at the same time
+    spans = []
+    for f in exp.glob("trial_*/result.json"):
+        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        spans.append((rows[0]["started_at"], rows[-1]["started_at"] + rows[-1]["time_total_s"]))
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
 
 
 def _finished_trials(exp: Path) -> dict[str, float]:

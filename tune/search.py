@@ -12,18 +12,16 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nanogpt.data import DATASETS, TokenData, load_dataset, tokenize
 from nanogpt.tokenizer import build_tokenizer
-from tune.space import PRESETS, RANGE_FLAGS, SpaceSampler, describe_space, max_value, parse_range, trial_constants, with_overrides
+from tune.space import (PRESETS, RANGE_FLAGS, SpaceSampler, describe_space, max_value, parse_range, spec_from_json,
+                        spec_to_json, trial_constants, with_overrides)
 
-log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "search.json"
 OPTUNA_DB = "optuna.db"
@@ -193,7 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         name=name, results_dir=str(results_dir), preset=preset.name, dataset=dataset, data_file=data_file,
         tokenizer=args.tokenizer, bpe_vocab_size=args.bpe_vocab_size,
-        space={k: _spec_to_json(v) for k, v in preset.space.items()},
+        space={k: spec_to_json(v) for k, v in preset.space.items()},
         num_samples=preset.num_samples, max_steps=preset.max_steps, eval_interval=eval_interval,
         time_budget_s=args.time_budget, cpus_per_trial=preset.cpus_per_trial, gpus_per_trial=preset.gpus_per_trial,
         max_concurrent=args.max_concurrent, seed=args.seed, searcher=args.searcher, scheduler=args.scheduler,
@@ -202,32 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def _spec_to_json(spec) -> dict | int | float | str:
-    from tune.space import Choice, FloatRange, IntRange
-
-    if isinstance(spec, IntRange):
-        return {"int": [spec.low, spec.high, spec.step]}
-    if isinstance(spec, FloatRange):
-        return {"float": [spec.low, spec.high], "log": spec.log}
-    if isinstance(spec, Choice):
-        return {"choice": list(spec.options)}
-    return spec
-
-
-def _spec_from_json(obj):
-    from tune.space import Choice, FloatRange, IntRange
-
-    if isinstance(obj, dict):
-        if "int" in obj:
-            return IntRange(*obj["int"])
-        if "float" in obj:
-            return FloatRange(*obj["float"], log=obj["log"])
-        return Choice(tuple(obj["choice"]))
-    return obj
-
-
 def space_of(settings: Settings) -> dict:
-    return {k: _spec_from_json(v) for k, v in settings.space.items()}
+    return {k: spec_from_json(v) for k, v in settings.space.items()}
 
 
 def prepare_data(settings: Settings) -> tuple[TokenData, object]:
@@ -258,12 +232,7 @@ def check_address(address: str, timeout: float = 3.0) -> None:
 
 
 def _quiet_ray() -> None:
-    # Ray's progress tables and deprecation chatter: our callback prints progress instead
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+    # Ray's own INFO/WARNING chatter; our progress callback prints what a user needs, and errors still surface
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -9,7 +9,7 @@ sampled configuration is valid by construction.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Union
 
 
@@ -80,7 +80,6 @@ class Preset:
     n_startup_trials: int = 6  # random trials before TPE models the results
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
-    extra: dict = field(default_factory=dict)  # constant TrainConfig fields
 
 
 PRESETS: dict[str, Preset] = {
@@ -93,10 +92,11 @@ PRESETS: dict[str, Preset] = {
             "head_dim": Choice((16, 32)),
             "dropout": FloatRange(0.0, 0.2),
             "learning_rate": FloatRange(3e-4, 1e-2, log=True),
-            "batch_size": Choice((16, 32, 64)),
+            "batch_size": Choice((16, 32)),
             "block_size": 64,
             "weight_decay": 0.1,
         },
+        num_samples=20,
     ),
     "shakespeare-cpu": Preset(
         name="shakespeare-cpu",
@@ -280,8 +280,28 @@ def trial_constants(preset: Preset, *, dataset: str, seed: int, max_steps: int, 
         "min_lr_ratio": preset.min_lr_ratio,
         "dataset": dataset,
         "seed": seed,
-        **preset.extra,
     }
+
+
+def spec_to_json(spec: Spec) -> dict | int | float | str:
+    """A spec as plain JSON, for search.json."""
+    if isinstance(spec, IntRange):
+        return {"int": [spec.low, spec.high, spec.step]}
+    if isinstance(spec, FloatRange):
+        return {"float": [spec.low, spec.high], "log": spec.log}
+    if isinstance(spec, Choice):
+        return {"choice": list(spec.options)}
+    return spec
+
+
+def spec_from_json(obj) -> Spec:
+    if isinstance(obj, dict):
+        if "int" in obj:
+            return IntRange(*obj["int"])
+        if "float" in obj:
+            return FloatRange(*obj["float"], log=obj["log"])
+        return Choice(tuple(obj["choice"]))
+    return obj
 
 
 def describe_space(space: dict) -> dict[str, str]:
