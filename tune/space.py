@@ -69,7 +69,7 @@ class Preset:
     space: dict
     dataset: str = "mixed"
     num_samples: int = 16
-    max_steps: int = 300
+    max_steps: int = 500
     eval_interval: int = 25
     eval_iters: int = 10
     eval_batch_size: int = 32
@@ -85,7 +85,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "laptop": Preset(
         name="laptop",
-        description="small models on the built-in mixed corpus; about 3 minutes on 2 CPU cores",
+        description="small models on the built-in mixed corpus; 2-3 minutes on 2 CPU cores",
         space={
             "n_layer": IntRange(1, 4),
             "n_head": Choice((2, 4)),
