@@ -233,7 +233,7 @@ def check_address(address: str, timeout: float = 3.0) -> None:
 
 def _quiet_ray() -> None:
     # Ray's own INFO/WARNING chatter; our progress callback prints what a user needs, and errors still surface
-    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+    for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
