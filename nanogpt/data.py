@@ -7,6 +7,7 @@ downloaded once into a cache and checked by SHA-256. Any UTF-8 text file works t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import random
@@ -153,7 +154,7 @@ def shakespeare_path(url: str | None = None) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=30) as r:
                 tmp.write_bytes(r.read())
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             tmp.unlink(missing_ok=True)
             reason = getattr(e, "reason", e)
             raise DataError(

@@ -311,16 +311,21 @@ def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
     return meta, sd
 
 
+def read_checkpoint_tokenizer(directory: str | Path):
+    d = Path(directory)
+    if not (d / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{d} is not a complete checkpoint: {TOKENIZER_FILE} is missing")
+    try:
+        return load_tokenizer(d / TOKENIZER_FILE)
+    except Exception as e:  # JSON, key and tokenizers-library errors all mean the same to the user
+        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({type(e).__name__}: {e})") from None
+
+
 def load_model(directory: str | Path, device: str = "cpu"):
     """(model in eval mode, tokenizer, config.json contents) from a checkpoint directory."""
     d = Path(directory)
     meta, sd = read_checkpoint(d)
-    if not (d / TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{d} is not a complete checkpoint: {TOKENIZER_FILE} is missing")
-    try:
-        tokenizer = load_tokenizer(d / TOKENIZER_FILE)
-    except (ValueError, KeyError, TypeError, Exception) as e:
-        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({e})") from None
+    tokenizer = read_checkpoint_tokenizer(d)
     model_cfg = GPTConfig(**meta["model"])
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise CheckpointError(
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if meta is not None:
         if dataset.name != meta["dataset"]:
             raise ValueError(f"{out} was trained on {meta['dataset']}, not {dataset.name}: resume with the same data")
-        tokenizer = load_tokenizer(out / TOKENIZER_FILE)
+        tokenizer = read_checkpoint_tokenizer(out)
         model_cfg, cfg = GPTConfig(**meta["model"]), TrainConfig(**meta["train"])
         print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")
     else:

@@ -95,6 +95,22 @@ def test_divergence_ends_the_run_without_raising(data):
     assert history[-1]["step"] < 30
 
 
+def test_nonfinite_validation_loss_is_divergence(data, monkeypatch):
+    t = make(data)
+    monkeypatch.setattr(t, "evaluate", lambda: {"train": 1.0, "val": float("nan")})
+    history = t.run()
+    assert len(history) == 1 and history[0]["status"] == "diverged" and math.isinf(history[0]["val_loss"])
+
+
+def test_corrupt_tokenizer_is_a_checkpoint_error(data, tmp_path):
+    t = make(data, max_steps=10)
+    t.run()
+    d = t.save(tmp_path / "c")
+    (d / "tokenizer.json").write_text('{"kind": "char"}')
+    with pytest.raises(CheckpointError, match="corrupt tokenizer.json"):
+        load_model(d)
+
+
 def test_time_budget(data):
     history = make(data, max_steps=100000, eval_interval=100000, time_budget_s=0.5).run()
     assert history[-1]["status"] == "time_budget" and history[-1]["step"] < 100000
@@ -137,8 +153,9 @@ def test_train_cli_refuses_to_overwrite_and_resumes(trained):
     proc = run_cli("nanogpt.train", "--dataset", "counting", "--out", str(out))
     assert_one_line_error(proc, "--resume")
     assert (out / "model.pt").read_bytes() == before
-    proc = run_cli("nanogpt.train", "--dataset", "counting", "--out", str(out), "--resume", "--sample-tokens", "5")
-    assert proc.returncode == 0 and "resuming" in proc.stdout
+    proc = run_cli("nanogpt.train", "--out", str(out), "--resume", "--sample-tokens", "5")
+    assert proc.returncode == 0 and "resuming" in proc.stdout and "data: counting" in proc.stdout  # its own data
+    assert_one_line_error(run_cli("nanogpt.train", "--dataset", "abc", "--out", str(out), "--resume"), "trained on counting")
 
 
 def test_sample_cli_same_seed_same_text(trained):
