@@ -161,8 +161,6 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    num_params = get_num_params
-
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward), PaLM appendix B as in nanoGPT."""
         cfg = self.config

@@ -39,7 +39,6 @@ class Progress(Callback):
         print(f"{self._stamp()} {trial.trial_id} start   {describe_config(trial.config)}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._stamp()
         val = result.get("val_loss")
         if val is not None and (self.best is None or val < self.best[0]):
             self.best = (val, trial.trial_id)

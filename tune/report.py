@@ -80,28 +80,24 @@ def _status(trial_status: str, last: dict, rungs: set[int]) -> str:
     return f"interrupted at step {step}"
 
 
-def _best_checkpoint(result) -> tuple[str | None, dict]:
-    """Local path and metrics of the trial's best checkpoint by val_loss, if it is on disk."""
+def _best_checkpoint(result) -> str | None:
+    """Local path of the trial's best checkpoint by val_loss, if it is on disk."""
     candidates = []
     for ckpt, metrics in result.best_checkpoints or []:
         val = metrics.get("val_loss", math.inf)
         if Path(ckpt.path, "model.pt").is_file():
-            candidates.append((val if val == val else math.inf, ckpt.path, metrics))
-    if not candidates:
-        return None, {}
-    _, p, m = min(candidates, key=lambda c: c[0])
-    return p, m
+            candidates.append((val if val == val else math.inf, ckpt.path))
+    return min(candidates)[1] if candidates else None
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """One row per trial (the trials.csv columns), sorted by best val_loss."""
+def _read(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials table and the long learning-curve table, from one read of the experiment."""
     path = Path(path)
     settings = _settings(path)
     rungs = _rungs(settings) if settings else set()
-    rows = []
+    rows, frames = [], []
     for trial, result in zip(*_trials_and_results(path)):
         cfg = trial.config or {}
-        df = result.metrics_dataframe
         row = {c: None for c in COLUMNS}
         row["trial_id"] = trial.trial_id
         row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
@@ -110,43 +106,49 @@ def load(path: str | Path) -> pd.DataFrame:
         row["max_steps"] = cfg.get("max_steps")
         row["sampler"] = cfg.get("sampler")
         last = {}
-        if df is not None and not df.empty and "val_loss" in df:
+        df = result.metrics_dataframe
+        if df is not None and "val_loss" in df:
             df = df.dropna(subset=["val_loss"])
-        if df is not None and not df.empty and "val_loss" in df:
-            last = df.iloc[-1].to_dict()
-            best = df.loc[df["val_loss"].astype(float).idxmin()]
-            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=float(best["val_bpc"]),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), n_params=int(last["n_params"]),
-                       tokens_seen=int(last["tokens_seen"]), seconds=float(last["elapsed_s"]),
-                       tokens_per_s=float(last["tokens_per_s"]), node=last.get("node_id") or last.get("node_ip"))
+            if not df.empty:
+                last = df.iloc[-1].to_dict()
+                best = df.loc[df["val_loss"].astype(float).idxmin()]
+                row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]),
+                           val_bpc=float(best["val_bpc"]), last_val_loss=float(last["val_loss"]),
+                           steps=int(last["step"]), n_params=int(last["n_params"]),
+                           tokens_seen=int(last["tokens_seen"]), seconds=float(last["elapsed_s"]),
+                           tokens_per_s=float(last["tokens_per_s"]), node=last.get("node_id") or last.get("node_ip"))
+                part = df[[c for c in CURVE_COLS if c in df]].copy()
+                part.insert(0, "trial_id", trial.trial_id)
+                frames.append(part)
         row["status"] = _status(trial.status, last, rungs)
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:300]
-        row["checkpoint"] = _best_checkpoint(result)[0]
+        row["checkpoint"] = _best_checkpoint(result)
         rows.append(row)
-    out = pd.DataFrame(rows, columns=COLUMNS)
-    return out.sort_values("best_val_loss", na_position="last", kind="stable").reset_index(drop=True)
+    trials = pd.DataFrame(rows, columns=COLUMNS)
+    trials = trials.sort_values("best_val_loss", na_position="last", kind="stable").reset_index(drop=True)
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trial_id", *CURVE_COLS])
+    return trials, curves
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """One row per trial (the trials.csv columns), sorted by best val_loss."""
+    return _read(path)[0]
 
 
 def load_curves(path: str | Path) -> pd.DataFrame:
     """Every evaluation of every trial, long format: trial_id plus CURVE_COLS."""
-    frames = []
-    for trial, result in zip(*_trials_and_results(Path(path))):
-        df = result.metrics_dataframe
-        if df is None or df.empty or "val_loss" not in df:
-            continue
-        part = df[[c for c in CURVE_COLS if c in df]].copy()
-        part.insert(0, "trial_id", trial.trial_id)
-        frames.append(part)
-    if not frames:
-        return pd.DataFrame(columns=["trial_id", *CURVE_COLS])
-    return pd.concat(frames, ignore_index=True)
+    return _read(path)[1]
 
 
 def export(path: str | Path) -> pd.DataFrame:
     """Write trials.csv and best/ (the best trial's best checkpoint); return the trials table."""
-    path = Path(path)
     df = load(path)
+    _write_exports(Path(path), df)
+    return df
+
+
+def _write_exports(path: Path, df: pd.DataFrame) -> None:
     df.to_csv(path / "trials.csv", index=False)
     ok = df[df["checkpoint"].notna() & df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
     if not ok.empty:
@@ -159,7 +161,6 @@ def export(path: str | Path) -> pd.DataFrame:
             default=str))
         shutil.rmtree(path / "best", ignore_errors=True)
         tmp.rename(path / "best")
-    return df
 
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
@@ -226,8 +227,11 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     path = Path(path)
     settings = _settings(path)
-    df = export(path) if trials is None else trials
-    curves = load_curves(path)
+    if trials is None:
+        df, curves = _read(path)
+        _write_exports(path, df)
+    else:
+        df, curves = trials, load_curves(path)
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     missing: list[str] = []

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("what to search")
-    g.add_argument("--preset", default="laptop", choices=sorted(PRESETS), help="space, data set and budget to start from")
+    g.add_argument("--preset", default="laptop", choices=sorted(PRESETS),
+                   help="space, data set and budget to start from: "
+                        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()))
     src = g.add_mutually_exclusive_group()
     src.add_argument("--dataset", default=None, help=f"built-in data set: {', '.join(DATASETS)} (default: the preset's)")
     src.add_argument("--data-file", default=None, help="any UTF-8 text file (90%% train, last 10%% validation)")
@@ -149,7 +151,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         exp = results_dir / args.name
         if not (exp / SETTINGS_FILE).is_file():
             raise ValueError(f"nothing to resume: {exp} holds no search (no {SETTINGS_FILE}); check --results-dir and --name")
-        given = [f for f in SHAPING if getattr(args, f) != build_parser().get_default(f)]
+        defaults = build_parser()
+        given = [f for f in SHAPING if getattr(args, f) != defaults.get_default(f)]
         if given:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
             raise ValueError(f"--resume continues {args.name} with its saved settings; drop {flags}")
