@@ -45,3 +45,19 @@ def tiny_search(tmp_path_factory):
                    "--results-dir", str(results), "--name", "e2e")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return results / "e2e", proc
+
+
+def terminated_trials(exp: Path) -> dict[str, float]:
+    """trial dir -> mtime of result.json, for trials Ray's saved experiment state records as TERMINATED.
+
+    A trial can have logged its last step yet still be RUNNING in that state (Ctrl-C came before
+    its final checkpoint was registered); Ray rightly reruns such a trial from its last registered
+    checkpoint on resume, so only TERMINATED trials are promised to stay untouched."""
+    from ray.tune import ExperimentAnalysis
+
+    done = {}
+    for trial in ExperimentAnalysis(str(exp)).trials:
+        if trial.status == "TERMINATED":
+            result = Path(trial.path) / "result.json"
+            done[result.parent.name] = result.stat().st_mtime
+    return done

@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, run_cli, terminated_trials
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -87,7 +87,10 @@ def test_search_killed_then_resumed(tmp_path):
     os.killpg(os.getpgid(proc.pid), 0)  # still alive
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    done_before = finished()
+    # the trials Ray's last saved state records as done; one that logged its last step after that
+    # snapshot is RUNNING there and is rightly rerun from its last registered checkpoint
+    done_before = terminated_trials(exp)
+    assert done_before, "no trial was recorded as done before the kill"
     snapshot = {d: (exp / d / "result.json").read_bytes() for d in done_before}
     time.sleep(3)  # Ray's processes notice their driver is gone
 
