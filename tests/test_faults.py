@@ -20,10 +20,20 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _results(trial_dir: Path) -> list[dict]:
-    f = trial_dir / "result.json"
-    if not f.is_file():
+    """The trial's result rows so far. Ray copies result.json from its staging directory into the
+    results directory while the search runs, so a read can catch the file mid-copy: missing,
+    empty or with a cut-off last line. Those reads give what was complete."""
+    try:
+        text = (trial_dir / "result.json").read_text()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def _wait_for(predicate, proc, timeout=180, what="condition"):
@@ -49,13 +59,18 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
                    "--scheduler", "fifo", "--results-dir", str(tmp_path), "--name", "kw", "--no-report"])
     exp = tmp_path / "kw"
 
+    seen = {}
+
     def some_results():
-        dirs = list(exp.glob("trial_*"))
-        return dirs and len(_results(dirs[0])) >= 3
+        for d in exp.glob("trial_*"):
+            rows = _results(d)
+            if len(rows) >= 3:
+                seen["trial"], seen["pid"] = d, rows[-1]["pid"]
+                return True
+        return False
 
     _wait_for(some_results, proc, what="three evaluations")
-    trial = next(exp.glob("trial_*"))
-    victim = _results(trial)[-1]["pid"]
+    trial, victim = seen["trial"], seen["pid"]
     os.kill(victim, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out

@@ -101,7 +101,8 @@ def _finished_trials(exp: Path) -> dict[str, float]:
     """trial dir -> mtime of result.json, for trials whose last result says finished."""
     done = {}
     for result in exp.glob("trial_*/result.json"):
-        lines = result.read_text().strip().splitlines()
+        # Ray copies result.json in from its staging directory: a read may catch it mid-copy
+        lines = [x for x in result.read_text().splitlines() if x.endswith("}")]
         if lines and json.loads(lines[-1]).get("status") == "finished":
             done[result.parent.name] = result.stat().st_mtime
     return done
