@@ -46,6 +46,9 @@ class TrainConfig:
     eval_interval: int = 250  # evaluate every this many steps (and at the last step)
     eval_iters: int = 20  # batches per split per evaluation
     eval_batch_size: int | None = None  # sequences per eval batch; None = batch_size
+    # train_loss at an evaluation: "eval" = mean over eval_iters fixed train batches in eval mode, as
+    # nanoGPT; "steps" = mean loss of the training steps since the last evaluation (free: searches use it)
+    train_loss_from: Literal["eval", "steps"] = "eval"
     time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
@@ -78,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.train_loss_from not in ("eval", "steps"):
+            raise ValueError(f"train_loss_from must be 'eval' or 'steps', got {self.train_loss_from!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
@@ -142,6 +147,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds in run(), evaluations included; carried across resumes
         self.history: list[dict] = []
         self.status = "running"
+        self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         else:
@@ -151,14 +157,15 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, splits: tuple[str, ...] = ("train", "val")) -> dict[str, float]:
         """Mean loss over eval_iters batches per split. The eval batches are the same at every
         evaluation (fixed generator), so curves are not jittered by sampling noise."""
         self.model.eval()
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
         out = {}
-        for i, (split, ids) in enumerate((("train", self.data.train), ("val", self.data.val))):
-            gen = torch.Generator().manual_seed(10_000 + i)
+        for split in splits:
+            ids = {"train": self.data.train, "val": self.data.val}[split]
+            gen = torch.Generator().manual_seed({"train": 10_000, "val": 10_001}[split])
             losses = torch.zeros(self.cfg.eval_iters)
             for k in range(self.cfg.eval_iters):
                 x, y = get_batch(ids, self.model_cfg.block_size, bs, gen)
@@ -211,6 +218,8 @@ class Trainer:
             self.tokens_seen += B * T
             self.train_time += time.perf_counter() - t0
             self.elapsed = time.perf_counter() - t_start
+            self.loss_sum += loss_value
+            self.loss_count += 1
 
             if not math.isfinite(loss_value):
                 self.status = "diverged"
@@ -224,7 +233,11 @@ class Trainer:
                     self.status = "time_budget"
                 if self.step % cfg.eval_interval != 0 and self.status == "running":
                     continue
-                losses = self.evaluate()
+                if cfg.train_loss_from == "steps":
+                    losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
+                else:
+                    losses = self.evaluate()
+                self.loss_sum, self.loss_count = 0.0, 0
                 self.elapsed = time.perf_counter() - t_start
                 metrics = self._metrics(losses["train"], losses["val"])
                 if not math.isfinite(losses["val"]):
@@ -246,6 +259,8 @@ class Trainer:
             "train_time": self.train_time,
             "elapsed": self.elapsed,
             "status": self.status,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
             "rng_torch": torch.get_rng_state(),
             "rng_batch": self.batch_gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -256,6 +271,7 @@ class Trainer:
         self.optimizer.load_state_dict(sd["optimizer"])
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
+        self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
         torch.set_rng_state(sd["rng_torch"])
         self.batch_gen.set_state(sd["rng_batch"])
         if self.device.type == "cuda" and sd["rng_cuda"]:

@@ -54,6 +54,7 @@ def test_every_sampled_config_is_valid():
         assert isinstance(model_cfg, GPTConfig)
         assert model_cfg.n_embd == config["n_head"] * config["head_dim"]
         assert model_cfg.block_size == 256 and train_cfg.max_steps == 100
+        assert train_cfg.train_loss_from == "steps"  # trials evaluate val only
         assert config["sampler"] == "TPESampler"
         study.tell(trial, float(model_cfg.n_embd))
 

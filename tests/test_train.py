@@ -29,7 +29,8 @@ def make(data, dropout=0.0, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(learning_rate=0), dict(max_steps=0), dict(min_lr=1.0), dict(device="tpu"),
-                                dict(warmup_steps=50, lr_decay_steps=10), dict(beta2=1.0)])
+                                dict(warmup_steps=50, lr_decay_steps=10), dict(beta2=1.0),
+                                dict(train_loss_from="test")])
 def test_config_errors(kw):
     with pytest.raises(ValueError):
         TrainConfig(**kw)
@@ -56,8 +57,31 @@ def test_loop_reports_metrics_and_learns(data):
     assert seen[-1]["val_bpc"] == pytest.approx(seen[-1]["val_loss"] / math.log(2) / data[0].val_chars_per_token)
 
 
-def test_resume_equals_uninterrupted(data, tmp_path):
-    straight = make(data, dropout=0.1).run()
+def test_train_loss_from_steps_evaluates_val_only(data):
+    t = make(data, train_loss_from="steps")
+    step_losses, asked = [], []
+    forward, evaluate = t.model.forward, t.evaluate
+
+    def recording_forward(idx, targets=None):
+        logits, loss = forward(idx, targets)
+        if t.model.training:
+            step_losses.append(loss.item())
+        return logits, loss
+
+    t.model.forward = recording_forward
+    t.evaluate = lambda splits=("train", "val"): asked.append(splits) or evaluate(splits)
+    history = t.run()
+    assert asked == [("val",)] * 4
+    for i, m in enumerate(history):
+        assert m["train_loss"] == pytest.approx(sum(step_losses[10 * i:10 * i + 10]) / 10)
+    # the same training either way: only what train_loss means differs
+    assert [m["val_loss"] for m in history] == [m["val_loss"] for m in make(data).run()]
+
+
+@pytest.mark.parametrize("train_loss_from", ["eval", "steps"])
+def test_resume_equals_uninterrupted(data, tmp_path, train_loss_from):
+    opts = dict(dropout=0.1, train_loss_from=train_loss_from)
+    straight = make(data, **opts).run()
     class Killed(Exception):
         pass
 
@@ -67,8 +91,8 @@ def test_resume_equals_uninterrupted(data, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        make(data, dropout=0.1).run(save_then_die)
-    second = make(data, dropout=0.1)
+        make(data, **opts).run(save_then_die)
+    second = make(data, **opts)
     second.restore(tmp_path / "ckpt")
     resumed = second.run()
     assert len(resumed) == len(straight) == 4
@@ -76,7 +100,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
         assert a["step"] == b["step"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
-    ref = make(data, dropout=0.1)
+    ref = make(data, **opts)
     ref.run()
     for (k, p), q in zip(ref.model.state_dict().items(), second.model.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=k)

@@ -73,6 +73,8 @@ class Preset:
     eval_interval: int = 25
     eval_iters: int = 10
     eval_batch_size: int = 32
+    # trials take train_loss from their training steps and evaluate only val: halves evaluation cost
+    train_loss_from: str = "steps"
     grace_period: int = 75
     reduction_factor: int = 3
     cpus_per_trial: float = 1
@@ -276,6 +278,7 @@ def trial_constants(preset: Preset, *, dataset: str, seed: int, max_steps: int, 
         "eval_interval": eval_interval,
         "eval_iters": preset.eval_iters,
         "eval_batch_size": preset.eval_batch_size,
+        "train_loss_from": preset.train_loss_from,
         "warmup_steps": min(preset.warmup_steps, max_steps // 10),
         "min_lr_ratio": preset.min_lr_ratio,
         "dataset": dataset,

@@ -21,7 +21,7 @@ from nanogpt.train import Trainer, TrainConfig
 
 # trial-config keys that go straight into TrainConfig
 TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay",
-              "eval_interval", "eval_iters", "eval_batch_size", "seed")
+              "eval_interval", "eval_iters", "eval_batch_size", "train_loss_from", "seed")
 
 
 def build_configs(config: dict, vocab_size: int, device: str = "cpu") -> tuple[GPTConfig, TrainConfig]:
