@@ -1,6 +1,7 @@
 """Does TPE + ASHA find good configs faster than random search? Same data, same budget, 3 seeds each.
 
     python benchmarks/search_efficiency.py [--budget 120] [--seeds 0 1 2] [--preset laptop]
+                                           [--max-steps N] [--grace-period N] [--eval-interval N]
 
 Runs `python -m tune.search --time-budget BUDGET` for TPE+ASHA, random+ASHA and random+FIFO,
 plots the best validation loss found so far against wall-clock time (search_efficiency.png) and
@@ -51,7 +52,12 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=120, help="seconds per search")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--preset", default="laptop")
+    p.add_argument("--max-steps", type=int, help="steps of a trial never stopped (default: the preset's)")
+    p.add_argument("--grace-period", type=int, help="ASHA's first rung (default: the preset's)")
+    p.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
     args = p.parse_args()
+    shape = [x for flag in ("max_steps", "grace_period", "eval_interval") if getattr(args, flag) is not None
+             for x in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
 
     curves: dict[str, list] = {m: [] for m in METHODS}
     trials: dict[str, list] = {m: [] for m in METHODS}
@@ -61,7 +67,7 @@ def main() -> None:
                 name = f"{searcher}-{scheduler}-{seed}"
                 proc = subprocess.run([sys.executable, "-m", "tune.search", "--preset", args.preset, "--num-samples", "500",
                                        "--time-budget", str(args.budget), "--searcher", searcher, "--scheduler", scheduler,
-                                       "--seed", str(seed), "--results-dir", tmp, "--name", name, "--no-report"],
+                                       "--seed", str(seed), *shape, "--results-dir", tmp, "--name", name, "--no-report"],
                                       cwd=ROOT, capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.exit(proc.stdout + proc.stderr)
@@ -108,7 +114,7 @@ which this script takes through --budget.
 """ if same else "")
     body = f"""{stamp()}
 
-`python benchmarks/search_efficiency.py --budget {args.budget:g} --seeds {' '.join(map(str, args.seeds))} --preset {args.preset}`:
+`python benchmarks/search_efficiency.py --budget {args.budget:g} --seeds {' '.join(map(str, args.seeds))} --preset {args.preset}{''.join(' ' + x for x in shape)}`:
 each search gets the same {args.budget:g} s of wall-clock time on the same 2 CPU slots (`--time-budget`), seeds
 {', '.join(map(str, args.seeds))}.
 
