@@ -38,7 +38,7 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "
                 f"try n_embd={self.n_head * max(1, self.n_embd // self.n_head)}"
             )
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:

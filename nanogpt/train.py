@@ -296,9 +296,10 @@ class Trainer:
             save_tokenizer(self.tokenizer, d / TOKENIZER_FILE)
         return d
 
-    def restore(self, directory: str | Path) -> None:
-        """Continue from a checkpoint written by save() for the same model and data."""
-        meta, sd = read_checkpoint(directory)
+    def restore(self, directory: str | Path, checkpoint: tuple[dict, dict] | None = None) -> None:
+        """Continue from a checkpoint written by save() for the same model and data.
+        `checkpoint`: what read_checkpoint(directory) returned, when the caller has read it already."""
+        meta, sd = checkpoint or read_checkpoint(directory)
         if meta["model"] != self.model_cfg.to_dict():
             raise CheckpointError(f"checkpoint {directory} holds a different model config: {meta['model']}")
         self.load_state_dict(sd)
@@ -421,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not has_ckpt:
         raise ValueError(f"nothing to resume: {out} holds no checkpoint")
 
-    meta = read_checkpoint(out)[0] if args.resume else None
+    checkpoint = read_checkpoint(out) if args.resume else None
+    meta = checkpoint[0] if checkpoint else None
     if meta is not None and args.dataset is None and args.data_file is None and meta["dataset"] in DATASETS:
         args.dataset = meta["dataset"]  # a resumed run continues on its own data, not on the default
     dataset = load_dataset(args.dataset, args.data_file)
@@ -437,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclass_from_args(TrainConfig, args)
     data = tokenize(dataset, tokenizer)
     trainer = Trainer(model_cfg, cfg, data, tokenizer)
-    if args.resume:
-        trainer.restore(out)
+    if checkpoint:
+        trainer.restore(out, checkpoint)
     prompts = args.prompt or default_prompts(dataset.name, dataset.train_text)
 
     print(f"data: {dataset.name}, {len(data.train):,} train / {len(data.val):,} val tokens, "

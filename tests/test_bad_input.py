@@ -53,7 +53,8 @@ CASES = [
     (["--resume", "--name", "ghost"], "nothing to resume"),
     (["--resume"], "--name"),
     (["--name", "../escape"], "--name"),
-    (["--results-dir", "s3://bucket/x"], "--results-dir"),
+    (["--results-dir", "foo://bucket/x"], "--results-dir"),
+    (["--results-dir", "file:///nonexistent-ngt-root/x", "--resume", "--name", "ghost"], "nothing to resume"),
 ]
 
 

@@ -128,7 +128,8 @@ def test_scaled_residual_init():
     assert m.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
-@pytest.mark.parametrize("kw", [dict(n_embd=15, n_head=2), dict(dropout=1.0), dict(n_layer=0), dict(vocab_size=-1)])
+@pytest.mark.parametrize("kw", [dict(n_embd=15, n_head=2), dict(dropout=1.0), dict(dropout="0.1"), dict(n_layer=0),
+                                dict(vocab_size=-1)])
 def test_config_errors(kw):
     with pytest.raises(ValueError):
         tiny(**kw)

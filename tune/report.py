@@ -1,7 +1,8 @@
 """What a search leaves behind, rebuilt from disk: `python -m tune.report RESULTS_DIR/NAME`.
 
 Reads the experiment through Ray's own result API (ExperimentAnalysis -> ResultGrid), so no
-Ray cluster is needed. Writes trials.csv, best/, report.md and plots/*.png. For notebooks:
+Ray cluster is needed. Writes trials.csv, best/, report.md and plots/*.png. A search kept at a URI
+(`--results-dir s3://...`) is read through a local copy and the files are uploaded back. For notebooks:
 
     from tune import report
     df = report.load("results/NAME")          # one row per trial
@@ -18,6 +19,8 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+
+from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +83,29 @@ def _status(trial_status: str, last: dict, rungs: set[int]) -> str:
     return f"interrupted at step {step}"
 
 
-def _best_checkpoint(result) -> str | None:
-    """Local path of the trial's best checkpoint by val_loss, if it is on disk."""
+def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror | None]:
+    """(local directory, mirror): a URI is first downloaded into its local copy, checkpoints left at the URI."""
+    if mirror is None and is_uri(path):
+        mirror = Mirror(str(path))
+        mirror.pull()
+        return mirror.local, mirror
+    return Path(path), mirror
+
+
+def _best_checkpoint(result, mirror: Mirror | None = None) -> str | None:
+    """Path of the trial's best checkpoint by val_loss, if it is on disk (or, for a URI, at the URI)."""
     candidates = []
     for ckpt, metrics in result.best_checkpoints or []:
         val = metrics.get("val_loss", math.inf)
-        if Path(ckpt.path, "model.pt").is_file():
+        model = Path(ckpt.path, "model.pt")
+        if mirror.has(model) if mirror else model.is_file():
             candidates.append((val if val == val else math.inf, ckpt.path))
     return min(candidates)[1] if candidates else None
 
 
-def _read(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The trials table and the long learning-curve table, from one read of the experiment."""
-    path = Path(path)
+    path, mirror = _local(path, mirror)
     settings = _settings(path)
     rungs = _rungs(settings) if settings else set()
     rows, frames = [], []
@@ -123,7 +136,7 @@ def _read(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["status"] = _status(trial.status, last, rungs)
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:300]
-        row["checkpoint"] = _best_checkpoint(result)
+        row["checkpoint"] = _best_checkpoint(result, mirror)
         rows.append(row)
     trials = pd.DataFrame(rows, columns=COLUMNS)
     trials = trials.sort_values("best_val_loss", na_position="last", kind="stable").reset_index(drop=True)
@@ -141,26 +154,30 @@ def load_curves(path: str | Path) -> pd.DataFrame:
     return _read(path)[1]
 
 
-def export(path: str | Path) -> pd.DataFrame:
-    """Write trials.csv and best/ (the best trial's best checkpoint); return the trials table."""
-    df = load(path)
-    _write_exports(Path(path), df)
+def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
+    """Write trials.csv and best/ (the best trial's best checkpoint); return the trials table.
+    `mirror`: the local copy `path` is of, when the search lives at a URI."""
+    path, mirror = _local(path, mirror)
+    df = _read(path, mirror)[0]
+    _write_exports(path, df, mirror)
     return df
 
 
-def _write_exports(path: Path, df: pd.DataFrame) -> None:
+def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
     df.to_csv(path / "trials.csv", index=False)
     ok = df[df["checkpoint"].notna() & df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
     if not ok.empty:
         best = ok.iloc[0]
         tmp = path / "best.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(best["checkpoint"], tmp)
+        shutil.copytree(mirror.fetch(best["checkpoint"]) if mirror else best["checkpoint"], tmp)
         (tmp / "trial.json").write_text(json.dumps(
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.to_dict().items()}, indent=2,
             default=str))
         shutil.rmtree(path / "best", ignore_errors=True)
         tmp.rename(path / "best")
+    if mirror:
+        mirror.push("trials.csv", "best")
 
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
@@ -212,10 +229,12 @@ def _counting_numbers(dataset_name: str) -> dict[str, list[int]] | None:
 
 
 def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 5, temperature: float = 0.8,
-                 seed: int = 1337, max_new_tokens: int = 80, trials: pd.DataFrame | None = None) -> Path:
+                 seed: int = 1337, max_new_tokens: int = 80, trials: pd.DataFrame | None = None,
+                 mirror: Mirror | None = None) -> Path:
     """Rebuild trials.csv, best/, report.md and plots/ of a search from what it left on disk.
 
-    `trials`: the table export() just returned, to skip exporting again."""
+    `trials`: the table export() just returned, to skip exporting again. `mirror`: the local copy
+    `path` is of, when the search lives at a URI (a URI `path` makes one)."""
     import torch
 
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
@@ -225,13 +244,13 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     from nanogpt.train import CheckpointError, load_model
     from tune import plots
 
-    path = Path(path)
+    path, mirror = _local(path, mirror)
     settings = _settings(path)
     if trials is None:
-        df, curves = _read(path)
-        _write_exports(path, df)
+        df, curves = _read(path, mirror)
+        _write_exports(path, df, mirror)
     else:
-        df, curves = trials, load_curves(path)
+        df, curves = trials, _read(path, mirror)[1]
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     missing: list[str] = []
@@ -307,7 +326,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
             missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
             continue
         try:
-            model, tok, meta = load_model(row["checkpoint"])
+            model, tok, meta = load_model(mirror.fetch(row["checkpoint"]) if mirror else row["checkpoint"])
             models.append((row, model, tok, meta))
         except CheckpointError as e:
             missing.append(f"trial {row['trial_id']}: {e}")
@@ -361,27 +380,28 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
         md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
     out = path / "report.md"
     out.write_text("\n".join(md))
+    if mirror:
+        mirror.push("report.md", "plots")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tune.report", description="Rebuild the report of a search.")
-    p.add_argument("path", help="RESULTS_DIR/NAME of a search")
+    p.add_argument("path", help="RESULTS_DIR/NAME of a search (a directory, or a URI such as s3://bucket/results/NAME)")
     p.add_argument("--prompt", action="append", help="prompt for the generations (repeatable; default: data-set prompts)")
     p.add_argument("--top", type=int, default=5, help="trials whose generations are shown")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--max-new-tokens", type=int, default=80)
     args = p.parse_args(argv)
-    path = Path(args.path)
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
+    if not is_uri(args.path) and not Path(args.path).is_dir():
+        raise ReportError(f"{args.path} is not a directory: pass RESULTS_DIR/NAME of a search")
     if args.top < 1 or args.temperature < 0 or args.max_new_tokens < 1:
         raise ReportError("--top and --max-new-tokens must be >= 1 and --temperature >= 0")
-    out = write_report(path, args.prompt, args.top, args.temperature, args.seed, args.max_new_tokens)
-    df = pd.read_csv(path / "trials.csv")
+    out = write_report(args.path, args.prompt, args.top, args.temperature, args.seed, args.max_new_tokens)
+    df = pd.read_csv(out.parent / "trials.csv")
     print(top_table(df, args.top))
-    print(f"report: {out}")
+    print(f"report: {out}" + (f" (uploaded to {args.path.rstrip('/')}/report.md)" if is_uri(args.path) else ""))
     return 0
 
 

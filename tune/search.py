@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from nanogpt.data import DATASETS, TokenData, load_dataset, tokenize
 from nanogpt.tokenizer import build_tokenizer
 from tune.space import (PRESETS, RANGE_FLAGS, SpaceSampler, describe_space, max_value, parse_range, spec_from_json,
                         spec_to_json, trial_constants, with_overrides)
+from tune.storage import Mirror, is_uri, sync_callback
 
 
 SETTINGS_FILE = "search.json"
@@ -54,10 +56,26 @@ class Settings:
     reduction_factor: int
     max_failures: int
     created: str
+    # for a URI results directory: the local copy's path, where Optuna's study (optuna.db) was opened
+    local_copy: str | None = None
+
+    @property
+    def experiment_path(self) -> str:
+        """Where Ray keeps the experiment: RESULTS_DIR/NAME, a directory or a URI."""
+        if is_uri(self.results_dir):
+            return f"{self.results_dir.rstrip('/')}/{self.name}"
+        return str(Path(self.results_dir) / self.name)
+
+    @property
+    def mirror(self) -> Mirror | None:
+        """For a URI results directory, the local copy the project's own files are written in."""
+        return Mirror(self.experiment_path) if is_uri(self.results_dir) else None
 
     @property
     def experiment_dir(self) -> Path:
-        return Path(self.results_dir) / self.name
+        """The local directory of the search's files: RESULTS_DIR/NAME, or a URI's local copy."""
+        mirror = self.mirror
+        return mirror.local if mirror else Path(self.results_dir) / self.name
 
     def save(self) -> None:
         (self.experiment_dir / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -139,16 +157,28 @@ def _check_writable(results_dir: Path) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Validate the command line into Settings. Nothing is written here."""
-    if re.search(r"://", args.results_dir):
-        raise ValueError("--results-dir must be a directory path (shared file system on a cluster); URIs are not supported yet")
-    results_dir = Path(args.results_dir).expanduser().resolve()
+    uri = is_uri(args.results_dir)
+    results_dir = args.results_dir.rstrip("/") if uri else Path(args.results_dir).expanduser().resolve()
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.name):
         raise ValueError(f"--name {args.name!r} must be letters, digits, '.', '_' or '-' (at most 100)")
 
     if args.resume:
         if args.name is None:
             raise ValueError("--resume needs --name NAME of the search to continue")
-        exp = results_dir / args.name
+        if uri:
+            mirror = Mirror(f"{results_dir}/{args.name}")
+            if not mirror.exists(SETTINGS_FILE):
+                raise ValueError(f"nothing to resume: {mirror.uri} holds no search (no {SETTINGS_FILE}); "
+                                 f"check --results-dir and --name")
+            exp = mirror.pull()  # the search's files and Ray's results; checkpoints stay at the URI
+            saved = Settings.load(exp).local_copy
+            if saved and saved != str(exp):
+                # Ray's saved searcher opens the study by that path: elsewhere it would start an empty one
+                raise ValueError(f"{mirror.uri} was started with its local copy at {saved}, where Ray's saved Optuna "
+                                 f"searcher looks for its study; resume with NANOGPT_TUNE_CACHE set so that the "
+                                 f"copy lands there again (now: {exp})")
+        else:
+            exp = results_dir / args.name
         if not (exp / SETTINGS_FILE).is_file():
             raise ValueError(f"nothing to resume: {exp} holds no search (no {SETTINGS_FILE}); check --results-dir and --name")
         defaults = build_parser()
@@ -191,6 +221,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dataset = preset.dataset
     data_file = str(Path(args.data_file).expanduser().resolve()) if args.data_file else None
     name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # a URI pyarrow cannot open is an error now, before Ray
+    local_copy = str(Mirror(f"{results_dir}/{name}").local) if uri else None
     return Settings(
         name=name, results_dir=str(results_dir), preset=preset.name, dataset=dataset, data_file=data_file,
         tokenizer=args.tokenizer, bpe_vocab_size=args.bpe_vocab_size,
@@ -199,7 +231,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         time_budget_s=args.time_budget, cpus_per_trial=preset.cpus_per_trial, gpus_per_trial=preset.gpus_per_trial,
         max_concurrent=args.max_concurrent, seed=args.seed, searcher=args.searcher, scheduler=args.scheduler,
         grace_period=grace, reduction_factor=preset.reduction_factor, max_failures=args.max_failures,
-        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+        created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
     )
 
 
@@ -286,7 +318,8 @@ def make_tuner(settings: Settings, data: TokenData, tokenizer, restore: bool):
     )
     exp = settings.experiment_dir
     if restore:
-        return tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(settings.experiment_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
 
     preset = PRESETS[settings.preset]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -324,7 +357,8 @@ def make_tuner(settings: Settings, data: TokenData, tokenizer, restore: bool):
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries)
             verbose=0,
-            callbacks=[Progress(settings.num_samples)],
+            callbacks=[Progress(settings.num_samples)]
+            + ([sync_callback(settings.mirror, OPTUNA_DB)] if settings.mirror else []),
         ),
     )
 
@@ -353,11 +387,17 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
             or (Path.home() / ".ray" / "auth_token").is_file()
         ):
             os.environ["RAY_AUTH_MODE"] = "token"
+    mirror = settings.mirror
     if resume:
         from ray.tune import Tuner
 
-        if not Tuner.can_restore(str(exp)):
-            raise ValueError(f"{exp} cannot be resumed: Ray's experiment state is missing (the search never started)")
+        if not Tuner.can_restore(settings.experiment_path):
+            raise ValueError(f"{settings.experiment_path} cannot be resumed: Ray's experiment state is missing "
+                             f"(the search never started)")
+    elif mirror:
+        mirror.check_writable()
+        if mirror.exists():
+            raise ValueError(f"{mirror.uri} already exists: add --resume to continue it, or pick another --name")
     else:
         _check_writable(Path(settings.results_dir))
         if exp.exists():
@@ -367,8 +407,12 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
     init_ray(settings, address, dashboard)
     try:
         if not resume:
+            if mirror:
+                shutil.rmtree(exp, ignore_errors=True)  # a stale local copy of an earlier search of that URI
             exp.mkdir(parents=True)
             settings.save()
+            if mirror:
+                mirror.push(SETTINGS_FILE)
         print(f"search {settings.name}: preset {settings.preset}, data {data.dataset} "
               f"({len(data.train):,} train tokens, {tokenizer.kind} vocab {tokenizer.vocab_size}), "
               f"{settings.num_samples} trials x {settings.max_steps} steps, {settings.searcher} + {settings.scheduler}, "
@@ -381,7 +425,10 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
         wall = time.time() - t0
     finally:
         ray.shutdown()
-    df = report_mod.export(exp)
+    if mirror:
+        mirror.push(OPTUNA_DB)
+        mirror.pull()  # Ray's results, for the report: they were written at the URI
+    df = report_mod.export(exp, mirror=mirror)
     print(f"\n{len(df)} trials in {wall:.0f} s; top {min(top, len(df))} by val_loss:")
     print(report_mod.top_table(df, top))
     unfinished = df["status"].str.startswith(("interrupted", "not started")).sum()
@@ -395,9 +442,11 @@ def run(settings: Settings, resume: bool, address: str | None = None, dashboard:
     else:
         print("\nno trial produced a checkpoint: no best/ was written")
     if report:
-        path = report_mod.write_report(exp, trials=df)
+        path = report_mod.write_report(exp, trials=df, mirror=mirror)
         print(f"report: {path}")
     print(f"trials table: {exp / 'trials.csv'}")
+    if mirror:
+        print(f"results uploaded to {mirror.uri} (local copy: {exp})")
     return exp
 
 
