@@ -1,4 +1,5 @@
-"""A compact progress display for a search: one line per trial event, Ray's tables stay off."""
+"""Tune callbacks of a search: a compact progress display (one line per trial event, Ray's tables
+stay off), and the upload of a URI search's own files as it goes."""
 
 from __future__ import annotations
 
@@ -60,3 +61,17 @@ class Progress(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         print(f"{self._stamp()} {trial.trial_id} failed; retrying from its last checkpoint", flush=True)
+
+
+class MirrorSync(Callback):
+    """Uploads files of a URI search's local copy (tune.storage.Mirror) after every finished trial
+    and at the end, so that an interrupted search keeps them at the URI too."""
+
+    def __init__(self, mirror, *rels: str):
+        self.mirror, self.rels = mirror, rels
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.mirror.push(*self.rels)
+
+    def on_experiment_end(self, trials, **info):
+        self.mirror.push(*self.rels)

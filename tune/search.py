@@ -8,6 +8,7 @@ Everything about the search is checked before Ray starts; bad input is one line 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from nanogpt.data import DATASETS, TokenData, load_dataset, tokenize
 from nanogpt.tokenizer import build_tokenizer
 from tune.space import (PRESETS, RANGE_FLAGS, SpaceSampler, describe_space, max_value, parse_range, spec_from_json,
                         spec_to_json, trial_constants, with_overrides)
-from tune.storage import Mirror, is_uri, sync_callback
+from tune.storage import Mirror, is_uri
 
 
 SETTINGS_FILE = "search.json"
@@ -66,7 +67,7 @@ class Settings:
             return f"{self.results_dir.rstrip('/')}/{self.name}"
         return str(Path(self.results_dir) / self.name)
 
-    @property
+    @functools.cached_property
     def mirror(self) -> Mirror | None:
         """For a URI results directory, the local copy the project's own files are written in."""
         return Mirror(self.experiment_path) if is_uri(self.results_dir) else None
@@ -309,7 +310,7 @@ def make_tuner(settings: Settings, data: TokenData, tokenizer, restore: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune.progress import Progress
+    from tune.progress import MirrorSync, Progress
     from tune.trainable import train_gpt
 
     trainable = tune.with_resources(
@@ -358,7 +359,7 @@ def make_tuner(settings: Settings, data: TokenData, tokenizer, restore: bool):
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries)
             verbose=0,
             callbacks=[Progress(settings.num_samples)]
-            + ([sync_callback(settings.mirror, OPTUNA_DB)] if settings.mirror else []),
+            + ([MirrorSync(settings.mirror, OPTUNA_DB)] if settings.mirror else []),
         ),
     )
 

@@ -129,16 +129,3 @@ class Mirror:
                 self.fs.delete_dir(self._remote(rel))  # a directory replaced as a whole (best/, plots/)
             _copy(pyarrow.fs.LocalFileSystem(), str(src), self.fs, self._remote(rel))
 
-
-def sync_callback(mirror: Mirror, *rels: str):
-    """A Tune callback that uploads `rels` of the mirror after every finished trial and at the end."""
-    from ray.tune import Callback
-
-    class MirrorSync(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            mirror.push(*rels)
-
-        def on_experiment_end(self, trials, **info):
-            mirror.push(*rels)
-
-    return MirrorSync()
