@@ -44,7 +44,7 @@ def best_so_far(exp: Path) -> list[tuple[float, float]]:
 
 
 def stopped_early(exp: Path) -> int:
-    """Trials whose last evaluation came before the search's max_steps (ASHA stopped them)."""
+    """Trials whose last evaluation came before the search's max_steps: stopped by ASHA, or running when the budget ran out."""
     max_steps = json.loads((exp / "search.json").read_text())["max_steps"]
     n = 0
     for f in exp.glob("trial_*/result.json"):
@@ -142,7 +142,7 @@ which this script takes through --budget.
 each search gets the same {args.budget:g} s of wall-clock time on the same 2 CPU slots (`--time-budget`), seeds
 {', '.join(map(str, args.seeds))}.
 
-{md_table(["method", "final best val_loss per seed", "median", "trials run per seed", "stopped early by ASHA"], rows)}
+{md_table(["method", "final best val_loss per seed", "median", "trials run per seed", "ended before max_steps (ASHA; 1-2 by the budget)"], rows)}
 
 TPE + ASHA reaches random + FIFO's median final best ({target:.4f}) after {reach_text} (per seed):
 a median of **{100 * share:.0f}%** of the budget. Goal: <= 33%: **{'met' if share <= 1 / 3 else 'missed'}**.

@@ -157,7 +157,8 @@ def _check_writable(results_dir: Path) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Validate the command line into Settings. Nothing is written here."""
+    """Validate the command line into Settings. Nothing is written to the results directory here (resuming
+    from a URI downloads the search into its local copy first)."""
     uri = is_uri(args.results_dir)
     results_dir = args.results_dir.rstrip("/") if uri else Path(args.results_dir).expanduser().resolve()
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.name):
