@@ -112,11 +112,16 @@ def main() -> None:
     ax.set_xlabel("wall-clock seconds (2 CPU slots)")
     ax.set_ylabel("best validation loss so far")
     ax.set_title(f"search efficiency, preset {args.preset}, {len(args.seeds)} seeds each")
-    ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
+    # zoomed on where the methods differ: from the lowest final best to a little above the highest
+    lows, highs = min(min(f) for f in finals.values()), max(max(f) for f in finals.values())
+    ax.set_ylim(lows - 0.1 * (highs - lows) - 0.01, highs + 0.5 * (highs - lows) + 0.05)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(ROOT / "benchmarks" / "search_efficiency.png", dpi=100)
+    # the curves themselves, so the plot can be redrawn without rerunning the searches
+    (ROOT / "benchmarks" / "search_efficiency.json").write_text(json.dumps(
+        {"args": vars(args), "curves": curves, "trials": trials, "ended_early": stopped}, indent=1))
 
     rows = [[m, " / ".join(f"{v:.4f}" for v in finals[m]), f"{statistics.median(finals[m]):.4f}",
              " / ".join(str(n) for n in trials[m]), " / ".join(str(n) for n in stopped[m])] for m in METHODS]
