@@ -83,18 +83,15 @@ class Mirror:
             raise ValueError(f"{self.uri} does not exist: check --results-dir and the search's name")
         shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True)
-        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True))
-        for info in infos:
+        local_fs = pyarrow.fs.LocalFileSystem()
+        for info in self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True)):
             rel = info.path[len(self.root):].lstrip("/")
             if info.type != pyarrow.fs.FileType.File or any(p.startswith("checkpoint_") for p in rel.split("/")):
                 continue
-            self._download(rel)
+            dest = self.local / rel  # a file the listing already named: no further remote lookups
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            pyarrow.fs.copy_files(info.path, str(dest), source_filesystem=self.fs, destination_filesystem=local_fs)
         return self.local
-
-    def _download(self, rel: str) -> None:
-        import pyarrow.fs
-
-        _copy(self.fs, self._remote(rel), pyarrow.fs.LocalFileSystem(), str(self.local / rel))
 
     def has(self, local_path: str | Path) -> bool:
         """Whether a path under the local copy exists at the URI."""
