@@ -12,18 +12,19 @@ from pathlib import Path
 import torch
 
 from nanogpt.cli import run_main
+from nanogpt.errors import UserError
 from nanogpt.model import GPT
 
 
 def attention_matrix(model: GPT, tokenizer, text: str, layer: int = 0, head: int = 0) -> tuple[list[str], torch.Tensor]:
     """(token strings, (t, t) attention probabilities) of one layer and head; head=-1 averages heads."""
     if not text:
-        raise ValueError("attention needs a non-empty text")
+        raise UserError("attention needs a non-empty text")
     L, H = model.config.n_layer, model.config.n_head
     if not -L <= layer < L:
-        raise ValueError(f"layer {layer} does not exist: the model has {L} layers (0..{L - 1})")
+        raise UserError(f"layer {layer} does not exist: the model has {L} layers (0..{L - 1})")
     if not -1 <= head < H:
-        raise ValueError(f"head {head} does not exist: the model has {H} heads (0..{H - 1}, or -1 for their mean)")
+        raise UserError(f"head {head} does not exist: the model has {H} heads (0..{H - 1}, or -1 for their mean)")
     ids = tokenizer.encode(text)[-model.config.block_size :]
     device = next(model.parameters()).device
     maps = model.attention_maps(torch.tensor([ids], device=device))  # (n_layer, nh, t, t)
@@ -66,7 +67,7 @@ def plot_attention(tokens: list[str], att: torch.Tensor, path: str | Path, title
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nanogpt.train import load_model
+    from nanogpt.checkpoint import load_model
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.attention", description="Attention heatmap of a checkpoint.")
     p.add_argument("--checkpoint", required=True)

@@ -9,6 +9,8 @@ import sys
 import typing
 from typing import Callable
 
+from nanogpt.errors import UserError
+
 
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
@@ -44,20 +46,37 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | No
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
+    """The dataclass from its flags; a value its checks refuse is the user's to fix (UserError)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     values.update(overrides)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Our own loggers (nanogpt.*, tune.*) print their message to stderr; libraries keep theirs to themselves
+    (matplotlib's font-cache note, Ray's and Optuna's chatter are nothing a user can act on)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("nanogpt", "tune"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run an entry point: bad input is one line on stderr and exit 2, Ctrl-C exit 130, no traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """Run an entry point: a UserError is one line on stderr and exit 2, Ctrl-C exit 130.
+    Anything else is a bug in our code or a library's and keeps its traceback (exit 1)."""
+    configure_logging()
     try:
         code = main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except (ValueError, OSError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

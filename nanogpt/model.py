@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from nanogpt.errors import UserError
+
 
 @dataclass
 class GPTConfig:
@@ -247,3 +249,11 @@ class GPT(nn.Module):
             x = block(x)
         self.train(was_training)
         return torch.stack(maps)  # (n_layer, nh, t, t)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)

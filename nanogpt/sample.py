@@ -11,6 +11,7 @@ import re
 import torch
 
 from nanogpt.cli import run_main
+from nanogpt.errors import UserError
 from nanogpt.model import GPT
 
 
@@ -53,7 +54,7 @@ def counting_probe(model: GPT, tokenizer, numbers: list[int]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nanogpt.train import load_model
+    from nanogpt.checkpoint import load_model
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.sample", description="Generate text from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. results/NAME/best)")
@@ -66,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = p.parse_args(argv)
     if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     model, tokenizer, _ = load_model(args.checkpoint, device=args.device)
     for i in range(args.num_samples):
         if i:

@@ -18,16 +18,14 @@ from typing import Callable, Literal
 
 import torch
 
+from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError, read_checkpoint,
+                                read_checkpoint_tokenizer)
 from nanogpt.data import TokenData, get_batch
-from nanogpt.model import GPT, GPTConfig
-from nanogpt.tokenizer import load_tokenizer, save_tokenizer
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig, resolve_device
+from nanogpt.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-
 
 @dataclass
 class TrainConfig:
@@ -101,14 +99,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """nanoGPT's groups: weight decay on tensors of 2+ dims (matmuls, embeddings), not on biases or norms."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,10 +107,6 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> t
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused AdamW: one kernel for all parameters; measured fastest on CPU here too (benchmarks/RESULTS.md)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt or does not fit. The message says what to do."""
 
 
 Callback = Callable[[dict, "Trainer"], None]
@@ -306,59 +292,6 @@ class Trainer:
         self.history = list(meta.get("history", []))
 
 
-def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
-    """(config.json contents, model.pt state) of a checkpoint directory, with clear errors."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise CheckpointError(f"checkpoint directory {d} does not exist: pass the folder that holds {MODEL_FILE}")
-    for name in (MODEL_FILE, CONFIG_FILE):
-        if not (d / name).is_file():
-            raise CheckpointError(f"{d} is not a checkpoint: {name} is missing")
-    try:
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        GPTConfig(**meta["model"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {d} has a corrupt {CONFIG_FILE} ({e})") from None
-    try:
-        sd = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {d} has a corrupt {MODEL_FILE} ({type(e).__name__}); retrain or pick another checkpoint") from None
-    if not isinstance(sd, dict) or "model" not in sd:
-        raise CheckpointError(f"checkpoint {d}: {MODEL_FILE} holds no model weights")
-    return meta, sd
-
-
-def read_checkpoint_tokenizer(directory: str | Path):
-    d = Path(directory)
-    if not (d / TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{d} is not a complete checkpoint: {TOKENIZER_FILE} is missing")
-    try:
-        return load_tokenizer(d / TOKENIZER_FILE)
-    except Exception as e:  # JSON, key and tokenizers-library errors all mean the same to the user
-        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({type(e).__name__}: {e})") from None
-
-
-def load_model(directory: str | Path, device: str = "cpu"):
-    """(model in eval mode, tokenizer, config.json contents) from a checkpoint directory."""
-    d = Path(directory)
-    meta, sd = read_checkpoint(d)
-    tokenizer = read_checkpoint_tokenizer(d)
-    model_cfg = GPTConfig(**meta["model"])
-    if tokenizer.vocab_size != model_cfg.vocab_size:
-        raise CheckpointError(
-            f"checkpoint {d}: the tokenizer has {tokenizer.vocab_size} tokens but the model expects "
-            f"{model_cfg.vocab_size}; the two files come from different runs"
-        )
-    model = GPT(model_cfg)
-    try:
-        model.load_state_dict(sd["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {d}: weights do not fit its config ({first})") from None
-    model.to(resolve_device(device)).eval()
-    return model, tokenizer, meta
-
-
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Train and val loss against step, as a PNG."""
     import matplotlib
@@ -413,14 +346,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     has_ckpt = (out / MODEL_FILE).exists()
     if has_ckpt and not args.resume:
-        raise ValueError(f"{out} already holds a checkpoint: add --resume to continue it, or choose another --out")
+        raise UserError(f"{out} already holds a checkpoint: add --resume to continue it, or choose another --out")
     if args.resume and not has_ckpt:
-        raise ValueError(f"nothing to resume: {out} holds no checkpoint")
+        raise UserError(f"nothing to resume: {out} holds no checkpoint")
 
     checkpoint = read_checkpoint(out) if args.resume else None
     meta = checkpoint[0] if checkpoint else None
@@ -429,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_dataset(args.dataset, args.data_file)
     if meta is not None:
         if dataset.name != meta["dataset"]:
-            raise ValueError(f"{out} was trained on {meta['dataset']}, not {dataset.name}: resume with the same data")
+            raise UserError(f"{out} was trained on {meta['dataset']}, not {dataset.name}: resume with the same data")
         tokenizer = read_checkpoint_tokenizer(out)
         model_cfg, cfg = GPTConfig(**meta["model"]), TrainConfig(**meta["train"])
         print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")

@@ -26,7 +26,7 @@ class _Boom:
 
 
 def test_malicious_checkpoint_is_refused_not_executed(tmp_path):
-    from nanogpt.train import CheckpointError, load_model
+    from nanogpt.checkpoint import CheckpointError, load_model
 
     marker = Path("/tmp/nanogpt-tune-pwned")
     marker.unlink(missing_ok=True)

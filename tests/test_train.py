@@ -9,7 +9,8 @@ from conftest import assert_one_line_error, run_cli
 from nanogpt.data import load_dataset, tokenize
 from nanogpt.model import GPTConfig
 from nanogpt.tokenizer import CharTokenizer
-from nanogpt.train import CheckpointError, Trainer, TrainConfig, load_model, lr_at
+from nanogpt.checkpoint import CheckpointError, load_model
+from nanogpt.train import Trainer, TrainConfig, lr_at
 
 METRICS = {"step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "n_params", "elapsed_s"}
 

@@ -217,7 +217,8 @@ def _data_file_text(settings: dict) -> str:
 
 def _counting_numbers(dataset_name: str) -> dict[str, list[int]] | None:
     """Numbers whose "Number k comes before" sentence is in training, in validation only, or nowhere."""
-    from nanogpt.data import COUNTING_MAX, load_dataset
+    from nanogpt.corpora import COUNTING_MAX
+    from nanogpt.data import load_dataset
 
     if dataset_name not in ("counting", "mixed"):
         return None
@@ -241,7 +242,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.sample import counting_probe, generate_text
-    from nanogpt.train import CheckpointError, load_model
+    from nanogpt.checkpoint import CheckpointError, load_model
     from tune import plots
 
     path, mirror = _local(path, mirror)

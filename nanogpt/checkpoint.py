@@ -1,0 +1,75 @@
+"""Checkpoints on disk: model.pt (weights, optimizer, step, RNG; read with weights_only=True),
+config.json (model and training configs, history) and tokenizer.json. Reading one never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig, resolve_device
+from nanogpt.tokenizer import load_tokenizer
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt or does not fit. The message says what to do."""
+
+
+def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
+    """(config.json contents, model.pt state) of a checkpoint directory, with clear errors."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint directory {d} does not exist: pass the folder that holds {MODEL_FILE}")
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d} is not a checkpoint: {name} is missing")
+    try:
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        GPTConfig(**meta["model"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {d} has a corrupt {CONFIG_FILE} ({e})") from None
+    try:
+        sd = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {d} has a corrupt {MODEL_FILE} ({type(e).__name__}); retrain or pick another checkpoint") from None
+    if not isinstance(sd, dict) or "model" not in sd:
+        raise CheckpointError(f"checkpoint {d}: {MODEL_FILE} holds no model weights")
+    return meta, sd
+
+
+def read_checkpoint_tokenizer(directory: str | Path):
+    d = Path(directory)
+    if not (d / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{d} is not a complete checkpoint: {TOKENIZER_FILE} is missing")
+    try:
+        return load_tokenizer(d / TOKENIZER_FILE)
+    except Exception as e:  # JSON, key and tokenizers-library errors all mean the same to the user
+        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({type(e).__name__}: {e})") from None
+
+
+def load_model(directory: str | Path, device: str = "cpu"):
+    """(model in eval mode, tokenizer, config.json contents) from a checkpoint directory."""
+    d = Path(directory)
+    meta, sd = read_checkpoint(d)
+    tokenizer = read_checkpoint_tokenizer(d)
+    model_cfg = GPTConfig(**meta["model"])
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        raise CheckpointError(
+            f"checkpoint {d}: the tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{model_cfg.vocab_size}; the two files come from different runs"
+        )
+    model = GPT(model_cfg)
+    try:
+        model.load_state_dict(sd["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {d}: weights do not fit its config ({first})") from None
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer, meta
