@@ -31,23 +31,28 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """How to train. Defaults are nanoGPT's recommended CPU recipe (shakespeare_char on a laptop)."""
 
-    max_steps: int = 2000  # optimizer steps
+    max_steps: int = 2000  # optimizer steps (the budget when budget_unit is "steps")
+    # what the training budget counts: optimizer steps, tokens, training FLOPs (GPT.flops_per_token() per
+    # token, nanoGPT's formula) or seconds of training steps (evaluations not counted)
+    budget_unit: Literal["steps", "tokens", "flops", "s"] = "steps"
+    budget: float | None = None  # the budget in budget_unit (unused for steps: max_steps); tokens/flops: train while the next step fits
+    eval_every: float | None = None  # evaluate each time the spend passes a multiple of this (budget_unit); None = eval_interval steps, or budget / 10
     batch_size: int = 12  # sequences per step
     learning_rate: float = 1e-3  # peak learning rate, after warmup
     min_lr: float | None = None  # floor of the cosine decay; None = learning_rate / 10
-    warmup_steps: int | None = None  # linear warmup to learning_rate; None = min(100, max_steps // 10)
-    lr_decay_steps: int | None = None  # step where the cosine reaches min_lr; None = max_steps
+    warmup_steps: int | None = None  # linear warmup to learning_rate; None = min(100, planned steps // 10)
+    lr_decay_steps: int | None = None  # step where the cosine reaches min_lr; None = the planned steps (for seconds: by a speed probe)
     weight_decay: float = 0.1  # on 2-D weights only (matmuls, embeddings)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    eval_interval: int = 250  # evaluate every this many steps (and at the last step)
+    eval_interval: int = 250  # evaluate every this many steps (and at the last step), when budget_unit is "steps"
     eval_iters: int = 20  # batches per split per evaluation
     eval_batch_size: int | None = None  # sequences per eval batch; None = batch_size
     # train_loss at an evaluation: "eval" = mean over eval_iters fixed train batches in eval mode, as
     # nanoGPT; "steps" = mean loss of the training steps since the last evaluation (free: searches use it)
     train_loss_from: Literal["eval", "steps"] = "eval"
-    time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds
+    time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds of wall time
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
 
@@ -65,13 +70,26 @@ class TrainConfig:
             self.min_lr = self.learning_rate / 10
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.max_steps // 10)
-        if self.warmup_steps < 0:
+        if self.budget_unit not in ("steps", "tokens", "flops", "s"):
+            raise ValueError(f"budget_unit must be steps, tokens, flops or s, got {self.budget_unit!r}")
+        if self.budget_unit == "steps":
+            if self.budget is not None or self.eval_every is not None:
+                raise ValueError("a budget in steps is max_steps and eval_interval: leave budget and eval_every unset")
+            # a steps budget plans its schedule now
+            if self.warmup_steps is None:
+                self.warmup_steps = min(100, self.max_steps // 10)
+            if self.lr_decay_steps is None:
+                self.lr_decay_steps = self.max_steps
+        else:
+            if self.budget is None or not (self.budget > 0 and math.isfinite(self.budget)):
+                raise ValueError(f"a budget in {self.budget_unit} needs budget > 0, got {self.budget}")
+            if self.eval_every is None:
+                self.eval_every = self.budget / 10
+            if not self.eval_every > 0:
+                raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_decay_steps is None:
-            self.lr_decay_steps = self.max_steps
-        if self.lr_decay_steps < self.warmup_steps:
+        if self.lr_decay_steps is not None and self.warmup_steps is not None and self.lr_decay_steps < self.warmup_steps:
             raise ValueError(f"lr_decay_steps ({self.lr_decay_steps}) must be >= warmup_steps ({self.warmup_steps})")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
@@ -88,13 +106,18 @@ class TrainConfig:
         return asdict(self)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr."""
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_steps + 1)
-    if step >= cfg.lr_decay_steps:
+def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
+    `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it (budgets not in steps)."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
+    decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else planned_steps
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / (warmup + 1)
+    if decay is None:  # length not known yet (seconds budget before its speed probe): hold the peak
+        return cfg.learning_rate
+    if step >= decay:
         return cfg.min_lr
-    ratio = (step - cfg.warmup_steps) / max(1, cfg.lr_decay_steps - cfg.warmup_steps)
+    ratio = (step - warmup) / max(1, decay - warmup)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
@@ -112,8 +135,11 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> t
 Callback = Callable[[dict, "Trainer"], None]
 
 
+PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
+
+
 class Trainer:
-    """Owns a model, its optimizer and the training state; `run` trains to max_steps."""
+    """Owns a model, its optimizer and the training state; `run` trains until the budget is spent."""
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
@@ -125,6 +151,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # model init
         self.model = GPT(model_cfg).to(self.device)
+        self.flops_per_token = self.model.flops_per_token()
         self.optimizer = configure_optimizer(self.model, cfg, self.device)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -134,11 +161,38 @@ class Trainer:
         self.history: list[dict] = []
         self.status = "running"
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
+        # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
+        tokens_per_step = cfg.batch_size * model_cfg.block_size
+        unit = cfg.budget_unit
+        self.budget = float(cfg.max_steps if unit == "steps" else cfg.budget)
+        self.eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
+        self.step_spend = {"steps": 1, "tokens": tokens_per_step, "flops": tokens_per_step * self.flops_per_token,
+                           "s": None}[unit]
+        self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
+        if self.planned_steps == 0:
+            raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
+                            f"({self.step_spend:g} {unit}); raise the budget")
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         else:
             # fp32 on CPU: bf16 autocast is ~100x slower on CPUs without AMX
             self.autocast = contextlib.nullcontext
+
+    @property
+    def spend(self) -> float:
+        """What the run has spent of its budget, in the budget's unit."""
+        return {"steps": self.step, "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token,
+                "s": self.train_time}[self.cfg.budget_unit]
+
+    def _budget_left(self) -> bool:
+        if self.planned_steps is not None and self.cfg.budget_unit != "s":
+            return self.step < self.planned_steps
+        return self.train_time < self.budget
+
+    def _plan_by_speed(self) -> None:
+        """Seconds budget: the run's length in steps from the speed of its steps so far."""
+        if self.step >= PROBE_STEPS:
+            self.planned_steps = self.step + int((self.budget - self.train_time) / (self.train_time / self.step))
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -172,22 +226,27 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / self.train_time if self.train_time > 0 else 0.0,
             "n_params": self.model.get_num_params(),
             "elapsed_s": self.elapsed,
-            "lr": lr_at(max(0, self.step - 1), self.cfg),
+            "spend": self.spend,
+            "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
             "status": self.status,
         }
 
     # --- the loop ---------------------------------------------------------------------
 
     def run(self, callback: Callback | None = None) -> list[dict]:
-        """Train until max_steps (or the time budget, or divergence). After every evaluation,
-        callback(metrics, trainer) is called; it may save a checkpoint with trainer.save(dir)."""
+        """Train until the budget is spent (or the wall-time limit, or divergence). After every evaluation,
+        callback(metrics, trainer) is called; it may save a checkpoint with trainer.save(dir).
+
+        An evaluation falls on the first step whose spend reaches each multiple of eval_every, and on the
+        last step: trials of a search are compared at equal spend."""
         cfg, B, T = self.cfg, self.cfg.batch_size, self.model_cfg.block_size
         model, opt = self.model, self.optimizer
         model.train()
         t_start = time.perf_counter() - self.elapsed
-        while self.step < cfg.max_steps and self.status == "running":
+        next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
+        while self.status == "running" and self._budget_left():
             t0 = time.perf_counter()
-            lr = lr_at(self.step, cfg)
+            lr = lr_at(self.step, cfg, self.planned_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = get_batch(self.data.train, T, B, self.batch_gen)
@@ -206,19 +265,23 @@ class Trainer:
             self.elapsed = time.perf_counter() - t_start
             self.loss_sum += loss_value
             self.loss_count += 1
+            if cfg.budget_unit == "s" and self.step == PROBE_STEPS:
+                self._plan_by_speed()
 
             if not math.isfinite(loss_value):
                 self.status = "diverged"
                 log.warning("loss became %s at step %d: stopping this run as diverged", loss_value, self.step)
                 metrics = self._metrics(loss_value, float("inf"))
             else:
-                out_of_time = cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s
-                if self.step == cfg.max_steps:
+                if not self._budget_left():
                     self.status = "finished"
-                elif out_of_time:
+                elif cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s:
                     self.status = "time_budget"
-                if self.step % cfg.eval_interval != 0 and self.status == "running":
+                if self.spend < next_eval - 1e-9 * self.eval_every and self.status == "running":
                     continue
+                next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
+                if cfg.budget_unit == "s":
+                    self._plan_by_speed()
                 if cfg.train_loss_from == "steps":
                     losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
                 else:
@@ -247,6 +310,7 @@ class Trainer:
             "status": self.status,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "planned_steps": self.planned_steps,
             "rng_torch": torch.get_rng_state(),
             "rng_batch": self.batch_gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -258,6 +322,8 @@ class Trainer:
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
+        if self.cfg.budget_unit == "s":
+            self.planned_steps = sd.get("planned_steps")
         torch.set_rng_state(sd["rng_torch"])
         self.batch_gen.set_state(sd["rng_batch"])
         if self.device.type == "cuda" and sd["rng_cuda"]:
