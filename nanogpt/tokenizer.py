@@ -1,12 +1,40 @@
-"""Tokenizers: characters (with <unk>) and byte-level BPE. Both save and load as JSON."""
+"""Tokenizers: characters (with <unk>) and byte-level BPE. Both save and load as JSON.
+
+Besides `encode` (a list of ids), each has `stream_encoder()`: text fed in chunks of any size comes
+out as numpy id arrays, token for token what `encode` gives for the whole text, without a Python
+int per character. A corpus of any size is tokenized that way (nanogpt.data).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 UNK = "<unk>"
+MAX_CODE_POINT = 0x10FFFF
+_SUB = 1 << 18  # ids gathered per numpy call: the index casts stay in cache
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype for token ids: uint16 up to 65,535 tokens, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+def code_points(text: str) -> np.ndarray:
+    """(len(text),) uint32 code points."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+class StreamEncoder(Protocol):
+    def feed(self, text: str) -> np.ndarray: ...
+
+    def finish(self) -> np.ndarray: ...
 
 
 class Tokenizer(Protocol):
@@ -16,6 +44,8 @@ class Tokenizer(Protocol):
     def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
+
+    def stream_encoder(self) -> StreamEncoder: ...
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -35,6 +65,7 @@ class CharTokenizer:
         self.chars = list(chars)
         self.stoi = {ch: i + 1 for i, ch in enumerate(self.chars)}
         self.itos = [UNK] + self.chars
+        self._lut: np.ndarray | None = None  # code point -> id, built on first encode_array
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -47,6 +78,22 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self.stoi.get(ch, 0) for ch in text]
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """encode(text) as a numpy array, vectorised over code points."""
+        if self._lut is None:
+            # 0 (<unk>) for every character outside the vocabulary
+            self._lut = np.zeros(MAX_CODE_POINT + 1, dtype=token_dtype(self.vocab_size))
+            self._lut[code_points("".join(self.chars))] = np.arange(1, self.vocab_size)
+        # ASCII text needs no UTF-32 copy: its bytes are its code points
+        cps = np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else code_points(text)
+        out = np.empty(len(cps), dtype=self._lut.dtype)
+        for i in range(0, len(cps), _SUB):
+            np.take(self._lut, cps[i : i + _SUB], out=out[i : i + _SUB])
+        return out
+
+    def stream_encoder(self) -> StreamEncoder:
+        return _CharStream(self)
+
     def decode(self, ids: list[int]) -> str:
         return "".join(self.itos[i] for i in ids)
 
@@ -55,6 +102,19 @@ class CharTokenizer:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": self.chars}
+
+
+class _CharStream:
+    """One token per character: every chunk encodes on its own."""
+
+    def __init__(self, tok: CharTokenizer):
+        self.tok = tok
+
+    def feed(self, text: str) -> np.ndarray:
+        return self.tok.encode_array(text)
+
+    def finish(self) -> np.ndarray:
+        return np.empty(0, dtype=token_dtype(self.tok.vocab_size))
 
 
 class BPETokenizer:
@@ -70,6 +130,12 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 512) -> "BPETokenizer":
+        # train on lines so that the trainer never holds the whole corpus as one string
+        return cls.train_from_iterator([text.splitlines(keepends=True)], vocab_size)
+
+    @classmethod
+    def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = 512) -> "BPETokenizer":
+        """Train on batches of lines: the corpus's str.splitlines(keepends=True), in any batches."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -84,8 +150,8 @@ class BPETokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        # train on lines so that the trainer never holds the whole corpus as one string
-        tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+        _allow_parallelism()
+        tok.train_from_iterator(batches, trainer=trainer)
         return cls(tok)
 
     @property
@@ -95,6 +161,16 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
 
+    def encode_pieces(self, pieces: list[str]) -> np.ndarray:
+        """The concatenated ids of the pieces, encoded in parallel by the library's Rust threads."""
+        _allow_parallelism()
+        dtype = token_dtype(self.vocab_size)
+        encodings = self._tok.encode_batch_fast(pieces)
+        return np.concatenate([np.array(e.ids, dtype=dtype) for e in encodings] or [np.empty(0, dtype)])
+
+    def stream_encoder(self) -> StreamEncoder:
+        return _BPEStream(self)
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
 
@@ -103,6 +179,44 @@ class BPETokenizer:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": json.loads(self._tok.to_str())}
+
+
+# Cut points where the byte-level pre-tokenizer (GPT-2's regex) splits anyway, whatever comes before
+# or after: between a printable ASCII character and "\n" + printable ASCII (a new line that starts
+# with no indent), or before " " + an ASCII letter that follows a printable ASCII character. BPE
+# never merges across pre-tokens, so encoding the pieces apart gives the ids of the whole text.
+# Neither cut falls inside "<unk>" (matched as a special token before pre-tokenizing).
+_CUT = re.compile(r"(?<=[!-~]\n)(?=[!-~])|(?<=[!-~])(?= [A-Za-z])")
+_PIECE_CHARS = 1 << 16  # piece size for encode_batch: enough pieces for every Rust thread
+
+
+class _BPEStream:
+    """Splits the stream at safe cut points into pieces and encodes them in batches."""
+
+    def __init__(self, tok: BPETokenizer):
+        self.tok, self.carry = tok, ""
+
+    def feed(self, text: str) -> np.ndarray:
+        s, pieces, start = self.carry + text, [], 0
+        while True:
+            m = _CUT.search(s, start + _PIECE_CHARS)
+            if m is None:
+                break
+            pieces.append(s[start : m.start()])
+            start = m.start()
+        self.carry = s[start:]  # held until a cut point follows it
+        return self.tok.encode_pieces(pieces)
+
+    def finish(self) -> np.ndarray:
+        rest, self.carry = self.carry, ""
+        return self.tok.encode_pieces([rest] if rest else [])
+
+
+def _allow_parallelism() -> None:
+    """Keep the tokenizers library's Rust threads on, and silent when Ray later starts processes.
+
+    Unset, the library warns in every forked child (Ray's process launches) and turns its threads off."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
 def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
