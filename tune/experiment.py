@@ -16,7 +16,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from nanogpt.errors import UserError
 
@@ -42,11 +42,14 @@ class TrialRecord:
         return self.results[-1] if self.results else None
 
 
-def read_trials(path: str | Path) -> list[TrialRecord]:
+def read_trials(path: str | Path, has_checkpoint: Callable[[Path], bool] | None = None) -> list[TrialRecord]:
     """Every trial of the experiment at `path`: those in its newest experiment_state-*.json, in Ray's
     order (PENDING ones too, with or without a directory), then trial directories the state does not
-    name yet (a state saved before they started, or no state file at all)."""
+    name yet (a state saved before they started, or no state file at all).
+    `has_checkpoint(dir)`: whether a checkpoint directory exists (default: on this disk; a URI search's
+    local copy leaves checkpoints at the URI)."""
     path = Path(path)
+    has_checkpoint = has_checkpoint or Path.is_dir
     if not path.is_dir():
         raise UserError(f"{path} is not a directory: expected RESULTS_DIR/NAME of a search")
     states = _trial_states(path)
@@ -59,10 +62,10 @@ def read_trials(path: str | Path) -> list[TrialRecord]:
         dirname = state.get("relative_logdir")
         trial_dir = path / (dirname if _is_plain_name(dirname) else f"trial_{trial_id}")
         seen.add(trial_dir.name)
-        trials.append(_read_trial(trial_dir, trial_id, state))
+        trials.append(_read_trial(trial_dir, trial_id, state, has_checkpoint))
     for trial_dir in dirs:
         if trial_dir.name not in seen:
-            trials.append(_read_trial(trial_dir, None, {}))
+            trials.append(_read_trial(trial_dir, None, {}, has_checkpoint))
     return trials
 
 
@@ -101,7 +104,7 @@ def _trial_states(path: Path) -> dict[str, dict] | None:
     return None
 
 
-def _read_trial(trial_dir: Path, trial_id: str | None, state: dict) -> TrialRecord:
+def _read_trial(trial_dir: Path, trial_id: str | None, state: dict, has_checkpoint: Callable[[Path], bool]) -> TrialRecord:
     results = _read_results(trial_dir / "result.json")
     config = _read_json(trial_dir / "params.json")
     if not isinstance(config, dict):
@@ -112,7 +115,7 @@ def _read_trial(trial_dir: Path, trial_id: str | None, state: dict) -> TrialReco
     checkpoints = {}
     for r in results:
         name = r.get("checkpoint_dir_name")
-        if _is_plain_name(name) and (trial_dir / name).is_dir():
+        if _is_plain_name(name) and has_checkpoint(trial_dir / name):
             checkpoints[name] = r
     try:
         error = (trial_dir / "error.txt").read_text(encoding="utf-8", errors="replace")
