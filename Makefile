@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast search clean
+.PHONY: setup test test-fast search dashboard clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test-fast: $(STAMP)
 
 search: $(STAMP)
 	$(PY) -m tune.search $(ARGS)
+
+# the study of results/NAME in optuna-dashboard (installed with the test extra): make dashboard NAME=... [PORT=8080]
+dashboard: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make dashboard NAME=<a search under results/>" >&2; exit 2; }
+	$(PY) -m tune.dashboard results/$(NAME) $(if $(PORT),--port $(PORT))
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
