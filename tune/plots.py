@@ -11,7 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-SEARCHABLE = ["n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "block_size", "weight_decay"]
+from tune.space import HPARAMS  # noqa: E402
+
+# what a trial varies: the sampled hyperparameters, with n_embd for head_dim (the model's width)
+SEARCHABLE = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
 
 
 class PlotSkipped(Exception):
@@ -28,27 +31,29 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path) -> None:
-    """val_loss against step for every trial; ASHA-stopped ones end at their rung (marked x), the best is bold."""
+def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit: str = "steps") -> None:
+    """val_loss against spend (the budget's unit) for every trial; pruned and out-of-time ones end where they
+    were stopped (marked x), the best is bold."""
     if curves.empty:
         raise PlotSkipped("no trial reported an evaluation")
     curves = curves[curves["val_loss"].apply(math.isfinite)]
+    x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
     best_id = _finite(trials)["trial_id"].iloc[0] if not _finite(trials).empty else None
-    stopped = set(trials.loc[trials["status"].str.contains("stopped", na=False), "trial_id"])
+    stopped = set(trials.loc[trials["outcome"].isin(["pruned", "out_of_time"]), "trial_id"])
     fig, ax = plt.subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
         if tid == best_id:
             continue
-        line, = ax.plot(g["step"], g["val_loss"], alpha=0.45, lw=1)
+        line, = ax.plot(g[x], g["val_loss"], alpha=0.45, lw=1)
         if tid in stopped:
-            ax.plot(g["step"].iloc[-1], g["val_loss"].iloc[-1], "x", color=line.get_color())
+            ax.plot(g[x].iloc[-1], g["val_loss"].iloc[-1], "x", color=line.get_color())
     if best_id is not None:
         g = curves[curves["trial_id"] == best_id]
-        ax.plot(g["step"], g["val_loss"], color="black", lw=2.5, label=f"best: {best_id}")
+        ax.plot(g[x], g["val_loss"], color="black", lw=2.5, label=f"best: {best_id}")
         ax.legend()
-    ax.set_xlabel("step")
+    ax.set_xlabel(f"spend ({unit})" if x == "spend" else "step")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("learning curves (x = stopped early)")
+    ax.set_title("learning curves (x = pruned or out of time)")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -64,30 +69,39 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     return d.loc[keep]
 
 
+def _at_equal_spend(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that spent their whole budget (the same for all): the only fair comparison."""
+    return _finite(df[df["outcome"].eq("finished")]).dropna(subset=["n_params"])
+
+
 def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
-    d = _finite(df).dropna(subset=["n_params"])
+    """Loss against size for the trials that finished their budget, with their Pareto front; stopped trials
+    are drawn faintly for context, outside the front (they spent less)."""
+    d = _at_equal_spend(df)
     if d.empty:
-        raise PlotSkipped("no trial with a finite validation loss")
+        raise PlotSkipped("no trial finished its budget: no comparison at equal spend")
     front = pareto_front(d)
+    others = _finite(df[~df["outcome"].eq("finished")]).dropna(subset=["n_params"])
     fig, ax = plt.subplots(figsize=(7, 5))
-    done = d["status"].eq("finished")
-    ax.scatter(d.loc[done, "n_params"], d.loc[done, "best_val_loss"], label="ran to max steps", alpha=0.8)
-    ax.scatter(d.loc[~done, "n_params"], d.loc[~done, "best_val_loss"], marker="x", label="stopped early / other", alpha=0.8)
-    ax.step(front["n_params"], front["best_val_loss"], where="post", color="black", lw=1.5, label="Pareto front")
+    ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
+    if not others.empty:
+        ax.scatter(others["n_params"], others["best_val_loss"], marker="x", color="grey", alpha=0.4,
+                   label=f"stopped early ({len(others)}; spent less, not on the front)")
+    ax.step(front["n_params"], front["best_val_loss"], where="post", color="black", lw=1.5, label="Pareto front (equal spend)")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("best validation loss")
-    ax.set_title("validation loss against model size")
+    ax.set_title("validation loss against model size, at equal spend")
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
 
 
 def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
-    d = _finite(df)
+    d = _at_equal_spend(df)
     cols = [c for c in SEARCHABLE if c in d and d[c].nunique(dropna=True) > 1]
     if d.empty or not cols:
-        raise PlotSkipped("no hyperparameter varied across trials with a finite validation loss")
+        raise PlotSkipped("no hyperparameter varied across the trials that finished their budget")
     n = len(cols)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
@@ -101,24 +115,25 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    fig.suptitle(f"{len(d)} trials that finished their budget (equal spend)")
     _save(fig, path)
 
 
-def importance(experiment: Path, settings: dict, path: Path) -> None:
+def importance(experiment: Path, config, path: Path) -> None:
     """PED-ANOVA importance of each sampled hyperparameter for val_loss, from the Optuna study.
 
     PED-ANOVA needs no scikit-learn (Optuna's default, fANOVA, does)."""
     import optuna
 
     db = experiment / "optuna.db"
-    if not db.is_file() or not settings:
+    if not db.is_file() or config is None:
         raise PlotSkipped("no Optuna study (optuna.db) beside the experiment")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=settings["name"], storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=config.name, storage=f"sqlite:///{db}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
             and math.isfinite(t.value)]
     if len(done) < 3:
-        raise PlotSkipped(f"only {len(done)} completed trials with finite loss in the study; importance needs 3 or more")
+        raise PlotSkipped(f"only {len(done)} COMPLETE trials (finished their budget) with finite loss in the study; importance needs 3 or more")
     try:
         imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (RuntimeError, ValueError, ImportError) as e:
@@ -129,5 +144,5 @@ def importance(experiment: Path, settings: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
     ax.barh(names, [imp[n] for n in names])
     ax.set_xlabel("importance for val_loss (PED-ANOVA)")
-    ax.set_title(f"hyperparameter importance ({len(done)} trials)")
+    ax.set_title(f"hyperparameter importance ({len(done)} COMPLETE trials: finished their budget)")
     _save(fig, path)

@@ -1,18 +1,25 @@
-"""Tune callbacks of a search: a compact progress display (one line per trial event, Ray's tables
-stay off), and the upload of a URI search's own files as it goes."""
+"""Tune callbacks of a search: each trial's outcome recorded as it ends, a compact progress display
+(one line per trial event, Ray's tables stay off), and the upload of a URI search's own files as it goes."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
+from tune.outcomes import OUTCOMES_FILE, Outcome, outcome_of_result, read_outcomes
+from tune.space import Hparams
+
 
 def describe_config(config: dict) -> str:
-    n_embd = config.get("n_head", 0) * config.get("head_dim", 0)
-    return (f"L={config.get('n_layer')} H={config.get('n_head')} embd={n_embd} drop={config.get('dropout', 0):.2f} "
-            f"lr={config.get('learning_rate', 0):.1e} B={config.get('batch_size')} T={config.get('block_size')}")
+    """A trial's hyperparameters in one short line (n_embd derived, as the model is built)."""
+    hp = Hparams.from_config(config)
+    return (f"L={hp.n_layer} H={hp.n_head} embd={hp.n_embd} drop={hp.dropout:.2f} lr={hp.learning_rate:.1e} "
+            f"B={hp.batch_size} T={hp.block_size}")
 
 
 def last_error_line(error_file: str | None) -> str:
@@ -25,8 +32,11 @@ def last_error_line(error_file: str | None) -> str:
 
 
 class Progress(Callback):
-    def __init__(self, num_samples: int):
-        self.num_samples = num_samples
+    """One line per trial start and end: its outcome, val_loss, step and spend in the budget's unit."""
+
+    def __init__(self, config):
+        self.num_samples = config.num_samples
+        self.unit = config.budget_unit
         self.t0 = None
         self.done = 0
         self.best: tuple[float, str] | None = None
@@ -41,22 +51,21 @@ class Progress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         val = result.get("val_loss")
-        if val is not None and (self.best is None or val < self.best[0]):
+        if val is not None and math.isfinite(val) and (self.best is None or val < self.best[0]):
             self.best = (val, trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         r = trial.last_result or {}
-        status = r.get("status", "?")
-        if status == "running":
-            status = f"stopped at step {r.get('step')}"
         best = f" | best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(f"{self._stamp()} {trial.trial_id} {status:<20} val_loss {r.get('val_loss', float('nan')):.4f} "
-              f"step {r.get('step')} | {self.done}/{self.num_samples} done{best}", flush=True)
+        spend = r.get("spend")
+        spent = f"{spend:.3g}{self.unit}" if spend is not None else "?"
+        print(f"{self._stamp()} {trial.trial_id} {r.get('outcome', '?'):<9} val_loss {r.get('val_loss', float('nan')):.4f} "
+              f"step {r.get('step')} spent {spent} | {self.done}/{self.num_samples} done{best}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        print(f"{self._stamp()} {trial.trial_id} ERROR: {last_error_line(trial.error_file)} (full text: {trial.error_file}) "
+        print(f"{self._stamp()} {trial.trial_id} errored: {last_error_line(trial.error_file)} (full text: {trial.error_file}) "
               f"| {self.done}/{self.num_samples} done", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -75,3 +84,54 @@ class MirrorSync(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.mirror.push(*self.rels)
+
+
+class OutcomeRecorder(Callback):
+    """Records each trial's outcome as it ends, into RESULTS_DIR/NAME/outcomes.json (written atomically).
+
+    Must come before Ray's logger callbacks (user callbacks do), so the outcome written onto a result
+    reaches result.json and the searcher."""
+
+    def __init__(self, experiment_dir: str | Path, time_budget_s: float | None, searcher=None):
+        self.experiment_dir = str(experiment_dir)
+        self.time_budget_s = time_budget_s
+        self.searcher = searcher
+        self.t0 = time.time()
+
+    def setup(self, **info):
+        self.t0 = time.time()  # the time budget counts from each (re)start, as Ray's does
+
+    def _record(self, trial, outcome: Outcome) -> None:
+        last = trial.last_result or {}
+        outcomes = read_outcomes(self.experiment_dir)
+        outcomes[trial.trial_id] = {"outcome": outcome.value, "spend": last.get("spend"), "step": last.get("step")}
+        path = Path(self.experiment_dir) / OUTCOMES_FILE
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(outcomes, indent=1))
+        tmp.replace(path)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        outcome = outcome_of_result(result)
+        if outcome is not None:
+            result["outcome"] = outcome.value
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        self._record(trial, Outcome(last.get("outcome") or Outcome.PRUNED))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, Outcome.ERRORED)
+
+    def on_experiment_end(self, trials, **info):
+        """Trials the search's time budget stopped get no completion call from Ray: record them here.
+        After Ctrl-C the same trials were interrupted instead, and --resume continues them."""
+        if not self.time_budget_s or time.time() - self.t0 < self.time_budget_s - 0.5:
+            return
+        recorded = read_outcomes(self.experiment_dir)
+        for trial in trials:
+            if trial.trial_id in recorded or trial.status != "TERMINATED" or not trial.last_result.get("step"):
+                continue
+            trial.last_result["outcome"] = Outcome.OUT_OF_TIME.value
+            self._record(trial, Outcome.OUT_OF_TIME)
+            if self.searcher is not None:
+                self.searcher.on_trial_complete(trial.trial_id, result=dict(trial.last_result))

@@ -1,8 +1,10 @@
 """What a search leaves behind, rebuilt from disk: `python -m tune.report RESULTS_DIR/NAME`.
 
-Reads the experiment through Ray's own result API (ExperimentAnalysis -> ResultGrid), so no
-Ray cluster is needed. Writes trials.csv, best/, report.md and plots/*.png. A search kept at a URI
-(`--results-dir s3://...`) is read through a local copy and the files are uploaded back. For notebooks:
+Reads only JSON and weights-only checkpoints: search.json, outcomes.json, each trial's params.json and
+result.json (tune.experiment), optuna.db. Nothing is unpickled and no Ray is needed, so a results
+directory someone else made is safe to open. Writes trials.csv, best/, report.md and plots/*.png. A
+search kept at a URI (`--results-dir s3://...`) is read through a local copy and the files are uploaded
+back. For notebooks:
 
     from tune import report
     df = report.load("results/NAME")          # one row per trial
@@ -20,67 +22,31 @@ from pathlib import Path
 
 import pandas as pd
 
+from nanogpt.errors import UserError
+from tune.config import SearchConfig
+from tune.experiment import best_checkpoint, read_trials
+from tune.outcomes import Outcome, read_outcomes
+from tune.space import HPARAMS
 from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
 
-HPARAMS = ["n_layer", "n_head", "head_dim", "n_embd", "dropout", "learning_rate", "batch_size", "block_size", "weight_decay"]
-CURVE_COLS = ["step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s"]
-COLUMNS = ["trial_id", "status", "node", *HPARAMS, "n_params", "best_val_loss", "best_step", "val_bpc", "last_val_loss",
-           "steps", "max_steps", "tokens_seen", "seconds", "tokens_per_s", "sampler", "error", "checkpoint"]
+CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s"]
+COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
+           "val_bpc", "last_val_loss", "steps", "spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
+           "sampler", "error", "checkpoint"]
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     pass
 
 
-def _settings(path: Path) -> dict:
-    f = path / "search.json"
+def _config(path: Path) -> SearchConfig | None:
     try:
-        return json.loads(f.read_text()) if f.is_file() else {}
-    except json.JSONDecodeError:
-        log.warning("%s is corrupt; the report goes on without the search settings", f)
-        return {}
-
-
-def _trials_and_results(path: Path):
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    try:
-        ea = ExperimentAnalysis(str(path), default_metric="val_loss", default_mode="min")
-    except (ValueError, FileNotFoundError) as e:
-        raise ReportError(f"{path} holds no Ray Tune experiment ({str(e).splitlines()[0]}); "
-                          f"pass RESULTS_DIR/NAME of a search") from None
-    grid = ResultGrid(ea)
-    return ea.trials, [grid[i] for i in range(len(grid))]
-
-
-def _rungs(settings: dict) -> set[int]:
-    if settings.get("scheduler") != "asha":
-        return set()
-    rungs, r = set(), settings["grace_period"]
-    while r < settings["max_steps"]:
-        rungs.add(r)
-        r *= settings["reduction_factor"]
-    return rungs
-
-
-def _status(trial_status: str, last: dict, rungs: set[int]) -> str:
-    if trial_status == "ERROR":
-        return "errored"
-    s, step = last.get("status"), last.get("step")
-    if s in ("diverged", "finished"):
-        return s
-    if s == "time_budget":
-        return "stopped by its time budget"
-    if trial_status == "TERMINATED" and step is not None:
-        if step in rungs:
-            return f"stopped early by ASHA at step {step}"
-        return f"stopped at step {step} (search time budget)"
-    if step is None:
-        return "not started" if trial_status == "PENDING" else "no results"
-    return f"interrupted at step {step}"
+        return SearchConfig.load(path)
+    except UserError as e:
+        log.warning("%s; the report goes on without the search settings", e)
+        return None
 
 
 def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror | None]:
@@ -92,56 +58,77 @@ def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror
     return Path(path), mirror
 
 
-def _best_checkpoint(result, mirror: Mirror | None = None) -> str | None:
-    """Path of the trial's best checkpoint by val_loss, if it is on disk (or, for a URI, at the URI)."""
-    candidates = []
-    for ckpt, metrics in result.best_checkpoints or []:
-        val = metrics.get("val_loss", math.inf)
-        model = Path(ckpt.path, "model.pt")
-        if mirror.has(model) if mirror else model.is_file():
-            candidates.append((val if val == val else math.inf, ckpt.path))
-    return min(candidates)[1] if candidates else None
+def _outcome(trial, recorded: dict) -> str:
+    """The outcome recorded when the trial ended; a trial that never ended was interrupted or never started."""
+    if trial.trial_id in recorded:
+        return recorded[trial.trial_id]["outcome"]
+    last = trial.last_result or {}
+    if trial.status == "ERROR":
+        return Outcome.ERRORED.value
+    if last.get("outcome"):  # written onto the result as it ended (outcomes.json lost or older)
+        return last["outcome"]
+    return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
+
+
+def _status_text(outcome: str, row: dict) -> str:
+    """The human line beside the outcome."""
+    spend = "" if row.get("spend") is None else f"{row['spend']:.3g}{row.get('budget_unit') or ''}"
+    return {
+        "finished": f"finished its budget ({spend})",
+        "pruned": f"pruned by ASHA at {spend}",
+        "out_of_time": f"stopped by the search's time budget at {spend}",
+        "diverged": f"diverged at step {row.get('steps')}",
+        "errored": "errored",
+        "interrupted": f"interrupted at step {row.get('steps')}",
+        "not_started": "not started",
+    }[outcome]
 
 
 def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The trials table and the long learning-curve table, from one read of the experiment."""
     path, mirror = _local(path, mirror)
-    settings = _settings(path)
-    rungs = _rungs(settings) if settings else set()
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
+    try:
+        trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
+    except UserError as e:
+        raise ReportError(f"{path} holds no Ray Tune experiment ({e}); pass RESULTS_DIR/NAME of a search") from None
+    config = _config(path)
+    recorded = read_outcomes(path)
     rows, frames = [], []
-    for trial, result in zip(*_trials_and_results(path)):
+    for trial in trials:
         cfg = trial.config or {}
         row = {c: None for c in COLUMNS}
         row["trial_id"] = trial.trial_id
         row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
         if cfg.get("n_head") and cfg.get("head_dim"):
             row["n_embd"] = cfg["n_head"] * cfg["head_dim"]
-        row["max_steps"] = cfg.get("max_steps")
         row["sampler"] = cfg.get("sampler")
-        last = {}
-        df = result.metrics_dataframe
-        if df is not None and "val_loss" in df:
-            df = df.dropna(subset=["val_loss"])
-            if not df.empty:
-                last = df.iloc[-1].to_dict()
-                best = df.loc[df["val_loss"].astype(float).idxmin()]
-                row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]),
-                           val_bpc=float(best["val_bpc"]), last_val_loss=float(last["val_loss"]),
-                           steps=int(last["step"]), n_params=int(last["n_params"]),
-                           tokens_seen=int(last["tokens_seen"]), seconds=float(last["elapsed_s"]),
-                           tokens_per_s=float(last["tokens_per_s"]), node=last.get("node_id") or last.get("node_ip"))
-                part = df[[c for c in CURVE_COLS if c in df]].copy()
-                part.insert(0, "trial_id", trial.trial_id)
-                frames.append(part)
-        row["status"] = _status(trial.status, last, rungs)
-        if result.error is not None:
-            row["error"] = str(result.error).strip().splitlines()[-1][:300]
-        row["checkpoint"] = _best_checkpoint(result, mirror)
+        row["budget_unit"] = config.budget_unit if config else None
+        evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
+        if evals:
+            last = evals[-1]
+            best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
+            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=float(best["val_bpc"]),
+                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=last.get("spend"),
+                       n_params=int(last["n_params"]), tokens_seen=int(last["tokens_seen"]),
+                       seconds=float(last["elapsed_s"]), tokens_per_s=float(last["tokens_per_s"]),
+                       node=last.get("node_id") or last.get("node_ip"))
+            part = pd.DataFrame([{c: r.get(c) for c in CURVE_COLS} for r in evals])
+            part.insert(0, "trial_id", trial.trial_id)
+            frames.append(part)
+        row["outcome"] = _outcome(trial, recorded)
+        row["status"] = _status_text(row["outcome"], row)
+        if trial.error:
+            lines = [ln for ln in trial.error.strip().splitlines() if ln.strip()]
+            row["error"] = lines[-1][:300] if lines else "unknown error"
+        ckpt = best_checkpoint(trial)
+        row["checkpoint"] = str(ckpt) if ckpt else None
         rows.append(row)
-    trials = pd.DataFrame(rows, columns=COLUMNS)
-    trials = trials.sort_values("best_val_loss", na_position="last", kind="stable").reset_index(drop=True)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = df.sort_values("best_val_loss", na_position="last", kind="stable").reset_index(drop=True)
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trial_id", *CURVE_COLS])
-    return trials, curves
+    return df, curves
 
 
 def load(path: str | Path) -> pd.DataFrame:
@@ -163,9 +150,14 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     return df
 
 
+def _finite(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
+
+
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
     df.to_csv(path / "trials.csv", index=False)
-    ok = df[df["checkpoint"].notna() & df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
+    ok = _finite(df)
+    ok = ok[ok["checkpoint"].notna()]
     if not ok.empty:
         best = ok.iloc[0]
         tmp = path / "best.tmp"
@@ -182,9 +174,58 @@ def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
     cols = ["trial_id", "n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "n_params",
-            "best_val_loss", "val_bpc", "steps", "status"]
+            "best_val_loss", "val_bpc", "steps", "spend", "outcome"]
     view = df.head(n)[cols].rename(columns={"learning_rate": "lr", "batch_size": "batch", "best_val_loss": "val_loss"})
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+
+def _probe_numbers(dataset_name: str) -> dict[str, list[int]] | None:
+    """Numbers whose "Number k comes before" sentence is in training, in validation only, or nowhere."""
+    from nanogpt.corpora import COUNTING_MAX
+    from nanogpt.data import load_dataset
+
+    if dataset_name not in ("counting", "mixed"):
+        return None
+    ds = load_dataset(dataset_name)
+    seen = [k for k in range(0, COUNTING_MAX, 7) if f"Number {k} comes before" in ds.train_text][:25]
+    held_out = [k for k in range(COUNTING_MAX) if f"Number {k} comes before " in ds.val_text][:25]
+    beyond = list(range(COUNTING_MAX + 1, COUNTING_MAX + 1000, 40))[:25]
+    return {"seen in training": seen, "held out (validation)": held_out, f"beyond {COUNTING_MAX - 1}": beyond}
+
+
+def _probe_rows(model, tok, numbers: dict[str, list[int]]) -> list[str]:
+    from nanogpt.sample import counting_probe
+
+    cells = []
+    for ks in numbers.values():
+        res = counting_probe(model, tok, ks)
+        cells.append(f"{sum(r['correct'] for r in res)}/{len(res)}")
+    return cells
+
+
+def probe_lines(path: str | Path) -> list[str]:
+    """The terminal's last lines: the best model (final/ if there is one) on each pattern probe,
+    one line a pattern, e.g. `Number 7 comes before -> 8 (right)`."""
+    from nanogpt.checkpoint import CheckpointError, load_model
+    from nanogpt.sample import counting_probe
+
+    path = Path(path)
+    config = _config(path)
+    if config is None or _probe_numbers(config.dataset or "") is None:
+        return []
+    ckpt = path / "final" if (path / "final" / "model.pt").is_file() else path / "best"
+    try:
+        model, tok, _ = load_model(ckpt)
+    except CheckpointError:
+        return []
+    numbers = _probe_numbers(config.dataset)
+    lines = [f"probe ({ckpt.name}/): " + ", ".join(f"{name} {cell}" for name, cell in zip(numbers, _probe_rows(model, tok, numbers)))]
+    for r in counting_probe(model, tok, [7, numbers["held out (validation)"][0]]):
+        lines.append(f"{r['prompt']} -> {r['output'].strip()} ({'right' if r['correct'] else 'wrong'})")
+    return lines
 
 
 # --- report.md ------------------------------------------------------------------------------
@@ -207,26 +248,49 @@ def _fence(text: str) -> str:
     return "```\n" + text.replace("```", "` ` `") + "\n```"
 
 
-def _data_file_text(settings: dict) -> str:
+def _data_file_text(config: SearchConfig | None) -> str:
     """The searched file's text, for its default prompt; empty when it is gone or there was none."""
     try:
-        return Path(settings["data_file"]).read_text(encoding="utf-8")
-    except (OSError, KeyError, TypeError, UnicodeDecodeError):
+        return Path(config.data_file).read_text(encoding="utf-8")
+    except (OSError, AttributeError, TypeError, UnicodeDecodeError):
         return ""
 
 
-def _counting_numbers(dataset_name: str) -> dict[str, list[int]] | None:
-    """Numbers whose "Number k comes before" sentence is in training, in validation only, or nowhere."""
-    from nanogpt.corpora import COUNTING_MAX
-    from nanogpt.data import load_dataset
-
-    if dataset_name not in ("counting", "mixed"):
-        return None
-    ds = load_dataset(dataset_name)
-    seen = [k for k in range(0, COUNTING_MAX, 7) if f"Number {k} comes before" in ds.train_text][:25]
-    held_out = [k for k in range(COUNTING_MAX) if f"Number {k} comes before " in ds.val_text][:25]
-    beyond = list(range(COUNTING_MAX + 1, COUNTING_MAX + 1000, 40))[:25]
-    return {"seen in training": seen, "held out (validation)": held_out, f"beyond {COUNTING_MAX - 1}": beyond}
+def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, path: Path,
+             missing: list[str]) -> list[str]:
+    md = ["## Summary", ""]
+    if config:
+        res = f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
+        asha = (f" (grace {config.budget_text(config.grace_period)}, reduction factor {config.reduction_factor}, "
+                f"rungs in {config.budget_unit})" if config.scheduler == "asha" else "")
+        md += [f"- data set: `{config.data_file or config.dataset}`, {config.tokenizer} tokenizer",
+               f"- preset `{config.preset}`, searcher {config.searcher} ({config.sampler}), scheduler {config.scheduler}{asha}",
+               f"- budget: {config.num_samples} trials x {config.budget_text()} each (every trial the same), {res} per trial"
+               + (f", search time budget {config.time_budget_s:g} s" if config.time_budget_s else "")
+               + (f"; the winner trained for {config.budget_text(config.final_budget)}" if config.final_budget else "")]
+    else:
+        missing.append("search.json is missing or unreadable: data set and budget unknown")
+    counts = df["outcome"].value_counts()
+    md.append("- trials: " + ", ".join(f"{int(counts.get(o.value, 0))} {o.value}" for o in Outcome))
+    if not curves.empty and "elapsed_s" in curves:
+        md.append(f"- training time summed over trials: {curves.groupby('trial_id')['elapsed_s'].max().sum():.0f} s")
+    finite = _finite(df)
+    if finite.empty:
+        missing.append("no trial reported a finite validation loss: no best trial")
+        return md + [""]
+    best = finite.iloc[0]
+    finished = _finite(df[df["outcome"].eq("finished")])
+    cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
+                         for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
+    md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "
+           f"({best['val_bpc']:.3f} bits/char) at step {best['best_step']}, {int(best['n_params']):,} parameters",
+           f"- best config: {cfg_text}"]
+    if not finished.empty:
+        median = float(finished["best_val_loss"].median())
+        md.append(f"- median trial that finished its budget: val_loss {median:.4f}; the best is "
+                  f"{median - best['best_val_loss']:.4f} nats/token lower")
+    md += [f"- checkpoint: `best/` (`python -m nanogpt.sample --checkpoint {path / 'best'}`)", ""]
+    return md
 
 
 def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 5, temperature: float = 0.8,
@@ -239,14 +303,14 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     import torch
 
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
+    from nanogpt.checkpoint import CheckpointError, load_model
     from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.sample import counting_probe, generate_text
-    from nanogpt.checkpoint import CheckpointError, load_model
     from tune import plots
 
     path, mirror = _local(path, mirror)
-    settings = _settings(path)
+    config = _config(path)
     if trials is None:
         df, curves = _read(path, mirror)
         _write_exports(path, df, mirror)
@@ -256,53 +320,18 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     plot_dir.mkdir(exist_ok=True)
     missing: list[str] = []
     md: list[str] = [f"# Search report: {path.name}", ""]
-
-    # --- summary
-    finite = df[df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
-    counts = {
-        "run": int(df["status"].ne("not started").sum()),
-        "finished": int(df["status"].eq("finished").sum()),
-        "stopped early": int(df["status"].str.startswith("stopped").sum()),
-        "errored": int(df["status"].eq("errored").sum()),
-        "diverged": int(df["status"].eq("diverged").sum()),
-        "interrupted": int(df["status"].str.startswith("interrupted").sum()),
-    }
-    md += ["## Summary", ""]
-    if settings:
-        data = settings.get("data_file") or settings.get("dataset")
-        budget = f"{settings['num_samples']} trials x up to {settings['max_steps']} steps, " \
-                 f"{settings['cpus_per_trial']:g} CPU" + (f" + {settings['gpus_per_trial']:g} GPU" if settings["gpus_per_trial"] else "") \
-                 + " per trial" + (f", time budget {settings['time_budget_s']:g} s" if settings.get("time_budget_s") else "")
-        md += [f"- data set: `{data}`, {settings['tokenizer']} tokenizer",
-               f"- preset `{settings['preset']}`, searcher {settings['searcher']}, scheduler {settings['scheduler']}"
-               + (f" (grace {settings['grace_period']} steps, reduction factor {settings['reduction_factor']})" if settings['scheduler'] == 'asha' else ""),
-               f"- budget: {budget}"]
-    else:
-        missing.append("search.json is missing: data set and budget unknown")
-    md.append("- trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    if not curves.empty and "elapsed_s" in curves:
-        md.append(f"- training time summed over trials: {curves.groupby('trial_id')['elapsed_s'].max().sum():.0f} s")
-    best = None
-    if not finite.empty:
-        best = finite.iloc[0]
-        median = float(finite["best_val_loss"].median())
-        cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
-                             for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
-        md += [f"- **best trial `{best['trial_id']}`**: val_loss **{best['best_val_loss']:.4f}** "
-               f"({best['val_bpc']:.3f} bits/char) at step {best['best_step']}, {int(best['n_params']):,} parameters",
-               f"- best config: {cfg_text}",
-               f"- median trial: val_loss {median:.4f}; the best is {median - best['best_val_loss']:.4f} nats/token lower",
-               f"- checkpoint: `best/` (`python -m nanogpt.sample --checkpoint {path / 'best'}`)"]
-    else:
-        missing.append("no trial reported a finite validation loss: no best trial")
-    md.append("")
+    md += _summary(config, df, curves, path, missing)
+    unit = config.budget_unit if config else "steps"
 
     # --- plots
     figures = [
-        ("learning_curves.png", "Learning curves", lambda p: plots.learning_curves(curves, df, p)),
-        ("val_loss_vs_params.png", "Validation loss against model size (Pareto front)", lambda p: plots.loss_vs_params(df, p)),
-        ("val_loss_vs_hparams.png", "Validation loss against each hyperparameter", lambda p: plots.loss_vs_hparams(df, p)),
-        ("importance.png", "Hyperparameter importance (Optuna, PED-ANOVA)", lambda p: plots.importance(path, settings, p)),
+        ("learning_curves.png", "Learning curves", lambda p: plots.learning_curves(curves, df, p, unit)),
+        ("val_loss_vs_params.png", "Validation loss against model size (Pareto front of trials at equal spend)",
+         lambda p: plots.loss_vs_params(df, p)),
+        ("val_loss_vs_hparams.png", "Validation loss against each hyperparameter (trials that finished their budget)",
+         lambda p: plots.loss_vs_hparams(df, p)),
+        ("importance.png", "Hyperparameter importance (Optuna, PED-ANOVA, over COMPLETE trials)",
+         lambda p: plots.importance(path, config, p)),
     ]
     plot_md = ["## Plots", ""]
     for fname, title, draw in figures:
@@ -314,52 +343,73 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     # --- all trials
     md += ["## All trials, by validation loss", ""]
-    view = df.drop(columns=["checkpoint", "max_steps", "tokens_per_s", "node", "sampler"]).copy()
+    view = df.drop(columns=["checkpoint", "tokens_per_s", "node", "sampler", "budget_unit"]).copy()
     view["error"] = view["error"].fillna("")
     md += [_md_table(view), ""]
 
+    # --- the final model, trained for the user's budget
+    final = path / "final"
+    final_model = None
+    if (final / "model.pt").is_file():
+        try:
+            final_model = load_model(final)
+            hist = final_model[2].get("history") or [{}]
+            m = hist[-1]
+            md += ["## Final model (the winner trained for the final budget)", "",
+                   f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
+                   f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}"
+                   + (f" (the search's best trial: {_finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
+                      if config and not _finite(df).empty else ""),
+                   f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {final}`)", ""]
+        except CheckpointError as e:
+            missing.append(f"final/: {e}")
+
     # --- generations
-    dataset_name = settings.get("dataset") or ""
-    prompts = prompts or default_prompts(dataset_name, _data_file_text(settings))
+    dataset_name = (config.dataset if config else None) or ""
+    prompts = prompts or default_prompts(dataset_name, _data_file_text(config))
     models = []
-    for _, row in finite.head(top).iterrows():  # diverged trials have nothing to say
+    for _, row in _finite(df).head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):
             missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
             continue
         try:
             model, tok, meta = load_model(mirror.fetch(row["checkpoint"]) if mirror else row["checkpoint"])
-            models.append((row, model, tok, meta))
+            models.append((str(row["trial_id"]), f"val_loss {row['best_val_loss']:.4f}", model, tok, meta))
         except CheckpointError as e:
             missing.append(f"trial {row['trial_id']}: {e}")
+    if final_model is not None:
+        fm, ftok, fmeta = final_model
+        models.insert(0, ("final", f"val_loss {(fmeta.get('history') or [{}])[-1].get('val_loss', float('nan')):.4f}",
+                          fm, ftok, fmeta))
     if models:
         md += ["## Generations", "",
-               f"Top {len(models)} trials, each from its best checkpoint; temperature {temperature}, seed {seed}, "
-               f"{max_new_tokens} new tokens. The untrained model (same shape as the best, random weights) is shown first.", ""]
-        _, best_model, tok, meta = models[0]
+               f"The final model (if trained) and the top {len(models)} trials, each from its best checkpoint; "
+               f"temperature {temperature}, seed {seed}, {max_new_tokens} new tokens. The untrained model "
+               f"(same shape as the best, random weights) is shown first.", ""]
+        _, _, best_model, tok, meta = models[0]
         torch.manual_seed(seed)
         untrained = GPT(GPTConfig(**meta["model"])).eval()
         for prompt in prompts:
             md += [f"### Prompt {prompt!r}", "", "**untrained:**", "",
                    _fence(generate_text(untrained, tok, prompt, max_new_tokens, temperature, seed=seed)), ""]
-            for row, model, tok_i, _ in models:
+            for label, note, model, tok_i, _ in models:
                 text = generate_text(model, tok_i, prompt, max_new_tokens, temperature, seed=seed)
-                md += [f"**{row['trial_id']}** (val_loss {row['best_val_loss']:.4f}):", "", _fence(text), ""]
+                md += [f"**{label}** ({note}):", "", _fence(text), ""]
 
-        # --- counting probe
-        numbers = _counting_numbers(dataset_name)
+        # --- counting probe: the untrained model beside the trained ones
+        numbers = _probe_numbers(dataset_name)
         if numbers:
             md += ["## Counting probe", "",
-                   'Greedy continuation of "Number k comes before": correct when the model says k+1.', "",
+                   'Greedy continuation of "Number k comes before": correct when the model says k+1. '
+                   "Held-out numbers are those whose sentence is only in the validation split.", "",
                    "| model | " + " | ".join(numbers) + " |", "|---|" + "---|" * len(numbers)]
-            for label, model, tok_i in [("untrained", untrained, tok)] + [(r["trial_id"], m, t) for r, m, t, _ in models[:3]]:
-                cells = []
-                for ks in numbers.values():
-                    res = counting_probe(model, tok_i, ks)
-                    cells.append(f"{sum(r['correct'] for r in res)}/{len(res)}")
-                md.append(f"| {label} | " + " | ".join(cells) + " |")
-            examples = counting_probe(best_model, tok, [7, numbers["held out (validation)"][0], 2500])
-            md += ["", "Best model, examples:", ""]
-            md += [f"- {r['prompt']!r} -> {r['output'].strip()!r} ({'right' if r['correct'] else 'wrong'})" for r in examples]
+            for label, model, tok_i in [("untrained", untrained, tok)] + [(lbl, m, t) for lbl, _, m, t, _ in models[:4]]:
+                md.append(f"| {label} | " + " | ".join(_probe_rows(model, tok_i, numbers)) + " |")
+            examples = [7, numbers["held out (validation)"][0], 2500]
+            md += ["", "Examples, untrained -> best:", ""]
+            for before, after in zip(counting_probe(untrained, tok, examples), counting_probe(best_model, tok, examples)):
+                md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
+                          f"({'right' if after['correct'] else 'wrong'})")
             md.append("")
 
         # --- attention

@@ -1,87 +1,271 @@
-"""Search presets and the define-by-run search space for OptunaSearch.
+"""What a trial is: its hyperparameters (`Hparams`, the one typed trial configuration), the presets that
+search them, and Optuna's define-by-run sampler over them.
 
-A space maps a hyperparameter name to one of: a constant, an int range, a float range
-(optionally log scale) or a list of choices. `SpaceSampler` only samples (Optuna's
-define-by-run): n_embd is derived later, in the trainable, as n_head * head_dim, so every
-sampled configuration is valid by construction.
+A space maps every field of `Hparams` to an Optuna distribution (`IntDistribution`,
+`FloatDistribution`, `CategoricalDistribution`) or to a constant. The sampler only samples; n_embd is
+derived from n_head * head_dim, so every sampled configuration is valid by construction.
+
+Adding a hyperparameter touches this module only: a field of `Hparams` (its flag and check in the
+field's metadata), its place in `model_config`/`train_config`, and its range in the presets. The flags,
+search.json, trials.csv, the report's tables and plots and the progress lines all follow the fields.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
-from typing import Union
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Union
+
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
+                                  distribution_to_json, json_to_distribution)
+
+from nanogpt.errors import UserError
+from nanogpt.model import GPTConfig
+from nanogpt.train import TrainConfig
+
+Spec = Union[BaseDistribution, int, float, str]
+
+
+def _hp(flag: str, help: str, check: str, log: bool = False):
+    """A hyperparameter field: its command-line flag, help text, the check its values must pass
+    (positive | fraction | nonneg) and whether a range of it is sampled on a log scale."""
+    return field(metadata={"flag": flag, "help": help, "check": check, "log": log})
 
 
 @dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-    step: int = 1
+class Hparams:
+    """One trial's hyperparameters. Field names are the Optuna parameter names (stable: studies store them)."""
 
-    def describe(self) -> str:
-        return f"{self.low}:{self.high}" + (f":{self.step}" if self.step != 1 else "")
+    n_layer: int = _hp("n-layer", "transformer blocks", "positive")
+    n_head: int = _hp("n-head", "attention heads per block", "positive")
+    head_dim: int = _hp("head-dim", "channels per head (n_embd = n_head * head_dim)", "positive")
+    dropout: float = _hp("dropout", "dropout probability", "fraction")
+    learning_rate: float = _hp("lr", "peak learning rate (a range is sampled on a log scale)", "positive", log=True)
+    batch_size: int = _hp("batch-size", "sequences per training step", "positive")
+    block_size: int = _hp("block-size", "context length in tokens", "positive")
+    weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg")
+
+    @property
+    def n_embd(self) -> int:
+        return self.n_head * self.head_dim
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Hparams":
+        """From a Ray trial config (sampled values plus constants); other keys are ignored."""
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "n_embd": self.n_embd}
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
+                         bias=False)  # nanoGPT: a little better and faster without biases
+
+    def train_config(self, *, budget_unit: str, budget: float, eval_every: float, device: str = "cpu",
+                     **shared: Any) -> TrainConfig:
+        """The trial's TrainConfig for a budget in its unit; `shared`: the search-wide TrainConfig fields
+        (eval_iters, eval_batch_size, train_loss_from, seed). min_lr is a tenth of the peak learning rate."""
+        if budget_unit == "steps":
+            sized = dict(max_steps=int(budget), eval_interval=int(eval_every))
+        else:
+            sized = dict(budget_unit=budget_unit, budget=budget, eval_every=eval_every)
+        return TrainConfig(**sized, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                           min_lr=self.learning_rate * 0.1, weight_decay=self.weight_decay, device=device, **shared)
 
 
-@dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
-
-    def describe(self) -> str:
-        return f"{self.low:g}:{self.high:g}" + (" (log)" if self.log else "")
+HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
+FLAGS = {f.metadata["flag"]: f for f in fields(Hparams)}  # range flag -> field
 
 
-@dataclass(frozen=True)
-class Choice:
-    options: tuple
-
-    def describe(self) -> str:
-        return ",".join(str(o) for o in self.options)
+def is_int(name: str) -> bool:
+    return Hparams.__dataclass_fields__[name].type in ("int", int)
 
 
-Spec = Union[IntRange, FloatRange, Choice, int, float, str, bool]
+# --- specs: distributions and constants ---------------------------------------------------------
 
-# the order in which parameters are sampled (stable names: the Optuna study stores them)
-SEARCHED = ("n_layer", "n_head", "head_dim", "dropout", "learning_rate", "batch_size", "block_size", "weight_decay")
-INT_PARAMS = {"n_layer", "n_head", "head_dim", "batch_size", "block_size"}
-LOG_PARAMS = {"learning_rate"}
-# range flags of `python -m tune.search` -> parameter names
-RANGE_FLAGS = {
-    "n_layer": "n_layer",
-    "n_head": "n_head",
-    "head_dim": "head_dim",
-    "dropout": "dropout",
-    "lr": "learning_rate",
-    "batch_size": "batch_size",
-    "block_size": "block_size",
-    "weight_decay": "weight_decay",
-}
+
+def spec_values(spec: Spec) -> list:
+    """The values a spec can take at its ends (ranges) or in full (choices, constants)."""
+    if isinstance(spec, (IntDistribution, FloatDistribution)):
+        return [spec.low, spec.high]
+    if isinstance(spec, CategoricalDistribution):
+        return list(spec.choices)
+    return [spec]
+
+
+def max_value(spec: Spec):
+    return max(spec_values(spec))
+
+
+def describe(spec: Spec) -> str:
+    if isinstance(spec, IntDistribution):
+        return f"{spec.low}:{spec.high}" + (f":{spec.step}" if spec.step != 1 else "")
+    if isinstance(spec, FloatDistribution):
+        return f"{spec.low:g}:{spec.high:g}" + (" (log)" if spec.log else "")
+    if isinstance(spec, CategoricalDistribution):
+        return ",".join(str(c) for c in spec.choices)
+    return f"{spec:g}" if isinstance(spec, float) else str(spec)
+
+
+def check_spec(name: str, spec: Spec) -> None:
+    """Values that can never train are refused before Ray starts."""
+    f = Hparams.__dataclass_fields__[name]
+    flag, check, values = "--" + f.metadata["flag"], f.metadata["check"], spec_values(spec)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        raise UserError(f"{flag}: {name} takes numbers, got {describe(spec)}")
+    if is_int(name) and any(v <= 0 or v != int(v) for v in values):
+        raise UserError(f"{flag}: {name} must be a positive integer, got {describe(spec)}")
+    if check == "positive" and any(v <= 0 for v in values):
+        what = "the learning rate" if name == "learning_rate" else name
+        raise UserError(f"{flag}: {what} must be > 0, got {describe(spec)}")
+    if check == "fraction" and any(not 0 <= v < 1 for v in values):
+        raise UserError(f"{flag}: {name} must be in [0, 1), got {describe(spec)}")
+    if check == "nonneg" and any(v < 0 for v in values):
+        raise UserError(f"{flag}: {name} must be >= 0, got {describe(spec)}")
+
+
+def _number(text: str, flag: str, integer: bool) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--{flag}: {text!r} is not a number") from None
+    if integer:
+        if not value.is_integer():
+            raise UserError(f"--{flag}: {text!r} must be a whole number")
+        return int(value)
+    return value
+
+
+def parse_range(flag: str, text: str) -> Spec:
+    """A range flag's text -> a spec: 'LOW:HIGH' (ints may add ':STEP'), 'A,B,C' choices, or one value."""
+    f = FLAGS[flag]
+    name, integer = f.name, is_int(f.name)
+    text = text.strip()
+    if not text:
+        raise UserError(f"--{flag} is empty: give a range like 2:6, choices like 2,4,8, or a value")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and not integer):
+            raise UserError(f"--{flag}: {text!r} is not a range; write LOW:HIGH" + (" or LOW:HIGH:STEP" if integer else ""))
+        low, high = (_number(p, flag, integer) for p in parts[:2])
+        if low > high:
+            raise UserError(f"--{flag}: the range {text} is empty (min {low} > max {high}); write it as {high}:{low}")
+        check_spec(name, CategoricalDistribution([low, high]))
+        if integer:
+            step = _number(parts[2], flag, True) if len(parts) == 3 else 1
+            if step <= 0:
+                raise UserError(f"--{flag}: the step in {text} must be positive")
+            if (high - low) % step:
+                raise UserError(f"--{flag}: {high} - {low} is not a multiple of the step {step}")
+            return IntDistribution(low, high, step=step)
+        return FloatDistribution(low, high, log=f.metadata["log"])
+    if "," in text:
+        choices = tuple(dict.fromkeys(_number(p, flag, integer) for p in text.split(",") if p.strip()))
+        if not choices:
+            raise UserError(f"--{flag}: no choices in {text!r}")
+        spec: Spec = CategoricalDistribution(choices)
+    else:
+        spec = _number(text, flag, integer)
+    check_spec(name, spec)
+    return spec
+
+
+def space_to_json(space: dict[str, Spec]) -> dict:
+    """A space as plain JSON (search.json): distributions as Optuna's own JSON, constants as they are."""
+    return {k: json.loads(distribution_to_json(v)) if isinstance(v, BaseDistribution) else v for k, v in space.items()}
+
+
+def space_from_json(obj: dict) -> dict[str, Spec]:
+    return {k: json_to_distribution(json.dumps(v)) if isinstance(v, dict) else v for k, v in obj.items()}
+
+
+def describe_space(space: dict[str, Spec]) -> dict[str, str]:
+    return {name: describe(space[name]) for name in HPARAMS if name in space}
+
+
+def largest(space: dict[str, Spec]) -> Hparams:
+    """The most expensive trial the space allows (each field at its largest): to check budgets before Ray."""
+    return Hparams(**{name: max_value(space[name]) for name in HPARAMS})
+
+
+# --- define-by-run ------------------------------------------------------------------------------
+
+
+def suggest(trial, name: str, dist: BaseDistribution):
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    raise TypeError(f"unsupported distribution {dist!r}")
+
+
+class SpaceSampler:
+    """Optuna define-by-run function: samples the space and returns the constants of the trial's config.
+
+    A class holding the space as JSON (not a closure) so Ray can pickle it with the searcher state."""
+
+    def __init__(self, space_json: dict):
+        unknown = set(space_json) ^ set(HPARAMS)
+        if unknown:
+            raise ValueError(f"a space must give every hyperparameter exactly once; off: {sorted(unknown)}")
+        self.space_json = dict(space_json)
+
+    def __call__(self, trial) -> dict:
+        fixed = {}
+        # which sampler chose this trial (TPE or random): recorded so a resumed search can show that
+        # TPE, not a fresh random searcher, carried on
+        study = getattr(getattr(trial, "ot_trial", trial), "study", None)
+        if study is not None:
+            fixed["sampler"] = type(study.sampler).__name__
+        space = space_from_json(self.space_json)
+        for name in HPARAMS:
+            spec = space[name]
+            if isinstance(spec, BaseDistribution):
+                suggest(trial, name, spec)
+            else:
+                fixed[name] = spec
+        return fixed
+
+
+# --- presets ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A named search: its space, its budget and its data."""
+    """A named search: its space, data, budget (in a unit: steps, tokens, flops or s) and resources."""
 
     name: str
     description: str
     space: dict
     dataset: str = "mixed"
     num_samples: int = 16
-    max_steps: int = 500
-    eval_interval: int = 25
+    trial_budget: str = "500steps"  # what every trial may spend
+    eval_every: float = 25  # in the budget's unit: one evaluation (one report to Tune) each
+    grace_period: float = 75  # ASHA: spend before a trial can be stopped (a multiple of eval_every)
+    reduction_factor: int = 3
     eval_iters: int = 10
     eval_batch_size: int = 32
     # trials take train_loss from their training steps and evaluate only val: halves evaluation cost
     train_loss_from: str = "steps"
-    grace_period: int = 75
-    reduction_factor: int = 3
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     n_startup_trials: int = 6  # random trials before TPE models the results
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
+
+
+def _int(low: int, high: int, step: int = 1) -> IntDistribution:
+    return IntDistribution(low, high, step=step)
+
+
+def _choice(*choices) -> CategoricalDistribution:
+    return CategoricalDistribution(choices)
+
+
+def _float(low: float, high: float, log: bool = False) -> FloatDistribution:
+    return FloatDistribution(low, high, log=log)
 
 
 PRESETS: dict[str, Preset] = {
@@ -89,12 +273,12 @@ PRESETS: dict[str, Preset] = {
         name="laptop",
         description="small models on the built-in mixed corpus; 2-3 minutes on 2 CPU cores",
         space={
-            "n_layer": IntRange(1, 4),
-            "n_head": Choice((2, 4)),
-            "head_dim": Choice((16, 32)),
-            "dropout": FloatRange(0.0, 0.2),
-            "learning_rate": FloatRange(3e-4, 1e-2, log=True),
-            "batch_size": Choice((16, 32)),
+            "n_layer": _int(1, 4),
+            "n_head": _choice(2, 4),
+            "head_dim": _choice(16, 32),
+            "dropout": _float(0.0, 0.2),
+            "learning_rate": _float(3e-4, 1e-2, log=True),
+            "batch_size": _choice(16, 32),
             "block_size": 64,
             "weight_decay": 0.1,
         },
@@ -104,208 +288,44 @@ PRESETS: dict[str, Preset] = {
         name="shakespeare-cpu",
         description="tiny Shakespeare, char-level, 1 CPU a trial; about 15 minutes on 2 cores with --time-budget 840",
         space={
-            "n_layer": IntRange(2, 5),
-            "n_head": Choice((4, 6, 8)),
-            "head_dim": Choice((32, 48)),
-            "dropout": FloatRange(0.0, 0.1),
-            "learning_rate": FloatRange(2e-3, 1.2e-2, log=True),
-            "batch_size": Choice((32, 48, 64)),
+            "n_layer": _int(2, 5),
+            "n_head": _choice(4, 6, 8),
+            "head_dim": _choice(32, 48),
+            "dropout": _float(0.0, 0.1),
+            "learning_rate": _float(2e-3, 1.2e-2, log=True),
+            "batch_size": _choice(32, 48, 64),
             "block_size": 64,
             "weight_decay": 0.1,
         },
         dataset="shakespeare",
         num_samples=24,
-        max_steps=600,
-        eval_interval=100,
+        trial_budget="600steps",
+        eval_every=100,
         eval_iters=20,
         grace_period=200,
-        reduction_factor=3,
         n_startup_trials=8,
-        warmup_steps=50,
     ),
     "gpu": Preset(
         name="gpu",
         description="around nanoGPT's baby GPT on tiny Shakespeare: block 256, up to 6 layers x 384 embd, 0.25 GPU a trial",
         space={
-            "n_layer": IntRange(4, 6),
-            "n_head": Choice((4, 6, 8)),
-            "head_dim": Choice((32, 48, 64)),
-            "dropout": FloatRange(0.0, 0.3),
-            "learning_rate": FloatRange(3e-4, 3e-3, log=True),
-            "batch_size": Choice((32, 64)),
+            "n_layer": _int(4, 6),
+            "n_head": _choice(4, 6, 8),
+            "head_dim": _choice(32, 48, 64),
+            "dropout": _float(0.0, 0.3),
+            "learning_rate": _float(3e-4, 3e-3, log=True),
+            "batch_size": _choice(32, 64),
             "block_size": 256,
             "weight_decay": 0.1,
         },
         dataset="shakespeare",
         num_samples=16,
-        max_steps=5000,
-        eval_interval=250,
+        trial_budget="5000steps",
+        eval_every=250,
         eval_iters=50,
         eval_batch_size=64,
         grace_period=500,
-        reduction_factor=3,
         cpus_per_trial=2,
         gpus_per_trial=0.25,
-        n_startup_trials=6,
-        warmup_steps=100,
     ),
 }
-
-
-# --- parsing range flags ------------------------------------------------------------------
-
-
-def _number(text: str, name: str, integer: bool) -> int | float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"--{name}: {text!r} is not a number") from None
-    if integer:
-        if not value.is_integer():
-            raise ValueError(f"--{name}: {text!r} must be a whole number")
-        return int(value)
-    return value
-
-
-def parse_range(flag: str, text: str) -> Spec:
-    """'2:6' (range, ints may add ':step'), '2,4,8' (choices) or '4' (constant) -> a spec."""
-    param = RANGE_FLAGS[flag]
-    integer = param in INT_PARAMS
-    text = text.strip()
-    if not text:
-        raise ValueError(f"--{flag.replace('_', '-')} is empty: give a range like 2:6, choices like 2,4,8, or a value")
-    name = flag.replace("_", "-")
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not integer):
-            raise ValueError(f"--{name}: {text!r} is not a range; write LOW:HIGH" + (" or LOW:HIGH:STEP" if integer else ""))
-        low, high = (_number(p, name, integer) for p in parts[:2])
-        if low > high:
-            raise ValueError(f"--{name}: the range {text} is empty (min {low} > max {high}); write it as {high}:{low}")
-        if integer:
-            step = _number(parts[2], name, True) if len(parts) == 3 else 1
-            if step <= 0:
-                raise ValueError(f"--{name}: the step in {text} must be positive")
-            spec: Spec = IntRange(low, high, step)
-        else:
-            spec = FloatRange(low, high, log=param in LOG_PARAMS)
-    elif "," in text:
-        options = tuple(_number(p, name, integer) for p in text.split(",") if p.strip())
-        if not options:
-            raise ValueError(f"--{name}: no choices in {text!r}")
-        spec = Choice(tuple(dict.fromkeys(options)))
-    else:
-        spec = _number(text, name, integer)
-    check_spec(param, spec)
-    return spec
-
-
-def _bounds(spec: Spec) -> list:
-    if isinstance(spec, (IntRange, FloatRange)):
-        return [spec.low, spec.high]
-    if isinstance(spec, Choice):
-        return list(spec.options)
-    return [spec]
-
-
-def check_spec(param: str, spec: Spec) -> None:
-    """Values that can never train are refused before Ray starts."""
-    flag = "--" + next((f for f, p in RANGE_FLAGS.items() if p == param), param).replace("_", "-")
-    values = _bounds(spec)
-    if param in INT_PARAMS and any(v <= 0 for v in values):
-        raise ValueError(f"{flag}: {param} must be a positive integer, got {spec_text(spec)}")
-    if param == "dropout" and any(not 0 <= v < 1 for v in values):
-        raise ValueError(f"{flag}: dropout must be in [0, 1), got {spec_text(spec)}")
-    if param == "learning_rate" and any(not (v > 0 and math.isfinite(v)) for v in values):
-        raise ValueError(f"{flag}: the learning rate must be > 0, got {spec_text(spec)}")
-    if param == "weight_decay" and any(v < 0 for v in values):
-        raise ValueError(f"{flag}: weight decay must be >= 0, got {spec_text(spec)}")
-
-
-def spec_text(spec: Spec) -> str:
-    return spec.describe() if hasattr(spec, "describe") else str(spec)
-
-
-def max_value(spec: Spec):
-    return max(_bounds(spec))
-
-
-def with_overrides(preset: Preset, overrides: dict[str, Spec], **budget) -> Preset:
-    """The preset with some parameters' ranges and budget fields replaced."""
-    unknown = set(overrides) - set(SEARCHED)
-    if unknown:
-        raise ValueError(f"unknown search parameters: {', '.join(sorted(unknown))}")
-    return replace(preset, space={**preset.space, **overrides}, **{k: v for k, v in budget.items() if v is not None})
-
-
-# --- define-by-run ------------------------------------------------------------------------
-
-
-class SpaceSampler:
-    """Optuna define-by-run function: samples the space and returns the trial's constants.
-
-    A class (not a closure) so Ray can pickle it with the searcher state for --resume.
-    """
-
-    def __init__(self, space: dict, constants: dict):
-        self.space = dict(space)
-        self.constants = dict(constants)
-
-    def __call__(self, trial) -> dict:
-        fixed = dict(self.constants)
-        # which sampler chose this trial (TPE or random): recorded so a resumed search can show
-        # that TPE, not a fresh random searcher, carried on
-        study = getattr(getattr(trial, "ot_trial", trial), "study", None)
-        if study is not None:
-            fixed["sampler"] = type(study.sampler).__name__
-        for name in SEARCHED:
-            spec = self.space.get(name)
-            if isinstance(spec, IntRange):
-                trial.suggest_int(name, spec.low, spec.high, step=spec.step)
-            elif isinstance(spec, FloatRange):
-                trial.suggest_float(name, spec.low, spec.high, log=spec.log)
-            elif isinstance(spec, Choice):
-                trial.suggest_categorical(name, list(spec.options))
-            elif spec is not None:
-                fixed[name] = spec
-        return fixed
-
-
-def trial_constants(preset: Preset, *, dataset: str, seed: int, max_steps: int, eval_interval: int) -> dict:
-    """What every trial of the search shares (merged into each sampled config)."""
-    return {
-        "max_steps": max_steps,
-        "eval_interval": eval_interval,
-        "eval_iters": preset.eval_iters,
-        "eval_batch_size": preset.eval_batch_size,
-        "train_loss_from": preset.train_loss_from,
-        "warmup_steps": min(preset.warmup_steps, max_steps // 10),
-        "min_lr_ratio": preset.min_lr_ratio,
-        "dataset": dataset,
-        "seed": seed,
-    }
-
-
-def spec_to_json(spec: Spec) -> dict | int | float | str:
-    """A spec as plain JSON, for search.json."""
-    if isinstance(spec, IntRange):
-        return {"int": [spec.low, spec.high, spec.step]}
-    if isinstance(spec, FloatRange):
-        return {"float": [spec.low, spec.high], "log": spec.log}
-    if isinstance(spec, Choice):
-        return {"choice": list(spec.options)}
-    return spec
-
-
-def spec_from_json(obj) -> Spec:
-    if isinstance(obj, dict):
-        if "int" in obj:
-            return IntRange(*obj["int"])
-        if "float" in obj:
-            return FloatRange(*obj["float"], log=obj["log"])
-        return Choice(tuple(obj["choice"]))
-    return obj
-
-
-def describe_space(space: dict) -> dict[str, str]:
-    return {name: spec_text(space[name]) for name in SEARCHED if name in space}

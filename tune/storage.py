@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from nanogpt.data import cache_dir
+from nanogpt.errors import UserError
 
 
 def is_uri(path: str | Path) -> bool:
@@ -47,7 +48,7 @@ class Mirror:
         try:
             self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.uri)
         except (pyarrow.ArrowException, OSError, ValueError) as e:
-            raise ValueError(f"cannot open {self.uri} ({str(e).splitlines()[0]}); "
+            raise UserError(f"cannot open {self.uri} ({str(e).splitlines()[0]}); "
                              f"--results-dir takes a directory or a URI pyarrow knows (s3://, gs://, file://)") from None
         name = self.uri.rsplit("/", 1)[-1]
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
@@ -72,7 +73,7 @@ class Mirror:
                 f.write(b"")
             self.fs.delete_file(probe)
         except OSError as e:
-            raise ValueError(f"results directory {self.uri.rsplit('/', 1)[0]} is not writable "
+            raise UserError(f"results directory {self.uri.rsplit('/', 1)[0]} is not writable "
                              f"({str(e).splitlines()[0]}); choose another with --results-dir") from None
 
     def pull(self) -> Path:
@@ -80,7 +81,7 @@ class Mirror:
         import pyarrow.fs
 
         if not self.exists():
-            raise ValueError(f"{self.uri} does not exist: check --results-dir and the search's name")
+            raise UserError(f"{self.uri} does not exist: check --results-dir and the search's name")
         shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True)
         local_fs = pyarrow.fs.LocalFileSystem()

@@ -1,7 +1,9 @@
-"""The Ray Tune function trainable: trial config -> GPTConfig + TrainConfig -> nanogpt's loop.
+"""The Ray Tune function trainable: trial config -> Hparams -> nanogpt's Trainer, and the final training
+of the winner as a Ray task.
 
-Every evaluation becomes one `tune.report(metrics, checkpoint=...)`, so ASHA sees each
-evaluation and a retried trial continues from its last checkpoint.
+Every evaluation becomes one `tune.report(metrics, checkpoint=...)`, so ASHA sees each evaluation and a
+retried trial continues from its last checkpoint. The search's settings arrive once, as the frozen
+SearchConfig (tune.with_parameters), with the data and the tokenizer.
 """
 
 from __future__ import annotations
@@ -9,37 +11,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import ray
 import torch
 from ray import tune
 
 from nanogpt.data import TokenData
-from nanogpt.model import GPTConfig
 from nanogpt.tokenizer import tokenizer_from_dict
-from nanogpt.train import Trainer, TrainConfig
-
-# trial-config keys that go straight into TrainConfig
-TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay",
-              "eval_interval", "eval_iters", "eval_batch_size", "train_loss_from", "seed")
-
-
-def build_configs(config: dict, vocab_size: int, device: str = "cpu") -> tuple[GPTConfig, TrainConfig]:
-    """The trial's model and training configs. n_embd is derived here: n_head * head_dim."""
-    model_cfg = GPTConfig(
-        block_size=config["block_size"],
-        vocab_size=vocab_size,
-        n_layer=config["n_layer"],
-        n_head=config["n_head"],
-        n_embd=config["n_head"] * config["head_dim"],
-        dropout=config["dropout"],
-        bias=False,  # nanoGPT: a little better and faster without biases
-    )
-    train_kwargs = {k: config[k] for k in TRAIN_KEYS if k in config}
-    train_cfg = TrainConfig(
-        **train_kwargs, min_lr=config["learning_rate"] * config.get("min_lr_ratio", 0.1), device=device
-    )
-    return model_cfg, train_cfg
+from nanogpt.train import Trainer
+from tune.config import SearchConfig
+from tune.space import Hparams
 
 
 def _trial_resources() -> tuple[float, float]:
@@ -47,8 +29,8 @@ def _trial_resources() -> tuple[float, float]:
     return resources.get("CPU", 1), resources.get("GPU", 0)
 
 
-def train_gpt(config: dict, data: TokenData, tokenizer: dict) -> None:
-    """Function trainable. `data` and `tokenizer` arrive once through tune.with_parameters."""
+def train_gpt(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig) -> None:
+    """Function trainable. `data`, `tokenizer` and `search` arrive once through tune.with_parameters."""
     started_at = time.time()
     # Ray logs every persisted checkpoint at INFO; a search makes hundreds
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -56,8 +38,9 @@ def train_gpt(config: dict, data: TokenData, tokenizer: dict) -> None:
     # one thread per CPU of the trial's share, or concurrent trials fight over the cores
     torch.set_num_threads(max(1, int(cpus)))
     tok = tokenizer_from_dict(tokenizer)
-    model_cfg, train_cfg = build_configs(config, tok.vocab_size, device="cuda" if gpus > 0 else "cpu")
-    trainer = Trainer(model_cfg, train_cfg, data, tok)
+    hp = Hparams.from_config(config)
+    trainer = Trainer(hp.model_config(tok.vocab_size), search.trial_train_config(hp, "cuda" if gpus > 0 else "cpu"),
+                      data, tok)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -73,3 +56,36 @@ def train_gpt(config: dict, data: TokenData, tokenizer: dict) -> None:
             tune.report({**metrics, "node_id": node_id, **timing}, checkpoint=tune.Checkpoint.from_directory(d))
 
     trainer.run(report)
+
+
+def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig, partial: str) -> dict:
+    """Train one configuration for the search's final budget. Runs as a Ray task holding a whole node's
+    CPUs (threads = those CPUs) or one GPU. Checkpoints at every evaluation into `partial`, so a rerun
+    continues where it stopped; returns the finished checkpoint's files (name -> bytes) and its last metrics,
+    so the driver writes final/ wherever the task ran."""
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    tok = tokenizer_from_dict(tokenizer)
+    hp = Hparams.from_config(config)
+    device = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    trainer = Trainer(hp.model_config(tok.vocab_size), search.final_train_config(hp, device), data, tok)
+    partial_dir = Path(partial)
+    if (partial_dir / "model.pt").is_file():
+        trainer.restore(partial_dir)
+
+    def save(metrics: dict, t: Trainer) -> None:
+        tmp = partial_dir.with_name(partial_dir.name + ".saving")
+        t.save(tmp)
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            f.replace(partial_dir / f.name)
+        tmp.rmdir()
+
+    t0 = time.time()
+    trainer.run(save)
+    with tempfile.TemporaryDirectory() as d:
+        trainer.save(d)
+        files = {f.name: f.read_bytes() for f in Path(d).iterdir()}
+    last = trainer.history[-1] if trainer.history else {}
+    return {"files": files, "metrics": last, "threads": torch.get_num_threads(), "device": device,
+            "status": trainer.status, "wall_s": time.time() - t0}

@@ -1,0 +1,52 @@
+"""Why each trial ended, as data, recorded when it happens; and Optuna told the same truth.
+This module needs no Ray: the report reads outcomes with it.
+
+- The trainable reports `status` with every result: running, finished (spent its whole budget) or diverged.
+- Ray marks a result `done` when the scheduler (ASHA) stops the trial on it: a running trial whose result is
+  done was pruned. `OutcomeRecorder` writes that onto the result (so result.json and the searcher carry it)
+  and records every trial's outcome in outcomes.json (tune.progress).
+- The search's time budget and Ctrl-C end trials without a completion call; the recorder tells them
+  apart at the end (out_of_time), and a trial never recorded was interrupted or not started.
+- `tune.searcher.TruthfulOptunaSearch` reports intermediate values keyed by spend (the budget's unit) and ends each Optuna
+  trial as COMPLETE (finished), PRUNED (pruned or out of time) or FAIL (diverged or errored). Ray's own
+  OptunaSearch calls every trial with a metric COMPLETE, early-stopped ones included.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+OUTCOMES_FILE = "outcomes.json"
+
+
+class Outcome(str, Enum):
+    FINISHED = "finished"  # spent its whole budget
+    PRUNED = "pruned"  # stopped by the scheduler (ASHA) at a rung
+    OUT_OF_TIME = "out_of_time"  # the search's --time-budget ended it
+    DIVERGED = "diverged"  # loss became NaN or infinite
+    ERRORED = "errored"  # raised (after its retries)
+    INTERRUPTED = "interrupted"  # the search was stopped (Ctrl-C, a crash) while it ran: --resume continues it
+    NOT_STARTED = "not_started"  # the search ended before it ran
+
+
+def outcome_of_result(result: dict) -> Outcome | None:
+    """The outcome a result ends its trial with, or None while the trial goes on."""
+    status = result.get("status")
+    if status == "finished":
+        return Outcome.FINISHED
+    if status == "diverged":
+        return Outcome.DIVERGED
+    if status == "running" and result.get("done"):
+        return Outcome.PRUNED
+    return None
+
+
+def read_outcomes(experiment_dir: str | Path) -> dict[str, dict]:
+    """trial_id -> {"outcome", "spend", "step"} as recorded during the search (empty if none)."""
+    path = Path(experiment_dir) / OUTCOMES_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
