@@ -48,19 +48,31 @@ class _Planter:
         return obj
 
 
+ERROR_TEXT = "Failure # 1 (occurred at 2026-11-25)\nRuntimeError: planted\n"
+
+
 def _plant(exp: Path, markers: Path) -> dict[str, int]:
-    """Replace every pickle in the experiment by a payload; return how many were planted where."""
+    """Replace every pickle in the experiment by a payload; return how many were planted where.
+    The first trial becomes an errored one whose pickled exception (error.pkl, which Ray's ResultGrid
+    unpickles for a trial that is not TERMINATED) is a payload too."""
     planter = _Planter(markers)
     planted = {}
     [state_file] = exp.glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
     trial_data = []
-    for trial_json, run_metadata in state["trial_data"]:
+    for i, (trial_json, run_metadata) in enumerate(state["trial_data"]):
         trial = planter.blobs(json.loads(trial_json), "trial")
         for field in HEX_FIELDS:
             assert field in trial, f"Ray no longer stores {field} as a pickle: update HEX_FIELDS"
             trial[field] = planter.payload(field).hex()
-        trial_data.append([json.dumps(trial), json.dumps(planter.blobs(json.loads(run_metadata), "run_metadata"))])
+        run_metadata = planter.blobs(json.loads(run_metadata), "run_metadata")
+        if i == 0:
+            trial["status"] = "ERROR"
+            run_metadata.update(error_filename="error.txt", pickled_error_filename="error.pkl")
+            trial_dir = exp / trial["relative_logdir"]
+            (trial_dir / "error.txt").write_text(ERROR_TEXT)
+            (trial_dir / "error.pkl").write_bytes(planter.payload("error.pkl"))
+        trial_data.append([json.dumps(trial), json.dumps(run_metadata)])
     state["trial_data"] = trial_data
     state["runner_data"] = planter.blobs(state["runner_data"], "runner")
     state_file.write_text(json.dumps(state))
@@ -101,20 +113,24 @@ def unpickled(tiny_search, tmp_path):
     return exp
 
 
-def _assert_complete(exp: Path, reference: Path) -> None:
-    """The reader sees in `exp` what it sees in the untouched `reference`."""
+def _assert_complete(exp: Path, reference: Path, errored: bool) -> None:
+    """The reader sees in `exp` what it sees in the untouched `reference` (with its first trial errored)."""
     got, want = read_trials(exp), read_trials(reference)
     assert [t.trial_id for t in got] == [t.trial_id for t in want] and len(got) >= 8
-    for g, w in zip(got, want):
-        assert (g.status, g.config, g.results, g.error) == (w.status, w.config, w.results, w.error)
-        assert g.status == "TERMINATED" and g.results and g.checkpoints
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert w.status == "TERMINATED" and w.error is None and w.results and w.checkpoints
+        if errored and i == 0:
+            assert (g.status, g.error) == ("ERROR", ERROR_TEXT)
+        else:
+            assert (g.status, g.error) == (w.status, w.error)
+        assert (g.config, g.results) == (w.config, w.results)
         assert g.checkpoints == w.checkpoints
         assert best_checkpoint(g) == exp / best_checkpoint(w).relative_to(reference)
 
 
 def test_reader_runs_no_planted_payload(poisoned, tiny_search):
     exp, markers = poisoned
-    _assert_complete(exp, tiny_search[0])
+    _assert_complete(exp, tiny_search[0], errored=True)
     assert not list(markers.iterdir()), "a payload ran"
 
 
@@ -132,12 +148,12 @@ def test_payloads_are_live(poisoned):
 
 def test_reader_without_any_pickle(unpickled, tiny_search):
     assert not list(unpickled.rglob("*.pkl"))
-    _assert_complete(unpickled, tiny_search[0])
+    _assert_complete(unpickled, tiny_search[0], errored=False)
 
 
 def _assert_report_complete(exp: Path, n_trials: int) -> None:
     df = pd.read_csv(exp / "trials.csv")
-    assert len(df) == n_trials and df["best_val_loss"].notna().all()
+    assert len(df) == n_trials and df["best_val_loss"].notna().sum() >= n_trials - 1
     assert (exp / "best" / "model.pt").is_file()
     text = (exp / "report.md").read_text()
     assert all(t in text for t in df["trial_id"].astype(str)), "report.md misses trials"
@@ -156,7 +172,7 @@ def test_report_runs_no_planted_payload(poisoned, tiny_search):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = report.load(exp)
     assert not list(markers.iterdir()), "a payload ran"
-    assert len(df) == n_trials and df["best_val_loss"].notna().all()
+    assert len(df) == n_trials and df["best_val_loss"].notna().sum() >= n_trials - 1
     assert set(report.load_curves(exp)["trial_id"].astype(str)) == set(df["trial_id"].astype(str))
     _assert_report_complete(exp, n_trials)
     assert not list(markers.iterdir()), "a payload ran"
