@@ -105,6 +105,19 @@ def test_names_from_the_directory_never_point_outside_it(exp, tmp_path):
     assert trials["c"].path == exp / "trial_c"
 
 
+def test_has_checkpoint_decides_which_checkpoints_exist(exp):
+    """A search at a URI: its local copy has no checkpoint directories, the URI does."""
+    asked = []
+
+    def at_uri(d: Path) -> bool:
+        asked.append(d)
+        return d.name == "checkpoint_000000"
+
+    a = read_trials(exp, has_checkpoint=at_uri)[0]
+    assert list(a.checkpoints) == ["checkpoint_000000"] and a.checkpoints["checkpoint_000000"]["val_loss"] == 3.0
+    assert exp / "trial_a" / "checkpoint_000000" in asked
+
+
 def test_not_an_experiment(tmp_path):
     with pytest.raises(UserError, match="not a directory"):
         read_trials(tmp_path / "missing")

@@ -32,7 +32,7 @@ class TrialRecord:
     trial_id: str
     path: Path  # the trial's directory (may not exist yet for a PENDING trial)
     config: dict  # params.json, else the config in experiment_state
-    status: str | None  # one of STATUSES as Ray last saved it, None when experiment_state does not say
+    status: str | None  # one of STATUSES as Ray last saved it (Ray's own loaders read RUNNING as PENDING), else None
     results: list[dict]  # every complete line of result.json, in order
     checkpoints: dict[str, dict]  # checkpoint dir name (on disk) -> the result that reported it
     error: str | None  # error.txt
