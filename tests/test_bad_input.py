@@ -77,11 +77,18 @@ def test_existing_name_is_never_overwritten(tmp_path, capsys):
 
 
 def test_resume_refuses_new_settings(tmp_path, capsys):
-    exp = tmp_path / "results" / "old"
-    exp.mkdir(parents=True)
-    (exp / "search.json").write_text("{}")
-    code, lines = _search(["--resume", "--name", "old", "--lr", "1e-3", "--results-dir", str(tmp_path / "results")], capsys)
-    assert code == 2 and "saved settings" in lines[0] and "--lr" in lines[0]
+    from tune.config import build_parser, config_from_args
+
+    results = str(tmp_path / "results")
+    saved = config_from_args(build_parser().parse_args(["--name", "old", "--lr", "1e-4:1e-2", "--results-dir", results]))
+    saved.experiment_dir.mkdir(parents=True)
+    saved.save()
+    code, lines = _search(["--resume", "--name", "old", "--lr", "1e-3", "--results-dir", results], capsys)
+    assert code == 2 and lines[0].startswith("error: --lr: old was searched with 0.0001:0.01 (log)"), lines
+    assert "says 0.001;" in lines[0]
+    (saved.experiment_dir / "search.json").write_text("{}")
+    code, lines = _search(["--resume", "--name", "old", "--results-dir", results], capsys)
+    assert code == 2 and "not a search configuration" in lines[0], lines
 
 
 def test_unwritable_results_dir(tmp_path, capsys):

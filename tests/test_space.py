@@ -1,78 +1,174 @@
-"""The search space: range flags, presets, define-by-run sampling. No Ray needed."""
+"""The search space and the search's configuration: range flags as Optuna distributions, presets,
+define-by-run sampling, budgets, search.json, --resume with the original command. No Ray needed."""
+
+import dataclasses
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
-from tune.space import PRESETS, Choice, FloatRange, IntRange, SpaceSampler, parse_range, trial_constants, with_overrides
-from tune.trainable import build_configs
+from tune.config import SearchConfig, build_parser, config_from_args, parse_amount
+from tune.space import HPARAMS, PRESETS, Hparams, SpaceSampler, parse_range, space_to_json
 
 
 @pytest.mark.parametrize("flag,text,expected", [
-    ("n_layer", "2:6", IntRange(2, 6)),
-    ("n_layer", "2:8:2", IntRange(2, 8, 2)),
-    ("n_head", "2,4,8", Choice((2, 4, 8))),
-    ("head_dim", "16:64", IntRange(16, 64)),
-    ("dropout", "0:0.2", FloatRange(0.0, 0.2)),
-    ("lr", "1e-4:3e-3", FloatRange(1e-4, 3e-3, log=True)),
-    ("batch_size", "8,16,32", Choice((8, 16, 32))),
-    ("n_layer", "3", 3),
+    ("n-layer", "2:6", IntDistribution(2, 6)),
+    ("n-layer", "2:8:2", IntDistribution(2, 8, step=2)),
+    ("n-head", "2,4,8", CategoricalDistribution((2, 4, 8))),
+    ("head-dim", "16:64", IntDistribution(16, 64)),
+    ("dropout", "0:0.2", FloatDistribution(0.0, 0.2)),
+    ("lr", "1e-4:3e-3", FloatDistribution(1e-4, 3e-3, log=True)),
+    ("batch-size", "8,16,32", CategoricalDistribution((8, 16, 32))),
+    ("n-layer", "3", 3),
 ])
 def test_parse_range(flag, text, expected):
     assert parse_range(flag, text) == expected
 
 
 @pytest.mark.parametrize("flag,text,needle", [
-    ("n_layer", "6:2", "empty"),
-    ("n_layer", "", "empty"),
-    ("n_layer", "2.5:4", "whole number"),
-    ("n_head", "0,2", "positive"),
-    ("head_dim", "-8:16", "positive"),
+    ("n-layer", "6:2", "empty"),
+    ("n-layer", "", "empty"),
+    ("n-layer", "2.5:4", "whole number"),
+    ("n-head", "0,2", "positive"),
+    ("head-dim", "-8:16", "positive"),
     ("dropout", "0:1.5", "[0, 1)"),
     ("dropout", "1", "[0, 1)"),
     ("lr", "0:1e-3", "> 0"),
     ("lr", "-1e-3", "> 0"),
-    ("batch_size", "a,b", "not a number"),
+    ("batch-size", "a,b", "not a number"),
     ("dropout", "0:0.1:0.05", "not a range"),
+    ("n-layer", "1:6:2", "multiple of the step"),
 ])
 def test_parse_range_rejects(flag, text, needle):
-    with pytest.raises(ValueError, match=None) as e:
+    with pytest.raises(UserError) as e:
         parse_range(flag, text)
     assert needle in str(e.value)
 
 
 def test_every_sampled_config_is_valid():
-    """TPE over the gpu preset's space (widest shapes): every config builds a GPT."""
-    preset = with_overrides(PRESETS["gpu"], {"n_head": Choice((1, 3, 6, 12)), "head_dim": IntRange(5, 70)})
-    sampler = SpaceSampler(preset.space, trial_constants(preset, dataset="x", seed=0, max_steps=100, eval_interval=10))
+    """TPE over the gpu preset's space, widened: every config builds a GPT and a TrainConfig."""
+    space = {**PRESETS["gpu"].space, "n_head": CategoricalDistribution((1, 3, 6, 12)), "head_dim": IntDistribution(5, 70)}
+    sampler = SpaceSampler(space_to_json(space))
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
     for _ in range(40):
         trial = study.ask()
-        constants = sampler(trial)
+        constants = sampler(trial)  # samples first: trial.params fills as it does
         config = {**trial.params, **constants}
-        model_cfg, train_cfg = build_configs(config, vocab_size=65)
-        assert isinstance(model_cfg, GPTConfig)
-        assert model_cfg.n_embd == config["n_head"] * config["head_dim"]
-        assert model_cfg.block_size == 256 and train_cfg.max_steps == 100
-        assert train_cfg.train_loss_from == "steps"  # trials evaluate val only
+        hp = Hparams.from_config(config)
+        model_cfg = hp.model_config(vocab_size=65)
+        train_cfg = hp.train_config(budget_unit="flops", budget=1e12, eval_every=1e11)
+        assert isinstance(model_cfg, GPTConfig) and model_cfg.n_embd == config["n_head"] * config["head_dim"]
+        assert model_cfg.block_size == 256 and train_cfg.budget == 1e12
         assert config["sampler"] == "TPESampler"
         study.tell(trial, float(model_cfg.n_embd))
 
 
 def test_sampler_only_samples_and_returns_constants():
-    preset = PRESETS["laptop"]
-    sampler = SpaceSampler(preset.space, {"max_steps": 7, "dataset": "mixed"})
-    study = optuna.create_study()
-    trial = study.ask()
+    sampler = SpaceSampler(space_to_json(PRESETS["laptop"].space))
+    trial = optuna.create_study().ask()
     out = sampler(trial)
-    assert out["max_steps"] == 7 and out["dataset"] == "mixed" and out["block_size"] == 64
+    assert out["block_size"] == 64 and out["weight_decay"] == 0.1
     assert set(trial.params) == {"n_layer", "n_head", "head_dim", "dropout", "learning_rate", "batch_size"}
     assert trial.distributions["learning_rate"].log
+
+
+def test_a_space_must_name_every_hyperparameter():
+    with pytest.raises(ValueError, match="every hyperparameter"):
+        SpaceSampler({"n_layer": 2})
 
 
 def test_presets_exist_and_are_sane():
     assert {"laptop", "shakespeare-cpu", "gpu"} <= set(PRESETS)
     assert PRESETS["laptop"].dataset == "mixed" and PRESETS["gpu"].gpus_per_trial == 0.25
-    assert PRESETS["gpu"].space["block_size"] == 256
     for p in PRESETS.values():
-        assert p.grace_period <= p.max_steps and p.grace_period % p.eval_interval == 0
+        assert set(p.space) == set(HPARAMS)
+        budget, unit = parse_amount(p.trial_budget, "preset")
+        assert p.grace_period <= budget and (p.grace_period / p.eval_every).is_integer()
+
+
+@pytest.mark.parametrize("text,expected", [("500steps", (500, "steps")), ("8e12flops", (8e12, "flops")),
+                                           ("2e6tokens", (2e6, "tokens")), ("120s", (120, "s")), ("1.5e12 flops", (1.5e12, "flops"))])
+def test_parse_amount(text, expected):
+    assert parse_amount(text, "--trial-budget") == expected
+
+
+@pytest.mark.parametrize("text,needle", [("5parsecs", "unit"), ("12", "needs a unit"), ("0flops", "> 0"),
+                                         ("2.5steps", "whole")])
+def test_parse_amount_rejects(text, needle):
+    with pytest.raises(UserError, match=needle):
+        parse_amount(text, "--trial-budget")
+
+
+def _config(*argv, tmp_path=None) -> SearchConfig:
+    return config_from_args(build_parser().parse_args([*argv, "--results-dir", str(tmp_path or "/tmp/none")]))
+
+
+def test_search_json_alone_rebuilds_the_search(tmp_path):
+    """Trial constants, the trial's TrainConfig and the sampler's settings, from a saved search.json."""
+    cfg = _config("--preset", "shakespeare-cpu", "--trial-budget", "4e12flops", "--n-layer", "2:3", "--name", "x",
+                  "--seed", "5", tmp_path=tmp_path)
+    cfg.experiment_dir.mkdir(parents=True)
+    cfg.save()
+    loaded = SearchConfig.load(cfg.experiment_dir)
+    assert loaded == cfg
+    assert loaded.space_sampler().space_json == cfg.space_sampler().space_json
+    a, b = cfg.make_sampler(), loaded.make_sampler()
+    assert type(a) is type(b) is optuna.samplers.TPESampler
+    assert cfg.sampler == {"kind": "tpe", "seed": 5, "n_startup_trials": 8, "multivariate": True,
+                           "constant_liar": True, "n_ei_candidates": 24}
+    hp = Hparams(n_layer=2, n_head=4, head_dim=32, dropout=0.0, learning_rate=1e-3, batch_size=32, block_size=64,
+                 weight_decay=0.1)
+    assert loaded.trial_train_config(hp) == cfg.trial_train_config(hp)
+    assert cfg.trial_train_config(hp).budget_unit == "flops" and cfg.eval_every == 4e11
+    assert cfg.grace_period == 8e11  # about a quarter of the budget, on an evaluation
+
+
+def test_budget_flags(tmp_path):
+    assert _config("--max-steps", "40", tmp_path=tmp_path).trial_budget == 40
+    with pytest.raises(UserError, match="not both"):
+        _config("--max-steps", "40", "--trial-budget", "40steps", tmp_path=tmp_path)
+    with pytest.raises(UserError, match="one unit"):
+        _config("--trial-budget", "1e12flops", "--eval-interval", "100steps", tmp_path=tmp_path)
+    with pytest.raises(UserError, match="above the trial budget"):
+        _config("--trial-budget", "1e12flops", "--grace-period", "2e12", tmp_path=tmp_path)
+    with pytest.raises(UserError, match="never be evaluated"):
+        _config("--trial-budget", "100s", "--eval-interval", "200s", tmp_path=tmp_path)
+    cfg = _config("--trial-budget", "60s", "--final-budget", "120s", tmp_path=tmp_path)
+    assert (cfg.budget_unit, cfg.trial_budget, cfg.final_budget, cfg.eval_every) == ("s", 60, 120, 6)
+
+
+def _saved(tmp_path, *argv) -> SearchConfig:
+    cfg = _config(*argv, "--name", "old", tmp_path=tmp_path)
+    cfg.experiment_dir.mkdir(parents=True)
+    cfg.save()
+    return cfg
+
+
+def test_resume_accepts_the_original_command(tmp_path):
+    original = ["--dataset", "counting", "--max-steps", "40", "--lr", "1e-4:3e-2", "--seed", "3", "--num-samples", "6"]
+    saved = _saved(tmp_path, *original)
+    resumed = _config(*original, "--resume", "--name", "old", tmp_path=tmp_path)
+    assert resumed == saved
+    assert _config("--resume", "--name", "old", tmp_path=tmp_path) == saved  # or no flags at all
+
+
+@pytest.mark.parametrize("changed,flag,old,new", [
+    (["--max-steps", "50"], "--max-steps", "40", "50"),
+    (["--lr", "1e-3:3e-2"], "--lr", "0.0001:0.03 (log)", "0.001:0.03 (log)"),
+    (["--seed", "4"], "--seed", "3", "4"),
+    (["--tokenizer", "bpe"], "--tokenizer", "char", "bpe"),
+])
+def test_resume_refuses_a_changed_flag_naming_both_values(tmp_path, changed, flag, old, new):
+    _saved(tmp_path, "--dataset", "counting", "--max-steps", "40", "--lr", "1e-4:3e-2", "--seed", "3")
+    with pytest.raises(UserError) as e:
+        _config("--dataset", "counting", *changed, "--resume", "--name", "old", tmp_path=tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(flag) and f"with {old}," in msg and f"says {new};" in msg, msg
+
+
+def test_search_config_is_frozen(tmp_path):
+    cfg = _config(tmp_path=tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_samples = 3

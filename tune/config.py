@@ -20,7 +20,9 @@ from typing import Any
 
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
-from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, describe_space, parse_range,
+from optuna.distributions import json_to_distribution
+
+from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, describe, describe_space, parse_range,
                         space_from_json, space_to_json)
 from tune.storage import Mirror, is_uri
 
@@ -166,8 +168,13 @@ class SearchConfig:
             return cls(**obj)
         except FileNotFoundError:
             raise UserError(f"{experiment_dir} holds no search ({SETTINGS_FILE} is missing)") from None
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{path} is not a search configuration this version reads ({str(e).splitlines()[0]})") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not a search configuration: corrupt JSON ({e})") from None
+        except TypeError:
+            known = {f.name for f in fields(cls)}
+            off = sorted(known ^ set(obj)) if isinstance(obj, dict) else []
+            raise UserError(f"{path} is not a search configuration this version reads "
+                            f"(fields missing or unknown: {', '.join(off[:5])}{'...' if len(off) > 5 else ''})") from None
 
 
 def _final_eval_every(budget: float, unit: str) -> float:
@@ -264,7 +271,7 @@ def _field_value(config: SearchConfig, name: str) -> Any:
 
 def _shown(value: Any) -> str:
     if isinstance(value, dict):  # a distribution's JSON
-        return ", ".join(describe_space(space_from_json({"x": value})).values()) if "name" in value else str(value)
+        return describe(json_to_distribution(json.dumps(value))) if "name" in value else str(value)
     return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -42,10 +42,10 @@ class ReportError(UserError):
 
 
 def _config(path: Path) -> SearchConfig | None:
+    """The search's configuration; None when search.json is missing or unreadable (the report says so)."""
     try:
         return SearchConfig.load(path)
-    except UserError as e:
-        log.warning("%s; the report goes on without the search settings", e)
+    except UserError:
         return None
 
 
@@ -310,12 +310,12 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     from tune import plots
 
     path, mirror = _local(path, mirror)
-    config = _config(path)
     if trials is None:
         df, curves = _read(path, mirror)
         _write_exports(path, df, mirror)
     else:
         df, curves = trials, _read(path, mirror)[1]
+    config = _config(path)
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     missing: list[str] = []

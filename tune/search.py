@@ -249,14 +249,15 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
             raise UserError(f"{config.experiment_path} cannot be resumed: Ray's experiment state is missing "
                             f"(the search never started)")
     elif mirror:
-        mirror.check_writable()
         if mirror.exists():
             raise UserError(f"{mirror.uri} already exists: add --resume to continue it, or pick another --name")
-    else:
+    elif exp.exists():
+        raise UserError(f"{exp} already exists: add --resume to continue it, or pick another --name")
+    data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
+    if not resume and mirror:
+        mirror.check_writable()
+    elif not resume:
         _check_writable(Path(config.results_dir))
-        if exp.exists():
-            raise UserError(f"{exp} already exists: add --resume to continue it, or pick another --name")
-    data, tokenizer = prepare_data(config)  # data errors surface before Ray starts
     if address:
         # Ray 2.60 clusters use token authentication; a driver joining one must say so too (Ray only
         # turns it on by itself for clusters it starts), and before ray is imported. The token stays
