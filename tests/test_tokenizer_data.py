@@ -1,5 +1,6 @@
 """Tokenizers (char with <unk>, byte-level BPE, JSON) and data (corpora, splits, errors, download, batches)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,7 @@ def test_file_errors(tmp_path):
         "missing.txt": (None, "does not exist"),
         "empty.txt": (b"", "empty"),
         "binary.bin": (b"\x00\x01" * 50, "binary"),
+        "late_nul.txt": (b"a" * 100_000 + b"\x00", "at byte 100000"),  # the whole file is checked
         "latin1.txt": (b"abc\ncaf\xe9", "byte 7 (line 2)"),
     }
     for name, (content, needle) in cases.items():
@@ -89,6 +91,12 @@ def test_get_batch():
     assert torch.equal(y, x + 1)
     x2, _ = D.get_batch(data, 8, 4, torch.Generator().manual_seed(0))
     assert torch.equal(x, x2)
+    # compact numpy tokens (what prepare and tokenize give): the same windows, widened to int64
+    for dtype in (np.uint16, np.uint32):
+        ids = np.arange(100, dtype=dtype)
+        ids.flags.writeable = False
+        xn, yn = D.get_batch(ids, 8, 4, torch.Generator().manual_seed(0))
+        assert xn.dtype == yn.dtype == torch.int64 and torch.equal(xn, x) and torch.equal(yn, y)
 
 
 def test_shakespeare_offline_is_a_clear_error(tmp_path, monkeypatch):
