@@ -77,7 +77,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     assert "retrying from its last checkpoint" in out
 
     df = pd.read_csv(exp / "trials.csv")
-    assert len(df) == 1 and df["status"][0] == "finished" and df["steps"][0] == max_steps
+    assert len(df) == 1 and df["outcome"][0] == "finished" and df["steps"][0] == max_steps
     rows = _results(trial)
     assert len({r["pid"] for r in rows}) >= 2, "the trial never ran in a second worker"
     steps = [r["step"] for r in rows]
@@ -113,7 +113,7 @@ def test_search_killed_then_resumed(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     df = pd.read_csv(exp / "trials.csv")
     assert len(df) == 6, df[["trial_id", "status"]]
-    assert set(df["status"]) == {"finished"}
+    assert set(df["outcome"]) == {"finished"}
     for d, content in snapshot.items():
         assert (exp / d / "result.json").read_bytes() == content, f"{d} was trained again"
     assert set(df["sampler"]) == {"TPESampler"}
@@ -129,10 +129,10 @@ def test_diverging_trial_is_recorded_and_never_best(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = pd.read_csv(tmp_path / "div" / "trials.csv")
     assert len(df) == 6
-    diverged = df[df["status"] == "diverged"]
+    diverged = df[df["outcome"] == "diverged"]
     assert len(diverged) >= 1 and (diverged["learning_rate"] == 1e30).all()
     assert all(math.isinf(v) for v in diverged["best_val_loss"])
-    assert (df["status"] == "finished").sum() >= 1
+    assert (df["outcome"] == "finished").sum() >= 1
     best = json.loads((tmp_path / "div" / "best" / "trial.json").read_text())
     assert best["learning_rate"] == 3e-3 and math.isfinite(best["best_val_loss"])
     assert "diverged" in (tmp_path / "div" / "report.md").read_text()
@@ -210,6 +210,6 @@ def test_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, two_node_clus
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     df = pd.read_csv(exp / "trials.csv")
-    assert len(df) == 4 and set(df["status"]) == {"finished"}, df[["trial_id", "status", "steps"]]
+    assert len(df) == 4 and set(df["outcome"]) == {"finished"}, df[["trial_id", "status", "steps"]]
     assert df["node"].notna().all()
     assert len(nodes_seen()) == 2

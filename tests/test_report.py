@@ -1,4 +1,4 @@
-"""The report: built from disk through Ray's result API, robust to partial experiments."""
+"""The report: built from the experiment's JSON files (no pickle, no Ray), robust to partial experiments."""
 
 import shutil
 import struct
@@ -55,7 +55,7 @@ def test_report_sections_plots_and_generations(tiny_search):
     path, proc = tiny_search
     text = (path / "report.md").read_text()
     for section in ("## Summary", "## All trials, by validation loss", "## Generations", "## Counting probe",
-                    "## Plots", "untrained", "best trial", "median trial"):
+                    "## Plots", "untrained", "best trial", "median trial", "- trials: "):
         assert section in text, section
     for name in ("learning_curves", "val_loss_vs_params", "val_loss_vs_hparams", "importance", "attention"):
         w, h = _png_size(path / "plots" / f"{name}.png")
@@ -113,12 +113,12 @@ def test_missing_checkpoints_and_corrupt_trial_do_not_break_the_report(exp):
 
 
 def test_interrupted_search_is_reported(exp):
-    """A search stopped mid-way: Ray's state still says a trial is running."""
+    """A search stopped mid-way: Ray's state still says a trial is running and it never got an outcome."""
     import glob
     import json
 
     before = report.load(exp)
-    victim, step = before.loc[before["status"].str.startswith("stopped early"), ["trial_id", "steps"]].iloc[0]
+    victim, step = before.loc[before["outcome"].eq("pruned"), ["trial_id", "steps"]].iloc[0]
     state_file = sorted(glob.glob(str(exp / "experiment_state-*.json")))[-1]
     state = json.loads(open(state_file).read())
     for entry in state["trial_data"]:
@@ -127,8 +127,16 @@ def test_interrupted_search_is_reported(exp):
             trial["status"] = "RUNNING"
             entry[0] = json.dumps(trial)
     open(state_file, "w").write(json.dumps(state))
+    outcomes = json.loads((exp / "outcomes.json").read_text())
+    del outcomes[victim]
+    (exp / "outcomes.json").write_text(json.dumps(outcomes))
+    result = exp / f"trial_{victim}" / "result.json"
+    rows = [json.loads(x) for x in result.read_text().splitlines()]
+    rows[-1].pop("outcome")
+    result.write_text("".join(json.dumps(r) + "\n" for r in rows))
     df = report.load(exp)
-    assert df.loc[df["trial_id"] == victim, "status"].item() == f"interrupted at step {step}"
+    row = df.loc[df["trial_id"] == victim].iloc[0]
+    assert (row["outcome"], row["status"]) == ("interrupted", f"interrupted at step {step}")
     text = report.write_report(exp).read_text()
     assert "1 interrupted" in text
 

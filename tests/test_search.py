@@ -13,9 +13,13 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TINY, run_cli, terminated_trials
-from nanogpt.model import GPTConfig
+from nanogpt.model import GPT, GPTConfig
+from tune.report import COLUMNS
+from tune.space import HPARAMS
 
 pytestmark = pytest.mark.slow
+
+OUTCOMES = {"finished", "pruned", "out_of_time", "diverged", "errored", "interrupted", "not_started"}
 
 
 @pytest.fixture(scope="module")
@@ -23,39 +27,67 @@ def search(tiny_search):
     return tiny_search
 
 
+def _study(exp: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
+    """trial_id -> Optuna trial, matched through the sampled parameters Ray gave each trial."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in study.trials}
+    out = {}
+    for params in exp.glob("trial_*/params.json"):
+        cfg = json.loads(params.read_text())
+        key = json.dumps({k: cfg[k] for k in study.trials[0].params}, sort_keys=True)
+        out[params.parent.name.removeprefix("trial_")] = by_params[key]
+    assert len(out) == len(study.trials)
+    return out
+
+
 def test_search_runs_all_trials_and_writes_outputs(search):
     exp, proc = search
     df = pd.read_csv(exp / "trials.csv")
-    assert len(df) == 8
-    for name in ("optuna.db", "search.json", "report.md", "best/model.pt", "best/tokenizer.json", "best/config.json"):
+    assert len(df) == 8 and list(df.columns) == COLUMNS
+    for name in ("optuna.db", "search.json", "outcomes.json", "report.md", "best/model.pt", "best/tokenizer.json",
+                 "best/config.json"):
         assert (exp / name).exists(), name
-    assert "top 5 by val_loss" in proc.stdout and "report:" in proc.stdout
+    assert "top 5 by val_loss" in proc.stdout and "report:" in proc.stdout and "outcomes: " in proc.stdout
     # sorted by validation loss, the best first, and best/ holds the best trial
     assert list(df["best_val_loss"]) == sorted(df["best_val_loss"])
     best = json.loads((exp / "best" / "trial.json").read_text())
     assert best["trial_id"] == df["trial_id"][0]
-    for col in ("step", "val_loss", "val_bpc", "tokens_seen", "n_params", "seconds", "tokens_per_s", "node"):
-        assert col in df.columns or col in ("step", "val_loss")
+    assert df[["n_params", "tokens_seen", "seconds", "tokens_per_s", "spend", "steps"]].gt(0).all().all()
+    assert df["node"].notna().all() and set(df["budget_unit"]) == {"steps"}
+    assert set(df["outcome"]) <= OUTCOMES
+    # nothing Ray prints for itself reaches the user: no banner box, no TensorBoard hint into /tmp
+    assert "Configuration for experiment" not in proc.stdout + proc.stderr
+    assert "tensorboard --logdir" not in proc.stdout + proc.stderr
 
 
-def test_asha_stopped_some_trials_early(search):
+def test_asha_pruned_some_trials_at_rungs(search):
     exp, _ = search
     df = pd.read_csv(exp / "trials.csv")
-    early = df[df["status"].str.startswith("stopped early by ASHA")]
-    assert len(early) >= 1, df[["trial_id", "status", "steps"]]
-    assert (early["steps"] < 40).all()
-    assert set(df["status"]) <= {"finished"} | set(early["status"])
+    pruned = df[df["outcome"] == "pruned"]
+    assert len(pruned) >= 1, df[["trial_id", "outcome", "steps"]]
+    assert set(pruned["spend"]) <= {5, 10, 20}  # grace 5, reduction factor 2, budget 40 steps
+    assert set(df["outcome"]) <= {"finished", "pruned"}
+    assert (df.loc[df["outcome"] == "finished", "spend"] == 40).all()
+    assert all(s.startswith("pruned by ASHA at ") for s in pruned["status"])
 
 
-def test_experiment_is_restorable_and_study_complete(search):
+def test_optuna_is_told_the_truth(search):
+    """PRUNED in optuna.db exactly for the pruned trials (with intermediate values by spend), COMPLETE
+    for the finished ones with their final val_loss."""
     from ray.tune import Tuner
 
     exp, _ = search
     assert Tuner.can_restore(str(exp))
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{exp / 'optuna.db'}")
-    assert len(study.trials) == 8
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert {"n_layer", "n_head", "head_dim", "learning_rate", "batch_size"} <= set(study.trials[0].params) | {"n_layer", "n_head", "head_dim"}
+    df = pd.read_csv(exp / "trials.csv").set_index("trial_id")
+    study = _study(exp, "e2e")
+    for trial_id, t in study.items():
+        row = df.loc[trial_id]
+        expected = {"finished": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}[row["outcome"]]
+        assert t.state == expected, (trial_id, row["outcome"], t.state)
+        assert max(t.intermediate_values) == row["spend"]  # keyed by spend, up to where it stopped
+        if expected == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(row["last_val_loss"])
+        assert set(t.params) == {"dropout", "learning_rate", "batch_size"}  # what TINY leaves to sample
 
 
 def test_every_sampled_config_is_valid(search):
@@ -67,6 +99,7 @@ def test_every_sampled_config_is_valid(search):
                   n_embd=row.n_embd, dropout=row.dropout)
         assert 1e-4 <= row.learning_rate <= 3e-2 and row.batch_size in (4, 8)
     assert set(df["sampler"]) == {"TPESampler"}
+    assert set(HPARAMS) <= set(df.columns)
 
 
 def test_best_checkpoint_samples_text(search):
@@ -74,6 +107,42 @@ def test_best_checkpoint_samples_text(search):
     proc = run_cli("nanogpt.sample", "--checkpoint", str(exp / "best"), "--prompt", "Number 7", "--max-new-tokens", "20")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Number 7") and len(proc.stdout.strip()) > len("Number 7")
+
+
+def test_flops_budget_equal_spend_and_final_training(tmp_path):
+    """Every finished trial spends the FLOPs budget to within one step; pruned ones stop at rung spends; the
+    winner is trained once more for --final-budget into final/, which samples and is in the report."""
+    budget, every = 4e8, 1e8
+    proc = run_cli("tune.search", "--dataset", "counting", "--n-layer", "1:2", "--n-head", "2", "--head-dim", "8",
+                   "--block-size", "16", "--batch-size", "4,8,16", "--lr", "3e-3:3e-2", "--num-samples", "6",
+                   "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{every:g}", "--grace-period", f"{every:g}",
+                   "--reduction-factor", "2", "--final-budget", "8e8flops", "--seed", "1",
+                   "--results-dir", str(tmp_path), "--name", "fl", "--top", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exp = tmp_path / "fl"
+    df = pd.read_csv(exp / "trials.csv")
+    assert set(df["budget_unit"]) == {"flops"}
+    for row in df.itertuples():
+        model = GPT(GPTConfig(block_size=16, vocab_size=24, n_layer=row.n_layer, n_head=2, n_embd=16, bias=False))
+        step_flops = model.flops_per_token() * row.batch_size * 16
+        assert row.spend == pytest.approx(row.steps * step_flops)
+        if row.outcome == "finished":
+            assert budget - step_flops < row.spend <= budget
+        else:
+            assert row.outcome == "pruned"
+            rungs = [every * 2 ** k for k in range(3)]
+            assert any(r <= row.spend < r + step_flops for r in rungs), (row.spend, step_flops)
+    assert (df["outcome"] == "finished").any()
+    # final/: the best finished configuration, trained for 8e8 FLOPs
+    meta = json.loads((exp / "final" / "config.json").read_text())
+    assert meta["train"]["budget_unit"] == "flops" and meta["train"]["budget"] == 8e8 and meta["status"] == "finished"
+    best = df[df["outcome"] == "finished"].iloc[0]
+    assert meta["model"]["n_layer"] == best["n_layer"] and meta["train"]["batch_size"] == best["batch_size"]
+    assert "final model: val_loss" in proc.stdout
+    sample = run_cli("nanogpt.sample", "--checkpoint", str(exp / "final"), "--prompt", "Number 3", "--max-new-tokens", "8")
+    assert sample.returncode == 0 and sample.stdout.startswith("Number 3"), sample.stderr
+    text = (exp / "report.md").read_text()
+    assert "## Final model" in text and "**final**" in text
 
 
 def test_random_fifo_bpe_one_at_a_time(tmp_path):
@@ -84,7 +153,7 @@ def test_random_fifo_bpe_one_at_a_time(tmp_path):
     exp = tmp_path / "rf"
     df = pd.read_csv(exp / "trials.csv")
     assert len(df) == 3
-    assert set(df["status"]) == {"finished"}  # FIFO never stops a trial early
+    assert set(df["outcome"]) == {"finished"}  # FIFO never stops a trial early
     assert set(df["sampler"]) == {"RandomSampler"}
     assert not (exp / "report.md").exists()
     assert json.loads((exp / "best" / "tokenizer.json").read_text())["kind"] == "bpe"
@@ -108,7 +177,7 @@ def _finished_trials(exp: Path) -> dict[str, float]:
     return done
 
 
-def test_interrupt_then_resume_ends_with_exactly_n_trials(tmp_path):
+def test_interrupt_then_resume_with_the_original_command(tmp_path):
     args = [*TINY, "--num-samples", "6", "--max-steps", "150", "--eval-interval", "25", "--scheduler", "fifo",
             "--results-dir", str(tmp_path), "--name", "rs", "--no-report", "--seed", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "tune.search", *args], cwd=REPO, stdout=subprocess.PIPE,
@@ -122,11 +191,17 @@ def test_interrupt_then_resume_ends_with_exactly_n_trials(tmp_path):
     out, _ = proc.communicate(timeout=120)
     before = terminated_trials(exp)
     assert 1 <= len(before) < 6, out
+    interrupted = pd.read_csv(exp / "trials.csv")
+    assert interrupted["outcome"].isin(["interrupted", "not_started"]).any(), interrupted[["trial_id", "outcome"]]
+    assert "--resume" in out
 
-    resumed = run_cli("tune.search", "--resume", "--name", "rs", "--results-dir", str(tmp_path), "--no-report")
+    # a changed flag is refused, naming it; the original command plus --resume continues
+    changed = run_cli("tune.search", *[a if a != "150" else "160" for a in args], "--resume")
+    assert changed.returncode == 2 and changed.stderr.startswith("error: --max-steps: rs was searched with 150"), changed.stderr
+    resumed = run_cli("tune.search", *args, "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     df = pd.read_csv(exp / "trials.csv")
-    assert len(df) == 6 and set(df["status"]) == {"finished"}, df[["trial_id", "status"]]
+    assert len(df) == 6 and set(df["outcome"]) == {"finished"}, df[["trial_id", "outcome"]]
     # finished trials were not trained again
     after = terminated_trials(exp)
     for trial, mtime in before.items():
@@ -136,3 +211,15 @@ def test_interrupt_then_resume_ends_with_exactly_n_trials(tmp_path):
     # the restored searcher is still TPE: it sampled every trial, the new ones included
     assert set(df["sampler"]) == {"TPESampler"}
     assert all(math.isfinite(v) for v in df["best_val_loss"])
+
+
+def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
+    """No finished trial: one line at the end, and no final/ (no Ray needed to decide)."""
+    from tune.config import build_parser, config_from_args
+    from tune.search import train_winner
+
+    config = config_from_args(build_parser().parse_args(["--final-budget", "100steps", "--results-dir", str(tmp_path)]))
+    trials = pd.DataFrame({"outcome": ["pruned", "errored"], "trial_id": ["a", "b"]})
+    assert train_winner(config, None, None, trials) is None
+    assert capsys.readouterr().out.strip() == "no trial finished its budget: no final training (--final-budget 100steps)"
+    assert not (config.experiment_dir / "final").exists()
