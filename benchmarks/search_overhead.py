@@ -1,6 +1,6 @@
 """Overhead of the default search: how much of the slot-time goes to training.
 
-    python benchmarks/search_overhead.py [extra tune.search flags]
+    python -m benchmarks.search_overhead [extra tune.search flags]
 
 Runs `python -m tune.search` (the laptop preset unless flags say otherwise) and measures
 - the share of slot-time spent training: sum of trial training time / (search wall time x slots);
@@ -11,7 +11,6 @@ Goal: >= 90% and <= 0.5 s.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -21,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import ROOT, md_table, stamp, write_section  # noqa: E402
+from benchmarks.common import ROOT, md_table, stamp, write_section
+from tune.config import SearchConfig
+from tune.experiment import read_trials
 
 
 def main() -> None:
@@ -37,13 +36,15 @@ def main() -> None:
             sys.exit(proc.stdout + proc.stderr)
         exp = Path(tmp) / "overhead"
         wall = float(re.search(r"trials in (\d+) s", proc.stdout).group(1))
-        settings = json.loads((exp / "search.json").read_text())
-        slots = int((os.cpu_count() or 1) // settings["cpus_per_trial"])
-        if settings.get("max_concurrent"):
-            slots = min(slots, settings["max_concurrent"])
+        config = SearchConfig.load(exp)
+        slots = int((os.cpu_count() or 1) // config.cpus_per_trial)
+        if config.max_concurrent:
+            slots = min(slots, config.max_concurrent)
         train, setups, by_worker = [], [], {}
-        for trial in exp.glob("trial_*"):
-            rows = [json.loads(x) for x in (trial / "result.json").read_text().splitlines() if x.strip()]
+        for trial in read_trials(exp):
+            rows = trial.results
+            if not rows:
+                continue
             train.append(rows[-1]["elapsed_s"])
             setups.append(rows[0]["setup_s"])
             # a retried trial reports from a second worker; its first worker's span ends at that worker's last result
@@ -86,7 +87,7 @@ def main() -> None:
     met = share >= 0.9 and statistics.median(starts) <= 0.5
     body = f"""{stamp()}
 
-`python benchmarks/search_overhead.py {' '.join(extra)}` (the default search: `python -m tune.search`, preset laptop).
+`python -m benchmarks.search_overhead {' '.join(extra)}` (the default search: `python -m tune.search`, preset laptop).
 
 {md_table(["what", "value"], rows)}
 

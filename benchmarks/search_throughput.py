@@ -1,6 +1,6 @@
 """Total training tokens/s of a 2-slot CPU search against one 2-thread training run of the same config.
 
-    python benchmarks/search_throughput.py [--trials 4] [--steps 600]
+    python -m benchmarks.search_throughput [--trials 4] [--steps 600]
 
 Every trial trains nanoGPT's CPU recipe (4 layers, 4 heads, 128 embd, block 64, batch 12), so the
 only difference is how the two cores are used: two 1-CPU trials side by side under Ray Tune, or
@@ -10,22 +10,21 @@ one process with 2 threads. Goal: the search >= 1.4x.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from tune.space import PRESETS  # noqa: E402
-from benchmarks.common import NANOGPT_CPU, ROOT, matmul_peak_gflops, md_table, shakespeare_file, stamp, write_section  # noqa: E402
+from benchmarks.common import NANOGPT_CPU, ROOT, matmul_peak_gflops, md_table, shakespeare_file, stamp, write_section
+from tune.experiment import read_trials
+from tune.space import PRESETS
 
 GOAL = 1.4
 PRESET = "shakespeare-cpu"
+EVAL_INTERVAL = 100  # steps, in the single run and in the search's trials
 
 
 def single_run(steps: int) -> tuple[float, int]:
@@ -42,7 +41,7 @@ def single_run(steps: int) -> tuple[float, int]:
     # bias-free like them; only the checkpoints are left out
     trainer = Trainer(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_embd=128, bias=False),
                       TrainConfig(max_steps=steps, batch_size=r["batch_size"], learning_rate=1e-3,
-                                  eval_interval=p.eval_interval, eval_iters=p.eval_iters,
+                                  eval_interval=EVAL_INTERVAL, eval_iters=p.eval_iters,
                                   eval_batch_size=p.eval_batch_size, train_loss_from=p.train_loss_from),
                       tokenize(ds, tok), tok)
     t0 = time.perf_counter()
@@ -61,11 +60,11 @@ def main() -> None:
             [sys.executable, "-m", "tune.search", "--preset", PRESET, "--data-file", str(shakespeare_file()),
              "--n-layer", "4", "--n-head", "4", "--head-dim", "32", "--block-size", "64", "--batch-size", "12",
              "--lr", "1e-3", "--dropout", "0", "--scheduler", "fifo", "--num-samples", str(args.trials),
-             "--max-steps", str(args.steps), "--results-dir", tmp, "--name", "tp", "--no-report"],
+             "--max-steps", str(args.steps), "--eval-interval", str(EVAL_INTERVAL), "--results-dir", tmp, "--name", "tp", "--no-report"],
             cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(proc.stdout + proc.stderr)
-        rows = [json.loads(f.read_text().splitlines()[-1]) for f in Path(tmp, "tp").glob("trial_*/result.json")]
+        rows = [t.last_result for t in read_trials(Path(tmp, "tp")) if t.results]
     tokens = sum(r["tokens_seen"] for r in rows)
     begin = min(r["started_at"] for r in rows)
     end = max(r["started_at"] + r["time_total_s"] for r in rows)
@@ -83,7 +82,7 @@ def main() -> None:
     ])
     body = f"""{stamp()}
 
-`python benchmarks/search_throughput.py --trials {args.trials} --steps {args.steps}`: every trial is nanoGPT's CPU recipe
+`python -m benchmarks.search_throughput --trials {args.trials} --steps {args.steps}`: every trial is nanoGPT's CPU recipe
 ({args.steps} steps, batch 12, block 64), so only the use of the two cores differs. The search's figure counts
 all its trials' tokens over the span from the first trial's start to the last report, so trial start-up,
 evaluations and checkpoints are inside it. MFU against the measured 2-thread fp32 matmul peak ({peak2:.0f} GFLOP/s).

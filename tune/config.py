@@ -96,6 +96,9 @@ class SearchConfig:
     created: str
     # for a URI results directory: the local copy's path, where Optuna's study (optuna.db) was opened
     local_copy: str | None = None
+    # what Optuna is told: "truth" (COMPLETE / PRUNED / FAIL by outcome) or "ray" (Ray's OptunaSearch: every
+    # trial with a metric COMPLETE, early-stopped ones too); "ray" exists for ablations
+    tell_optuna: str = "truth"
 
     # --- where things are
 
@@ -223,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1 in N at each rung")
     s.add_argument("--seed", type=int, default=None, help="the sampler's and every trial's seed (default: 0)")
     s.add_argument("--max-failures", type=int, default=None, help="retries of a trial whose worker died (default: 2)")
+    s.add_argument("--tell-optuna", default=None, choices=["truth", "ray"],
+                   help="truth (default): pruned trials are PRUNED, diverged FAIL; ray: Ray's OptunaSearch, which calls "
+                        "every trial with a metric COMPLETE, early-stopped ones too (for ablations)")
     r = p.add_argument_group("where")
     r.add_argument("--results-dir", default="results", help="experiments go to RESULTS_DIR/NAME (default: results)")
     r.add_argument("--name", default=None, help="experiment name (default: PRESET-DATE-TIME)")
@@ -245,7 +251,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",),
     "max_concurrent": ("max_concurrent",), "searcher": ("searcher",), "scheduler": ("scheduler",),
     "grace_period": ("grace_period",), "reduction_factor": ("reduction_factor",), "seed": ("seed",),
-    "max_failures": ("max_failures",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
+    "max_failures": ("max_failures",), "tell_optuna": ("tell_optuna",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
 }
 
 
@@ -361,6 +367,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         reduction_factor=args.reduction_factor or preset.reduction_factor,
         max_failures=args.max_failures if args.max_failures is not None else 2,
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
+        tell_optuna=args.tell_optuna or "truth",
     )
 
 

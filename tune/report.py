@@ -31,7 +31,8 @@ from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
 
-CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s"]
+CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s",
+              "wall_time"]  # wall_time: when the evaluation was reported (unix seconds)
 COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
            "val_bpc", "last_val_loss", "steps", "spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
            "sampler", "error", "checkpoint"]
@@ -114,7 +115,8 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
                        n_params=int(last["n_params"]), tokens_seen=int(last["tokens_seen"]),
                        seconds=float(last["elapsed_s"]), tokens_per_s=float(last["tokens_per_s"]),
                        node=last.get("node_id") or last.get("node_ip"))
-            part = pd.DataFrame([{c: r.get(c) for c in CURVE_COLS} for r in evals])
+            part = pd.DataFrame([{**{c: r.get(c) for c in CURVE_COLS},
+                                  "wall_time": r.get("started_at", math.nan) + r.get("time_total_s", math.nan)} for r in evals])
             part.insert(0, "trial_id", trial.trial_id)
             frames.append(part)
         row["outcome"] = _outcome(trial, recorded)

@@ -137,6 +137,8 @@ def make_tuner(config: SearchConfig, data: TokenData, tokenizer, restore: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
+    from ray.tune.search.optuna import OptunaSearch
+
     from tune.searcher import TruthfulOptunaSearch
     from tune.trainable import train_gpt
 
@@ -150,7 +152,8 @@ def make_tuner(config: SearchConfig, data: TokenData, tokenizer, restore: bool):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp = config.experiment_dir
-    searcher = TruthfulOptunaSearch(
+    searcher_cls = TruthfulOptunaSearch if config.tell_optuna == "truth" else OptunaSearch
+    searcher = searcher_cls(
         space=config.space_sampler(),
         metric=config.metric,
         mode=config.mode,
@@ -181,7 +184,8 @@ def make_tuner(config: SearchConfig, data: TokenData, tokenizer, restore: bool):
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries)
             verbose=0,
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
-            callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher), Progress(config)]
+            callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
+                       Progress(config)]
             + ([MirrorSync(mirror, OPTUNA_DB, OUTCOMES_FILE)] if mirror else []),
         ),
     )
