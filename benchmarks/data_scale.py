@@ -1,12 +1,12 @@
 """Data at any scale: preparing 10 MB to 1 GB corpora, and a 2-trial search over the largest.
 
-    python benchmarks/data_scale.py [--sizes 10,100,1000] [--bpe-sizes 10,100] [--no-search] [--keep DIR]
+    python -m benchmarks.data_scale [--sizes 10,100,1000] [--bpe-sizes 10,100] [--no-search] [--keep DIR]
 
 Corpora are the Python standard library's sources, repeated up to each size, written under a temp
 dir (nothing is committed). Each preparation runs in a fresh process with its own cache directory,
 so its peak RSS is its own. Reported:
 - prepare time and MB/s (first run: check, hash, build the tokenizer, tokenize, write the cache);
-- BPE encoding alone in MB/s (the trained tokenizer over the whole file, streaming);
+- BPE encoding alone in MB/s (the trained tokenizer over the whole file, streaming), and training alone;
 - driver peak RSS (ru_maxrss of the preparing process);
 - prepare time on a cache hit (a second fresh process), whole process included;
 - a 2-trial search over the largest corpus: memory in use over the idle baseline (MemTotal -
@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, md_table, stamp, write_section
+from benchmarks.common import ROOT, md_table, stamp, write_section
 
 MB = 1_000_000
 
@@ -44,11 +44,17 @@ t0 = time.perf_counter()
 data, tok = prepare(None, path, kind, vocab)
 out = {"prepare_s": data.prepare_s, "from_cache": data.from_cache, "wall_s": time.perf_counter() - t0,
        "n_train": len(data.train), "n_val": len(data.val), "dtype": str(data.train.dtype), "vocab": tok.vocab_size}
-if encode_only:  # the trained tokenizer alone over the whole file, streaming, as prepare encodes
-    enc, n, t0 = tok.stream_encoder(), 0, time.perf_counter()
-    for text in _FileSource(__import__("pathlib").Path(path), "x").chunks("encoding"):
-        n += len(enc.feed(text))
-    n += len(enc.finish())
+if encode_only:  # BPE: training alone, then the trained tokenizer alone over the whole file, as prepare does
+    from pathlib import Path
+    from nanogpt.data import _line_batches
+    from nanogpt.tokenizer import BPETokenizer
+    t0 = time.perf_counter()
+    BPETokenizer.train_from_iterator(_line_batches(_FileSource(Path(path), "x").chunks("training")), vocab)
+    out["train_s"] = time.perf_counter() - t0
+    enc, t0 = tok.stream_encoder(), time.perf_counter()
+    for text in _FileSource(Path(path), "x").chunks("encoding"):
+        enc.feed(text)
+    enc.finish()
     out["encode_s"] = time.perf_counter() - t0
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
@@ -195,7 +201,7 @@ def main() -> None:
             hot = prepare_in_fresh_process(path, kind, cache, encode_only=False)
             assert not cold["from_cache"] and hot["from_cache"]
             mb = path.stat().st_size / MB
-            enc = f"{mb / cold['encode_s']:.1f}" if "encode_s" in cold else ""
+            enc = f"{mb / cold['encode_s']:.1f} ({mb / cold['train_s']:.1f})" if "encode_s" in cold else ""
             rows.append([kind, f"{mb:,.0f}", f"{cold['n_train'] + cold['n_val']:,} {cold['dtype']}", f"{cold['prepare_s']:.1f}",
                          f"{mb / cold['prepare_s']:.0f}", enc, f"{cold['peak_rss_mb']:,.0f}",
                          f"{hot['prepare_s']:.2f} ({hot['process_s']:.1f})", f"{hot['peak_rss_mb']:,.0f}", load()])
@@ -238,10 +244,10 @@ def main() -> None:
                      f"**{'met' if s['over_idle_gb'] <= 3.5 else 'missed'}**")
     body = f"""{stamp()} Load average (1, 5, 15 min) at the start: {loads[0]} (the CPU was shared with other work).
 
-`python benchmarks/data_scale.py {' '.join(sys.argv[1:])}`: the standard library's sources repeated to each size;
+`python -m benchmarks.data_scale {' '.join(sys.argv[1:])}`: the standard library's sources repeated to each size;
 every preparation in a fresh process with an empty cache, then again on the cache (hit).
 
-{md_table(["tokenizer", "MB", "tokens", "prepare s", "MB/s", "BPE encode MB/s", "peak RSS MB", "cache hit s (process s)", "hit peak RSS MB", "load after"], rows)}
+{md_table(["tokenizer", "MB", "tokens", "prepare s", "MB/s", "BPE encode (train) MB/s", "peak RSS MB", "cache hit s (process s)", "hit peak RSS MB", "load after"], rows)}
 
 {md_table(["2-trial search (`--num-samples 2 --max-steps 40`, fifo), on the cache", "value"], search_rows) if search_rows else "Search not run."}
 

@@ -224,9 +224,10 @@ class _WordCache:
     def __init__(self, tok: BPETokenizer):
         self.tok, self.dtype = tok, token_dtype(tok.vocab_size)
         self.index: dict[str, int] = {}
-        self.flat = np.empty(0, self.dtype)  # every known word's ids, one after another
-        self.starts = np.empty(0, np.int64)  # (n_words,) where each word's ids start in flat
-        self.lens = np.empty(0, np.int64)  # (n_words,)
+        self.n_ids = 0  # flat[:n_ids] holds every known word's ids, one word after another
+        self.flat = np.empty(1 << 16, self.dtype)
+        self.starts = np.empty(1 << 14, np.int64)  # [:len(index)] where each word's ids start in flat
+        self.lens = np.empty(1 << 14, np.int64)
 
     def encode(self, text: str) -> np.ndarray:
         words = _ASCII_WORDS.findall(text)
@@ -246,11 +247,24 @@ class _WordCache:
     def _add(self, words: list[str]) -> None:
         ids = self.tok._library(words)
         lens = np.array([len(x) for x in ids], dtype=np.int64)
-        self.starts = np.concatenate([self.starts, len(self.flat) + np.cumsum(lens) - lens])
-        self.lens = np.concatenate([self.lens, lens])
-        self.flat = np.concatenate([self.flat, *ids])
+        n_words, n_ids = len(self.index), self.n_ids + int(lens.sum())
+        # grown by doubling: appending costs O(1) per id, not a copy of everything known
+        self.flat = _ensure(self.flat, n_ids)
+        self.starts, self.lens = _ensure(self.starts, n_words + len(words)), _ensure(self.lens, n_words + len(words))
+        self.flat[self.n_ids : n_ids] = np.concatenate(ids)
+        self.starts[n_words : n_words + len(words)] = self.n_ids + np.cumsum(lens) - lens
+        self.lens[n_words : n_words + len(words)] = lens
+        self.n_ids = n_ids
         for w in words:
             self.index[w] = len(self.index)
+
+
+def _ensure(a: np.ndarray, n: int) -> np.ndarray:
+    if n <= len(a):
+        return a
+    grown = np.empty(max(n, 2 * len(a)), a.dtype)
+    grown[: len(a)] = a
+    return grown
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
