@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from tune.report import finite  # noqa: E402
 from tune.space import HPARAMS  # noqa: E402
 
 # what a trial varies: the sampled hyperparameters, with n_embd for head_dim (the model's width)
@@ -19,10 +20,6 @@ SEARCHABLE = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
 
 class PlotSkipped(Exception):
     """Not enough data for this figure; the message says why."""
-
-
-def _finite(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
 
 
 def _save(fig, path: Path) -> None:
@@ -38,7 +35,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
         raise PlotSkipped("no trial reported an evaluation")
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
-    best_id = _finite(trials)["trial_id"].iloc[0] if not _finite(trials).empty else None
+    best_id = finite(trials)["trial_id"].iloc[0] if not finite(trials).empty else None
     stopped = set(trials.loc[trials["outcome"].isin(["pruned", "out_of_time"]), "trial_id"])
     fig, ax = plt.subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
@@ -60,7 +57,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
 
 def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that no smaller model beats: sorted by size, each lower in loss than all before it."""
-    d = _finite(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
+    d = finite(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
     keep, best = [], math.inf
     for idx, row in d.iterrows():
         if row["best_val_loss"] < best:
@@ -71,7 +68,7 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
 
 def _at_equal_spend(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that spent their whole budget (the same for all): the only fair comparison."""
-    return _finite(df[df["outcome"].eq("finished")]).dropna(subset=["n_params"])
+    return finite(df[df["outcome"].eq("finished")]).dropna(subset=["n_params"])
 
 
 def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
@@ -81,7 +78,7 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     if d.empty:
         raise PlotSkipped("no trial finished its budget: no comparison at equal spend")
     front = pareto_front(d)
-    others = _finite(df[~df["outcome"].eq("finished")]).dropna(subset=["n_params"])
+    others = finite(df[~df["outcome"].eq("finished")]).dropna(subset=["n_params"])
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
     if not others.empty:
@@ -107,7 +104,12 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
     for ax, c in zip(axes.flat, cols):
-        ax.scatter(d[c].astype(float), d["best_val_loss"], alpha=0.8)
+        if not pd.api.types.is_numeric_dtype(d[c]):  # a categorical choice (optimizer): one column of points per value
+            names = sorted(d[c].dropna().unique())
+            ax.scatter(d[c].map({v: i for i, v in enumerate(names)}), d["best_val_loss"], alpha=0.8)
+            ax.set_xticks(range(len(names)), names)
+        else:
+            ax.scatter(d[c].astype(float), d["best_val_loss"], alpha=0.8)
         if c == "learning_rate":
             ax.set_xscale("log")
         ax.set_xlabel(c)

@@ -152,13 +152,15 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     return df
 
 
-def _finite(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["best_val_loss"].apply(lambda v: v is not None and math.isfinite(v))]
+def finite(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials with a finite best val_loss (a boolean mask, so an empty table stays a table)."""
+    vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
+    return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf])]
 
 
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
     df.to_csv(path / "trials.csv", index=False)
-    ok = _finite(df)
+    ok = finite(df)
     ok = ok[ok["checkpoint"].notna()]
     if not ok.empty:
         best = ok.iloc[0]
@@ -175,7 +177,7 @@ def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -
 
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
-    cols = ["trial_id", "n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "n_params",
+    cols = ["trial_id", "n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "optimizer", "n_params",
             "best_val_loss", "val_bpc", "steps", "spend", "outcome"]
     view = df.head(n)[cols].rename(columns={"learning_rate": "lr", "batch_size": "batch", "best_val_loss": "val_loss"})
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
@@ -276,12 +278,12 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
     md.append("- trials: " + ", ".join(f"{int(counts.get(o.value, 0))} {o.value}" for o in Outcome))
     if not curves.empty and "elapsed_s" in curves:
         md.append(f"- training time summed over trials: {curves.groupby('trial_id')['elapsed_s'].max().sum():.0f} s")
-    finite = _finite(df)
+    finite = finite(df)
     if finite.empty:
         missing.append("no trial reported a finite validation loss: no best trial")
         return md + [""]
     best = finite.iloc[0]
-    finished = _finite(df[df["outcome"].eq("finished")])
+    finished = finite(df[df["outcome"].eq("finished")])
     cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
                          for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
     md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "
@@ -360,8 +362,8 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
             md += ["## Final model (the winner trained for the final budget)", "",
                    f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
                    f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}"
-                   + (f" (the search's best trial: {_finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
-                      if config and not _finite(df).empty else ""),
+                   + (f" (the search's best trial: {finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
+                      if config and not finite(df).empty else ""),
                    f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {final}`)", ""]
         except CheckpointError as e:
             missing.append(f"final/: {e}")
@@ -370,7 +372,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     dataset_name = (config.dataset if config else None) or ""
     prompts = prompts or default_prompts(dataset_name, _data_file_text(config))
     models = []
-    for _, row in _finite(df).head(top).iterrows():  # diverged trials have nothing to say
+    for _, row in finite(df).head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):
             missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
             continue
