@@ -278,11 +278,11 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
     md.append("- trials: " + ", ".join(f"{int(counts.get(o.value, 0))} {o.value}" for o in Outcome))
     if not curves.empty and "elapsed_s" in curves:
         md.append(f"- training time summed over trials: {curves.groupby('trial_id')['elapsed_s'].max().sum():.0f} s")
-    finite = finite(df)
-    if finite.empty:
+    fin = finite(df)
+    if fin.empty:
         missing.append("no trial reported a finite validation loss: no best trial")
         return md + [""]
-    best = finite.iloc[0]
+    best = fin.iloc[0]
     finished = finite(df[df["outcome"].eq("finished")])
     cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
                          for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
