@@ -16,9 +16,8 @@ import socket
 import time
 from pathlib import Path
 
-from nanogpt.data import TokenData, load_dataset, tokenize
+from nanogpt.data import TokenData, prepare
 from nanogpt.errors import UserError
-from nanogpt.tokenizer import build_tokenizer
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
 from tune.outcomes import OUTCOMES_FILE
 from tune.space import largest, max_value
@@ -30,10 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def prepare_data(config: SearchConfig) -> tuple[TokenData, object]:
-    """Load and tokenize once, in the driver; trials get the tokens through tune.with_parameters."""
-    dataset = load_dataset(config.dataset, config.data_file)
-    tokenizer = build_tokenizer(config.tokenizer, dataset.text, config.bpe_vocab_size)
-    data = tokenize(dataset, tokenizer)
+    """Tokenize once (cached on disk, reused by later searches and --resume), in the driver; trials get the
+    read-only token arrays through tune.with_parameters: one zero-copy copy per node in Ray's object store."""
+    data, tokenizer = prepare(config.dataset, config.data_file, config.tokenizer, config.bpe_vocab_size)
     data.check_block_size(int(max_value(config.space_specs()["block_size"])))
     check_budget(config, tokenizer.vocab_size)
     return data, tokenizer
@@ -240,12 +238,13 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     mirror = config.mirror
     if address:
         check_address(address)
-    elif config.gpus_per_trial > 0:
+    elif config.gpus_per_trial > 0 and config.device != "cpu":  # --device cpu: Ray's GPUs only schedule
         import torch
 
         if torch.cuda.device_count() < config.gpus_per_trial:
             raise UserError(f"--gpus-per-trial {config.gpus_per_trial:g} but this machine has "
-                            f"{torch.cuda.device_count()} CUDA GPUs; use --gpus-per-trial 0")
+                            f"{torch.cuda.device_count()} CUDA GPUs; use --gpus-per-trial 0 (or --device cpu with "
+                            f"--address of a Ray started with logical GPUs)")
     if resume:
         from ray.tune import Tuner
 
@@ -283,6 +282,7 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
             config.save()
             if mirror:
                 mirror.push(SETTINGS_FILE)
+        print(f"data: {data.describe()}")
         print(f"search {config.name}: preset {config.preset}, data {data.dataset} "
               f"({len(data.train):,} train tokens, {tokenizer.kind} vocab {tokenizer.vocab_size}), "
               f"{config.num_samples} trials x {config.budget_text()} each, {config.searcher} + {config.scheduler}, "
