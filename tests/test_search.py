@@ -122,8 +122,9 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     exp = tmp_path / "fl"
     df = pd.read_csv(exp / "trials.csv")
     assert set(df["budget_unit"]) == {"flops"}
+    vocab = json.loads((exp / "best" / "config.json").read_text())["model"]["vocab_size"]
     for row in df.itertuples():
-        model = GPT(GPTConfig(block_size=16, vocab_size=24, n_layer=row.n_layer, n_head=2, n_embd=16, bias=False))
+        model = GPT(GPTConfig(block_size=16, vocab_size=vocab, n_layer=row.n_layer, n_head=2, n_embd=16, bias=False))
         step_flops = model.flops_per_token() * row.batch_size * 16
         assert row.spend == pytest.approx(row.steps * step_flops)
         if row.outcome == "finished":
