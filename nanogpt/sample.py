@@ -1,6 +1,7 @@
 """Generate text from a checkpoint: `python -m nanogpt.sample --checkpoint DIR --prompt TEXT`.
 
-Also the notebook's counting probe: does "Number k comes before" continue with k+1?
+Also the notebook's probes: does "Number k comes before" continue with k+1, and "AkBk" with "Ck"?
+`probe_numbers` picks the numbers to ask about from a split: seen in training, or held out.
 """
 
 from __future__ import annotations
@@ -51,6 +52,52 @@ def counting_probe(model: GPT, tokenizer, numbers: list[int]) -> list[dict]:
         predicted = int(m.group(1)) if m else None
         rows.append({"k": k, "prompt": prompt, "output": text[len(prompt) :], "predicted": predicted, "correct": predicted == k + 1})
     return rows
+
+
+def abc_probe(model: GPT, tokenizer, numbers: list[int]) -> list[dict]:
+    """Greedy continuation of "AkBk"; correct when it goes on with "Ck" (and no more digits)."""
+    rows = []
+    for k in numbers:
+        prompt = f"A{k}B{k}"
+        text = generate_text(model, tokenizer, prompt, max_new_tokens=len(str(k)) + 2, temperature=0)
+        m = re.match(r"C(\d+)", text[len(prompt) :])
+        predicted = int(m.group(1)) if m else None
+        rows.append({"k": k, "prompt": prompt, "output": text[len(prompt) :], "predicted": predicted, "correct": predicted == k})
+    return rows
+
+
+PROBES = {"counting": counting_probe, "abc": abc_probe}
+# how each pattern's sentences look in a corpus; group 1 is the number a probe asks about
+_PATTERNS = {"counting": re.compile(r"Number (\d+) comes before "), "abc": re.compile(r"(?<![A-Za-z0-9])A(\d+)B\1C")}
+
+
+def _spread(values: list[int], n: int) -> list[int]:
+    """n values evenly spread over the sorted list (all of them when there are at most n)."""
+    if len(values) <= n:
+        return values
+    return [values[i * (len(values) - 1) // (n - 1)] for i in range(n)] if n > 1 else values[:n]
+
+
+def probe_numbers(train_text: str, val_text: str, pattern: str = "counting", n: int = 25) -> tuple[list[int], list[int]]:
+    """(seen, held_out): up to n numbers each, spread over the range, that `pattern`'s sentence
+    ("Number k comes before ..." or "AkBkCk") holds in the training text, and in the validation
+    text only. Held-out numbers test the rule, not memory. Empty lists when the text has none."""
+    regex = _PATTERNS[pattern]
+    train = {int(k) for k in regex.findall(train_text)}
+    held_out = {int(k) for k in regex.findall(val_text)} - train
+    return _spread(sorted(train), n), _spread(sorted(held_out), n)
+
+
+def probe_scores(model: GPT, tokenizer, train_text: str, val_text: str, n: int = 25) -> dict[str, float]:
+    """Fraction right per pattern and split, e.g. {"counting_seen": 0.96, "counting_held_out": 0.8, ...}.
+    Patterns the text does not hold are left out."""
+    scores = {}
+    for name, probe in PROBES.items():
+        for split, numbers in zip(("seen", "held_out"), probe_numbers(train_text, val_text, name, n)):
+            if numbers:
+                rows = probe(model, tokenizer, numbers)
+                scores[f"{name}_{split}"] = sum(r["correct"] for r in rows) / len(rows)
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:

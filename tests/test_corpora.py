@@ -1,0 +1,112 @@
+"""Built-in corpora (deterministic, held-out numbers held out) and the pattern probes."""
+
+import re
+
+import pytest
+import torch
+
+from nanogpt import corpora
+from nanogpt import data as D
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.sample import abc_probe, counting_probe, probe_numbers, probe_scores
+from nanogpt.tokenizer import CharTokenizer
+
+SENTENCE = re.compile(r"Number (\d+) comes before (\d+)\.\n")
+
+
+@pytest.mark.parametrize("name", sorted(corpora.BUILTIN_CORPORA))
+def test_corpus_is_deterministic(name):
+    assert corpora.BUILTIN_CORPORA[name]() == corpora.BUILTIN_CORPORA[name]()
+    a, b = D.load_dataset(name), D.load_dataset(name)
+    assert (a.train_text, a.val_text) == (b.train_text, b.val_text)
+
+
+def test_counting_docs_are_runs_and_each_sentence_sits_in_one_document():
+    docs = corpora.counting_docs()
+    owner = {}
+    for i, doc in enumerate(docs):
+        pairs = [(int(k), int(n)) for k, n in SENTENCE.findall(doc)]
+        assert SENTENCE.sub("", doc) == "" and all(n == k + 1 for k, n in pairs)
+        for k, _ in pairs:
+            assert owner.setdefault(k, i) == i, f"Number {k} is in documents {owner[k]} and {i}"
+        ks = sorted(set(k for k, _ in pairs))
+        assert ks == list(range(ks[0], ks[0] + len(ks))) and len(ks) == corpora.COUNTING_RUN  # a run
+    assert sorted(owner) == list(range(corpora.COUNTING_MAX))
+    assert docs[0].count("Number 7 comes before 8.\n") == corpora.SHORT_RUN_REPEATS[1]
+
+
+@pytest.mark.parametrize("name", ["counting", "mixed"])
+def test_held_out_numbers_are_never_training_sentences(name):
+    ds = D.load_dataset(name)
+    in_train = {int(k) for k in re.findall(r"Number (\d+) comes before ", ds.train_text)}
+    in_val = {int(k) for k in re.findall(r"Number (\d+) comes before ", ds.val_text)}
+    assert in_train and in_val and not in_train & in_val
+    seen, held_out = probe_numbers(ds.train_text, ds.val_text, n=10**6)
+    assert set(held_out) == in_val and set(seen) == in_train
+    assert len(held_out) >= 0.08 * corpora.COUNTING_MAX  # whole runs go to validation
+    for k in held_out:
+        assert f"Number {k} comes before " not in ds.train_text
+
+
+def test_probe_numbers_spread_over_the_range():
+    train = "".join(f"Number {k} comes before {k + 1}.\n" for k in range(100)) + "A5B5C5.\nA6B6C6.\n"
+    val = "Number 200 comes before 201.\nNumber 7 comes before 8.\nA9B9C9.\nA5B5C5.\nA12B13C14.\n"
+    seen, held_out = probe_numbers(train, val, n=5)
+    assert seen == [0, 24, 49, 74, 99] and held_out == [200]  # 7 is in training too: seen, not held out
+    assert probe_numbers(train, val, "abc") == ([5, 6], [9])
+    assert probe_numbers("no patterns", "here") == ([], [])
+    mixed = D.load_dataset("mixed")
+    seen, held_out = probe_numbers(mixed.train_text, mixed.val_text)
+    assert len(seen) == len(held_out) == 25 and max(seen) > 2000 and max(held_out) > 2000
+    a_seen, a_held = probe_numbers(mixed.train_text, mixed.val_text, "abc")
+    assert len(a_seen) == 25 and a_held and not set(a_seen) & set(a_held)
+
+
+class Oracle(torch.nn.Module):
+    """Stands in for a trained GPT: continues a prompt with `answer(prompt)`."""
+
+    def __init__(self, tokenizer, answer):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer, self.answer = tokenizer, answer
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        prompt = self.tokenizer.decode(idx[0].tolist())
+        new = self.tokenizer.encode(self.answer(prompt))[:max_new_tokens]
+        return torch.cat([idx, torch.tensor([new], dtype=torch.long)], dim=1)
+
+
+def test_probes_score_right_and_wrong_answers():
+    tok = CharTokenizer.from_text("0123456789ABCNumbercomesbefore .\n")
+
+    def answer(prompt):
+        if m := re.fullmatch(r"Number (\d+) comes before", prompt):
+            k = int(m.group(1))
+            return f" {k + 1 if k % 2 else k}.\n"  # right for odd k only
+        k = re.fullmatch(r"A(\d+)B\d+", prompt).group(1)
+        return f"C{k}.\n" if int(k) < 50 else f"C{k}7.\n"  # an extra digit is wrong
+
+    model = Oracle(tok, answer)
+    rows = counting_probe(model, tok, [7, 8, 1999])
+    assert [r["correct"] for r in rows] == [True, False, True] and rows[0]["output"].startswith(" 8.")
+    rows = abc_probe(model, tok, [3, 42, 123])
+    assert [r["correct"] for r in rows] == [True, True, False] and rows[2]["predicted"] == 1237
+    train = "".join(f"Number {k} comes before {k + 1}.\n" for k in range(10)) + "A3B3C3.\nA70B70C70.\n"
+    val = "Number 11 comes before 12.\nNumber 12 comes before 13.\nA4B4C4.\n"
+    assert probe_scores(model, tok, train, val) == {
+        "counting_seen": 0.5, "counting_held_out": 0.5, "abc_seen": 0.5, "abc_held_out": 1.0}
+
+
+def test_probes_run_on_a_tiny_gpt():
+    ds = D.load_dataset("mixed")
+    tok = CharTokenizer.from_text(ds.text)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    for probe, prompt in ((counting_probe, "Number 7 comes before"), (abc_probe, "A7B7")):
+        rows = probe(model, tok, [7, 123])
+        assert [r["k"] for r in rows] == [7, 123] and rows[0]["prompt"] == prompt
+        assert all(isinstance(r["correct"], bool) and r["output"] for r in rows)
+        assert probe(model, tok, [7, 123]) == rows  # greedy: the same every time
+    scores = probe_scores(model, tok, ds.train_text, ds.val_text, n=3)
+    assert set(scores) == {"counting_seen", "counting_held_out", "abc_seen", "abc_held_out"}
+    assert all(0 <= v <= 1 for v in scores.values())
