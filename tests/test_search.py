@@ -224,3 +224,47 @@ def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
     assert train_winner(config, None, None, trials) is None
     assert capsys.readouterr().out.strip() == "no trial finished its budget: no final training (--final-budget 100steps)"
     assert not (config.experiment_dir / "final").exists()
+
+
+def test_interrupted_final_training_continues_where_it_stopped(tmp_path):
+    """train_final checkpoints into final.partial at every evaluation; run again (what --resume does) it
+    continues from there and ends where an uninterrupted run ends."""
+    import ray
+    import torch
+
+    from nanogpt.data import prepare
+    from nanogpt.train import Trainer
+    from tune.config import build_parser, config_from_args
+    from tune.space import Hparams
+    from tune.trainable import train_final
+
+    config = config_from_args(build_parser().parse_args(
+        [*TINY, "--max-steps", "10", "--final-budget", "40steps", "--results-dir", str(tmp_path), "--name", "f"]))
+    data, tok = prepare("counting")
+    hp = Hparams(n_layer=1, n_head=2, head_dim=8, dropout=0.0, learning_rate=3e-3, batch_size=4, block_size=16,
+                 weight_decay=0.1, **({"optimizer": "adamw"} if "optimizer" in Hparams.__dataclass_fields__ else {}))
+    partial = tmp_path / "final.partial"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(metrics, t):
+        t.save(partial)
+        if metrics["step"] >= 8:
+            raise Stop
+
+    torch.manual_seed(0)
+    first = Trainer(hp.model_config(tok.vocab_size), config.final_train_config(hp), data, tok)
+    with pytest.raises(Stop):
+        first.run(stop_after_two)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        config_dict = {k: getattr(hp, k) for k in Hparams.__dataclass_fields__}
+        out = ray.get(ray.remote(num_cpus=1)(train_final).remote(config_dict, data, tok.to_dict(), config, str(partial)))
+        fresh = ray.get(ray.remote(num_cpus=1)(train_final).remote(config_dict, data, tok.to_dict(), config,
+                                                                   str(tmp_path / "fresh")))
+    finally:
+        ray.shutdown()
+    resumed_steps = [m["step"] for m in json.loads(out["files"]["config.json"])["history"]]
+    assert resumed_steps == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40] and out["status"] == "finished"
+    assert out["metrics"]["val_loss"] == pytest.approx(fresh["metrics"]["val_loss"], rel=1e-5)
