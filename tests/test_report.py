@@ -54,7 +54,7 @@ def test_learning_curves_long_format(tiny_search):
 def test_report_sections_plots_and_generations(tiny_search):
     path, proc = tiny_search
     text = (path / "report.md").read_text()
-    for section in ("## Summary", "## All trials, by validation loss", "## Generations", "## Counting probe",
+    for section in ("## Summary", "## All trials, by validation loss", "## Generations", "## Pattern probes",
                     "## Plots", "untrained", "best trial", "median trial", "- trials: "):
         assert section in text, section
     for name in ("learning_curves", "val_loss_vs_params", "val_loss_vs_hparams", "importance", "attention"):

@@ -186,49 +186,61 @@ def top_table(df: pd.DataFrame, n: int = 5) -> str:
 # --- probes -----------------------------------------------------------------------------------
 
 
-def _probe_numbers(dataset_name: str) -> dict[str, list[int]] | None:
-    """Numbers whose "Number k comes before" sentence is in training, in validation only, or nowhere."""
-    from nanogpt.corpora import COUNTING_MAX
-    from nanogpt.data import load_dataset
+PROBE_EXAMPLES = {"counting": 7, "abc": 12}  # the notebook's examples: "Number 7 comes before", "A12B12"
 
-    if dataset_name not in ("counting", "mixed"):
-        return None
+
+def _probe_sets(dataset_name: str) -> dict[str, dict[str, list[int]]]:
+    """pattern -> {"seen": numbers whose sentence is in training, "held out": in validation only}, for the
+    built-in corpora that hold the notebook's patterns; empty for other data."""
+    from nanogpt.data import BUILTIN_CORPORA, load_dataset
+    from nanogpt.sample import PROBES, probe_numbers
+
+    if dataset_name not in BUILTIN_CORPORA:
+        return {}
     ds = load_dataset(dataset_name)
-    seen = [k for k in range(0, COUNTING_MAX, 7) if f"Number {k} comes before" in ds.train_text][:25]
-    held_out = [k for k in range(COUNTING_MAX) if f"Number {k} comes before " in ds.val_text][:25]
-    beyond = list(range(COUNTING_MAX + 1, COUNTING_MAX + 1000, 40))[:25]
-    return {"seen in training": seen, "held out (validation)": held_out, f"beyond {COUNTING_MAX - 1}": beyond}
+    sets = {}
+    for pattern in PROBES:
+        seen, held_out = probe_numbers(ds.train_text, ds.val_text, pattern)
+        if seen or held_out:
+            sets[pattern] = {"seen": seen, "held out": held_out}
+    return sets
 
 
-def _probe_rows(model, tok, numbers: dict[str, list[int]]) -> list[str]:
-    from nanogpt.sample import counting_probe
+def _probe_cells(model, tok, sets: dict) -> dict[str, str]:
+    """"counting, seen" -> "24/25" for each pattern and split."""
+    from nanogpt.sample import PROBES
 
-    cells = []
-    for ks in numbers.values():
-        res = counting_probe(model, tok, ks)
-        cells.append(f"{sum(r['correct'] for r in res)}/{len(res)}")
+    cells = {}
+    for pattern, splits in sets.items():
+        for split, ks in splits.items():
+            if ks:
+                rows = PROBES[pattern](model, tok, ks)
+                cells[f"{pattern}, {split}"] = f"{sum(r['correct'] for r in rows)}/{len(rows)}"
     return cells
 
 
 def probe_lines(path: str | Path) -> list[str]:
-    """The terminal's last lines: the best model (final/ if there is one) on each pattern probe,
-    one line a pattern, e.g. `Number 7 comes before -> 8 (right)`."""
+    """The terminal's last lines: the best model (final/ if there is one) on each pattern, one line a
+    pattern, e.g. `Number 7 comes before -> 8 (right); seen 25/25, held out 23/25 [best/]`."""
     from nanogpt.checkpoint import CheckpointError, load_model
-    from nanogpt.sample import counting_probe
+    from nanogpt.sample import PROBES
 
     path = Path(path)
     config = _config(path)
-    if config is None or _probe_numbers(config.dataset or "") is None:
-        return []
+    sets = _probe_sets(config.dataset or "") if config else {}
     ckpt = path / "final" if (path / "final" / "model.pt").is_file() else path / "best"
+    if not sets:
+        return []
     try:
         model, tok, _ = load_model(ckpt)
     except CheckpointError:
         return []
-    numbers = _probe_numbers(config.dataset)
-    lines = [f"probe ({ckpt.name}/): " + ", ".join(f"{name} {cell}" for name, cell in zip(numbers, _probe_rows(model, tok, numbers)))]
-    for r in counting_probe(model, tok, [7, numbers["held out (validation)"][0]]):
-        lines.append(f"{r['prompt']} -> {r['output'].strip()} ({'right' if r['correct'] else 'wrong'})")
+    lines = []
+    for pattern, splits in sets.items():
+        r = PROBES[pattern](model, tok, [PROBE_EXAMPLES[pattern]])[0]
+        scores = _probe_cells(model, tok, {pattern: splits})
+        lines.append(f"{r['prompt']} -> {r['output'].strip() or repr(r['output'])} ({'right' if r['correct'] else 'wrong'}); "
+                     + ", ".join(f"{k.split(', ')[1]} {v}" for k, v in scores.items()) + f" [{ckpt.name}/]")
     return lines
 
 
@@ -310,7 +322,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     from nanogpt.checkpoint import CheckpointError, load_model
     from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
-    from nanogpt.sample import counting_probe, generate_text
+    from nanogpt.sample import generate_text
     from tune import plots
 
     path, mirror = _local(path, mirror)
@@ -400,20 +412,26 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
                 text = generate_text(model, tok_i, prompt, max_new_tokens, temperature, seed=seed)
                 md += [f"**{label}** ({note}):", "", _fence(text), ""]
 
-        # --- counting probe: the untrained model beside the trained ones
-        numbers = _probe_numbers(dataset_name)
-        if numbers:
-            md += ["## Counting probe", "",
-                   'Greedy continuation of "Number k comes before": correct when the model says k+1. '
-                   "Held-out numbers are those whose sentence is only in the validation split.", "",
-                   "| model | " + " | ".join(numbers) + " |", "|---|" + "---|" * len(numbers)]
-            for label, model, tok_i in [("untrained", untrained, tok)] + [(lbl, m, t) for lbl, _, m, t, _ in models[:4]]:
-                md.append(f"| {label} | " + " | ".join(_probe_rows(model, tok_i, numbers)) + " |")
-            examples = [7, numbers["held out (validation)"][0], 2500]
+        # --- pattern probes: the untrained model beside the trained ones
+        sets = _probe_sets(dataset_name)
+        if sets:
+            from nanogpt.sample import PROBES
+
+            rows = [("untrained", _probe_cells(untrained, tok, sets))]
+            rows += [(label, _probe_cells(m, t, sets)) for label, _, m, t, _ in models[:4]]
+            cols = list(rows[0][1])
+            md += ["## Pattern probes", "",
+                   'Greedy continuations: "Number k comes before" should give k+1, "AkBk" should give "Ck". '
+                   "Seen: k's sentence is in the training split; held out: only in the validation split, so "
+                   "getting it right means the model learned the rule, not the sentence.", "",
+                   "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+            md += [f"| {label} | " + " | ".join(cells[c] for c in cols) + " |" for label, cells in rows]
             md += ["", "Examples, untrained -> best:", ""]
-            for before, after in zip(counting_probe(untrained, tok, examples), counting_probe(best_model, tok, examples)):
-                md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
-                          f"({'right' if after['correct'] else 'wrong'})")
+            for pattern, splits in sets.items():
+                ks = [PROBE_EXAMPLES[pattern]] + splits["held out"][:1]
+                for before, after in zip(PROBES[pattern](untrained, tok, ks), PROBES[pattern](best_model, tok, ks)):
+                    md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
+                              f"({'right' if after['correct'] else 'wrong'})")
             md.append("")
 
         # --- attention

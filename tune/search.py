@@ -318,11 +318,13 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     if report:
         path = report_mod.write_report(exp, trials=df, mirror=mirror)
         print(f"report: {path}")
-        for line in report_mod.probe_lines(exp):
-            print(line)
     print(f"trials table: {exp / 'trials.csv'}")
     if mirror:
         print(f"results uploaded to {mirror.uri} (local copy: {exp})")
+    probes = report_mod.probe_lines(exp)
+    if probes:  # what the model learned, last: one line a pattern
+        print("\nwhat the best model learned (greedy):")
+        print("\n".join(probes))
     return exp
 
 
