@@ -1,5 +1,5 @@
-"""The training loop: AdamW with nanoGPT's weight-decay groups, warmup + cosine decay,
-gradient clipping, periodic evaluation handed to a callback, exact-resume checkpoints.
+"""The training loop: AdamW with nanoGPT's weight-decay groups (or Muon on the blocks' matrices), warmup +
+cosine decay, gradient clipping, periodic evaluation handed to a callback, exact-resume checkpoints.
 
 The loop knows nothing of Ray: the search passes a callback that reports each evaluation.
 `python -m nanogpt.train` trains one configuration, the notebook's single run.
@@ -26,6 +26,16 @@ from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def check_muon() -> None:
+    """Muon is torch's own (torch.optim.Muon, torch >= 2.9): say so where it is missing."""
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}: "
+                        f"upgrade torch (pip install 'torch>=2.9') or use the optimizer adamw")
+
 
 @dataclass
 class TrainConfig:
@@ -55,6 +65,9 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds of wall time
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
+    # adamw: AdamW on every parameter; muon: torch.optim.Muon on the 2-D weights inside the blocks (same lr,
+    # adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms and biases
+    optimizer: Literal["adamw", "muon"] = "adamw"
 
     def __post_init__(self) -> None:
         positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
@@ -101,6 +114,10 @@ class TrainConfig:
             raise ValueError(f"train_loss_from must be 'eval' or 'steps', got {self.train_loss_from!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer == "muon":
+            check_muon()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,14 +139,29 @@ def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> floa
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """nanoGPT's groups: weight decay on tensors of 2+ dims (matmuls, embeddings), not on biases or norms."""
+def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    """The optimizers of a run: [AdamW] or [AdamW, Muon], stepped together with one learning rate.
+
+    AdamW has nanoGPT's groups: weight decay on tensors of 2+ dims (matmuls, embeddings), not on biases or
+    norms. With cfg.optimizer "muon", the 2-D weights inside the blocks go to Muon instead; Muon's
+    "match_rms_adamw" scales its update to AdamW's RMS, so both share the learning rate schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    muon = []
+    if cfg.optimizer == "muon":
+        check_muon()
+        muon = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+    in_muon = {id(p) for p in muon}
+    rest = [p for p in params if id(p) not in in_muon]
+    decay = [p for p in rest if p.dim() >= 2]
+    no_decay = [p for p in rest if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused AdamW: one kernel for all parameters; measured fastest on CPU here too (benchmarks/RESULTS.md)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)]
+    if muon:
+        optimizers.append(torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                           adjust_lr_fn="match_rms_adamw"))
+    return optimizers
 
 
 Callback = Callable[[dict, "Trainer"], None]
@@ -152,7 +184,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # model init
         self.model = GPT(model_cfg).to(self.device)
         self.flops_per_token = self.model.flops_per_token()
-        self.optimizer = configure_optimizer(self.model, cfg, self.device)
+        self.optimizers = configure_optimizer(self.model, cfg, self.device)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.tokens_seen = 0
@@ -240,24 +272,27 @@ class Trainer:
         An evaluation falls on the first step whose spend reaches each multiple of eval_every, and on the
         last step: trials of a search are compared at equal spend."""
         cfg, B, T = self.cfg, self.cfg.batch_size, self.model_cfg.block_size
-        model, opt = self.model, self.optimizer
+        model, optimizers = self.model, self.optimizers
         model.train()
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         while self.status == "running" and self._budget_left():
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg, self.planned_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
             x, y = get_batch(self.data.train, T, B, self.batch_gen)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
                 _, loss = model(x, y)
-            opt.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            for opt in optimizers:
+                opt.step()
             loss_value = loss.item()  # also synchronises CUDA, so the timing below is honest
             self.step += 1
             self.tokens_seen += B * T
@@ -302,7 +337,8 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizers[0].state_dict(),  # AdamW
+            "muon": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "train_time": self.train_time,
@@ -318,7 +354,14 @@ class Trainer:
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
+        saved = "muon" if sd.get("muon") else "adamw"
+        if saved != self.cfg.optimizer:
+            raise CheckpointError(f"this checkpoint was trained with the optimizer {saved}, not {self.cfg.optimizer}"
+                                  + (": it holds no Muon state" if saved == "adamw" else "")
+                                  + f"; resume it with the optimizer {saved}")
+        self.optimizers[0].load_state_dict(sd["optimizer"])
+        if len(self.optimizers) > 1:
+            self.optimizers[1].load_state_dict(sd["muon"])
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
@@ -390,9 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from nanogpt.cli import add_dataclass_args, dataclass_from_args
-    from nanogpt.data import DATASETS, default_prompts, load_dataset, tokenize
+    from nanogpt.data import DATASETS, default_prompts, prepare
     from nanogpt.sample import generate_text
-    from nanogpt.tokenizer import build_tokenizer
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.train", description="Train one GPT configuration.")
     src = p.add_mutually_exclusive_group()
@@ -425,25 +467,23 @@ def main(argv: list[str] | None = None) -> int:
     meta = checkpoint[0] if checkpoint else None
     if meta is not None and args.dataset is None and args.data_file is None and meta["dataset"] in DATASETS:
         args.dataset = meta["dataset"]  # a resumed run continues on its own data, not on the default
-    dataset = load_dataset(args.dataset, args.data_file)
     if meta is not None:
-        if dataset.name != meta["dataset"]:
-            raise UserError(f"{out} was trained on {meta['dataset']}, not {dataset.name}: resume with the same data")
         tokenizer = read_checkpoint_tokenizer(out)
+        data, _ = prepare(args.dataset, args.data_file, tokenizer)  # encoded with the run's own tokenizer
+        if data.dataset != meta["dataset"]:
+            raise UserError(f"{out} was trained on {meta['dataset']}, not {data.dataset}: resume with the same data")
         model_cfg, cfg = GPTConfig(**meta["model"]), TrainConfig(**meta["train"])
         print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")
     else:
-        tokenizer = build_tokenizer(args.tokenizer, dataset.text, args.bpe_vocab_size)
+        data, tokenizer = prepare(args.dataset, args.data_file, args.tokenizer, args.bpe_vocab_size)
         model_cfg = dataclass_from_args(GPTConfig, args, vocab_size=tokenizer.vocab_size)
         cfg = dataclass_from_args(TrainConfig, args)
-    data = tokenize(dataset, tokenizer)
     trainer = Trainer(model_cfg, cfg, data, tokenizer)
     if checkpoint:
         trainer.restore(out, checkpoint)
-    prompts = args.prompt or default_prompts(dataset.name, dataset.train_text)
+    prompts = args.prompt or default_prompts(data.dataset, data.head)
 
-    print(f"data: {dataset.name}, {len(data.train):,} train / {len(data.val):,} val tokens, "
-          f"{tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
+    print(f"data: {data.describe()}; {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
     print(f"model: {trainer.model.get_num_params():,} parameters on {trainer.device}, {torch.get_num_threads()} threads")
 
     def show_samples(when: str) -> None:
@@ -462,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     history = trainer.run(report)
     show_samples("after training")
     if history:
-        png = plot_loss_curve(history, out / "loss.png", f"{dataset.name}: {trainer.model.get_num_params():,} params")
+        png = plot_loss_curve(history, out / "loss.png", f"{data.dataset}: {trainer.model.get_num_params():,} params")
         print(f"\ncheckpoint: {out}   loss curve: {png}")
     if trainer.status == "diverged":
         print("the run diverged (loss became NaN or infinite): lower --learning-rate")

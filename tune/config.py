@@ -22,8 +22,8 @@ from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
 from optuna.distributions import json_to_distribution
 
-from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, describe, describe_space, parse_range,
-                        space_from_json, space_to_json)
+from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_spec, describe, describe_space,
+                        parse_range, space_from_json, space_to_json)
 from tune.storage import Mirror, is_uri
 
 SETTINGS_FILE = "search.json"
@@ -99,6 +99,9 @@ class SearchConfig:
     # what Optuna is told: "truth" (COMPLETE / PRUNED / FAIL by outcome) or "ray" (Ray's OptunaSearch: every
     # trial with a metric COMPLETE, early-stopped ones too); "ray" exists for ablations
     tell_optuna: str = "truth"
+    # where trials train: auto = CUDA when the trial has a GPU share, else CPU; cpu = always CPU, even with a
+    # GPU share (Ray's GPUs are then only a scheduling resource, e.g. logical GPUs in a test); cuda = always CUDA
+    device: str = "auto"
 
     # --- where things are
 
@@ -218,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop the whole search after this long")
     b.add_argument("--cpus-per-trial", type=float, default=None)
     b.add_argument("--gpus-per-trial", type=float, default=None, help="fractional allowed, e.g. 0.25")
+    b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where trials train: auto (default) = CUDA when a trial has a GPU share, else CPU; cpu = CPU "
+                        "even with a GPU share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus)")
     b.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as resources allow)")
     s = p.add_argument_group("search")
     s.add_argument("--searcher", default=None, choices=["optuna", "random"], help="optuna = TPE (default)")
@@ -248,7 +254,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "bpe_vocab_size": ("bpe_vocab_size",), "num_samples": ("num_samples",),
     "trial_budget": ("budget_unit", "trial_budget"), "max_steps": ("budget_unit", "trial_budget"),
     "eval_interval": ("eval_every",), "final_budget": ("final_budget",), "time_budget": ("time_budget_s",),
-    "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",),
+    "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",), "device": ("device",),
     "max_concurrent": ("max_concurrent",), "searcher": ("searcher",), "scheduler": ("scheduler",),
     "grace_period": ("grace_period",), "reduction_factor": ("reduction_factor",), "seed": ("seed",),
     "max_failures": ("max_failures",), "tell_optuna": ("tell_optuna",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
@@ -300,6 +306,8 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     for f in FLAGS.values():
         if getattr(args, f.name) is not None:
             space[f.name] = parse_range(f.metadata["flag"], getattr(args, f.name))
+    for hparam, spec in space.items():
+        check_spec(hparam, spec)  # a preset's own values too (muon where torch lacks it)
 
     # the budget: --trial-budget AMOUNT, or --max-steps N (= Nsteps); then evaluations and rungs in its unit
     if args.trial_budget is not None and args.max_steps is not None:
@@ -341,6 +349,8 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
     if gpus > 1 and gpus != int(gpus):
         raise UserError(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
+    if args.device == "cuda" and gpus == 0:
+        raise UserError("--device cuda needs a GPU share: give --gpus-per-trial (Ray hides GPUs from trials without one)")
     dataset = args.dataset if args.data_file is None else None
     if dataset is None and args.data_file is None:
         dataset = preset.dataset
@@ -361,7 +371,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         space=space_to_json(space), num_samples=args.num_samples or preset.num_samples,
         budget_unit=unit, trial_budget=budget, eval_every=eval_every, final_budget=final,
         eval_iters=preset.eval_iters, eval_batch_size=preset.eval_batch_size, train_loss_from=preset.train_loss_from,
-        time_budget_s=args.time_budget, cpus_per_trial=cpus, gpus_per_trial=gpus,
+        time_budget_s=args.time_budget, cpus_per_trial=cpus, gpus_per_trial=gpus, device=args.device or "auto",
         max_concurrent=args.max_concurrent, seed=seed, searcher=searcher, sampler=sampler,
         scheduler=args.scheduler or "asha", grace_period=grace,
         reduction_factor=args.reduction_factor or preset.reduction_factor,

@@ -19,7 +19,7 @@ def describe_config(config: dict) -> str:
     """A trial's hyperparameters in one short line (n_embd derived, as the model is built)."""
     hp = Hparams.from_config(config)
     return (f"L={hp.n_layer} H={hp.n_head} embd={hp.n_embd} drop={hp.dropout:.2f} lr={hp.learning_rate:.1e} "
-            f"B={hp.batch_size} T={hp.block_size}")
+            f"B={hp.batch_size} T={hp.block_size} {hp.optimizer}")
 
 
 def last_error_line(error_file: str | None) -> str:

@@ -22,15 +22,16 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
-from nanogpt.train import TrainConfig
+from nanogpt.train import OPTIMIZERS, TrainConfig, check_muon
 
 Spec = Union[BaseDistribution, int, float, str]
 
 
-def _hp(flag: str, help: str, check: str, log: bool = False):
+def _hp(flag: str, help: str, check: str, log: bool = False, choices: tuple = (), **default):
     """A hyperparameter field: its command-line flag, help text, the check its values must pass
-    (positive | fraction | nonneg) and whether a range of it is sampled on a log scale."""
-    return field(metadata={"flag": flag, "help": help, "check": check, "log": log})
+    (positive | fraction | nonneg | choice: one of `choices`) and whether a range of it is sampled on a log scale.
+    `default=`: only for fields added later, so code that builds Hparams by hand keeps working."""
+    return field(metadata={"flag": flag, "help": help, "check": check, "log": log, "choices": choices}, **default)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Hparams:
     batch_size: int = _hp("batch-size", "sequences per training step", "positive")
     block_size: int = _hp("block-size", "context length in tokens", "positive")
     weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg")
+    optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon on the blocks' 2-D weights, AdamW on the rest, "
+                         "one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
 
     @property
     def n_embd(self) -> int:
@@ -72,7 +75,8 @@ class Hparams:
         else:
             sized = dict(budget_unit=budget_unit, budget=budget, eval_every=eval_every)
         return TrainConfig(**sized, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           min_lr=self.learning_rate * 0.1, weight_decay=self.weight_decay, device=device, **shared)
+                           min_lr=self.learning_rate * 0.1, weight_decay=self.weight_decay, optimizer=self.optimizer,
+                           device=device, **shared)
 
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
@@ -81,6 +85,10 @@ FLAGS = {f.metadata["flag"]: f for f in fields(Hparams)}  # range flag -> field
 
 def is_int(name: str) -> bool:
     return Hparams.__dataclass_fields__[name].type in ("int", int)
+
+
+def is_str(name: str) -> bool:
+    return Hparams.__dataclass_fields__[name].type in ("str", str)
 
 
 # --- specs: distributions and constants ---------------------------------------------------------
@@ -113,6 +121,14 @@ def check_spec(name: str, spec: Spec) -> None:
     """Values that can never train are refused before Ray starts."""
     f = Hparams.__dataclass_fields__[name]
     flag, check, values = "--" + f.metadata["flag"], f.metadata["check"], spec_values(spec)
+    if check == "choice":
+        allowed = f.metadata["choices"]
+        if isinstance(spec, (IntDistribution, FloatDistribution)) or any(v not in allowed for v in values):
+            raise UserError(f"{flag}: {name} takes {' or '.join(allowed)} (one, or several separated by commas), "
+                            f"got {describe(spec)}")
+        if "muon" in values:
+            check_muon()
+        return
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
         raise UserError(f"{flag}: {name} takes numbers, got {describe(spec)}")
     if is_int(name) and any(v <= 0 or v != int(v) for v in values):
@@ -145,6 +161,11 @@ def parse_range(flag: str, text: str) -> Spec:
     text = text.strip()
     if not text:
         raise UserError(f"--{flag} is empty: give a range like 2:6, choices like 2,4,8, or a value")
+    if is_str(name):  # words: 'A,B' choices or one value, never a range
+        words = tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
+        spec = CategoricalDistribution(words) if len(words) > 1 else (words[0] if words else text)
+        check_spec(name, spec)
+        return spec
     if ":" in text:
         parts = text.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and not integer):
@@ -281,6 +302,7 @@ PRESETS: dict[str, Preset] = {
             "batch_size": _choice(16, 32),
             "block_size": 64,
             "weight_decay": 0.1,
+            "optimizer": "adamw",
         },
         num_samples=20,
     ),
@@ -296,6 +318,7 @@ PRESETS: dict[str, Preset] = {
             "batch_size": _choice(32, 48, 64),
             "block_size": 64,
             "weight_decay": 0.1,
+            "optimizer": _choice("adamw", "muon"),
         },
         dataset="shakespeare",
         num_samples=24,
@@ -317,6 +340,7 @@ PRESETS: dict[str, Preset] = {
             "batch_size": _choice(32, 64),
             "block_size": 256,
             "weight_decay": 0.1,
+            "optimizer": _choice("adamw", "muon"),
         },
         dataset="shakespeare",
         num_samples=16,

@@ -29,6 +29,11 @@ def _trial_resources() -> tuple[float, float]:
     return resources.get("CPU", 1), resources.get("GPU", 0)
 
 
+def trial_device(search: SearchConfig, gpus: float) -> str:
+    """--device: auto = CUDA where the trial holds a GPU share; cpu and cuda as they say (search.json records it)."""
+    return search.device if search.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+
+
 def train_gpt(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig) -> None:
     """Function trainable. `data`, `tokenizer` and `search` arrive once through tune.with_parameters."""
     started_at = time.time()
@@ -39,7 +44,7 @@ def train_gpt(config: dict, data: TokenData, tokenizer: dict, search: SearchConf
     torch.set_num_threads(max(1, int(cpus)))
     tok = tokenizer_from_dict(tokenizer)
     hp = Hparams.from_config(config)
-    trainer = Trainer(hp.model_config(tok.vocab_size), search.trial_train_config(hp, "cuda" if gpus > 0 else "cpu"),
+    trainer = Trainer(hp.model_config(tok.vocab_size), search.trial_train_config(hp, trial_device(search, gpus)),
                       data, tok)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -67,7 +72,7 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     tok = tokenizer_from_dict(tokenizer)
     hp = Hparams.from_config(config)
-    device = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    device = trial_device(search, resources.get("GPU", 0))
     trainer = Trainer(hp.model_config(tok.vocab_size), search.final_train_config(hp, device), data, tok)
     partial_dir = Path(partial)
     if (partial_dir / "model.pt").is_file():
