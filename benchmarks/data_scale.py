@@ -6,7 +6,8 @@ Corpora are the Python standard library's sources, repeated up to each size, wri
 dir (nothing is committed). Each preparation runs in a fresh process with its own cache directory,
 so its peak RSS is its own. Reported:
 - prepare time and MB/s (first run: check, hash, build the tokenizer, tokenize, write the cache);
-- BPE encoding alone in MB/s (the trained tokenizer over the whole file, streaming), and training alone;
+- BPE encoding alone in MB/s (the trained tokenizer over the whole file, streaming), wall and per CPU-second
+  (the CPU is shared: CPU time says what a core of its own gives), and training alone;
 - driver peak RSS (ru_maxrss of the preparing process);
 - prepare time on a cache hit (a second fresh process), whole process included;
 - a 2-trial search over the largest corpus: memory in use over the idle baseline (MemTotal -
@@ -51,11 +52,11 @@ if encode_only:  # BPE: training alone, then the trained tokenizer alone over th
     t0 = time.perf_counter()
     BPETokenizer.train_from_iterator(_line_batches(_FileSource(Path(path), "x").chunks("training")), vocab)
     out["train_s"] = time.perf_counter() - t0
-    enc, t0 = tok.stream_encoder(), time.perf_counter()
+    enc, t0, c0 = tok.stream_encoder(), time.perf_counter(), time.process_time()
     for text in _FileSource(Path(path), "x").chunks("encoding"):
         enc.feed(text)
     enc.finish()
-    out["encode_s"] = time.perf_counter() - t0
+    out["encode_s"], out["encode_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0  # CPU: every thread
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -201,7 +202,8 @@ def main() -> None:
             hot = prepare_in_fresh_process(path, kind, cache, encode_only=False)
             assert not cold["from_cache"] and hot["from_cache"]
             mb = path.stat().st_size / MB
-            enc = f"{mb / cold['encode_s']:.1f} ({mb / cold['train_s']:.1f})" if "encode_s" in cold else ""
+            enc = (f"{mb / cold['encode_s']:.1f} ({mb / cold['encode_cpu_s']:.1f}) / {mb / cold['train_s']:.1f}"
+                   if "encode_s" in cold else "")
             rows.append([kind, f"{mb:,.0f}", f"{cold['n_train'] + cold['n_val']:,} {cold['dtype']}", f"{cold['prepare_s']:.1f}",
                          f"{mb / cold['prepare_s']:.0f}", enc, f"{cold['peak_rss_mb']:,.0f}",
                          f"{hot['prepare_s']:.2f} ({hot['process_s']:.1f})", f"{hot['peak_rss_mb']:,.0f}", load()])
@@ -234,7 +236,10 @@ def main() -> None:
     bpe = [f for (k, _), f in ((k, f) for k, f in figures.items() if isinstance(k, tuple)) if k == "bpe"]
     if bpe:
         worst = min(f["mb"] / f["encode_s"] for f in bpe)
-        goals.append(f"BPE encoding at {worst:.1f} MB/s at worst (goal >= 10): **{'met' if worst >= 10 else 'missed'}**")
+        per_cpu = min(f["mb"] / f["encode_cpu_s"] for f in bpe)
+        goals.append(f"BPE encoding at {worst:.1f} MB/s wall at worst (goal >= 10): **{'met' if worst >= 10 else 'missed'}**; "
+                     f"{per_cpu:.1f} MB per CPU-second of the process (all its threads): the wall speed it reaches "
+                     f"when a core is its own (the fast path is one Python thread)")
     hits = [f["hit"] for k, f in figures.items() if isinstance(k, tuple)]
     if hits:
         worst = max(h["prepare_s"] for h in hits)
@@ -249,7 +254,7 @@ def main() -> None:
 `python -m benchmarks.data_scale {' '.join(sys.argv[1:])}`: the standard library's sources repeated to each size;
 every preparation in a fresh process with an empty cache, then again on the cache (hit).
 
-{md_table(["tokenizer", "MB", "tokens", "prepare s", "MB/s", "BPE encode (train) MB/s", "peak RSS MB", "cache hit s (process s)", "hit peak RSS MB", "load after"], rows)}
+{md_table(["tokenizer", "MB", "tokens", "prepare s", "MB/s", "BPE encode MB/s (per CPU-s) / train MB/s", "peak RSS MB", "cache hit s (process s)", "hit peak RSS MB", "load after"], rows)}
 
 {md_table(["2-trial search (`--num-samples 2 --max-steps 40`, fifo), on the cache", "value"], search_rows) if search_rows else "Search not run."}
 
