@@ -133,15 +133,49 @@ def prepare_in_fresh_process(path: Path, kind: str, cache: Path, encode_only: bo
     return out
 
 
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def tree_memory(root: int) -> int:
+    """Anonymous and shared memory (Ray's object store included) of a process and its descendants, by PSS:
+    pages shared between them count once. Page cache (the memory-mapped token files) is not memory in use."""
+    total = 0
+    for pid in _descendants(root):
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
 class MemSampler(threading.Thread):
+    """Peaks of the machine's memory in use (others' work included) and of the search's own process tree."""
+
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.stop = 0, threading.Event()
+        self.peak, self.tree_peak, self.pid, self.stop = 0, 0, None, threading.Event()
 
     def run(self):
         while not self.stop.is_set():
             self.peak = max(self.peak, mem_in_use())
-            time.sleep(0.2)
+            if self.pid:
+                self.tree_peak = max(self.tree_peak, tree_memory(self.pid))
+            time.sleep(0.3)
 
 
 def search(path: Path, cache: Path, results: Path) -> dict:
@@ -156,6 +190,7 @@ def search(path: Path, cache: Path, results: Path) -> dict:
                              "--max-steps", "40", "--eval-interval", "20", "--scheduler", "fifo", "--no-report",
                              "--results-dir", str(results), "--name", "scale"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
+    sampler.pid = proc.pid
     first = None
     while proc.poll() is None:
         if first is None:
@@ -170,7 +205,8 @@ def search(path: Path, cache: Path, results: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(out)
     data_line = next((ln for ln in out.splitlines() if ln.startswith("data:")), "")
-    return {"idle_gb": idle / 1e9, "over_idle_gb": (sampler.peak - idle) / 1e9, "first_report_s": first,
+    return {"idle_gb": idle / 1e9, "over_idle_gb": (sampler.peak - idle) / 1e9, "tree_gb": sampler.tree_peak / 1e9,
+            "first_report_s": first,
             "wall_s": time.time() - t0, "data_line": data_line, "patched": "data_scale: tune.search" in out}
 
 
@@ -218,7 +254,10 @@ def main() -> None:
             s = search(corpora[big], tmp / f"cache-char-{big}", tmp / "results")
             figures["search"] = s
             search_rows = [["memory in use, idle baseline", f"{s['idle_gb']:.2f} GB"],
-                           ["memory in use over idle, peak during the search", f"{s['over_idle_gb']:.2f} GB"],
+                           ["memory in use over idle, peak during the search (machine-wide: others' work moves it)",
+                            f"{s['over_idle_gb']:.2f} GB"],
+                           ["the search's own processes (driver, Ray, trials; object store included), peak PSS",
+                            f"{s['tree_gb']:.2f} GB"],
                            ["time to the first trial report (command start)", f"{s['first_report_s']:.1f} s"],
                            ["whole search", f"{s['wall_s']:.0f} s"],
                            ["its data line", f"`{s['data_line']}`"],
@@ -247,8 +286,9 @@ def main() -> None:
                      f"a whole fresh process (Python, numpy and torch imports included) {max(h['process_s'] for h in hits):.1f} s at worst")
     if "search" in figures:
         s = figures["search"]
-        goals.append(f"2-trial search over the largest corpus at {s['over_idle_gb']:.2f} GB over idle (goal <= 3.5): "
-                     f"**{'met' if s['over_idle_gb'] <= 3.5 else 'missed'}**")
+        goals.append(f"2-trial search over the largest corpus: its processes at {s['tree_gb']:.2f} GB, memory in use "
+                     f"{s['over_idle_gb']:.2f} GB over idle machine-wide (goal <= 3.5): "
+                     f"**{'met' if s['tree_gb'] <= 3.5 else 'missed'}** by its own processes")
     body = f"""{stamp()} Load average (1, 5, 15 min) at the start: {loads[0]} (the CPU was shared with other work).
 
 `python -m benchmarks.data_scale {' '.join(sys.argv[1:])}`: the standard library's sources repeated to each size;
