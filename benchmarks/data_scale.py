@@ -33,6 +33,17 @@ from pathlib import Path
 from benchmarks.common import ROOT, md_table, stamp, write_section
 
 MB = 1_000_000
+NOTES = """How: char tokens are one numpy gather over code points per 16 MB chunk; two passes over the file
+(check + hash + characters, then encode), written straight to uint16 files and memory-mapped back. BPE:
+the `tokenizers` library's `encode_batch_fast` alone ran at about 3 MB/s on this machine's 2 threads,
+so the stream encoder splits ASCII text into words with the library's own pre-tokenizer regex (in
+Python's `re`; tests check it against the library) and asks the library once per distinct word; stretches
+with non-ASCII characters go to the library. Same ids, token for token. Its speed grows as the word cache warms: the
+10 MB corpus is mostly new words, the 100 MB one repeats the 31.5 MB of sources about three times. BPE
+training stays the library's (`train_from_iterator` over the file's lines): 2-4 MB/s, so 1 GB of BPE
+(about 7 minutes to train) is not in the default run. The search's memory is mostly Ray (driver, raylet,
+two trial workers: about 1.4 GB) plus one copy of the tokens in the object store (1.8 GB for 1 GB of
+text), read zero-copy by both trials."""
 
 # Runs in a fresh process: prepare once, report its own figures and peak RSS as JSON.
 PREPARE = r"""
@@ -299,6 +310,8 @@ every preparation in a fresh process with an empty cache, then again on the cach
 {md_table(["2-trial search (`--num-samples 2 --max-steps 40`, fifo), on the cache", "value"], search_rows) if search_rows else "Search not run."}
 
 {chr(10).join("- " + g for g in goals)}
+
+{NOTES}
 """
     print(body)
     write_section("Data at any scale (benchmarks/data_scale.py)", body)
