@@ -73,28 +73,6 @@ print(json.dumps(out))
 """
 
 
-# Runs the real `python -m tune.search`; until tune/search.py calls nanogpt.data.prepare, the wiring
-# proposed for it is applied here at run time (the benchmark edits no file).
-SEARCH = r"""
-import inspect, sys
-import tune.search as s
-from nanogpt.cli import run_main
-if "prepare(" not in inspect.getsource(s.prepare_data):
-    from nanogpt.data import prepare
-
-    def prepare_data(config):
-        data, tokenizer = prepare(config.dataset, config.data_file, config.tokenizer, config.bpe_vocab_size)
-        print(f"data: {data.describe()}", flush=True)
-        data.check_block_size(int(s.max_value(config.space_specs()["block_size"])))
-        s.check_budget(config, tokenizer.vocab_size)
-        return data, tokenizer
-
-    s.prepare_data = prepare_data
-    print("data_scale: tune.search.prepare_data patched to call nanogpt.data.prepare", flush=True)
-run_main(s.main, sys.argv[1:])
-"""
-
-
 def build_corpus(path: Path, size: int) -> None:
     """The standard library's .py sources in sorted order, repeated, cut at a line end near `size` bytes."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -197,7 +175,7 @@ def search(path: Path, cache: Path, results: Path) -> dict:
     env = {**os.environ, "NANOGPT_TUNE_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
     log = open(results.parent / "search.log", "w+")  # a file, not a pipe: a full pipe would block the search
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-c", SEARCH, "--data-file", str(path), "--num-samples", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "tune.search", "--data-file", str(path), "--num-samples", "2",
                              "--max-steps", "40", "--eval-interval", "20", "--scheduler", "fifo", "--no-report",
                              "--results-dir", str(results), "--name", "scale"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -218,7 +196,7 @@ def search(path: Path, cache: Path, results: Path) -> dict:
     data_line = next((ln for ln in out.splitlines() if ln.startswith("data:")), "")
     return {"idle_gb": idle / 1e9, "over_idle_gb": (sampler.peak - idle) / 1e9, "tree_gb": sampler.tree_peak / 1e9,
             "first_report_s": first,
-            "wall_s": time.time() - t0, "data_line": data_line, "patched": "data_scale: tune.search" in out}
+            "wall_s": time.time() - t0, "data_line": data_line}
 
 
 def main() -> None:
@@ -272,7 +250,6 @@ def main() -> None:
                            ["time to the first trial report (command start)", f"{s['first_report_s']:.1f} s"],
                            ["whole search", f"{s['wall_s']:.0f} s"],
                            ["its data line", f"`{s['data_line']}`"],
-                           ["wiring", "proposed `prepare_data` applied at run time" if s["patched"] else "tune.search's own"],
                            ["load average (1, 5, 15 min) after", load()]]
     finally:
         if not args.keep:
