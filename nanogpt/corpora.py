@@ -22,6 +22,7 @@ COUNTING_RUN = 10  # consecutive sentences per counting document
 # learns that numbers have four digits ("Number 7 comes before 78"). Their runs are repeated inside
 # their own document, so a number's sentences still sit in one document, on one side of the split.
 SHORT_RUN_REPEATS = {1: 6, 2: 2}  # digits of the run's first number -> times the run is written
+ABC_RUN = 5  # "AkBkCk." lines per ABC document
 
 
 def counting_docs() -> list[str]:
@@ -34,7 +35,9 @@ def counting_docs() -> list[str]:
 
 
 def abc_docs() -> list[str]:
-    return [f"A{i}B{i}C{i}.\n" for i in range(1000)]
+    """Runs of ABC_RUN lines "A{i}B{i}C{i}." for 0 <= i < 1000: the model learns to copy a number
+    twice; one line a document left it copying 110 as 1110 now and then."""
+    return ["".join(f"A{i}B{i}C{i}.\n" for i in range(start, start + ABC_RUN)) for start in range(0, 1000, ABC_RUN)]
 
 
 def stories_docs() -> list[str]:
@@ -77,10 +80,9 @@ def code_docs() -> list[str]:
 
 
 def mixed_docs() -> dict[str, list[str]]:
-    """Mostly counting, a part of each other group: with every group whole, the stories and code take
-    half the steps and a laptop-sized model learns to count hundreds of steps later. The ABC documents
-    kept are A0B0C0 to A399B399C399, so that short numbers are not rare there either."""
-    return {"counting": counting_docs(), "abc": abc_docs()[:400], "stories": stories_docs()[::3], "code": code_docs()[::3]}
+    """Mostly counting and ABC, a third of the stories and code: with those whole, they take half the
+    steps and a laptop-sized model learns to count hundreds of steps later."""
+    return {"counting": counting_docs(), "abc": abc_docs(), "stories": stories_docs()[::3], "code": code_docs()[::3]}
 
 
 BUILTIN_CORPORA = {

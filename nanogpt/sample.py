@@ -7,6 +7,7 @@ Also the notebook's probes: does "Number k comes before" continue with k+1, and 
 from __future__ import annotations
 
 import argparse
+import random
 import re
 
 import torch
@@ -71,21 +72,23 @@ PROBES = {"counting": counting_probe, "abc": abc_probe}
 _PATTERNS = {"counting": re.compile(r"Number (\d+) comes before "), "abc": re.compile(r"(?<![A-Za-z0-9])A(\d+)B\1C")}
 
 
-def _spread(values: list[int], n: int) -> list[int]:
-    """n values evenly spread over the sorted list (all of them when there are at most n)."""
+def _sample(values: list[int], n: int) -> list[int]:
+    """n of the values (all when there are at most n), drawn at random with a fixed seed, sorted:
+    a fair sample. Evenly spaced picks are not: they always ask about both ends (the last number's
+    successor is the only carry of its kind), or with an even spacing never about a carry."""
     if len(values) <= n:
-        return values
-    return [values[i * (len(values) - 1) // (n - 1)] for i in range(n)] if n > 1 else values[:n]
+        return sorted(values)
+    return sorted(random.Random(0).sample(sorted(values), n))
 
 
 def probe_numbers(train_text: str, val_text: str, pattern: str = "counting", n: int = 25) -> tuple[list[int], list[int]]:
-    """(seen, held_out): up to n numbers each, spread over the range, that `pattern`'s sentence
+    """(seen, held_out): up to n numbers each, a fixed random sample, that `pattern`'s sentence
     ("Number k comes before ..." or "AkBkCk") holds in the training text, and in the validation
     text only. Held-out numbers test the rule, not memory. Empty lists when the text has none."""
     regex = _PATTERNS[pattern]
     train = {int(k) for k in regex.findall(train_text)}
     held_out = {int(k) for k in regex.findall(val_text)} - train
-    return _spread(sorted(train), n), _spread(sorted(held_out), n)
+    return _sample(list(train), n), _sample(list(held_out), n)
 
 
 def probe_scores(model: GPT, tokenizer, train_text: str, val_text: str, n: int = 25) -> dict[str, float]:

@@ -48,16 +48,18 @@ def test_held_out_numbers_are_never_training_sentences(name):
         assert f"Number {k} comes before " not in ds.train_text
 
 
-def test_probe_numbers_spread_over_the_range():
+def test_probe_numbers_are_a_fixed_sample_of_each_split():
     train = "".join(f"Number {k} comes before {k + 1}.\n" for k in range(100)) + "A5B5C5.\nA6B6C6.\n"
     val = "Number 200 comes before 201.\nNumber 7 comes before 8.\nA9B9C9.\nA5B5C5.\nA12B13C14.\n"
-    seen, held_out = probe_numbers(train, val, n=5)
-    assert seen == [0, 24, 49, 74, 99] and held_out == [200]  # 7 is in training too: seen, not held out
+    seen, held_out = probe_numbers(train, val, n=10)
+    assert held_out == [200]  # 7 is in training too: seen, not held out
+    assert len(set(seen)) == 10 and seen == sorted(seen) and set(seen) <= set(range(100))
+    assert probe_numbers(train, val, n=10) == (seen, held_out) and probe_numbers(train, val, n=100)[0] == list(range(100))
     assert probe_numbers(train, val, "abc") == ([5, 6], [9])
     assert probe_numbers("no patterns", "here") == ([], [])
     mixed = D.load_dataset("mixed")
     seen, held_out = probe_numbers(mixed.train_text, mixed.val_text)
-    assert len(seen) == len(held_out) == 25 and max(seen) > 2000 and max(held_out) > 2000
+    assert len(seen) == len(held_out) == 25 and max(seen) > 2000 and max(held_out) > 2000 and min(seen) < 1000
     a_seen, a_held = probe_numbers(mixed.train_text, mixed.val_text, "abc")
     assert len(a_seen) == 25 and a_held and not set(a_seen) & set(a_held)
 
