@@ -116,7 +116,7 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     proc = run_cli("tune.search", "--dataset", "counting", "--n-layer", "1:2", "--n-head", "2", "--head-dim", "8",
                    "--block-size", "16", "--batch-size", "4,8,16", "--lr", "3e-3:3e-2", "--num-samples", "6",
                    "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{every:g}", "--grace-period", f"{every:g}",
-                   "--reduction-factor", "2", "--final-budget", "8e8flops", "--seed", "1",
+                   "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1",
                    "--results-dir", str(tmp_path), "--name", "fl", "--top", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "fl"
@@ -134,9 +134,9 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
             rungs = [every * 2 ** k for k in range(3)]
             assert any(r <= row.spend < r + step_flops for r in rungs), (row.spend, step_flops)
     assert (df["outcome"] == "finished").any()
-    # final/: the best finished configuration, trained for 8e8 FLOPs
+    # final/: the best finished configuration, trained for 2e8 FLOPs
     meta = json.loads((exp / "final" / "config.json").read_text())
-    assert meta["train"]["budget_unit"] == "flops" and meta["train"]["budget"] == 8e8 and meta["status"] == "finished"
+    assert meta["train"]["budget_unit"] == "flops" and meta["train"]["budget"] == 2e8 and meta["status"] == "finished"
     best = df[df["outcome"] == "finished"].iloc[0]
     assert meta["model"]["n_layer"] == best["n_layer"] and meta["train"]["batch_size"] == best["batch_size"]
     assert "final model: val_loss" in proc.stdout

@@ -265,10 +265,12 @@ def _fence(text: str) -> str:
 
 
 def _data_file_text(config: SearchConfig | None) -> str:
-    """The searched file's text, for its default prompt; empty when it is gone or there was none."""
+    """The start of the searched file, for its default prompt; empty when it is gone or there was none.
+    Only the first 4 KiB: a corpus can be gigabytes."""
     try:
-        return Path(config.data_file).read_text(encoding="utf-8")
-    except (OSError, AttributeError, TypeError, UnicodeDecodeError):
+        with open(config.data_file, encoding="utf-8", errors="replace") as f:
+            return f.read(4096)
+    except (OSError, AttributeError, TypeError):
         return ""
 
 

@@ -129,7 +129,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # short: long names break on some file systems
 
 
-def make_tuner(config: SearchConfig, data: TokenData, tokenizer, restore: bool):
+def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -141,7 +141,9 @@ def make_tuner(config: SearchConfig, data: TokenData, tokenizer, restore: bool):
     from tune.trainable import train_gpt
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_gpt, data=data, tokenizer=tokenizer.to_dict(), search=config),
+        # the tokens by reference (in a list: Ray cannot put a ref itself): one copy in the object store,
+        # for the trials and the final training
+        tune.with_parameters(train_gpt, data=[data_ref], tokenizer=tokenizer.to_dict(), search=config),
         {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
     )
     if restore:
@@ -189,7 +191,7 @@ def make_tuner(config: SearchConfig, data: TokenData, tokenizer, restore: bool):
     )
 
 
-def train_winner(config: SearchConfig, data: TokenData, tokenizer, trials) -> dict | None:
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | None:
     """--final-budget: the best finished trial's configuration, trained once more for that budget as a Ray
     task on a whole node; writes final/. None (and one line) when no trial finished."""
     import ray
@@ -214,7 +216,7 @@ def train_winner(config: SearchConfig, data: TokenData, tokenizer, trials) -> di
     print(f"\nfinal training of {best['trial_id']}'s configuration for {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
-    out = ray.get(task.remote(hp, data, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial"))))
+    out = ray.get(task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial"))))
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -290,14 +292,15 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
               + " per trial" + (" (resumed)" if resume else ""))
         print(f"space: {config.describe()}")
         t0 = time.time()
-        make_tuner(config, data, tokenizer, restore=resume).fit()
+        data_ref = ray.put(data)
+        make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
         if mirror:
             mirror.push(OPTUNA_DB, OUTCOMES_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
         df = report_mod.export(exp, mirror=mirror)
         if config.final_budget:
-            final = train_winner(config, data, tokenizer, df)
+            final = train_winner(config, data_ref, tokenizer, df)
             if final and mirror:
                 mirror.push(FINAL_DIR)
     finally:

@@ -34,8 +34,10 @@ def trial_device(search: SearchConfig, gpus: float) -> str:
     return search.device if search.device != "auto" else ("cuda" if gpus > 0 else "cpu")
 
 
-def train_gpt(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig) -> None:
-    """Function trainable. `data`, `tokenizer` and `search` arrive once through tune.with_parameters."""
+def train_gpt(config: dict, data: list, tokenizer: dict, search: SearchConfig) -> None:
+    """Function trainable. `data` ([the ObjectRef of the TokenData], put once by the driver and shared with
+    the final training), `tokenizer` and `search` arrive once through tune.with_parameters."""
+    data: TokenData = ray.get(data[0])  # read-only arrays in the node's object store: zero-copy
     started_at = time.time()
     # Ray logs every persisted checkpoint at INFO; a search makes hundreds
     logging.getLogger("ray.train").setLevel(logging.WARNING)
