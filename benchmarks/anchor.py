@@ -5,6 +5,7 @@ nanogpt.model.GPT. Nothing of nanoGPT is copied into the project: it is called w
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -29,10 +30,12 @@ CPU_RECIPE = dict(device="cpu", compile=False, eval_iters=20, log_interval=1, bl
 
 
 def workdir() -> Path:
-    """A fresh copy of nanoGPT with tiny Shakespeare prepared (train.bin, val.bin, meta.pkl)."""
+    """A fresh copy of nanoGPT with tiny Shakespeare prepared (train.bin, val.bin, meta.pkl); removed at exit."""
     if not (ANCHOR / "train.py").is_file():
         sys.exit(f"nanoGPT's code is not at {ANCHOR}: these benchmarks run it side by side with ours")
-    work = Path(tempfile.mkdtemp(prefix="nanogpt-anchor-")) / "nanoGPT"
+    root = Path(tempfile.mkdtemp(prefix="nanogpt-anchor-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    work = root / "nanoGPT"
     shutil.copytree(ANCHOR, work)
     data = work / "data" / "shakespeare_char"
     shutil.copy(shakespeare_file(), data / "input.txt")
@@ -96,3 +99,12 @@ def fixed_val_loss(model, val_ids, id_offset: int = 0, block_size: int = 64, ite
         _, loss = model(x + id_offset, y + id_offset)
         total += loss.item()
     return total / iters
+
+
+def wait_policy_note() -> str:
+    """OMP_WAIT_POLICY as the run had it (inherited by nanoGPT's train.py and by Ray's workers alike). On a
+    machine shared with other busy processes, OpenMP's default spinning wait made 2-thread steps several times
+    slower than 1-thread ones (2026-11-25, load 8 on 2 cores: 545 vs 3,930 tokens/s); PASSIVE avoids that."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    return (f"OMP_WAIT_POLICY={policy} for every process of the run (ours and nanoGPT's alike)" if policy
+            else "OpenMP's default wait policy")

@@ -6,7 +6,7 @@
    2000 iterations, dropout 0) trained by nanoGPT's own train.py, on a copy of ../shared/anchors/nanoGPT.
    Its training compute: 2000 x 12 x 64 tokens x FLOPs per token (nanoGPT's formula) = about 8.0e12.
 2. The one command: `python -m tune.search --preset shakespeare-muon --data-file tinyshakespeare.txt
-   --final-budget 8e12flops --time-budget 840` (TPE + ASHA at an equal FLOPs budget per trial, then the
+   --final-budget 8e12flops --time-budget 780` (TPE + ASHA at an equal FLOPs budget per trial, then the
    winner trained once more for 8e12 FLOPs into final/, as a Ray task on both cores).
 3. Both models scored by one evaluator: the same 200 x 32 windows of 64 characters of the validation split
    (nanoGPT's 90/10 split; both tokenizers are sorted characters, so the windows are the same text).
@@ -37,10 +37,19 @@ RECIPE_FLOPS = 8.0e12
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="shakespeare-muon")
-    p.add_argument("--time-budget", type=float, default=840, help="the search's --time-budget, seconds")
+    p.add_argument("--time-budget", type=float, default=780, help="the search's --time-budget, seconds")
     p.add_argument("--final-budget", default="8e12flops")
     p.add_argument("--threads", type=int, default=2, help="nanoGPT's threads (the final training takes the node's CPUs)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="a minute-long run of every part (20 recipe iterations, 2 tiny trials); RESULTS.md untouched")
     args = p.parse_args()
+    recipe_flags = dict(anchor.CPU_RECIPE)
+    smoke = []
+    if args.smoke_test:
+        recipe_flags.update(max_iters=20, lr_decay_iters=20, eval_interval=10)
+        args.final_budget = "1e11flops"
+        smoke = ["--trial-budget", "4e10flops", "--eval-interval", "2e10flops", "--grace-period", "2e10flops",
+                 "--num-samples", "2"]
 
     from nanogpt.checkpoint import load_model, read_checkpoint
     from nanogpt.data import load_dataset, tokenize
@@ -58,7 +67,7 @@ def main() -> None:
     # 1. nanoGPT's recipe, nanoGPT's code
     work = anchor.workdir()
     t0 = time.time()
-    run = anchor.train(work, args.threads, **anchor.CPU_RECIPE)
+    run = anchor.train(work, args.threads, **recipe_flags)
     recipe_wall = time.time() - t0
     recipe, iters = anchor.load_checkpoint(run.checkpoint)
     r = anchor.CPU_RECIPE
@@ -73,7 +82,7 @@ def main() -> None:
         cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src),
                "--final-budget", args.final_budget, "--time-budget", f"{args.time_budget:g}"]
         t0 = time.time()
-        proc = subprocess.run([sys.executable, *cmd[1:], "--results-dir", tmp, "--name", "one", "--seed", "0"],
+        proc = subprocess.run([sys.executable, *cmd[1:], *smoke, "--results-dir", tmp, "--name", "one", "--seed", "0"],
                               cwd=ROOT, capture_output=True, text=True)
         search_wall = time.time() - t0
         print(proc.stdout, flush=True)
@@ -106,7 +115,7 @@ def main() -> None:
     ]
     cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in winner.items())
     body = f"""{stamp()} Load average {load0:.1f} at the start, {load1:.1f} at the end (the machine is shared with other
-engineers' processes: wall times are inflated, FLOPs and losses are not).
+engineers' processes: wall times are inflated, FLOPs and losses are not); {anchor.wait_policy_note()}.
 
 `python -m benchmarks.beat_nanogpt --preset {args.preset} --time-budget {args.time_budget:g} --final-budget {args.final_budget}`.
 Both models scored by one evaluator: the same 200 x 32 windows of 64 characters of tiny Shakespeare's
@@ -137,7 +146,8 @@ The final model, prompt "ROMEO:", temperature 0.8, seed 1337:
 ```
 """
     print(body)
-    write_section("Beat nanoGPT's CPU recipe (benchmarks/beat_nanogpt.py)", body)
+    if not args.smoke_test:
+        write_section("Beat nanoGPT's CPU recipe (benchmarks/beat_nanogpt.py)", body)
 
 
 if __name__ == "__main__":

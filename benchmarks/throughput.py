@@ -98,7 +98,8 @@ def main() -> None:
                      f"{statistics.median(x / y for x, y in zip(c, a)):.2f}x" if bf16 else "no bf16 on this CPU"])
     load_after = os.getloadavg()
     met = all(r >= 1.0 for _, r in summary)
-    body = f"""{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared).
+    body = f"""{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared);
+{anchor.wait_policy_note()}.
 
 `python -m benchmarks.throughput --steps {args.steps} --rounds {args.rounds} --threads {args.threads}`: tokens/s of
 training steps (after {WARMUP} warmup steps; evaluations not counted), fp32, {args.threads} threads, tiny Shakespeare,
