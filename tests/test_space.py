@@ -70,7 +70,7 @@ def test_sampler_only_samples_and_returns_constants():
     trial = optuna.create_study().ask()
     out = sampler(trial)
     assert out["block_size"] == 64 and out["weight_decay"] == 0.1
-    assert set(trial.params) == {"n_layer", "n_head", "head_dim", "dropout", "learning_rate", "batch_size"}
+    assert set(trial.params) == {"n_layer", "n_head", "dropout", "learning_rate", "batch_size"}
     assert trial.distributions["learning_rate"].log
 
 
