@@ -1,6 +1,6 @@
 """One command against nanoGPT's own CPU recipe, at the recipe's training compute, in the same run.
 
-    python -m benchmarks.beat_nanogpt [--time-budget 840] [--preset shakespeare-muon]
+    python -m benchmarks.beat_nanogpt [--time-budget 780] [--preset shakespeare-muon]
 
 1. nanoGPT's recipe (README, "I only have a macbook": 4 layers, 4 heads, 128 embd, block 64, batch 12, lr 1e-3,
    2000 iterations, dropout 0) trained by nanoGPT's own train.py, on a copy of ../shared/anchors/nanoGPT.
