@@ -69,11 +69,11 @@ def train(work: Path, threads: int, config: str | None = "config/train_shakespea
 
 
 def load_checkpoint(path: Path):
-    """nanoGPT's ckpt.pt -> (our GPT with its weights, its iter_num). The pickle is nanoGPT's own file, written
-    by this benchmark a moment ago: that is the only reason weights_only=False is acceptable here."""
+    """nanoGPT's ckpt.pt -> (our GPT with its weights, its iter_num). Its pickle holds only tensors and plain
+    values (weights, optimizer state, model_args, config), so weights_only=True reads it without running code."""
     from nanogpt.model import GPT, GPTConfig
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     args = ckpt["model_args"]
     model = GPT(GPTConfig(**{k: args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
                                                    "dropout")}))
