@@ -54,15 +54,14 @@ def reach_time(curve: list[tuple[float, float]], target: float) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=float, default=200, help="seconds per search")
+    p.add_argument("--budget", type=float, default=120, help="seconds per search")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--preset", default="laptop")
-    p.add_argument("--trial-budget", default="4e11flops", help="every trial's budget (default: 4e11flops)")
+    p.add_argument("--trial-budget", default=None, help="every trial's budget (default: the preset's)")
     p.add_argument("--eval-interval", help="spend between evaluations (default: a tenth of the trial budget)")
     p.add_argument("--grace-period", help="ASHA's first rung (default: about a quarter of the trial budget)")
     args = p.parse_args()
-    shape = ["--trial-budget", args.trial_budget] + [
-        x for flag in ("eval_interval", "grace_period") if getattr(args, flag) is not None
+    shape = [x for flag in ("trial_budget", "eval_interval", "grace_period") if getattr(args, flag) is not None
         for x in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
 
     curves: dict[str, list] = {m: [] for m in METHODS}
@@ -101,7 +100,7 @@ def main() -> None:
     ax.axhline(targets["median"], color="gray", ls="--", lw=1, label=f"{BASELINE} final best (median)")
     ax.set_xlabel("wall-clock seconds (2 CPU slots)")
     ax.set_ylabel("best validation loss so far")
-    ax.set_title(f"search efficiency, preset {args.preset}, {args.trial_budget} a trial, {len(args.seeds)} seeds each")
+    ax.set_title(f"search efficiency, preset {args.preset}, {args.trial_budget or 'its budget'} a trial, {len(args.seeds)} seeds each")
     lows, highs = min(min(f) for f in finals.values()), max(max(f) for f in finals.values())
     ax.set_ylim(lows - 0.1 * (highs - lows) - 0.01, highs + 0.5 * (highs - lows) + 0.05)
     ax.grid(alpha=0.3)
@@ -131,7 +130,7 @@ def main() -> None:
 
 `python -m benchmarks.search_efficiency --budget {args.budget:g} --seeds {' '.join(map(str, args.seeds))} --preset {args.preset} {' '.join(shape)}`:
 each search gets the same {args.budget:g} s of wall-clock time on the same 2 CPU slots (`--time-budget`), and every
-trial the same budget ({args.trial_budget}), seeds {', '.join(map(str, args.seeds))}. The two TPE + ASHA rows differ only in
+trial the same budget ({args.trial_budget or "the preset's"}), seeds {', '.join(map(str, args.seeds))}. The two TPE + ASHA rows differ only in
 what Optuna is told (`--tell-optuna truth|ray`).
 
 {md_table(["method", "final best val_loss per seed", "median", "trials / pruned / finished per seed"], rows)}

@@ -320,6 +320,20 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     `path` is of, when the search lives at a URI (a URI `path` makes one)."""
     import torch
 
+    path, mirror = _local(path, mirror)
+    # generation of small models: one thread beats two (per-token ops are tiny; a second thread only syncs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _write_report(path, mirror, prompts, top, temperature, seed, max_new_tokens, trials)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, top: int, temperature: float,
+                  seed: int, max_new_tokens: int, trials: pd.DataFrame | None) -> Path:
+    import torch
+
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
     from nanogpt.checkpoint import CheckpointError, load_model
     from nanogpt.data import default_prompts
@@ -327,7 +341,6 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
     from nanogpt.sample import generate_text
     from tune import plots
 
-    path, mirror = _local(path, mirror)
     if trials is None:
         df, curves = _read(path, mirror)
         _write_exports(path, df, mirror)
