@@ -121,8 +121,9 @@ def test_search_json_alone_rebuilds_the_search(tmp_path):
     hp = Hparams(n_layer=2, n_head=4, head_dim=32, dropout=0.0, learning_rate=1e-3, batch_size=32, block_size=64,
                  weight_decay=0.1)
     assert loaded.trial_train_config(hp) == cfg.trial_train_config(hp)
-    assert cfg.trial_train_config(hp).budget_unit == "flops" and cfg.eval_every == 4e11
-    assert cfg.grace_period == 8e11  # about a quarter of the budget, on an evaluation
+    assert cfg.trial_train_config(hp).budget_unit == "flops"
+    assert cfg.eval_every == pytest.approx(4e12 / 6)  # the preset's six evaluations a trial
+    assert cfg.grace_period == cfg.eval_every  # about a quarter of the budget, on an evaluation
 
 
 def test_budget_flags(tmp_path):

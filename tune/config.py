@@ -320,8 +320,10 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     same_unit = unit == preset_unit
     if args.eval_interval is not None:
         eval_every = parse_amount(args.eval_interval, "--eval-interval", unit)[0]
-    elif same_unit:
-        eval_every = min(float(preset.eval_every), budget)
+    elif same_unit:  # the preset's number of evaluations a trial, whatever the budget
+        eval_every = float(preset.eval_every) * budget / preset_budget
+        if unit == "steps":
+            eval_every = float(max(1, round(eval_every)))
     else:
         eval_every = budget / 10 if unit != "steps" else float(max(1, int(budget // 10)))
     if unit == "steps" and not eval_every.is_integer():

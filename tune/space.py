@@ -330,10 +330,11 @@ PRESETS: dict[str, Preset] = {
         },
         dataset="shakespeare",
         num_samples=24,
-        trial_budget="600steps",
-        eval_every=100,
+        # equal compute a trial: about 600 steps of 3 layers x 192 at batch 48
+        trial_budget="1.5e13flops",
+        eval_every=2.5e12,
         eval_iters=20,
-        grace_period=200,
+        grace_period=5e12,
         n_startup_trials=8,
     ),
     # the one command that takes on nanoGPT's CPU recipe at its own compute (benchmarks/beat_nanogpt.py):
