@@ -219,7 +219,8 @@ def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
     from tune.config import build_parser, config_from_args
     from tune.search import train_winner
 
-    config = config_from_args(build_parser().parse_args(["--final-budget", "100steps", "--results-dir", str(tmp_path)]))
+    config = config_from_args(build_parser().parse_args(["--max-steps", "50", "--final-budget", "100steps",
+                                                         "--results-dir", str(tmp_path)]))
     trials = pd.DataFrame({"outcome": ["pruned", "errored"], "trial_id": ["a", "b"]})
     assert train_winner(config, None, None, trials) is None
     assert capsys.readouterr().out.strip() == "no trial finished its budget: no final training (--final-budget 100steps)"
