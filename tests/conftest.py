@@ -1,11 +1,14 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
 
 # a tiny, fast search: 1-layer models on the counting corpus, a few steps each
 TINY = ["--dataset", "counting", "--n-layer", "1", "--n-head", "2", "--head-dim", "8", "--block-size", "16",
@@ -61,3 +64,36 @@ def terminated_trials(exp: Path) -> dict[str, float]:
             result = Path(trial.path) / "result.json"
             done[result.parent.name] = result.stat().st_mtime
     return done
+
+
+# --- local Ray clusters that tests start themselves (they stop only what they started) --------------------
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pids_under(temp: Path, name: str | None = None) -> set[int]:
+    """Processes whose command line names a cluster's temp dir (optionally only those called `name`)."""
+    out = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout
+    pids = {int(p) for p in out.split()} - {os.getpid()}
+    if name:
+        pids = {p for p in pids if _comm(p) == name}
+    return pids
+
+
+def stop_processes_under(temp: Path) -> None:
+    """SIGTERM, then SIGKILL, exactly the processes whose command line names this cluster's temp dir."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_under(temp):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while pids_under(temp) and time.time() < deadline:
+            time.sleep(0.2)
+    subprocess.run(["rm", "-rf", str(temp)])

@@ -8,13 +8,13 @@ import random
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import RAY, stop_processes_under
 from nanogpt import data as D
 from nanogpt import tokenizer as T
 from nanogpt.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer
@@ -229,30 +229,6 @@ def test_trainer_reads_prepared_tokens(cache):
 
 # --- a two-node cluster on this machine ---------------------------------------------------
 
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _pids_under(temp: Path) -> set[int]:
-    out = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()} - {os.getpid()}
-
-
-def _stop_processes_under(temp: Path) -> None:
-    """SIGTERM, then SIGKILL, exactly the processes whose command line names this cluster's temp dir."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_under(temp):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while _pids_under(temp) and time.time() < deadline:
-            time.sleep(0.2)
-    subprocess.run(["rm", "-rf", str(temp)])
-
-
 @pytest.fixture
 def two_nodes():
     """A head and a worker node (custom resource `worker_node`), both here, token authentication on."""
@@ -270,7 +246,7 @@ def two_nodes():
         assert worker.returncode == 0, worker.stdout + worker.stderr
         yield f"127.0.0.1:{port}", env
     finally:
-        _stop_processes_under(temp)
+        stop_processes_under(temp)
 
 
 # The driver: prepare, put the TokenData once, read it in a task on the other node.

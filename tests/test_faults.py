@@ -13,10 +13,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY, run_cli, terminated_trials
+from conftest import RAY, REPO, TINY, pids_under, run_cli, stop_processes_under, terminated_trials
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -158,40 +157,11 @@ def two_node_cluster():
         assert len(new) == 1, "the worker node's raylet did not start under the cluster's temp dir"
         yield f"127.0.0.1:{port}", new.pop()
     finally:
-        _stop_processes_under(temp)
-
-
-def _pids_under(temp: Path, name: str | None = None) -> set[int]:
-    out = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout
-    pids = {int(p) for p in out.split()} - {os.getpid()}
-    if name:
-        pids = {p for p in pids if _comm(p) == name}
-    return pids
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+        stop_processes_under(temp)
 
 
 def _raylets(temp: Path) -> set[int]:
-    return _pids_under(temp, "raylet")
-
-
-def _stop_processes_under(temp: Path) -> None:
-    """SIGTERM, then SIGKILL, every process whose command line names the cluster's temp dir."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_under(temp):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while _pids_under(temp) and time.time() < deadline:
-            time.sleep(0.2)
-    subprocess.run(["rm", "-rf", str(temp)])
+    return pids_under(temp, "raylet")
 
 
 def test_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, two_node_cluster):

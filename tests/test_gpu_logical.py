@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_cli
-from test_faults import RAY, _stop_processes_under
+from conftest import RAY, TINY, run_cli, stop_processes_under
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def ray_with_one_logical_gpu():
         assert head.returncode == 0, head.stdout + head.stderr
         yield f"127.0.0.1:{port}"
     finally:
-        _stop_processes_under(temp)
+        stop_processes_under(temp)
 
 
 def _intervals(exp: Path) -> list[tuple[float, float]]:
