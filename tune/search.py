@@ -135,9 +135,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
-    from ray.tune.search.optuna import OptunaSearch
-
-    from tune.searcher import TruthfulOptunaSearch
+    from tune.searcher import ResumableOptunaSearch, TruthfulOptunaSearch
     from tune.trainable import train_gpt
 
     trainable = tune.with_resources(
@@ -152,7 +150,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp = config.experiment_dir
-    searcher_cls = TruthfulOptunaSearch if config.tell_optuna == "truth" else OptunaSearch
+    searcher_cls = TruthfulOptunaSearch if config.tell_optuna == "truth" else ResumableOptunaSearch
     searcher = searcher_cls(
         space=config.space_sampler(),
         metric=config.metric,

@@ -1,20 +1,57 @@
-"""Ray's OptunaSearch, telling Optuna what happened to each trial (see tune.outcomes)."""
+"""Ray's OptunaSearch, made safe to resume, and telling Optuna what happened to each trial (see tune.outcomes).
+
+The study lives in SQLite (optuna.db): every report and tell is on disk at once. Ray's snapshot of the searcher
+(its trial map and the set of trials it has told) is taken every few seconds. After a crash, a trial that ended
+between the last snapshot and the crash is RUNNING in Ray's state and is rerun from its last checkpoint, while
+the study already holds its end. Optuna refuses to tell a finished trial twice (ValueError) and to report to it,
+so both searchers below ask the study first: what the study holds is the record, and the rerun is not told.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 
 from ray.tune.search.optuna import OptunaSearch
 
 from tune.outcomes import Outcome
 
+log = logging.getLogger(__name__)
 
-class TruthfulOptunaSearch(OptunaSearch):
+
+class ResumableOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch (its own telling: COMPLETE whenever the last result has the metric), which does not
+    tell or report to a trial the study already records as finished."""
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return False
+        state = ot_trial.storage.get_trial(ot_trial._trial_id).state
+        if state.is_finished():
+            if trial_id not in self._completed_trials:
+                log.debug("trial %s: the study already records it %s; not told again", trial_id, state.name)
+                self._completed_trials.add(trial_id)
+            return True
+        return False
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if self._finished_in_study(trial_id):
+            return
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._finished_in_study(trial_id):
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
+class TruthfulOptunaSearch(ResumableOptunaSearch):
     """Ray's OptunaSearch, telling Optuna what happened: intermediate values keyed by spend, and
     COMPLETE / PRUNED / FAIL by the trial's outcome (see the module docstring)."""
 
     def on_trial_result(self, trial_id: str, result: dict):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._finished_in_study(trial_id):
             return
         value, spend = result.get(self.metric), result.get("spend")
         if value is None or spend is None or not math.isfinite(value):
@@ -27,7 +64,7 @@ class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         import optuna
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._finished_in_study(trial_id):
             return
         result = result or {}
         outcome = result.get("outcome")
