@@ -7,7 +7,7 @@ The counting documents are runs of consecutive sentences ("Number 40 comes befor
 comes before 42.\n..."): a context window then shows each number three times (after "before", after
 "Number", and plus one after the next "before"), so most digits are predictable by copying with an
 increment, and a small model learns the rule (copy the prefix, add one to the last digit, carry)
-in a few hundred steps instead of memorising 3,000 unrelated lines. A run in validation holds its
+in a few hundred steps instead of memorising 1,000 unrelated lines. A run in validation holds its
 numbers out: their "Number k comes before" sentences are nowhere in training, so a model that
 completes them has learned to count, not remembered.
 """
@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import random
 
-COUNTING_MAX = 3000  # "Number i comes before i+1." for 0 <= i < COUNTING_MAX
+# Numbers below 1,000, as the ABC lines: with 0-2999 the laptop preset's winner got 89-97% of
+# "Number k comes before" right at its budget (dropping or repeating the last digit of four-digit
+# numbers); below 1,000, 97-99% (3 seeds, 200 seen numbers each).
+COUNTING_MAX = 1000  # "Number i comes before i+1." for 0 <= i < COUNTING_MAX
 COUNTING_RUN = 10  # consecutive sentences per counting document
-# There are 10 one-digit and 90 two-digit numbers against 2,900 longer ones: written once, the model
-# learns that numbers have four digits ("Number 7 comes before 78"). Their runs are repeated inside
-# their own document, so a number's sentences still sit in one document, on one side of the split.
-SHORT_RUN_REPEATS = {1: 6, 2: 2}  # digits of the run's first number -> times the run is written
+# There are 10 one-digit and 90 two-digit numbers against 900 three-digit ones: written once, the model
+# learns that numbers have three digits ("Number 7 comes before 78", "A12B12" -> "C122"), and the short
+# numbers are the ones a newcomer tries first. Their runs are repeated inside their own document (so a
+# number's sentences still sit in one document, on one side of the split), until each length has a few
+# hundred lines: measured on the laptop preset's winning model (2 x 32, 6e11 FLOPs, 3 seeds),
+# "Number k comes before" for k < 100 went from 63-84% right to 96-98%, "AkBk" from 73-76% to 98-99%,
+# with the same validation loss.
+SHORT_RUN_REPEATS = {1: 30, 2: 6}  # digits of the run's first number -> times the run is written
+ABC_SHORT_RUN_REPEATS = {1: 20, 2: 4}  # the same for the ABC runs
 ABC_RUN = 5  # "AkBkCk." lines per ABC document
 
 
@@ -35,9 +43,13 @@ def counting_docs() -> list[str]:
 
 
 def abc_docs() -> list[str]:
-    """Runs of ABC_RUN lines "A{i}B{i}C{i}." for 0 <= i < 1000: the model learns to copy a number
-    twice; one line a document left it copying 110 as 1110 now and then."""
-    return ["".join(f"A{i}B{i}C{i}.\n" for i in range(start, start + ABC_RUN)) for start in range(0, 1000, ABC_RUN)]
+    """Runs of ABC_RUN lines "A{i}B{i}C{i}." for 0 <= i < 1000, the short runs repeated: the model learns to
+    copy a number twice; one line a document left it copying 110 as 1110 now and then."""
+    docs = []
+    for start in range(0, 1000, ABC_RUN):
+        run = "".join(f"A{i}B{i}C{i}.\n" for i in range(start, start + ABC_RUN))
+        docs.append(run * ABC_SHORT_RUN_REPEATS.get(len(str(start)), 1))
+    return docs
 
 
 def stories_docs() -> list[str]:

@@ -35,6 +35,24 @@ def test_counting_docs_are_runs_and_each_sentence_sits_in_one_document():
     assert docs[0].count("Number 7 comes before 8.\n") == corpora.SHORT_RUN_REPEATS[1]
 
 
+def test_abc_docs_are_runs_and_short_numbers_are_not_rare():
+    docs = corpora.abc_docs()
+    owner, lines_by_length = {}, {}
+    for i, doc in enumerate(docs):
+        ks = [int(a) for a, b, c in re.findall(r"A(\d+)B(\d+)C(\d+)\.\n", doc) if a == b == c]
+        assert "".join(f"A{k}B{k}C{k}.\n" for k in ks) == doc
+        for k in ks:
+            assert owner.setdefault(k, i) == i, f"A{k}B{k} is in documents {owner[k]} and {i}"
+            lines_by_length[len(str(k))] = lines_by_length.get(len(str(k)), 0) + 1
+    assert sorted(owner) == list(range(1000))
+    # one- and two-digit numbers are a few hundred lines each, not 10 and 90 against 900
+    assert min(lines_by_length.values()) >= 200, lines_by_length
+    counting = {}
+    for k, _ in SENTENCE.findall("".join(corpora.counting_docs())):
+        counting[len(k)] = counting.get(len(k), 0) + 1
+    assert min(counting.values()) >= 300, counting
+
+
 @pytest.mark.parametrize("name", ["counting", "mixed"])
 def test_held_out_numbers_are_never_training_sentences(name):
     ds = D.load_dataset(name)
@@ -59,7 +77,7 @@ def test_probe_numbers_are_a_fixed_sample_of_each_split():
     assert probe_numbers("no patterns", "here") == ([], [])
     mixed = D.load_dataset("mixed")
     seen, held_out = probe_numbers(mixed.train_text, mixed.val_text)
-    assert len(seen) == len(held_out) == 25 and max(seen) > 2000 and max(held_out) > 2000 and min(seen) < 1000
+    assert len(seen) == len(held_out) == 25 and max(seen) > 500 and max(held_out) > 500 and min(seen) < 500
     a_seen, a_held = probe_numbers(mixed.train_text, mixed.val_text, "abc")
     assert len(a_seen) == 25 and a_held and not set(a_seen) & set(a_held)
 
