@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
+import re
 import sys
 import typing
 from typing import Callable
@@ -20,10 +22,34 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def field_comments(cls) -> dict[str, str]:
+    """Each field's comment in the class's source: the one after it on its line, else the block just above it.
+    The field's documentation lives there once; `--help` shows it."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # no source on disk (e.g. a frozen install): flags keep their defaults only
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    comments, above = {}, []
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"(\w+)\s*:", stripped)
+        if m and m.group(1) in names:
+            code, sep, trailing = line.partition("  # ")
+            comments[m.group(1)] = " ".join([*above, trailing.strip()] if sep else above).strip()
+        above = []
+    return {k: v for k, v in comments.items() if v}
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | None = None, skip=()) -> None:
-    """One flag per field (`--n-layer` for n_layer), typed from the field's annotation."""
+    """One flag per field (`--n-layer` for n_layer), typed from the field's annotation, its help the field's
+    comment in the source."""
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
+    docs = field_comments(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -41,7 +67,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | No
             kwargs["type"] = hint
         default = defaults.get(f.name, f.default)
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=default, help=f"(default: {default})", **kwargs
+            "--" + f.name.replace("_", "-"), dest=f.name, default=default,
+            help=(docs[f.name].replace("%", "%%") + " " if f.name in docs else "") + f"(default: {default})", **kwargs
         )
 
 

@@ -205,3 +205,20 @@ def test_train_cli_bad_data(tmp_path):
                           "does not exist")
     assert_one_line_error(run_cli("nanogpt.train", "--dataset", "nope", "--out", str(tmp_path / "o")), "unknown dataset")
     assert not (tmp_path / "o").exists()
+
+
+def test_train_help_shows_each_fields_comment(capsys):
+    """`python -m nanogpt.train --help` documents each flag with its field's comment, kept once in the source."""
+    from nanogpt.cli import field_comments
+    from nanogpt.train import main as train_main
+
+    docs = field_comments(TrainConfig)
+    assert docs["grad_clip"] == "max global gradient norm; 0 disables clipping"
+    assert docs["budget_unit"].startswith("what the training budget counts")  # the block above the field
+    assert "seed" not in docs  # no comment, no invented text
+    with pytest.raises(SystemExit) as e:
+        train_main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "max global gradient norm; 0 disables clipping (default: 1.0)" in out
+    assert "longest context, in tokens (default: 64)" in out  # GPTConfig's, with the CLI's own default
