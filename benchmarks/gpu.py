@@ -1,10 +1,11 @@
 """The `gpu` preset against nanoGPT's baby GPT (train.py with config/train_shakespeare_char.py), at equal FLOPs.
 
-    python -m benchmarks.gpu [--time-budget 1800]
+    python -m benchmarks.gpu [--time-budget 1800] [--iters 5000] [--num-samples N]
 
 1. nanoGPT's own train.py with its baby-GPT config (6 layers, 6 heads, 384 embd, block 256, batch 64, 5000
    iterations, dropout 0.2) on one GPU, on a copy of ../shared/anchors/nanoGPT; its training FLOPs by nanoGPT's
-   formula (5000 x 64 x 256 tokens x FLOPs per token).
+   formula (5000 x 64 x 256 tokens x FLOPs per token). `--iters` shortens it (max_iters = lr_decay_iters), for
+   a GPU lent for minutes.
 2. `python -m tune.search --preset gpu --trial-budget F --final-budget F` with F those FLOPs: four trials
    per GPU (0.25 each), the winner trained once more for F into final/.
 3. Both scored by one evaluator: the same 200 x 32 windows of 256 characters of the validation split.
@@ -33,6 +34,8 @@ SECTION = "GPU: the gpu preset against nanoGPT's baby GPT (benchmarks/gpu.py)"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time-budget", type=float, default=1800, help="the search's --time-budget, seconds")
+    p.add_argument("--iters", type=int, default=5000, help="nanoGPT's max_iters and lr_decay_iters (its config: 5000)")
+    p.add_argument("--num-samples", type=int, default=None, help="the search's trials (default: the preset's)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         body = f"{stamp()}\n\nnot run: no GPU (torch sees no CUDA device on this machine)."
@@ -52,7 +55,8 @@ def main() -> None:
 
     work = anchor.workdir()
     t0 = time.time()
-    run = anchor.train(work, threads=4, device="cuda", out_dir="out-baby")  # the config's own settings otherwise
+    run = anchor.train(work, threads=4, device="cuda", out_dir="out-baby", max_iters=args.iters,
+                       lr_decay_iters=args.iters)  # the config's own settings otherwise
     baby_wall = time.time() - t0
     baby, iters = anchor.load_checkpoint(run.checkpoint)
     flops = iters * 64 * 256 * baby.flops_per_token()
@@ -62,6 +66,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["python", "-m", "tune.search", "--preset", "gpu", "--data-file", str(src), "--trial-budget", budget,
                "--final-budget", budget, "--time-budget", f"{args.time_budget:g}"]
+        if args.num_samples:
+            cmd += ["--num-samples", str(args.num_samples)]
         t0 = time.time()
         proc = subprocess.run([sys.executable, *cmd[1:], "--results-dir", tmp, "--name", "gpu", "--seed", "0"],
                               cwd=ROOT, capture_output=True, text=True)
