@@ -436,6 +436,9 @@ class _FileSource:
         if self._stat() != self.stat:
             raise self._changed()
 
+    def describe_source(self) -> str:
+        return str(self.path.resolve())
+
     def _changed(self) -> DataError:
         return DataError(f"data file {self.path} changed while it was being read: run again once it is written")
 
@@ -467,6 +470,9 @@ class _TextSource:
 
     def check_unchanged(self) -> None:
         pass
+
+    def describe_source(self) -> str:
+        return f"built-in {self.name}"
 
 
 def _source(dataset: str | None, data_file: str | Path | None) -> _FileSource | _TextSource:
@@ -519,6 +525,14 @@ def _token_root() -> Path:
         log.warning("the cache directory %s is not writable (%s): tokens go to %s for this run only; "
                     "set NANOGPT_TUNE_CACHE to a writable directory to keep them", root, reason, _fallback_root)
     return _fallback_root
+
+
+def _mark_used(entry: Path) -> None:
+    """meta.json's mtime is when the entry was last used: `python -m nanogpt.cache clean --older-than` reads it."""
+    try:
+        os.utime(entry / "meta.json")
+    except OSError:  # a read-only cache is still read; its entries simply keep their old date
+        pass
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -594,6 +608,7 @@ def _build(entry: Path, source, scan: _Scan, spec: dict) -> None:
             "head": scan.head,
             "sha256": scan.sha256,
             "tokenizer": {k: v for k, v in spec.items() if k != "tokenizer"},
+            "source": source.describe_source(),  # for `python -m nanogpt.cache list`
         }
         save_tokenizer(tok, tmp / "tokenizer.json")
         _write_json(tmp / "meta.json", meta)
@@ -665,6 +680,8 @@ def prepare(
             finally:
                 lock.release()
     meta, train, val, tok = loaded
+    if not built:
+        _mark_used(entry_of(meta["sha256"]))
     data = TokenData(train=train, val=val, val_chars_per_token=meta["val_chars"] / max(1, len(val)),
                      dataset=source.name, from_cache=not built, prepare_s=time.perf_counter() - t0,
                      head=meta["head"])
@@ -674,7 +691,7 @@ def prepare(
 def default_prompts(name: str, text: str = "") -> list[str]:
     """Prompts that show what a model learned from this data set (`text`: the corpus, for files)."""
     prompts = {
-        "counting": ["Number 7 comes before", "Number 1234 comes before"],
+        "counting": ["Number 7 comes before", "Number 456 comes before"],  # numbers below 1,000 (corpora)
         "abc": ["A7B7", "A321B"],
         "stories": ["Alice had a pet", "Once upon a time"],
         "code": ["def add_numbers(a, b):\n", "for i in range("],

@@ -62,7 +62,7 @@ def test_report_sections_plots_and_generations(tiny_search):
         assert w > 100 and h > 100
         assert f"plots/{name}.png" in text
     # every generation block after a prompt header starts with that prompt
-    for prompt in ["Number 7 comes before", "Number 1234 comes before"]:
+    for prompt in ["Number 7 comes before", "Number 456 comes before"]:
         block = text.split(f"### Prompt {prompt!r}")[1].split("### ")[0]
         fences = block.split("```")[1::2]
         assert fences and all(f.strip("\n").startswith(prompt) for f in fences)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_one_line_error, run_cli
 from nanogpt import data as D
+from nanogpt.errors import UserError
 from nanogpt.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
 
 
@@ -122,3 +124,46 @@ def test_shakespeare_cached_once(tmp_path, monkeypatch):
     path = D.shakespeare_path(url=src.as_uri())
     assert len(path.read_text()) == 1_115_394
     assert D.shakespeare_path(url="http://127.0.0.1:9/") == path  # cached and verified: no download
+
+
+def test_cache_list_and_clean(tmp_path, monkeypatch, capsys):
+    """`python -m nanogpt.cache`: lists the entries with their source and last use; `clean --older-than` removes
+    only the stale ones (a later run tokenizes again), `--all` the rest, and a build left by a dead process."""
+    import os
+    import time
+
+    from nanogpt import cache
+
+    monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path))
+    f = tmp_path / "mine.txt"
+    f.write_text("hello world\n" * 200)
+    D.prepare("counting")
+    D.prepare(data_file=f)
+    found = cache.entries()
+    assert {e.source for e in found} == {"built-in counting", str(f.resolve())}
+    assert cache.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "built-in counting" in out and "2 entries" in out
+
+    stale = next(e for e in found if e.source == "built-in counting")
+    old = time.time() - 10 * 86400
+    os.utime(stale.path / "meta.json", (old, old))
+    assert D.prepare(data_file=f)[0].from_cache  # a hit marks its entry used now
+    dead = tmp_path / "tokens" / f".{stale.path.name}.999999999.tmp"  # no such pid
+    dead.mkdir()
+    (dead / "train.bin").write_bytes(b"\0" * 10)
+
+    assert cache.main(["clean", "--older-than", "7"]) == 0
+    assert "1 entries removed" in capsys.readouterr().out
+    assert [e.source for e in cache.entries()] == [str(f.resolve())] and not dead.exists()
+    assert not D.prepare("counting")[0].from_cache  # tokenized again
+
+    assert cache.main(["clean", "--all"]) == 0
+    assert cache.entries() == []
+    for argv, msg in ((["clean"], "clean needs --older-than DAYS or --all"),
+                      (["clean", "--older-than", "-1"], "--older-than must be a number of days >= 0")):
+        with pytest.raises(UserError, match=msg):
+            cache.main(argv)
+    proc = run_cli("nanogpt.cache", "clean", env={"NANOGPT_TUNE_CACHE": str(tmp_path)})
+    assert_one_line_error(proc, "clean needs --older-than DAYS or --all")
+    assert proc.returncode == 2
