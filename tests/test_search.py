@@ -214,6 +214,46 @@ def test_interrupt_then_resume_with_the_original_command(tmp_path):
     assert all(math.isfinite(v) for v in df["best_val_loss"])
 
 
+def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
+    """--time-budget counts the search's running time over its runs, as Ray's does: a search stopped by Ctrl-C
+    part-way gets the rest on --resume. The trials the budget stops end out_of_time, PRUNED in optuna.db with the
+    evaluations they made, told by the callback and searcher restored from Ray's state."""
+    budget = 24
+    args = [*TINY, "--num-samples", "4", "--max-steps", "100000", "--eval-interval", "25", "--scheduler", "fifo",
+            "--time-budget", str(budget), "--results-dir", str(tmp_path), "--name", "tb", "--no-report", "--seed", "3"]
+    exp = tmp_path / "tb"
+    proc = subprocess.Popen([sys.executable, "-m", "tune.search", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len([d for d in exp.glob("trial_*") if (d / "result.json").is_file()
+                and len((d / "result.json").read_text().splitlines()) >= 3]) >= 2:
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    first = json.loads((exp / "search_clock.json").read_text())["running_s"]
+    assert 0 < first < budget - 2, (first, out)
+    assert "out_of_time" not in set(pd.read_csv(exp / "trials.csv")["outcome"]), out
+
+    t0 = time.time()
+    resumed = run_cli("tune.search", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "the time budget (24 s) ended the search" in resumed.stdout, resumed.stdout
+    total = json.loads((exp / "search_clock.json").read_text())["running_s"]
+    assert budget - 1 <= total < budget + 10 and time.time() - t0 < budget + 60, (first, total)
+    df = pd.read_csv(exp / "trials.csv")
+    assert (df["outcome"] == "out_of_time").sum() >= 1, df[["trial_id", "outcome"]]
+    assert set(df["outcome"]) <= {"out_of_time", "not_started"}, df[["trial_id", "outcome"]]
+    study = optuna.load_study(study_name="tb", storage=f"sqlite:///{exp / 'optuna.db'}")
+    counts = {state: [t.state for t in study.trials].count(state) for state in optuna.trial.TrialState}
+    assert counts[optuna.trial.TrialState.PRUNED] == (df["outcome"] == "out_of_time").sum()
+    assert all(t.intermediate_values for t in study.trials if t.state == optuna.trial.TrialState.PRUNED)
+    # a trial Ray had drawn but not started stays RUNNING in the study (Optuna has no "not started")
+    assert counts[optuna.trial.TrialState.RUNNING] == (df["outcome"] == "not_started").sum()
+
+
 def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
     """No finished trial: one line at the end, and no final/ (no Ray needed to decide)."""
     from tune.config import build_parser, config_from_args

@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 
 OUTCOMES_FILE = "outcomes.json"
+CLOCK_FILE = "search_clock.json"  # {"running_s": seconds the search has run, over all its runs (tune.progress)}
 
 
 class Outcome(str, Enum):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from tune.outcomes import OUTCOMES_FILE, Outcome, outcome_of_result, read_outcomes
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, outcome_of_result, read_outcomes
 from tune.space import Hparams
 
 
@@ -86,6 +86,19 @@ class MirrorSync(Callback):
         self.mirror.push(*self.rels)
 
 
+def read_clock(experiment_dir: str | Path) -> float:
+    try:
+        return float(json.loads((Path(experiment_dir) / CLOCK_FILE).read_text())["running_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 class OutcomeRecorder(Callback):
     """Records each trial's outcome as it ends, into RESULTS_DIR/NAME/outcomes.json (written atomically).
 
@@ -97,18 +110,30 @@ class OutcomeRecorder(Callback):
         self.time_budget_s = time_budget_s
         self.searcher = searcher
         self.t0 = time.time()
+        self.used0 = 0.0
+        self._written = 0.0
 
+    # Ray's time budget counts the search's running time across resumes (its TimeoutStopper is saved with the
+    # experiment state, the time between runs left out); the search clock here counts the same, in our own JSON
     def setup(self, **info):
-        self.t0 = time.time()  # the time budget counts from each (re)start, as Ray's does
+        self.used0, self.t0, self._written = read_clock(self.experiment_dir), time.time(), 0.0
+
+    def used_s(self) -> float:
+        return self.used0 + time.time() - self.t0
+
+    def _write_clock(self) -> None:
+        self._written = time.time()
+        _write_json_atomic(Path(self.experiment_dir) / CLOCK_FILE, {"running_s": self.used_s()})
+
+    def on_step(self, iteration, trials, **info):
+        if time.time() - self._written >= 1.0:
+            self._write_clock()
 
     def _record(self, trial, outcome: Outcome) -> None:
         last = trial.last_result or {}
         outcomes = read_outcomes(self.experiment_dir)
         outcomes[trial.trial_id] = {"outcome": outcome.value, "spend": last.get("spend"), "step": last.get("step")}
-        path = Path(self.experiment_dir) / OUTCOMES_FILE
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(outcomes, indent=1))
-        tmp.replace(path)
+        _write_json_atomic(Path(self.experiment_dir) / OUTCOMES_FILE, outcomes)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         outcome = outcome_of_result(result)
@@ -125,7 +150,8 @@ class OutcomeRecorder(Callback):
     def on_experiment_end(self, trials, **info):
         """Trials the search's time budget stopped get no completion call from Ray: record them here.
         After Ctrl-C the same trials were interrupted instead, and --resume continues them."""
-        if not self.time_budget_s or time.time() - self.t0 < self.time_budget_s - 0.5:
+        self._write_clock()
+        if not self.time_budget_s or self.used_s() < self.time_budget_s - 0.5:
             return
         recorded = read_outcomes(self.experiment_dir)
         for trial in trials:

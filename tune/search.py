@@ -19,7 +19,7 @@ from pathlib import Path
 from nanogpt.data import TokenData, prepare
 from nanogpt.errors import UserError
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import OUTCOMES_FILE
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE
 from tune.space import largest, max_value
 
 OPTUNA_DB = "optuna.db"
@@ -184,7 +184,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
                        Progress(config)]
-            + ([MirrorSync(mirror, OPTUNA_DB, OUTCOMES_FILE)] if mirror else []),
+            + ([MirrorSync(mirror, OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)] if mirror else []),
         ),
     )
 
@@ -294,7 +294,7 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
         if mirror:
-            mirror.push(OPTUNA_DB, OUTCOMES_FILE)
+            mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
         df = report_mod.export(exp, mirror=mirror)
         if config.final_budget:
