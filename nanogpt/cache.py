@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.cli import run_main
-from nanogpt.data import cache_dir
+from nanogpt.data import lock_path, tokens_dir
 from nanogpt.errors import UserError
 
-_TMP = re.compile(r"^\.(?P<entry>.+)\.(?P<pid>\d+)\.tmp$")  # a build in progress (or left by a killed one)
+_BUILD = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")  # nanogpt.data.build_dir: a build in progress, or left by a killed one
 
 
 @dataclass
@@ -40,10 +40,6 @@ class Entry:
     last_used: float  # seconds since the epoch
 
 
-def tokens_dir() -> Path:
-    return cache_dir() / "tokens"
-
-
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -52,7 +48,7 @@ def entries(root: Path | None = None) -> list[Entry]:
     """Every complete entry, least recently used first."""
     root = root or tokens_dir()
     found = []
-    for path in sorted(root.glob("*-v*")) if root.is_dir() else []:
+    for path in root.glob("*-v*") if root.is_dir() else []:
         if path.name.startswith("."):
             continue  # a build in progress
         meta_path = path / "meta.json"
@@ -83,7 +79,7 @@ def _abandoned_builds(root: Path) -> list[Path]:
     """Temp dirs of builds whose process is gone (killed mid-tokenizing)."""
     out = []
     for path in root.glob(".*.tmp") if root.is_dir() else []:
-        m = _TMP.match(path.name)
+        m = _BUILD.match(path.name)
         if m and path.is_dir() and not _pid_alive(int(m.group("pid"))):
             out.append(path)
     return out
@@ -98,7 +94,7 @@ def clean(older_than_days: float | None, root: Path | None = None) -> tuple[list
     for e in entries(root):
         if e.last_used < cutoff:
             shutil.rmtree(e.path)
-            (root / "locks" / f"{e.path.name}.lock").unlink(missing_ok=True)
+            lock_path(e.path).unlink(missing_ok=True)
             removed.append(e)
             freed += e.size
     for path in _abandoned_builds(root):

@@ -38,7 +38,7 @@ def field_comments(cls) -> dict[str, str]:
             continue
         m = re.match(r"(\w+)\s*:", stripped)
         if m and m.group(1) in names:
-            code, sep, trailing = line.partition("  # ")
+            _, sep, trailing = line.partition("  # ")
             comments[m.group(1)] = " ".join([*above, trailing.strip()] if sep else above).strip()
         above = []
     return {k: v for k, v in comments.items() if v}

@@ -419,7 +419,7 @@ class _FileSource:
         if self._stat() != before:
             raise self._changed()
         scan = sc.result()
-        _write_json(self._index_path(root), {"path": str(self.path.resolve()), "stat": before, "sha256": scan.sha256})
+        write_json(self._index_path(root), {"path": str(self.path.resolve()), "stat": before, "sha256": scan.sha256})
         self.stat = before
         return scan
 
@@ -504,10 +504,25 @@ def _line_batches(chunks: Iterator[str]) -> Iterator[list[str]]:
 _fallback_root: Path | None = None
 
 
+def tokens_dir() -> Path:
+    """Where prepared tokens are cached: one entry directory per content hash and tokenizer."""
+    return cache_dir() / "tokens"
+
+
+def lock_path(entry: Path) -> Path:
+    """The file lock of one cache entry, held while a process builds it."""
+    return entry.parent / "locks" / f"{entry.name}.lock"
+
+
+def build_dir(entry: Path, pid: int) -> Path:
+    """Where process `pid` builds an entry before renaming it into place (`nanogpt.cache` reads this name)."""
+    return entry.with_name(f".{entry.name}.{pid}.tmp")
+
+
 def _token_root() -> Path:
-    """cache_dir()/tokens, or a private temp dir (removed at exit) when that is not writable."""
+    """tokens_dir(), or a private temp dir (removed at exit) when that is not writable."""
     global _fallback_root
-    root = cache_dir() / "tokens"
+    root = tokens_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=root):
@@ -535,11 +550,11 @@ def _mark_used(entry: Path) -> None:
         pass
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj, indent: int | None = None) -> None:
     """Written whole or not at all: readers in other processes never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False))
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent))
     os.replace(tmp, path)
 
 
@@ -580,7 +595,7 @@ def _build_tokenizer(spec: dict, source, scan: _Scan) -> Tokenizer:
 def _build(entry: Path, source, scan: _Scan, spec: dict) -> None:
     """Tokenize the source into a temp dir beside the entry, then rename it into place."""
     tok = _build_tokenizer(spec, source, scan)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    tmp = build_dir(entry, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -611,7 +626,7 @@ def _build(entry: Path, source, scan: _Scan, spec: dict) -> None:
             "source": source.describe_source(),  # for `python -m nanogpt.cache list`
         }
         save_tokenizer(tok, tmp / "tokenizer.json")
-        _write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta)
         shutil.rmtree(entry, ignore_errors=True)  # a partial entry left by a killed process
         os.rename(tmp, entry)
     finally:
@@ -662,8 +677,8 @@ def prepare(
         entry = entry_of(scan.sha256)
         loaded = _load_entry(entry)  # the same text seen before under another name or time
         if loaded is None:
-            (root / "locks").mkdir(exist_ok=True)
-            lock = FileLock(str(root / "locks" / f"{entry.name}.lock"))
+            lock_path(entry).parent.mkdir(exist_ok=True)
+            lock = FileLock(str(lock_path(entry)))
             try:
                 lock.acquire(timeout=0)
             except Timeout:

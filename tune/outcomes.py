@@ -51,3 +51,11 @@ def read_outcomes(experiment_dir: str | Path) -> dict[str, dict]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def read_clock(experiment_dir: str | Path) -> float:
+    """Seconds the search has run over all its runs, as recorded so far (0 before its first step)."""
+    try:
+        return float(json.loads((Path(experiment_dir) / CLOCK_FILE).read_text())["running_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0

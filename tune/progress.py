@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, outcome_of_result, read_outcomes
+from nanogpt.data import write_json
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, outcome_of_result, read_clock, read_outcomes
 from tune.space import Hparams
 
 
@@ -86,19 +85,6 @@ class MirrorSync(Callback):
         self.mirror.push(*self.rels)
 
 
-def read_clock(experiment_dir: str | Path) -> float:
-    try:
-        return float(json.loads((Path(experiment_dir) / CLOCK_FILE).read_text())["running_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
 class OutcomeRecorder(Callback):
     """Records each trial's outcome as it ends, into RESULTS_DIR/NAME/outcomes.json (written atomically).
 
@@ -123,7 +109,7 @@ class OutcomeRecorder(Callback):
 
     def _write_clock(self) -> None:
         self._written = time.time()
-        _write_json_atomic(Path(self.experiment_dir) / CLOCK_FILE, {"running_s": self.used_s()})
+        write_json(Path(self.experiment_dir) / CLOCK_FILE, {"running_s": self.used_s()})
 
     def on_step(self, iteration, trials, **info):
         if time.time() - self._written >= 1.0:
@@ -133,7 +119,7 @@ class OutcomeRecorder(Callback):
         last = trial.last_result or {}
         outcomes = read_outcomes(self.experiment_dir)
         outcomes[trial.trial_id] = {"outcome": outcome.value, "spend": last.get("spend"), "step": last.get("step")}
-        _write_json_atomic(Path(self.experiment_dir) / OUTCOMES_FILE, outcomes)
+        write_json(Path(self.experiment_dir) / OUTCOMES_FILE, outcomes, indent=1)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         outcome = outcome_of_result(result)

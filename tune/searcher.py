@@ -23,17 +23,19 @@ class ResumableOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch (its own telling: COMPLETE whenever the last result has the metric), which does not
     tell or report to a trial the study already records as finished."""
 
-    def _finished_in_study(self, trial_id: str) -> bool:
+    def _study_trial(self, trial_id: str):
+        """The study's record of the trial (one read of the storage), or None for a trial it does not hold."""
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None:
+        return None if ot_trial is None else ot_trial.storage.get_trial(ot_trial._trial_id)
+
+    def _finished_in_study(self, trial_id: str, frozen=None) -> bool:
+        frozen = frozen or self._study_trial(trial_id)
+        if frozen is None or not frozen.state.is_finished():
             return False
-        state = ot_trial.storage.get_trial(ot_trial._trial_id).state
-        if state.is_finished():
-            if trial_id not in self._completed_trials:
-                log.debug("trial %s: the study already records it %s; not told again", trial_id, state.name)
-                self._completed_trials.add(trial_id)
-            return True
-        return False
+        if trial_id not in self._completed_trials:
+            log.debug("trial %s: the study already records it %s; not told again", trial_id, frozen.state.name)
+            self._completed_trials.add(trial_id)
+        return True
 
     def on_trial_result(self, trial_id: str, result: dict):
         if self._finished_in_study(trial_id):
@@ -51,15 +53,17 @@ class TruthfulOptunaSearch(ResumableOptunaSearch):
     COMPLETE / PRUNED / FAIL by the trial's outcome (see the module docstring)."""
 
     def on_trial_result(self, trial_id: str, result: dict):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._finished_in_study(trial_id):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value, spend = result.get(self.metric), result.get("spend")
         if value is None or spend is None or not math.isfinite(value):
             return
-        ot_trial = self._ot_trials[trial_id]
+        frozen = self._study_trial(trial_id)
+        if self._finished_in_study(trial_id, frozen):
+            return
         step = int(round(spend))
-        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
-            ot_trial.report(value, step)
+        if step not in frozen.intermediate_values:
+            self._ot_trials[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         import optuna
