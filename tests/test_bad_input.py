@@ -54,6 +54,13 @@ CASES = [
     (["--trial-budget", "100s", "--eval-interval", "200"], "never be evaluated"),
     (["--trial-budget", "1e12flops", "--final-budget", "100steps"], "one unit"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    # limits of the libraries the flags reach (Optuna's and numpy's seeds, Ray's ASHA, float()) are checks too
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**32)], "--seed"),
+    (["--reduction-factor", str(10**20)], "--reduction-factor"),
+    (["--max-steps", "1" + "0" * 400], "--max-steps"),
+    (["--num-samples", str(2**63)], "--num-samples"),
+    (["--bpe-vocab-size", str(2**64), "--tokenizer", "bpe"], "--bpe-vocab-size"),
     (["--resume", "--name", "ghost"], "nothing to resume"),
     (["--resume"], "--name"),
     (["--name", "../escape"], "--name"),
@@ -130,6 +137,13 @@ def test_cli_bad_input_has_no_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("tune.report", str(tmp_path / "empty"))
     assert_one_line_error(proc, "no Ray Tune experiment")
+
+
+def test_train_seed_outside_torchs_range_is_one_line(tmp_path):
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--seed", str(2**64), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "seed")
+    assert not (tmp_path / "o").exists()
 
 
 def test_checkpoint_errors_for_sample(tmp_path):

@@ -265,9 +265,17 @@ def _flag(dest: str) -> str:
     return "--" + (Hparams.__dataclass_fields__[dest].metadata["flag"] if dest in HPARAMS else dest.replace("_", "-"))
 
 
+# Counts reach native code as fixed-size integers (Ray's scheduler and ASHA through numpy, the tokenizers library,
+# float() for budgets): a bound past which a flag is refused here, not a traceback after search.json is written
+MAX_COUNT = 2**31 - 1
+SEED_RANGE = 2**32  # Optuna's samplers seed numpy's RandomState: 0 <= seed < 2**32
+
+
 def _check_positive(name: str, value, integer: bool = True, allow_zero: bool = False) -> None:
     if value is None:
         return
+    if integer and value > MAX_COUNT:  # before math.isfinite, which cannot take an int past float's range
+        raise UserError(f"--{name} must be at most {MAX_COUNT:,}, got {value}")
     ok = value >= 0 if allow_zero else value > 0
     if not ok or not math.isfinite(value):
         kind = "an integer" if integer else "a number"
@@ -295,10 +303,14 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         _check_positive(flag.replace("_", "-"), getattr(args, flag), integer)
     _check_positive("gpus-per-trial", args.gpus_per_trial, integer=False, allow_zero=True)
     _check_positive("max-failures", args.max_failures, allow_zero=True)
+    _check_positive("reduction-factor", args.reduction_factor)
+    _check_positive("top", args.top)
     if args.reduction_factor is not None and args.reduction_factor < 2:
         raise UserError(f"--reduction-factor must be at least 2, got {args.reduction_factor}")
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
+    if args.seed is not None and not 0 <= args.seed < SEED_RANGE:
+        raise UserError(f"--seed must be an integer from 0 to {SEED_RANGE - 1} (Optuna's and numpy's range), got {args.seed}")
     if args.bpe_vocab_size is not None and args.bpe_vocab_size < 257:
         raise UserError(f"--bpe-vocab-size must be at least 257 (256 bytes + <unk>), got {args.bpe_vocab_size}")
 
