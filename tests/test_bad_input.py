@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written or overwritten."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -171,3 +172,45 @@ def test_checkpoint_errors_for_sample(tmp_path):
     foreign = trainer.save(tmp_path / "foreign")
     save_tokenizer(CharTokenizer.from_text("abc"), foreign / "tokenizer.json")
     assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(foreign)), "different runs")
+
+
+@pytest.fixture(params=["silent", "http"])
+def not_ray(request):
+    """A TCP server on 127.0.0.1 that is not Ray: it accepts and says nothing, or answers HTTP garbage."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    conns, stop = [], threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conns.append(conn)
+            if request.param == "http":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 5\r\n\r\nnope!")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for c in conns:
+        c.close()
+    server.close()
+
+
+def test_address_of_a_port_that_is_not_ray_fails_within_30s(tmp_path, not_ray):
+    t0 = time.time()
+    try:
+        proc = run_cli("tune.search", "--dataset", "counting", "--address", not_ray, "--results-dir", str(tmp_path / "r"),
+                       timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("--address to a port that is not Ray hung for a minute")
+    assert proc.returncode == 2 and time.time() - t0 < 30
+    assert_one_line_error(proc, "not a Ray cluster", not_ray)
+    assert not (tmp_path / "r").exists()

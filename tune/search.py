@@ -61,7 +61,7 @@ def check_budget(config: SearchConfig, vocab_size: int) -> None:
                         f"largest model ({format_amount(spend, unit)}); raise the budget or shrink the space")
 
 
-def check_address(address: str, timeout: float = 3.0) -> None:
+def check_address(address: str, timeout: float = 3.0, grpc_timeout: float = 10.0) -> None:
     """Fail in seconds, not minutes, when a cluster address cannot be reached."""
     if address in ("auto", "local") or address.startswith("ray://"):
         return
@@ -74,16 +74,34 @@ def check_address(address: str, timeout: float = 3.0) -> None:
     except OSError as e:
         raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
                         f"`ray start --head --port={port}` or leave out --address for a local Ray") from None
+    if not _speaks_grpc(host, int(port), grpc_timeout):
+        # ray.init would wait for the GCS there for minutes
+        raise UserError(f"{address} is not a Ray cluster: the port is open but gives no gRPC answer (Ray's GCS "
+                        f"speaks gRPC there); check the port `ray start --head` printed")
 
 
-def _check_writable(results_dir: Path) -> None:
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
+    """Whether the server answers an HTTP/2 connection preface with a SETTINGS frame, as Ray's GCS (gRPC) does.
+    With RAY_USE_TLS the server first wants a TLS handshake: the TCP check is all that is done then."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    deadline = time.monotonic() + timeout
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        probe = results_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"results directory {results_dir} is not writable ({e.strerror}); choose another with --results-dir") from None
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.sendall(_HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:  # a frame header: length (3 bytes), type, flags, stream id (4)
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+    except OSError:  # a timeout or a reset: not an HTTP/2 server
+        return False
+    return head[3] == 0x04
 
 
 # --- Ray ---------------------------------------------------------------------------------
