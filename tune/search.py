@@ -104,6 +104,16 @@ def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
     return head[3] == 0x04
 
 
+def _check_writable(results_dir: Path) -> None:
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe = results_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"results directory {results_dir} is not writable ({e.strerror}); choose another with --results-dir") from None
+
+
 # --- Ray ---------------------------------------------------------------------------------
 
 
