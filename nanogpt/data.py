@@ -32,6 +32,7 @@ import torch
 
 from nanogpt.corpora import BUILTIN_CORPORA
 from nanogpt.errors import UserError
+from nanogpt.files import write_json  # noqa: F401 (the cache and tune.progress write through it)
 from nanogpt.tokenizer import (
     MAX_CODE_POINT,
     BPETokenizer,
@@ -548,14 +549,6 @@ def _mark_used(entry: Path) -> None:
         os.utime(entry / "meta.json")
     except OSError:  # a read-only cache is still read; its entries simply keep their old date
         pass
-
-
-def write_json(path: Path, obj, indent: int | None = None) -> None:
-    """Written whole or not at all: readers in other processes never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent))
-    os.replace(tmp, path)
 
 
 def _map(path: Path, dtype: np.dtype, n: int) -> np.ndarray:

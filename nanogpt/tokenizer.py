@@ -339,7 +339,9 @@ def build_tokenizer(kind: str, text: str, vocab_size: int = 512) -> CharTokenize
 
 
 def save_tokenizer(tok, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(tok.to_dict(), ensure_ascii=False))
+    from nanogpt.files import write_json
+
+    write_json(path, tok.to_dict())
 
 
 def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:

@@ -8,7 +8,6 @@ The loop knows nothing of Ray: the search passes a callback that reports each ev
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, Checkpo
                                 read_checkpoint_tokenizer)
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
+from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.tokenizer import save_tokenizer
 
@@ -378,7 +378,8 @@ class Trainer:
         """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), d / MODEL_FILE)
+        with replace_atomically(d / MODEL_FILE) as f:  # a full disk leaves the previous checkpoint whole
+            torch.save(self.state_dict(), f)
         meta = {
             "model": self.model_cfg.to_dict(),
             "train": self.cfg.to_dict(),
@@ -388,7 +389,7 @@ class Trainer:
             "status": self.status,
             "history": self.history,
         }
-        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(d / CONFIG_FILE, meta, indent=2)
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, d / TOKENIZER_FILE)
         return d

@@ -20,6 +20,7 @@ from typing import Any
 
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
+from nanogpt.files import write_json
 from optuna.distributions import json_to_distribution
 
 from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_spec, describe, describe_space,
@@ -163,17 +164,24 @@ class SearchConfig:
 
     def save(self, directory: Path | None = None) -> Path:
         path = Path(directory or self.experiment_dir) / SETTINGS_FILE
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(path, asdict(self), indent=2)
         return path
 
     @classmethod
     def load(cls, experiment_dir: str | Path) -> "SearchConfig":
         path = Path(experiment_dir) / SETTINGS_FILE
         try:
-            obj = json.loads(path.read_text())
-            return cls(**obj)
+            text = path.read_text()
         except FileNotFoundError:
             raise UserError(f"{experiment_dir} holds no search ({SETTINGS_FILE} is missing)") from None
+        return cls.loads(text, path)
+
+    @classmethod
+    def loads(cls, text: str, path: str | Path) -> "SearchConfig":
+        """The configuration in search.json's text (`path`: where it was read, for the errors)."""
+        try:
+            obj = json.loads(text)
+            return cls(**obj)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not a search configuration: corrupt JSON ({e})") from None
         except TypeError:
@@ -411,8 +419,7 @@ def check_same(args: argparse.Namespace, saved: SearchConfig, results_dir: str) 
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    """Validate the command line into a SearchConfig. Nothing is written to the results directory here (resuming
-    from a URI downloads the search into its local copy first)."""
+    """Validate the command line into a SearchConfig. Nothing is written here, not even a URI search's local copy."""
     uri = is_uri(args.results_dir)
     results_dir = args.results_dir.rstrip("/") if uri else str(Path(args.results_dir).expanduser().resolve())
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.name):
@@ -428,8 +435,9 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         if not mirror.exists(SETTINGS_FILE):
             raise UserError(f"nothing to resume: {mirror.uri} holds no search (no {SETTINGS_FILE}); "
                             f"check --results-dir and --name")
-        exp = mirror.pull()  # the search's files and Ray's results; checkpoints stay at the URI
-        saved = SearchConfig.load(exp)
+        # read at the URI: the local copy is downloaded by the run, under the search's lock (tune.search.run)
+        saved = SearchConfig.loads(mirror.read_text(SETTINGS_FILE), f"{mirror.uri}/{SETTINGS_FILE}")
+        exp = mirror.local
         if saved.local_copy and saved.local_copy != str(exp):
             # Ray's saved searcher opens the study by that path: elsewhere it would start an empty one
             raise UserError(f"{mirror.uri} was started with its local copy at {saved.local_copy}, where Ray's saved "
