@@ -75,7 +75,11 @@ def hold_local(path: Path, name: str) -> Iterator[None]:
     import fcntl
 
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write the lock file {path} ({e.strerror}): the results directory must be "
+                            f"writable; choose another with --results-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
