@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.errors import UserError
+from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
 from tune.experiment import best_checkpoint, read_trials
 from tune.outcomes import Outcome, read_outcomes
@@ -279,8 +280,8 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
     md = ["## Summary", ""]
     if config:
         res = f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
-        asha = (f" (grace {config.budget_text(config.grace_period)}, reduction factor {config.reduction_factor}, "
-                f"rungs in {config.budget_unit})" if config.scheduler == "asha" else "")
+        settings = SCHEDULERS[config.scheduler].describe(config) if config.scheduler in SCHEDULERS else ""
+        asha = f" ({settings})" if settings else ""
         md += [f"- data set: `{config.data_file or config.dataset}`, {config.tokenizer} tokenizer",
                f"- preset `{config.preset}`, searcher {config.searcher} ({config.sampler}), scheduler {config.scheduler}{asha}",
                f"- budget: {config.num_samples} trials x {config.budget_text()} each (every trial the same), {res} per trial"

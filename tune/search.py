@@ -132,7 +132,6 @@ def trial_dirname(trial) -> str:
 def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
     from tune.searcher import ResumableOptunaSearch, TruthfulOptunaSearch
@@ -159,12 +158,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
         study_name=config.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{exp / OPTUNA_DB}"),
     )
-    if config.scheduler == "asha":
-        # rungs in the budget's unit: trials are compared at equal spend, each rung on an evaluation
-        scheduler = ASHAScheduler(time_attr="spend", max_t=config.trial_budget, grace_period=config.grace_period,
-                                  reduction_factor=config.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = config.make_scheduler()
     mirror = config.mirror
     return tune.Tuner(
         trainable,
