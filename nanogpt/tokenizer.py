@@ -340,14 +340,6 @@ def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
     return TOKENIZERS[kind].from_dict(d)
 
 
-def build_tokenizer(kind: str, text: str, vocab_size: int = 512) -> CharTokenizer | BPETokenizer:
-    if kind == "char":
-        return CharTokenizer.from_text(text)
-    if kind == "bpe":
-        return BPETokenizer.train(text, vocab_size)
-    raise ValueError(f"unknown tokenizer {kind!r}: use 'char' or 'bpe'")
-
-
 def save_tokenizer(tok, path: str | Path) -> None:
     Path(path).write_text(json.dumps(tok.to_dict(), ensure_ascii=False))
 
