@@ -25,7 +25,8 @@ import pandas as pd
 from nanogpt.errors import UserError
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
-from tune.experiment import best_checkpoint, read_trials
+from tune import plots
+from tune.experiment import best_checkpoint, finite, read_trials
 from tune.outcomes import Outcome, read_outcomes
 from tune.space import HPARAMS
 from tune.storage import Mirror, is_uri
@@ -151,12 +152,6 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     df = _read(path, mirror)[0]
     _write_exports(path, df, mirror)
     return df
-
-
-def finite(df: pd.DataFrame) -> pd.DataFrame:
-    """The trials with a finite best val_loss (a boolean mask, so an empty table stays a table)."""
-    vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
-    return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf])]
 
 
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
@@ -340,7 +335,6 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.sample import generate_text
-    from tune import plots
 
     if trials is None:
         df, curves = _read(path, mirror)
