@@ -4,13 +4,12 @@ come from these tables; search.json records the name (and the sampler's options,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from nanogpt.errors import UserError
+from tune.space import Preset
 
-if TYPE_CHECKING:
-    from tune.config import SearchConfig
-    from tune.space import Preset
+SearchConfig = Any  # tune.config.SearchConfig, which imports these tables
 
 
 @dataclass(frozen=True)
@@ -18,10 +17,10 @@ class Searcher:
     help: str
     kind: str  # the "kind" saved with the sampler's options in search.json
     sampler_class: str  # its class in optuna.samplers
-    options: Callable[[int, "Preset"], dict]  # (seed, preset) -> the sampler's keyword arguments, all explicit
+    options: Callable[[int, Preset], dict]  # (seed, preset) -> the sampler's keyword arguments, all explicit
 
 
-def _tpe_options(seed: int, preset: "Preset") -> dict:
+def _tpe_options(seed: int, preset: Preset) -> dict:
     # every option explicit: Optuna 5 changed TPESampler's defaults (multivariate, constant_liar)
     return {"seed": seed, "n_startup_trials": preset.n_startup_trials, "multivariate": True, "constant_liar": True,
             "n_ei_candidates": 24}
@@ -33,7 +32,7 @@ SEARCHERS: dict[str, Searcher] = {
 }
 
 
-def sampler_options(searcher: str, seed: int, preset: "Preset") -> dict:
+def sampler_options(searcher: str, seed: int, preset: Preset) -> dict:
     entry = SEARCHERS[searcher]
     return {"kind": entry.kind, **entry.options(seed, preset)}
 
@@ -54,12 +53,12 @@ def make_sampler(options: dict):
 @dataclass(frozen=True)
 class Scheduler:
     help: str
-    make: Callable[["SearchConfig"], Any]  # the Ray Tune scheduler for a search (imports Ray itself)
-    describe: Callable[["SearchConfig"], str]  # its settings, for the report ("" when it has none)
+    make: Callable[[SearchConfig], Any]  # the Ray Tune scheduler for a search (imports Ray itself)
+    describe: Callable[[SearchConfig], str]  # its settings, for the report ("" when it has none)
     stops_early: bool  # a trial it stops is `pruned` (for the human status line)
 
 
-def _asha(config: "SearchConfig"):
+def _asha(config: SearchConfig):
     from ray.tune.schedulers import ASHAScheduler
 
     # rungs in the budget's unit: trials are compared at equal spend, each rung on an evaluation
@@ -67,7 +66,7 @@ def _asha(config: "SearchConfig"):
                          reduction_factor=config.reduction_factor)
 
 
-def _fifo(config: "SearchConfig"):
+def _fifo(config: SearchConfig):
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
