@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -170,6 +171,15 @@ Callback = Callable[[dict, "Trainer"], None]
 PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
 
 
+class Status(str, Enum):
+    """Where a training run stands; reported (as its value) with every evaluation."""
+
+    RUNNING = "running"
+    FINISHED = "finished"  # spent its whole budget
+    DIVERGED = "diverged"  # the loss became NaN or infinite
+    OUT_OF_TIME = "time_budget"  # TrainConfig.time_budget_s ran out first
+
+
 class Trainer:
     """Owns a model, its optimizer and the training state; `run` trains until the budget is spent."""
 
@@ -191,7 +201,7 @@ class Trainer:
         self.train_time = 0.0  # seconds spent in training steps
         self.elapsed = 0.0  # seconds in run(), evaluations included; carried across resumes
         self.history: list[dict] = []
-        self.status = "running"
+        self.status = Status.RUNNING
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
@@ -260,7 +270,7 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "spend": self.spend,
             "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
-            "status": self.status,
+            "status": self.status.value,
         }
 
     # --- the loop ---------------------------------------------------------------------
@@ -276,7 +286,7 @@ class Trainer:
         model.train()
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
-        while self.status == "running" and self._budget_left():
+        while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg, self.planned_steps)
             for opt in optimizers:
@@ -304,15 +314,15 @@ class Trainer:
                 self._plan_by_speed()
 
             if not math.isfinite(loss_value):
-                self.status = "diverged"
+                self.status = Status.DIVERGED
                 log.warning("loss became %s at step %d: stopping this run as diverged", loss_value, self.step)
                 metrics = self._metrics(loss_value, float("inf"))
             else:
                 if not self._budget_left():
-                    self.status = "finished"
+                    self.status = Status.FINISHED
                 elif cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s:
-                    self.status = "time_budget"
-                if self.spend < next_eval - 1e-9 * self.eval_every and self.status == "running":
+                    self.status = Status.OUT_OF_TIME
+                if self.spend < next_eval - 1e-9 * self.eval_every and self.status is Status.RUNNING:
                     continue
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
@@ -325,7 +335,8 @@ class Trainer:
                 self.elapsed = time.perf_counter() - t_start
                 metrics = self._metrics(losses["train"], losses["val"])
                 if not math.isfinite(losses["val"]):
-                    self.status = metrics["status"] = "diverged"
+                    self.status = Status.DIVERGED
+                    metrics["status"] = self.status.value
                     metrics["val_loss"] = metrics["val_bpc"] = float("inf")
             self.history.append(metrics)
             if callback is not None:
@@ -343,7 +354,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "train_time": self.train_time,
             "elapsed": self.elapsed,
-            "status": self.status,
+            "status": self.status.value,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "planned_steps": self.planned_steps,
@@ -363,7 +374,7 @@ class Trainer:
         if len(self.optimizers) > 1:
             self.optimizers[1].load_state_dict(sd["muon"])
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
-        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
+        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], Status(sd["status"])
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
         if self.cfg.budget_unit == "s":
             self.planned_steps = sd.get("planned_steps")
@@ -383,7 +394,7 @@ class Trainer:
             "dataset": self.data.dataset,
             "val_chars_per_token": self.data.val_chars_per_token,
             "step": self.step,
-            "status": self.status,
+            "status": self.status.value,
             "history": self.history,
         }
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -504,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if history:
         png = plot_loss_curve(history, out / "loss.png", f"{data.dataset}: {trainer.model.get_num_params():,} params")
         print(f"\ncheckpoint: {out}   loss curve: {png}")
-    if trainer.status == "diverged":
+    if trainer.status is Status.DIVERGED:
         print("the run diverged (loss became NaN or infinite): lower --learning-rate")
         return 1
     return 0

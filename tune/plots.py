@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
 from tune.experiment import finite
+from tune.outcomes import STOPPED_EARLY, Outcome
 from tune.space import HPARAMS
 
 # what a trial varies: the sampled hyperparameters, with n_embd for head_dim (the model's width)
@@ -37,7 +38,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
     best_id = finite(trials)["trial_id"].iloc[0] if not finite(trials).empty else None
-    stopped = set(trials.loc[trials["outcome"].isin(["pruned", "out_of_time"]), "trial_id"])
+    stopped = set(trials.loc[trials["outcome"].isin(STOPPED_EARLY), "trial_id"])
     fig, ax = _subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
         if tid == best_id:
@@ -69,7 +70,7 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
 
 def _at_equal_spend(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that spent their whole budget (the same for all): the only fair comparison."""
-    return finite(df[df["outcome"].eq("finished")]).dropna(subset=["n_params"])
+    return finite(df[df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
 
 
 def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
@@ -79,7 +80,7 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     if d.empty:
         raise PlotSkipped("no trial finished its budget: no comparison at equal spend")
     front = pareto_front(d)
-    others = finite(df[~df["outcome"].eq("finished")]).dropna(subset=["n_params"])
+    others = finite(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
     fig, ax = _subplots(figsize=(7, 5))
     ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
     if not others.empty:

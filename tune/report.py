@@ -28,6 +28,7 @@ from tune.config import SearchConfig
 from tune import plots
 from tune.experiment import best_checkpoint, finite, read_trials
 from tune.outcomes import Outcome, read_outcomes
+from tune.outcomes import describe as describe_outcome
 from tune.space import HPARAMS
 from tune.storage import Mirror, is_uri
 
@@ -73,20 +74,6 @@ def _outcome(trial, recorded: dict) -> str:
     return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
 
 
-def _status_text(outcome: str, row: dict) -> str:
-    """The human line beside the outcome."""
-    spend = "" if row.get("spend") is None else f"{row['spend']:.3g}{row.get('budget_unit') or ''}"
-    return {
-        "finished": f"finished its budget ({spend})",
-        "pruned": f"pruned by ASHA at {spend}",
-        "out_of_time": f"stopped by the search's time budget at {spend}",
-        "diverged": f"diverged at step {row.get('steps')}",
-        "errored": "errored",
-        "interrupted": f"interrupted at step {row.get('steps')}",
-        "not_started": "not started",
-    }[outcome]
-
-
 def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The trials table and the long learning-curve table, from one read of the experiment."""
     path, mirror = _local(path, mirror)
@@ -122,7 +109,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
             part.insert(0, "trial_id", trial.trial_id)
             frames.append(part)
         row["outcome"] = _outcome(trial, recorded)
-        row["status"] = _status_text(row["outcome"], row)
+        row["status"] = describe_outcome(row["outcome"], row, config.scheduler if config else None)
         if trial.error:
             lines = [ln for ln in trial.error.strip().splitlines() if ln.strip()]
             row["error"] = lines[-1][:300] if lines else "unknown error"
@@ -293,7 +280,7 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
         missing.append("no trial reported a finite validation loss: no best trial")
         return md + [""]
     best = fin.iloc[0]
-    finished = finite(df[df["outcome"].eq("finished")])
+    finished = finite(df[df["outcome"].eq(Outcome.FINISHED)])
     cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
                          for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
     md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "

@@ -19,7 +19,7 @@ from pathlib import Path
 from nanogpt.data import TokenData, prepare
 from nanogpt.errors import UserError
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome
 from tune.space import largest, max_value
 
 OPTUNA_DB = "optuna.db"
@@ -193,7 +193,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
 
     exp = config.experiment_dir
     final = exp / FINAL_DIR
-    finished = trials[trials["outcome"].eq("finished")]
+    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]
     if finished.empty:
         print(f"\nno trial finished its budget: no final training (--final-budget {config.budget_text(config.final_budget)})")
         return None
@@ -301,9 +301,9 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     print(report_mod.top_table(df, top))
     counts = df["outcome"].value_counts()
     print("outcomes: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
-    if counts.get("out_of_time"):
+    if counts.get(Outcome.OUT_OF_TIME.value):
         print(f"\nthe time budget ({config.time_budget_s:g} s) ended the search after {len(df)} trials")
-    elif counts.get("interrupted") or counts.get("not_started") or len(df) < config.num_samples:
+    elif counts.get(Outcome.INTERRUPTED.value) or counts.get(Outcome.NOT_STARTED.value) or len(df) < config.num_samples:
         print(f"\nthe search stopped before all {config.num_samples} trials finished; continue it with:\n"
               f"  python -m tune.search --resume --name {config.name} --results-dir {config.results_dir}")
     if (exp / "best").is_dir():
