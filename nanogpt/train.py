@@ -38,6 +38,20 @@ def check_muon() -> None:
                         f"upgrade torch (pip install 'torch>=2.9') or use the optimizer adamw")
 
 
+UNITS = ("steps", "tokens", "flops", "s")  # what a budget can count
+
+
+def default_eval_every(budget: float, unit: str) -> float:
+    """Ten evaluations a budget (whole steps for a budget in steps)."""
+    return float(max(1, int(budget // 10))) if unit == "steps" else budget / 10
+
+
+def step_spend(unit: str, tokens_per_step: int, flops_per_token: float) -> float | None:
+    """What one training step spends in a budget's unit (None for seconds: that is measured, not known)."""
+    return {"steps": 1.0, "tokens": float(tokens_per_step), "flops": float(tokens_per_step * flops_per_token),
+            "s": None}[unit]
+
+
 @dataclass
 class TrainConfig:
     """How to train. Defaults are nanoGPT's recommended CPU recipe (shakespeare_char on a laptop)."""
@@ -84,7 +98,7 @@ class TrainConfig:
             self.min_lr = self.learning_rate / 10
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
-        if self.budget_unit not in ("steps", "tokens", "flops", "s"):
+        if self.budget_unit not in UNITS:
             raise ValueError(f"budget_unit must be steps, tokens, flops or s, got {self.budget_unit!r}")
         if self.budget_unit == "steps":
             if self.budget is not None or self.eval_every is not None:
@@ -98,7 +112,7 @@ class TrainConfig:
             if self.budget is None or not (self.budget > 0 and math.isfinite(self.budget)):
                 raise ValueError(f"a budget in {self.budget_unit} needs budget > 0, got {self.budget}")
             if self.eval_every is None:
-                self.eval_every = self.budget / 10
+                self.eval_every = default_eval_every(self.budget, self.budget_unit)
             if not self.eval_every > 0:
                 raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -208,8 +222,7 @@ class Trainer:
         unit = cfg.budget_unit
         self.budget = float(cfg.max_steps if unit == "steps" else cfg.budget)
         self.eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
-        self.step_spend = {"steps": 1, "tokens": tokens_per_step, "flops": tokens_per_step * self.flops_per_token,
-                           "s": None}[unit]
+        self.step_spend = step_spend(unit, tokens_per_step, self.flops_per_token)
         self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
         if self.planned_steps == 0:
             raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "

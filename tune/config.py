@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.tokenizer import MIN_BPE_VOCAB, TOKENIZERS
+from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
 from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_spec, describe, describe_space,
@@ -29,7 +30,6 @@ from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
 SETTINGS_FILE = "search.json"
-UNITS = ("steps", "tokens", "flops", "s")
 _AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(steps?|tokens?|flops?|s|sec|seconds?)?\s*$")
 _UNIT_ALIASES = {"step": "steps", "token": "tokens", "flop": "flops", "sec": "s", "second": "s", "seconds": "s"}
 
@@ -244,11 +244,6 @@ class SearchConfig:
             off = sorted(known ^ set(obj)) if isinstance(obj, dict) else []
             raise UserError(f"{path} is not a search configuration this version reads "
                             f"(fields missing or unknown: {', '.join(off[:5])}{'...' if len(off) > 5 else ''})") from None
-
-
-def default_eval_every(budget: float, unit: str) -> float:
-    """Ten evaluations a budget (whole steps for a budget in steps)."""
-    return float(max(1, int(budget // 10))) if unit == "steps" else budget / 10
 
 
 # --- the command line ---------------------------------------------------------------------------

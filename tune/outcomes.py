@@ -84,3 +84,9 @@ def read_clock(experiment_dir: str | Path) -> float:
         return float(json.loads((Path(experiment_dir) / CLOCK_FILE).read_text())["running_s"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
+
+
+def error_line(text: str | None) -> str:
+    """The exception line of a trial's error text (the traceback stays in its error.txt)."""
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1].strip()[:300] if lines else "unknown error"

@@ -10,7 +10,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from nanogpt.data import write_json
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, outcome_of_result, read_clock, read_outcomes
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
 from tune.space import Hparams
 
 
@@ -24,10 +24,9 @@ def describe_config(config: dict) -> str:
 def last_error_line(error_file: str | None) -> str:
     """The exception line of a trial's error.txt (the traceback stays in the file)."""
     try:
-        lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
+        return error_line(Path(error_file).read_text())
     except (OSError, TypeError):
-        return "unknown error"
-    return lines[-1].strip()[:300] if lines else "unknown error"
+        return error_line(None)
 
 
 class Progress(Callback):

@@ -27,7 +27,7 @@ from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
 from tune import plots
 from tune.experiment import best_checkpoint, finite, read_trials
-from tune.outcomes import Outcome, read_outcomes
+from tune.outcomes import Outcome, error_line, read_outcomes
 from tune.outcomes import describe as describe_outcome
 from tune.space import HPARAMS
 from tune.storage import Mirror, is_uri
@@ -111,8 +111,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
         row["outcome"] = _outcome(trial, recorded)
         row["status"] = describe_outcome(row["outcome"], row, config.scheduler if config else None)
         if trial.error:
-            lines = [ln for ln in trial.error.strip().splitlines() if ln.strip()]
-            row["error"] = lines[-1][:300] if lines else "unknown error"
+            row["error"] = error_line(trial.error)
         ckpt = best_checkpoint(trial)
         row["checkpoint"] = str(ckpt) if ckpt else None
         rows.append(row)

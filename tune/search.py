@@ -37,24 +37,22 @@ def prepare_data(config: SearchConfig) -> tuple[TokenData, object]:
     return data, tokenizer
 
 
-def step_spend(config: SearchConfig, vocab_size: int) -> float | None:
+def largest_step_spend(config: SearchConfig, vocab_size: int) -> float | None:
     """What one training step of the space's largest model spends, in the budget's unit (None for seconds)."""
     import torch
 
     from nanogpt.model import GPT
+    from nanogpt.train import step_spend
 
     hp = largest(config.space_specs())
-    if config.budget_unit in ("steps", "s"):
-        return 1.0 if config.budget_unit == "steps" else None
     with torch.device("meta"):  # shapes only, no memory
         fpt = GPT(hp.model_config(vocab_size)).flops_per_token()
-    tokens = hp.batch_size * hp.block_size
-    return float(tokens if config.budget_unit == "tokens" else tokens * fpt)
+    return step_spend(config.budget_unit, hp.batch_size * hp.block_size, fpt)
 
 
 def check_budget(config: SearchConfig, vocab_size: int) -> None:
     """A trial budget smaller than one step of the space's largest model trains nothing: refuse it."""
-    spend = step_spend(config, vocab_size)
+    spend = largest_step_spend(config, vocab_size)
     if spend is not None and spend > config.trial_budget:
         unit = config.budget_unit
         raise UserError(f"--trial-budget {config.budget_text()} is less than one training step of the space's "

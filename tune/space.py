@@ -69,13 +69,13 @@ class Hparams:
     def train_config(self, *, budget_unit: str, budget: float, eval_every: float, device: str = "cpu",
                      **shared: Any) -> TrainConfig:
         """The trial's TrainConfig for a budget in its unit; `shared`: the search-wide TrainConfig fields
-        (eval_iters, eval_batch_size, train_loss_from, seed). min_lr is a tenth of the peak learning rate."""
+        (eval_iters, eval_batch_size, train_loss_from, seed). min_lr: TrainConfig's default."""
         if budget_unit == "steps":
             sized = dict(max_steps=int(budget), eval_interval=int(eval_every))
         else:
             sized = dict(budget_unit=budget_unit, budget=budget, eval_every=eval_every)
         return TrainConfig(**sized, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           min_lr=self.learning_rate * 0.1, weight_decay=self.weight_decay, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, optimizer=self.optimizer,
                            device=device, **shared)
 
 
