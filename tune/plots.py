@@ -10,10 +10,8 @@ from matplotlib.figure import Figure  # figures without pyplot: no global backen
 
 from tune.experiment import finite
 from tune.outcomes import STOPPED_EARLY, Outcome
-from tune.space import HPARAMS
+from tune.space import SHOWN, is_log
 
-# what a trial varies: the sampled hyperparameters, with n_embd for head_dim (the model's width)
-SEARCHABLE = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
 
 
 class PlotSkipped(Exception):
@@ -98,7 +96,7 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
 
 def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
     d = _at_equal_spend(df)
-    cols = [c for c in SEARCHABLE if c in d and d[c].nunique(dropna=True) > 1]
+    cols = [c for c in SHOWN if c in d and d[c].nunique(dropna=True) > 1]
     if d.empty or not cols:
         raise PlotSkipped("no hyperparameter varied across the trials that finished their budget")
     n = len(cols)
@@ -112,7 +110,7 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
             ax.set_xticks(range(len(names)), names)
         else:
             ax.scatter(d[c].astype(float), d["best_val_loss"], alpha=0.8)
-        if c == "learning_rate":
+        if is_log(c):
             ax.set_xscale("log")
         ax.set_xlabel(c)
         ax.set_ylabel("best val_loss")

@@ -16,9 +16,7 @@ from tune.space import Hparams
 
 def describe_config(config: dict) -> str:
     """A trial's hyperparameters in one short line (n_embd derived, as the model is built)."""
-    hp = Hparams.from_config(config)
-    return (f"L={hp.n_layer} H={hp.n_head} embd={hp.n_embd} drop={hp.dropout:.2f} lr={hp.learning_rate:.1e} "
-            f"B={hp.batch_size} T={hp.block_size} {hp.optimizer}")
+    return Hparams.from_config(config).line()
 
 
 def last_error_line(error_file: str | None) -> str:

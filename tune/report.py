@@ -29,7 +29,7 @@ from tune import plots
 from tune.experiment import best_checkpoint, finite, read_trials
 from tune.outcomes import Outcome, error_line, read_outcomes
 from tune.outcomes import describe as describe_outcome
-from tune.space import HPARAMS
+from tune.space import HPARAMS, TABLE, derived
 from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
         row = {c: None for c in COLUMNS}
         row["trial_id"] = trial.trial_id
         row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
-        if cfg.get("n_head") and cfg.get("head_dim"):
-            row["n_embd"] = cfg["n_head"] * cfg["head_dim"]
+        row.update(derived(cfg))
         row["sampler"] = cfg.get("sampler")
         row["budget_unit"] = config.budget_unit if config else None
         evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
@@ -159,8 +158,7 @@ def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -
 
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
-    cols = ["trial_id", "n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "optimizer", "n_params",
-            "best_val_loss", "val_bpc", "steps", "spend", "outcome"]
+    cols = ["trial_id", *TABLE, "n_params", "best_val_loss", "val_bpc", "steps", "spend", "outcome"]
     view = df.head(n)[cols].rename(columns={"learning_rate": "lr", "batch_size": "batch", "best_val_loss": "val_loss"})
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 

@@ -27,25 +27,30 @@ from nanogpt.train import OPTIMIZERS, TrainConfig, check_muon
 Spec = Union[BaseDistribution, int, float, str]
 
 
-def _hp(flag: str, help: str, check: str, log: bool = False, choices: tuple = (), **default):
+def _hp(flag: str, help: str, check: str, log: bool = False, choices: tuple = (), short: str = "", fmt: str = "",
+        table: bool = True, **default):
     """A hyperparameter field: its command-line flag, help text, the check its values must pass
-    (positive | fraction | nonneg | choice: one of `choices`) and whether a range of it is sampled on a log scale.
+    (positive | fraction | nonneg | choice: one of `choices`) and whether a range of it is sampled on a log scale;
+    how it is shown: `short` label and `fmt` in one-line descriptions, `table`: a column of the top-trials table.
     `default=`: only for fields added later, so code that builds Hparams by hand keeps working."""
-    return field(metadata={"flag": flag, "help": help, "check": check, "log": log, "choices": choices}, **default)
+    return field(metadata={"flag": flag, "help": help, "check": check, "log": log, "choices": choices,
+                           "short": short, "fmt": fmt, "table": table}, **default)
 
 
 @dataclass(frozen=True)
 class Hparams:
     """One trial's hyperparameters. Field names are the Optuna parameter names (stable: studies store them)."""
 
-    n_layer: int = _hp("n-layer", "transformer blocks", "positive")
-    n_head: int = _hp("n-head", "attention heads per block", "positive")
-    head_dim: int = _hp("head-dim", "channels per head (n_embd = n_head * head_dim)", "positive")
-    dropout: float = _hp("dropout", "dropout probability", "fraction")
-    learning_rate: float = _hp("lr", "peak learning rate (a range is sampled on a log scale)", "positive", log=True)
-    batch_size: int = _hp("batch-size", "sequences per training step", "positive")
-    block_size: int = _hp("block-size", "context length in tokens", "positive")
-    weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg")
+    n_layer: int = _hp("n-layer", "transformer blocks", "positive", short="L")
+    n_head: int = _hp("n-head", "attention heads per block", "positive", short="H")
+    # shown as the model's width, n_embd (see SHOWN)
+    head_dim: int = _hp("head-dim", "channels per head (n_embd = n_head * head_dim)", "positive", short="embd")
+    dropout: float = _hp("dropout", "dropout probability", "fraction", short="drop", fmt=".2f")
+    learning_rate: float = _hp("lr", "peak learning rate (a range is sampled on a log scale)", "positive", log=True,
+                               short="lr", fmt=".1e")
+    batch_size: int = _hp("batch-size", "sequences per training step", "positive", short="B")
+    block_size: int = _hp("block-size", "context length in tokens", "positive", short="T", table=False)
+    weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg", table=False)
     optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon on the blocks' 2-D weights, AdamW on the rest, "
                          "one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
 
@@ -60,6 +65,18 @@ class Hparams:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "n_embd": self.n_embd}
+
+    def line(self) -> str:
+        """One short line, e.g. 'L=2 H=4 embd=64 drop=0.05 lr=3.0e-03 B=16 T=64 adamw' (labelled fields only,
+        n_embd for head_dim as the model is built; a choice shows its value alone)."""
+        parts = []
+        for f in fields(self):
+            value = self.n_embd if f.name == "head_dim" else getattr(self, f.name)
+            if f.metadata["short"]:
+                parts.append(f"{f.metadata['short']}={value:{f.metadata['fmt']}}")
+            elif f.metadata["check"] == "choice":
+                parts.append(str(value))
+        return " ".join(parts)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
@@ -80,6 +97,20 @@ class Hparams:
 
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
+# the columns a trial is shown by: the hyperparameters, with the model's width n_embd for head_dim
+SHOWN = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
+TABLE = [("n_embd" if f.name == "head_dim" else f.name) for f in fields(Hparams) if f.metadata["table"]]
+
+
+def is_log(column: str) -> bool:
+    """Whether a hyperparameter's range is sampled (and best plotted) on a log scale."""
+    f = Hparams.__dataclass_fields__.get(column)
+    return bool(f and f.metadata["log"])
+
+
+def derived(config: dict) -> dict:
+    """The columns a trial's config implies but does not hold (n_embd), where it holds what they need."""
+    return {"n_embd": config["n_head"] * config["head_dim"]} if config.get("n_head") and config.get("head_dim") else {}
 FLAGS = {f.metadata["flag"]: f for f in fields(Hparams)}  # range flag -> field
 
 
