@@ -321,12 +321,9 @@ def _float(low: float, high: float, log: bool = False) -> FloatDistribution:
 
 
 PRESETS: dict[str, Preset] = {
-    # the teaching demo: the mixed corpus's counting and ABC runs are learned well enough that the best model
-    # counts past held-out numbers (report: pattern probes). 1 layer or 32-wide models fail in 600 steps, AdamW
-    # needs ~1000 at 64 wide, Muon ~600. Every trial gets the same FLOPs, so smaller models and batches take
-    # more steps: the 32-wide ones (2-3 layers, batch 16) win. Measured on 2 cores (AMD EPYC), numbers below
-    # 1,000 (nanogpt.corpora): 6e11 x 10 trials, 104 s, best counted 24/25 seen but 18/25 held out (carries);
-    # 9e11 x 10, 167 s, 25/25 everywhere; 7.5e11 x 10, 141 s, 24/25 and 25/25, ABC 25/25 and 25/25.
+    # the teaching demo: the smallest budget at which the best model counts past held-out numbers, carries
+    # included (report: pattern probes); equal FLOPs favour the small models. Why these sizes and this budget,
+    # measured: benchmarks/RESULTS.md, "Presets: why their sizes and budgets".
     "laptop": Preset(
         name="laptop",
         description="small models on the built-in mixed corpus, 7.5e11 FLOPs a trial; under 3 minutes on 2 CPU cores",
@@ -342,8 +339,6 @@ PRESETS: dict[str, Preset] = {
             "optimizer": "muon",
         },
         num_samples=10,
-        # 7.5e11: the winner (2 x 32, ~3,400 steps) counts right across a carry (179 -> 180) for 91-96% of
-        # numbers, 9e11 for 96-98%, 6e11 for 59-78% (2 seeds each); 9e11 takes the search past 2.5 minutes
         trial_budget="7.5e11flops",
         eval_every=1.5e11,
         grace_period=3e11,
@@ -364,18 +359,15 @@ PRESETS: dict[str, Preset] = {
         },
         dataset="shakespeare",
         num_samples=24,
-        # equal compute a trial: about 600 steps of 3 layers x 192 at batch 48
-        trial_budget="1.5e13flops",
+        trial_budget="1.5e13flops",  # about 600 steps of a mid-sized model (benchmarks/RESULTS.md, "Presets")
         eval_every=2.5e12,
         eval_iters=20,
         grace_period=5e12,
         n_startup_trials=8,
     ),
     # the one command that takes on nanoGPT's CPU recipe at its own compute (benchmarks/beat_nanogpt.py):
-    # trials of 2e12 FLOPs, the winner trained for the recipe's 8e12 with --final-budget 8e12flops.
-    # Measured at 8e12 FLOPs (2L/128, block 64; 200 x 32 validation windows): Muon 1.606 vs AdamW 1.723 at batch
-    # 64, lr 6.5e-3; Muon with lr 1e-2 1.597, batch 32 1.588, min_lr 0 1.608. So Muon only, smaller batches;
-    # dropout 0: three passes over the data at most, too few to overfit
+    # trials of 2e12 FLOPs, the winner trained for the recipe's 8e12 with --final-budget 8e12flops. Muon only,
+    # smaller batches, dropout 0 (too few passes over the data to overfit): benchmarks/RESULTS.md, "Presets".
     "shakespeare-muon": Preset(
         name="shakespeare-muon",
         description="tiny Shakespeare, char-level, Muon, 2e12 FLOPs a trial, 1 CPU each; with --final-budget "
