@@ -102,6 +102,9 @@ class SearchConfig:
     # where trials train: auto = CUDA when the trial has a GPU share, else CPU; cpu = always CPU, even with a
     # GPU share (Ray's GPUs are then only a scheduling resource, e.g. logical GPUs in a test); cuda = always CUDA
     device: str = "auto"
+    # after the search: best/ (and final/) exported for other tools, into best-FORMAT/ (final-FORMAT/): hf | nanogpt
+    export: str | None = None
+    command: str | None = None  # the command line that started the search (exported model cards name it)
 
     # --- where things are
 
@@ -243,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "this unpickles Ray's saved state: resume only your own searches")
     r.add_argument("--address", default=None, help="join a running Ray cluster (host:port or 'auto'); default: local Ray")
     r.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
+    r.add_argument("--export", default=None, choices=["hf", "nanogpt"],
+                   help="after the search, export best/ (and final/) into best-FORMAT/ (final-FORMAT/): hf = Hugging Face "
+                        "transformers, nanogpt = nanoGPT's ckpt.pt + meta.pkl (character tokenizer only); "
+                        "also on --resume, to export a finished search")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots at the end")
     r.add_argument("--top", type=int, default=5, help="rows in the final table")
     return p
@@ -275,6 +282,11 @@ def _check_positive(name: str, value, integer: bool = True, allow_zero: bool = F
         raise UserError(f"--{name} must be {kind} {bound}, got {value}")
 
 
+def _check_export(export: str | None, tokenizer: str) -> None:
+    if export == "nanogpt" and tokenizer == "bpe":
+        raise UserError("--export nanogpt cannot hold a BPE tokenizer (nanoGPT's meta.pkl maps characters): use --export hf")
+
+
 def _field_value(config: SearchConfig, name: str) -> Any:
     if name.startswith("space."):
         return config.space.get(name.split(".", 1)[1])
@@ -299,6 +311,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         raise UserError(f"--reduction-factor must be at least 2, got {args.reduction_factor}")
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
+    _check_export(args.export, args.tokenizer or "char")
     if args.bpe_vocab_size is not None and args.bpe_vocab_size < 257:
         raise UserError(f"--bpe-vocab-size must be at least 257 (256 bytes + <unk>), got {args.bpe_vocab_size}")
 
@@ -379,7 +392,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         reduction_factor=args.reduction_factor or preset.reduction_factor,
         max_failures=args.max_failures if args.max_failures is not None else 2,
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
-        tell_optuna=args.tell_optuna or "truth",
+        tell_optuna=args.tell_optuna or "truth", export=args.export,
     )
 
 
@@ -429,7 +442,9 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
             raise UserError(f"nothing to resume: {exp} holds no search (no {SETTINGS_FILE}); check --results-dir and --name")
         saved = SearchConfig.load(exp)
     check_same(args, saved, results_dir)
-    return dataclasses.replace(saved, results_dir=results_dir)
+    _check_export(args.export, saved.tokenizer)
+    # an output, not part of what was searched: --resume may ask for one the search was started without
+    return dataclasses.replace(saved, results_dir=results_dir, export=args.export or saved.export)
 
 
 def field_names() -> list[str]:

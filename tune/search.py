@@ -9,10 +9,13 @@ line and exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shlex
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -228,6 +231,24 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     return out
 
 
+def export_models(config: SearchConfig) -> list[str]:
+    """--export: best/ and final/ in that format, into best-FORMAT/ and final-FORMAT/, made again from them on
+    every run (a resume may have changed best/). One line a model: where it is and how to load it."""
+    from nanogpt.export import export, usage
+
+    exp, lines = config.experiment_dir, []
+    for name in ("best", FINAL_DIR):
+        if not (exp / name / "model.pt").is_file():
+            continue
+        out = exp / f"{name}-{config.export}"
+        shutil.rmtree(out, ignore_errors=True)
+        export(exp / name, out, config.export)
+        if config.mirror:
+            config.mirror.push(out.name)
+        lines.append(usage(out, config.export, exp / name))
+    return lines
+
+
 def run(config: SearchConfig, resume: bool, address: str | None = None, dashboard: bool = False,
         report: bool = True, top: int = 5) -> Path:
     """Run (or resume) a search; returns the experiment directory."""
@@ -316,6 +337,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         print(f"\nbest checkpoint: {exp / 'best'}  (python -m nanogpt.sample --checkpoint {exp / 'best'})")
     else:
         print("\nno trial produced a checkpoint: no best/ was written")
+    if config.export:
+        print("\n".join(export_models(config)))
     if report:
         path = report_mod.write_report(exp, trials=df, mirror=mirror)
         print(f"report: {path}")
@@ -332,6 +355,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    if not args.resume:
+        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *(sys.argv[1:] if argv is None else argv)]))
     run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
         report=not args.no_report, top=args.top)
     return 0
