@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the search, export best/ (and final/) into best-FORMAT/ (final-FORMAT/): hf = Hugging Face "
                         "transformers, nanogpt = nanoGPT's ckpt.pt + meta.pkl (character tokenizer only); "
                         "also on --resume, to export a finished search")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also show each trial's evaluations and ASHA's decisions as they happen (on stderr)")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots at the end")
     r.add_argument("--top", type=int, default=5, help="rows in the final table")
     return p

@@ -135,8 +135,9 @@ def trial_dirname(trial) -> str:
 def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
+    from tune.asha import ExplainedASHA
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
     from tune.searcher import ResumableOptunaSearch, TruthfulOptunaSearch
     from tune.trainable import train_gpt
@@ -164,8 +165,8 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     )
     if config.scheduler == "asha":
         # rungs in the budget's unit: trials are compared at equal spend, each rung on an evaluation
-        scheduler = ASHAScheduler(time_attr="spend", max_t=config.trial_budget, grace_period=config.grace_period,
-                                  reduction_factor=config.reduction_factor)
+        scheduler = ExplainedASHA(time_attr="spend", max_t=config.trial_budget, grace_period=config.grace_period,
+                                  reduction_factor=config.reduction_factor, unit=config.budget_unit)
     else:
         scheduler = FIFOScheduler()
     mirror = config.mirror
@@ -217,7 +218,14 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     print(f"\nfinal training of {best['trial_id']}'s configuration for {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
-    out = ray.get(task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial"))))
+    from ray.util.queue import Queue
+
+    from tune.progress import follow_final
+
+    queue = Queue(actor_options={"num_cpus": 0})  # a CPU-free actor: the task holds the node's CPUs
+    ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), queue)
+    out = follow_final(ref, queue, config.final_budget, config.budget_unit)
+    queue.shutdown()
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -355,6 +363,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
+        logging.getLogger("tune").setLevel(logging.DEBUG)
     if not args.resume:
         config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *(sys.argv[1:] if argv is None else argv)]))
     run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
