@@ -93,7 +93,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
     try:
         trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
     except UserError as e:
-        raise ReportError(f"{path} holds no Ray Tune experiment ({e}); pass RESULTS_DIR/NAME of a search") from None
+        raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
     config = _config(path)
     recorded = read_outcomes(path)
     rows, frames = [], []
