@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer", default=None, choices=["char", "bpe"], help="default: char")
     g.add_argument("--bpe-vocab-size", type=int, default=None, help="default: 512")
     for flag, f in FLAGS.items():
-        g.add_argument("--" + flag, dest=f.name, default=None, metavar="RANGE",
+        # nanogpt.train's spelling (the field's name) first; the short one stays an alias (--lr)
+        spellings = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + flag])
+        g.add_argument(*spellings, dest=f.name, default=None, metavar="RANGE",
                        help=f"{f.metadata['help']}: LOW:HIGH, A,B,C or a value (overrides the preset)")
     b = p.add_argument_group("budget")
     b.add_argument("--num-samples", type=int, default=None, help="trials to run (default: the preset's)")
@@ -217,16 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what every trial may spend: a number with a unit, steps, tokens, flops (training FLOPs) "
                         "or s (seconds of training), e.g. 500steps, 8e12flops, 120s (default: the preset's)")
     b.add_argument("--max-steps", type=int, default=None, help="same as --trial-budget Nsteps")
-    b.add_argument("--eval-interval", default=None, metavar="AMOUNT",
-                   help="spend between evaluations (one report to Tune each), in the budget's unit")
+    b.add_argument("--eval-every", "--eval-interval", dest="eval_interval", default=None, metavar="AMOUNT",
+                   help="spend between evaluations (one report to Tune each), in the budget's unit (nanogpt.train's "
+                        "--eval-every)")
     b.add_argument("--final-budget", default=None, metavar="AMOUNT",
                    help="after the search, train the best configuration once more for this (same unit) into final/")
     b.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop the whole search after this long")
     b.add_argument("--cpus-per-trial", type=float, default=None)
     b.add_argument("--gpus-per-trial", type=float, default=None, help="fractional allowed, e.g. 0.25")
-    b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+    b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
                    help="where trials train: auto (default) = CUDA when a trial has a GPU share, else CPU; cpu = CPU "
-                        "even with a GPU share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus)")
+                        "even with a GPU share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus); mps = Apple GPUs")
     b.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as resources allow)")
     s = p.add_argument_group("search")
     s.add_argument("--searcher", default=None, choices=["optuna", "random"], help="optuna = TPE (default)")
@@ -250,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the search, export best/ (and final/) into best-FORMAT/ (final-FORMAT/): hf = Hugging Face "
                         "transformers, nanogpt = nanoGPT's ckpt.pt + meta.pkl (character tokenizer only); "
                         "also on --resume, to export a finished search")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the resolved settings (search.json) and the first trial's model size and steps; "
+                        "write nothing")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="also show each trial's evaluations and ASHA's decisions as they happen (on stderr)")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots at the end")

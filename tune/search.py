@@ -274,6 +274,10 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
             raise UserError(f"--gpus-per-trial {config.gpus_per_trial:g} but this machine has "
                             f"{torch.cuda.device_count()} CUDA GPUs; use --gpus-per-trial 0 (or --device cpu with "
                             f"--address of a Ray started with logical GPUs)")
+    if config.device == "mps" and not address:  # a local search: this machine must have the Apple GPU
+        from nanogpt.model import resolve_device
+
+        resolve_device("mps")
     if resume:
         from ray.tune import Tuner
 
@@ -363,10 +367,16 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    if not args.resume:
+        argv = sys.argv[1:] if argv is None else argv
+        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *argv]))
+    if args.dry_run:
+        from tune.dry_run import dry_run
+
+        print(dry_run(config))
+        return 0
     if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
         logging.getLogger("tune").setLevel(logging.DEBUG)
-    if not args.resume:
-        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *(sys.argv[1:] if argv is None else argv)]))
     run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
         report=not args.no_report, top=args.top)
     return 0
