@@ -185,6 +185,7 @@ def test_export_refuses_a_nonempty_out_dir_and_a_non_checkpoint(nanogpt_export, 
 
 
 def test_search_refuses_nanogpt_export_of_bpe_before_anything():
+    """Before Ray starts or anything is written."""
     from tune.config import build_parser, config_from_args
 
     args = build_parser().parse_args(["--tokenizer", "bpe", "--export", "nanogpt", "--results-dir", "/nonexistent/x"])
@@ -193,18 +194,25 @@ def test_search_refuses_nanogpt_export_of_bpe_before_anything():
 
 
 @pytest.mark.slow
-def test_search_exports_its_best_model_and_resume_can_ask_for_it(tiny_search, tmp_path):
-    """A finished search resumed with --export hf writes best-hf/, which transformers loads and which generates the
-    greedy text of best/; the model card names the search's command."""
+def test_a_searchs_best_model_loads_in_transformers_and_nanogpt(tiny_search, tmp_path):
+    """The tiny search's best/ (char), exported both ways: transformers' greedy text and nanoGPT's loading code
+    (ckpt.pt and meta.pkl, top_k=1) give what nanogpt.sample gives at temperature 0; the model card names the
+    search's command."""
     from transformers import pipeline
 
     src, _ = tiny_search
-    shutil.copytree(src, tmp_path / src.name)
-    proc = run_cli("tune.search", "--resume", "--name", src.name, "--results-dir", str(tmp_path), "--export", "hf")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = tmp_path / src.name / "best-hf"
-    assert f"Hugging Face model in {out}" in proc.stdout
-    ours, tok, _ = load_model(tmp_path / src.name / "best")
-    theirs = pipeline("text-generation", model=str(out), device="cpu")("Number 7", max_new_tokens=8, do_sample=False)
-    assert theirs[0]["generated_text"] == generate_text(ours, tok, "Number 7", max_new_tokens=8, temperature=0)
-    assert "the best trial of the search `python -m tune.search --dataset counting" in (out / "README.md").read_text()
+    ours, tok, _ = load_model(src / "best")
+    prompt, want = "Number 7", generate_text(ours, tok, "Number 7", max_new_tokens=8, temperature=0)
+    hf = export(src / "best", tmp_path / "hf", "hf")
+    assert pipeline("text-generation", model=str(hf), device="cpu")(
+        prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"] == want
+    assert "the best trial of the search `python -m tune.search --dataset counting" in (hf / "README.md").read_text()
+    ng = export(src / "best", tmp_path / "ng", "nanogpt")
+    checkpoint = torch.load(ng / "ckpt.pt", map_location="cpu")
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    with open(ng / "meta.pkl", "rb") as f:
+        meta = pickle.load(f)
+    y = model.generate(torch.tensor([[meta["stoi"][c] for c in prompt]]), 8, temperature=1.0, top_k=1)
+    assert "".join(meta["itos"][i] for i in y[0].tolist()) == want

@@ -153,9 +153,13 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
 def test_random_fifo_bpe_one_at_a_time(tmp_path):
     proc = run_cli("tune.search", *TINY, "--num-samples", "3", "--max-steps", "10", "--eval-interval", "5",
                    "--searcher", "random", "--scheduler", "fifo", "--tokenizer", "bpe", "--bpe-vocab-size", "300",
-                   "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "rf", "--no-report")
+                   "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "rf", "--no-report",
+                   "--export", "hf")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "rf"
+    # --export hf: best/ as a Hugging Face model (tests/test_export.py checks what transformers makes of it)
+    assert f"Hugging Face model in {exp / 'best-hf'}" in proc.stdout
+    assert json.loads((exp / "best-hf" / "tokenizer.json").read_text())["model"]["type"] == "BPE"
     df = pd.read_csv(exp / "trials.csv")
     assert len(df) == 3
     assert set(df["outcome"]) == {"finished"}  # FIFO never stops a trial early

@@ -27,10 +27,12 @@ def vocab_size(config: SearchConfig) -> tuple[int, bool]:
     not read, BPE's size as asked and 256 characters assumed."""
     from nanogpt.corpora import BUILTIN_CORPORA
     from nanogpt.data import load_dataset
-    from nanogpt.tokenizer import build_tokenizer
+    from nanogpt.tokenizer import BPETokenizer, CharTokenizer
 
     if config.dataset in BUILTIN_CORPORA:
-        return build_tokenizer(config.tokenizer, load_dataset(config.dataset).text, config.bpe_vocab_size).vocab_size, True
+        text = load_dataset(config.dataset).text
+        tok = BPETokenizer.train(text, config.bpe_vocab_size) if config.tokenizer == "bpe" else CharTokenizer.from_text(text)
+        return tok.vocab_size, True
     return (config.bpe_vocab_size if config.tokenizer == "bpe" else 256), False
 
 
