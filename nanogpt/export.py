@@ -77,7 +77,8 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
             continue
-        out[name] = (tensor.t() if name.endswith(_CONV1D) else tensor).detach().to("cpu", torch.float32).contiguous().clone()
+        tensor = tensor.t() if name.endswith(_CONV1D) else tensor
+        out[name] = tensor.detach().to("cpu", torch.float32).contiguous().clone()
     if not cfg.bias:  # GPT-2 always has biases: zeros compute what bias=False computes
         widths = {"ln_1": cfg.n_embd, "ln_2": cfg.n_embd, "attn.c_attn": 3 * cfg.n_embd, "attn.c_proj": cfg.n_embd,
                   "mlp.c_fc": 4 * cfg.n_embd, "mlp.c_proj": cfg.n_embd}
@@ -188,7 +189,8 @@ A GPT with nanoGPT's architecture ({cfg.n_layer} layers, {cfg.n_head} heads, {cf
 
 - **Data**: {meta.get('dataset', 'unknown')}, {tokenizer.kind} tokenizer, {tokenizer.vocab_size} tokens
 - **Budget**: {budget}; trained {meta.get('step', '?')} steps
-- **Validation loss**: {best.get('val_loss', math.nan):.4f} nats/token at step {best.get('step', '?')} ({best.get('val_bpc', math.nan):.4f} bits/character)
+- **Validation loss**: {best.get('val_loss', math.nan):.4f} nats/token at step {best.get('step', '?')} \
+({best.get('val_bpc', math.nan):.4f} bits/character)
 - **Made by**: {_made_by(checkpoint)}
 - **Exported by**: `{fmt_command}`
 
