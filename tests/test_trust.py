@@ -143,3 +143,43 @@ def test_resume_ignores_paths_in_search_json(tmp_path):
     (exp / "search.json").write_text(json.dumps({**settings, "name": "../../elsewhere"}))
     with pytest.raises(UserError, match="elsewhere"):
         config_from_args(args)
+
+
+# --- 2. a report takes its prompts from the results directory alone ---------------------------------------
+
+
+def _generation_prompts(report_md: str) -> list[str]:
+    return [line[len("### Prompt "):] for line in report_md.splitlines() if line.startswith("### Prompt ")]
+
+
+def test_report_never_reads_the_data_file_search_json_names(tmp_path):
+    """A search.json made elsewhere names a path that, on the reader's machine, is a private file."""
+    from tune.report import write_report
+
+    private = tmp_path / "private.txt"
+    private.write_text("SECRET-42 the reader's own notes\n")
+    exp = make_search(tmp_path / "results", data_file=str(private))
+    settings = json.loads((exp / "search.json").read_text())
+    settings.pop("prompts", None)  # a search.json of before prompts were recorded, or a crafted one
+    (exp / "search.json").write_text(json.dumps(settings))
+    text = write_report(exp, max_new_tokens=4).read_text()
+    assert "SECRET" not in text and "reader's own" not in text
+    assert _generation_prompts(text) == ["'\\n'"] and "search.json records no prompts" in text
+
+
+def test_report_uses_the_prompts_search_json_records(tmp_path):
+    from tune.config import SearchConfig
+    from tune.report import write_report
+
+    exp = make_search(tmp_path / "results")
+    config = SearchConfig.load(exp)
+    import dataclasses
+
+    dataclasses.replace(config, prompts=["Number 1 comes"]).save(exp)
+    assert _generation_prompts(write_report(exp, max_new_tokens=4).read_text()) == ["'Number 1 comes'"]
+    # the user's own data file, passed on the command line, is theirs to read
+    own = tmp_path / "own.txt"
+    own.write_text("A1B1 mine\nmore\n")
+    proc = run_cli("tune.report", str(exp), "--data-file", str(own), "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert _generation_prompts((exp / "report.md").read_text()) == ["'A1B1 mine'"]

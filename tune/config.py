@@ -102,6 +102,9 @@ class SearchConfig:
     # where trials train: auto = CUDA when the trial has a GPU share, else CPU; cpu = always CPU, even with a
     # GPU share (Ray's GPUs are then only a scheduling resource, e.g. logical GPUs in a test); cuda = always CUDA
     device: str = "auto"
+    # the report's prompts, recorded when the search starts (from the data set, or the start of --data-file), so
+    # that a report never reads a file on the reader's machine; None in searches made before they were recorded
+    prompts: list[str] | None = None
 
     # --- where things are
 

@@ -278,14 +278,30 @@ def _fence(text: str) -> str:
     return "```\n" + text.replace("```", "` ` `") + "\n```"
 
 
-def _data_file_text(config: SearchConfig | None) -> str:
-    """The start of the searched file, for its default prompt; empty when it is gone or there was none.
-    Only the first 4 KiB: a corpus can be gigabytes."""
+def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list[str], str | None]:
+    """(the generations' prompts, a note when they are not the search's own). From the results directory alone:
+    the prompts search.json records, else the data set's built-in ones; never a file that search.json names
+    (on the reader's machine that path may be anyone's file)."""
+    from nanogpt.data import default_prompts
+
+    if given:
+        return given, None
+    if config and config.prompts:
+        return list(config.prompts), None
+    prompts = default_prompts((config.dataset if config else None) or "")
+    return prompts, (f"search.json records no prompts (a search made before they were recorded): generations use "
+                     f"the default {prompts}; pass --prompt, or --data-file with your own copy of the data")
+
+
+def data_file_prompts(data_file: str) -> list[str]:
+    """Prompts from the start of the user's own data file (given on the command line)."""
+    from nanogpt.data import HEAD_CHARS, default_prompts
+
     try:
-        with open(config.data_file, encoding="utf-8", errors="replace") as f:
-            return f.read(4096)
-    except (OSError, AttributeError, TypeError):
-        return ""
+        with open(data_file, encoding="utf-8", errors="replace") as f:
+            return default_prompts("", f.read(HEAD_CHARS))
+    except OSError as e:
+        raise ReportError(f"cannot read --data-file {data_file} ({e.strerror})") from None
 
 
 def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, path: Path,
@@ -350,7 +366,6 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
 
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
     from nanogpt.checkpoint import CheckpointError, load_model
-    from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.sample import generate_text
     from tune import plots
@@ -412,7 +427,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
 
     # --- generations
     dataset_name = (config.dataset if config else None) or ""
-    prompts = prompts or default_prompts(dataset_name, _data_file_text(config))
+    prompts, note = _prompts(config, prompts)
+    if note:
+        missing.append(note)
     models = []
     for _, row in finite(df).head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):
@@ -492,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tune.report", description="Rebuild the report of a search.")
     p.add_argument("path", help="RESULTS_DIR/NAME of a search (a directory, or a URI such as s3://bucket/results/NAME)")
     p.add_argument("--prompt", action="append", help="prompt for the generations (repeatable; default: data-set prompts)")
+    p.add_argument("--data-file", help="your own copy of the searched text: prompts from its start (default: the "
+                                       "prompts search.json records; a path search.json names is never read)")
     p.add_argument("--top", type=int, default=5, help="trials whose generations are shown")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=1337)
@@ -501,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ReportError(f"{args.path} is not a directory: pass RESULTS_DIR/NAME of a search")
     if args.top < 1 or args.temperature < 0 or args.max_new_tokens < 1:
         raise ReportError("--top and --max-new-tokens must be >= 1 and --temperature >= 0")
-    out = write_report(args.path, args.prompt, args.top, args.temperature, args.seed, args.max_new_tokens)
+    prompts = args.prompt or (data_file_prompts(args.data_file) if args.data_file else None)
+    out = write_report(args.path, prompts, args.top, args.temperature, args.seed, args.max_new_tokens)
     df = pd.read_csv(out.parent / "trials.csv")
     print(top_table(df, args.top))
     print(f"report: {out}" + (f" (uploaded to {args.path.rstrip('/')}/report.md)" if is_uri(args.path) else ""))

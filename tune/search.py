@@ -9,6 +9,7 @@ line and exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from nanogpt.data import TokenData, prepare
+from nanogpt.data import TokenData, default_prompts, prepare
 from nanogpt.errors import UserError
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE
@@ -257,6 +258,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     elif exp.exists():
         raise UserError(f"{exp} already exists: add --resume to continue it, or pick another --name")
     data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
+    if not resume:  # the report's prompts travel with the results, not as a path to the data
+        config = dataclasses.replace(config, prompts=default_prompts(data.dataset, data.head))
     if not resume and mirror:
         mirror.check_writable()
     elif not resume:
