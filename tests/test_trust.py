@@ -183,3 +183,29 @@ def test_report_uses_the_prompts_search_json_records(tmp_path):
     proc = run_cli("tune.report", str(exp), "--data-file", str(own), "--max-new-tokens", "4")
     assert proc.returncode == 0, proc.stderr
     assert _generation_prompts((exp / "report.md").read_text()) == ["'A1B1 mine'"]
+
+
+# --- 3. a checkpoint's config.json must describe its weights before any model is built --------------------
+
+
+@pytest.mark.parametrize("field, value", [("n_layer", 4096), ("n_embd", 1 << 16), ("block_size", 1 << 24)])
+def test_config_far_larger_than_its_weights_is_refused_before_allocating(tmp_path, monkeypatch, field, value):
+    import nanogpt.checkpoint as checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", model_cfg={**TINY_MODEL.to_dict(), field: value})
+    built = []
+
+    def guarded_gpt(cfg):  # building the crafted model would take gigabytes: record it instead
+        built.append(cfg)
+        raise AssertionError(f"a model was built from the crafted config: {cfg}")
+
+    monkeypatch.setattr(checkpoint, "GPT", guarded_gpt)
+    with pytest.raises(checkpoint.CheckpointError, match="model.pt") as e:
+        checkpoint.load_model(ckpt)
+    assert not built and len(str(e.value).splitlines()) == 1 and field in str(e.value)
+
+
+def test_sample_refuses_a_crafted_config_in_one_line(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", model_cfg={**TINY_MODEL.to_dict(), "n_layer": 100_000, "n_embd": 4096})
+    # before the check, this tried to allocate 20 TB: bounded so that it fails rather than hangs
+    assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(ckpt), timeout=60), "config.json", "model.pt")
