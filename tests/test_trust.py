@@ -209,3 +209,23 @@ def test_sample_refuses_a_crafted_config_in_one_line(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", model_cfg={**TINY_MODEL.to_dict(), "n_layer": 100_000, "n_embd": 4096})
     # before the check, this tried to allocate 20 TB: bounded so that it fails rather than hangs
     assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(ckpt), timeout=60), "config.json", "model.pt")
+
+
+# --- 11. nanogpt.sample's flags -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, value", [("--max-new-tokens", "-1"), ("--top-k", "0"), ("--top-k", "-1"),
+                                         ("--temperature", "nan"), ("--temperature", "inf"),
+                                         ("--seed", "99999999999999999999"), ("--seed", "-1")])
+def test_sample_flag_out_of_range_is_one_line(tmp_path, flag, value):
+    from nanogpt.sample import main
+
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(UserError, match=flag) as e:
+        main(["--checkpoint", str(ckpt), "--max-new-tokens", "2", flag, value])
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_sample_flag_checked_before_the_checkpoint_is_read(tmp_path):
+    assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(tmp_path / "nowhere"), "--top-k", "0"),
+                          "--top-k")
