@@ -229,3 +229,82 @@ def test_sample_flag_out_of_range_is_one_line(tmp_path, flag, value):
 def test_sample_flag_checked_before_the_checkpoint_is_read(tmp_path):
     assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(tmp_path / "nowhere"), "--top-k", "0"),
                           "--top-k")
+
+
+# --- 10. corrupt files: one line naming the file, and every section that does not need it -----------------
+
+
+def _add_study(exp: Path, name: str = "s") -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    for lr in (1e-3, 2e-3, 3e-3, 4e-3):
+        trial = study.ask()
+        study.tell(trial, 2.0 + trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True) + lr)
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[:3000])
+
+
+def _rename_study(f: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(f) as db:
+        db.execute("UPDATE studies SET study_name = 'renamed'")
+
+
+def _patch_json(f: Path, **changes) -> None:
+    f.write_text(json.dumps({**json.loads(f.read_text()), **changes}))
+
+
+def _patch_result(f: Path, **changes) -> None:
+    f.write_text(json.dumps({**json.loads(f.read_text().splitlines()[0]), **changes}) + "\n")
+
+
+CORRUPTIONS = {
+    "optuna.db truncated": ("optuna.db", _truncate),
+    "optuna.db random": ("optuna.db", lambda f: f.write_bytes(os.urandom(8192))),
+    "optuna.db study renamed": ("optuna.db", _rename_study),
+    "search.json wrong type": ("search.json", lambda f: _patch_json(f, cpus_per_trial="x")),
+    "outcomes.json not UTF-8": ("outcomes.json", lambda f: f.write_bytes(b'{"a0001": "\xff\xfe"}')),
+    "outcomes.json string values": ("outcomes.json", lambda f: f.write_text('{"a0001": "finished", "b0002": 3}')),
+    "outcomes.json unknown outcome": ("outcomes.json", lambda f: _patch_json(f, a0001={"outcome": "exploded"})),
+    "result.json string val_loss": ("trial_a0001/result.json", lambda f: _patch_result(f, val_loss="low")),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_report_on_a_corrupt_file_names_it_and_writes_the_rest(tmp_path, caplog, case):
+    from tune import report
+
+    exp = make_search(tmp_path / "results")
+    _add_study(exp)
+    rel, corrupt = CORRUPTIONS[case]
+    corrupt(exp / rel)
+    with caplog.at_level("WARNING", logger="tune"):
+        assert report.main([str(exp), "--max-new-tokens", "2"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and rel.split("/")[-1] in lines[0] and "\n" not in lines[0], lines
+    text = (exp / "report.md").read_text()
+    for section in ("## Summary", "## All trials", "## Generations", "learning_curves.png", "## Missing"):
+        assert section in text, section
+    assert "a0001" in text and "b0002" in text
+
+
+@pytest.mark.parametrize("case", [c for c in CORRUPTIONS if c.startswith(("optuna.db", "search.json"))])
+def test_dashboard_on_a_corrupt_file_is_one_line(tmp_path, case):
+    from tune.dashboard import make_dashboard
+
+    exp = make_search(tmp_path / "results")
+    _add_study(exp)
+    rel, corrupt = CORRUPTIONS[case]
+    corrupt(exp / rel)
+    try:
+        server, _ = make_dashboard(exp)
+    except UserError as e:
+        assert rel in str(e) and len(str(e).splitlines()) == 1
+    else:  # search.json's name is all the dashboard reads from it
+        server.server_close()
+        assert rel == "search.json"

@@ -14,6 +14,8 @@ import json
 import math
 import re
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -173,17 +175,45 @@ class SearchConfig:
     def load(cls, experiment_dir: str | Path) -> "SearchConfig":
         path = Path(experiment_dir) / SETTINGS_FILE
         try:
-            obj = json.loads(path.read_text())
+            obj = json.loads(path.read_bytes().decode("utf-8"))
+            _check_types(cls, obj, path)
             return cls(**obj)
         except FileNotFoundError:
             raise UserError(f"{experiment_dir} holds no search ({SETTINGS_FILE} is missing)") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not a search configuration: corrupt JSON ({e})") from None
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON (a UserError is a ValueError too)
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"{path} is not a search configuration: {str(e).splitlines()[0][:120]}") from None
         except TypeError:
             known = {f.name for f in fields(cls)}
             off = sorted(known ^ set(obj)) if isinstance(obj, dict) else []
             raise UserError(f"{path} is not a search configuration this version reads "
                             f"(fields missing or unknown: {', '.join(off[:5])}{'...' if len(off) > 5 else ''})") from None
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value has a field's type (str, int, float, bool, dict, list[X], X | None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    return isinstance(value, hint)
+
+
+def _check_types(cls, obj, path: Path) -> None:
+    """search.json made elsewhere: every field of the type this version writes, or one line naming it."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a search configuration (not a JSON object)")
+    hints = typing.get_type_hints(cls)
+    for name, value in obj.items():
+        if name in hints and not _fits(value, hints[name]):
+            raise UserError(f"{path} is not a search configuration this version reads: {name} is {value!r:.60} "
+                            f"(expected {hints[name]})")
 
 
 def _final_eval_every(budget: float, unit: str) -> float:

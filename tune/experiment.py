@@ -82,6 +82,35 @@ def inside(root: str | Path, rel: str | Path, what: str = "name") -> Path:
     return path
 
 
+def open_study(db: str | Path, name: str):
+    """The Optuna study `name` in `db` (optuna.db), every trial read once to prove the file whole; a file that
+    is not one, cut short, or without that study is a UserError naming it. Opened without creating tables:
+    reading someone else's study leaves it unchanged."""
+    import optuna
+    import sqlalchemy.exc
+
+    db = Path(db)
+    try:
+        with db.open("rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise UserError(f"{db} cannot be read ({e.strerror}): no Optuna study") from None
+    if head != b"SQLite format 3\0":
+        raise UserError(f"{db} is not an SQLite database: no Optuna study")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", skip_table_creation=True)
+        names = [s.study_name for s in storage.get_all_studies()]
+        if name not in names:
+            raise UserError(f"{db} holds no study {name!r} (it holds {', '.join(map(repr, names)) or 'none'})")
+        study = optuna.load_study(study_name=name, storage=storage)
+        study.get_trials(deepcopy=False)
+        return study
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as e:  # malformed, cut, another schema
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{db} is not a readable Optuna study ({first})") from None
+
+
 def best_checkpoint(trial: TrialRecord, metric: str = "val_loss", mode: Literal["min", "max"] = "min") -> Path | None:
     """The trial's checkpoint directory whose result has the best finite `metric`; None if it has none."""
     scored = [(metrics[metric], name) for name, metrics in trial.checkpoints.items() if _is_finite(metrics.get(metric))]

@@ -43,11 +43,29 @@ class ReportError(UserError):
 
 
 def _config(path: Path) -> SearchConfig | None:
-    """The search's configuration; None when search.json is missing or unreadable (the report says so)."""
+    """The search's configuration; None when search.json is missing or unreadable (one warning; the report
+    says so)."""
     try:
         return SearchConfig.load(path)
-    except UserError:
+    except UserError as e:
+        log.warning("%s", e)
         return None
+
+
+def _num(value) -> float | None:
+    """A metric as a float; None for anything else (a result.json made elsewhere may hold strings)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _evaluations(trial) -> list[dict]:
+    """The trial's results that are evaluations; one warning names a result.json whose val_loss or step is not
+    a number."""
+    evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
+    good = [r for r in evals if _num(r["val_loss"]) is not None and _num(r["step"]) is not None]
+    if len(good) < len(evals):
+        log.warning("%s: %d results whose val_loss or step is not a number ignored", trial.path / "result.json",
+                    len(evals) - len(good))
+    return good
 
 
 def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror | None]:
@@ -66,7 +84,7 @@ def _outcome(trial, recorded: dict) -> str:
     last = trial.last_result or {}
     if trial.status == "ERROR":
         return Outcome.ERRORED.value
-    if last.get("outcome"):  # written onto the result as it ended (outcomes.json lost or older)
+    if last.get("outcome") in {o.value for o in Outcome}:  # written onto the result as it ended (outcomes.json lost or older)
         return last["outcome"]
     return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
 
@@ -85,8 +103,12 @@ def _status_text(outcome: str, row: dict) -> str:
     }[outcome]
 
 
-def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trials table and the long learning-curve table, from one read of the experiment."""
+_UNREAD = object()
+
+
+def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials table and the long learning-curve table, from one read of the experiment.
+    `config`: search.json's contents when the caller has read them already."""
     path, mirror = _local(path, mirror)
     if not path.is_dir():
         raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
@@ -94,7 +116,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
         trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
     except UserError as e:
         raise ReportError(f"{path} holds no Ray Tune experiment ({e}); pass RESULTS_DIR/NAME of a search") from None
-    config = _config(path)
+    config = _config(path) if config is _UNREAD else config
     recorded = read_outcomes(path)
     rows, frames = [], []
     for trial in trials:
@@ -106,17 +128,19 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
             row["n_embd"] = cfg["n_head"] * cfg["head_dim"]
         row["sampler"] = cfg.get("sampler")
         row["budget_unit"] = config.budget_unit if config else None
-        evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
+        evals = _evaluations(trial)
         if evals:
             last = evals[-1]
             best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
-            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=float(best["val_bpc"]),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=last.get("spend"),
-                       n_params=int(last["n_params"]), tokens_seen=int(last["tokens_seen"]),
-                       seconds=float(last["elapsed_s"]), tokens_per_s=float(last["tokens_per_s"]),
+            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
+                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=_num(last.get("spend")),
+                       n_params=_num(last.get("n_params")), tokens_seen=_num(last.get("tokens_seen")),
+                       seconds=_num(last.get("elapsed_s")), tokens_per_s=_num(last.get("tokens_per_s")),
                        node=last.get("node_id") or last.get("node_ip"))
-            part = pd.DataFrame([{**{c: r.get(c) for c in CURVE_COLS},
-                                  "wall_time": r.get("started_at", math.nan) + r.get("time_total_s", math.nan)} for r in evals])
+            row.update({k: int(row[k]) for k in ("n_params", "tokens_seen") if row[k] is not None})
+            part = pd.DataFrame([{**{c: _num(r.get(c)) for c in CURVE_COLS},
+                                  "wall_time": (_num(r.get("started_at")) or math.nan) + (_num(r.get("time_total_s")) or math.nan)}
+                                 for r in evals])
             part.insert(0, "trial_id", trial.trial_id)
             frames.append(part)
         row["outcome"] = _outcome(trial, recorded)
@@ -371,12 +395,12 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     from tune import plots
 
     _check_outputs(path)
+    config = _config(path)
     if trials is None:
-        df, curves = _read(path, mirror)
+        df, curves = _read(path, mirror, config)
         _write_exports(path, df, mirror)
     else:
-        df, curves = trials, _read(path, mirror)[1]
-    config = _config(path)
+        df, curves = trials, _read(path, mirror, config)[1]
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     missing: list[str] = []
@@ -400,6 +424,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
             draw(plot_dir / fname)
             plot_md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
         except plots.PlotSkipped as e:
+            missing.append(f"{title}: {e}")
+        except UserError as e:  # a file it needs is corrupt (optuna.db): say which, draw the rest
+            log.warning("%s", e)
             missing.append(f"{title}: {e}")
 
     # --- all trials
