@@ -308,3 +308,132 @@ def test_dashboard_on_a_corrupt_file_is_one_line(tmp_path, case):
     else:  # search.json's name is all the dashboard reads from it
         server.server_close()
         assert rel == "search.json"
+
+
+# --- 7. a results directory is relocatable: it resumes against its own optuna.db --------------------------
+
+
+def _digest(f: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_copied_or_moved_search_resumes_against_its_own_study(tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    import optuna
+
+    from conftest import REPO, TINY
+
+    args = [*TINY, "--num-samples", "4", "--max-steps", "150", "--eval-interval", "25", "--scheduler", "fifo",
+            "--name", "rel", "--no-report", "--seed", "2"]
+    original = tmp_path / "a" / "rel"
+    proc = subprocess.Popen([sys.executable, "-m", "tune.search", *args, "--results-dir", str(tmp_path / "a")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (original / "outcomes.json").is_file():
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be interrupted: make trials longer"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "--resume" in out, out
+
+    copy = tmp_path / "b" / "rel"
+    shutil.copytree(original, copy)
+    def files(d: Path) -> dict[str, str]:
+        return {str(f.relative_to(d)): _digest(f) for f in sorted(d.rglob("*")) if f.is_file()}
+
+    kept = files(original)
+    assert {"optuna.db", "outcomes.json", "search_clock.json"} <= set(kept)
+    resumed = run_cli("tune.search", *args, "--results-dir", str(tmp_path / "b"), "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert files(original) == kept, "the copy wrote into the original"
+    study = optuna.load_study(study_name="rel", storage=f"sqlite:///{copy / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+
+    moved = tmp_path / "c" / "rel"
+    moved.parent.mkdir()
+    original.rename(moved)
+    resumed = run_cli("tune.search", *args, "--results-dir", str(tmp_path / "c"), "--resume")
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stdout + resumed.stderr
+    study = optuna.load_study(study_name="rel", storage=f"sqlite:///{moved / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+    assert not original.exists()
+
+
+def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
+    """What Tuner.restore unpickles (tuner.pkl, searcher-state-*.pkl) holds the searcher as it was made; its study
+    must be the copy's, not the original's."""
+    import pickle
+    import shutil
+
+    import optuna
+
+    from tune.searcher import StudyStorage, TruthfulOptunaSearch, bind_run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    original, copy = tmp_path / "a" / "s", tmp_path / "b" / "s"
+    original.mkdir(parents=True)
+    bind_run(original, str(original))
+    searcher = TruthfulOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)},
+                                    metric="val_loss", mode="min", sampler=optuna.samplers.RandomSampler(seed=0),
+                                    study_name="s", storage=StudyStorage(original))
+    searcher.suggest("t1")
+    saved = pickle.dumps(searcher)
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # moved: the old path is gone
+    bind_run(copy, str(copy))
+    restored = pickle.loads(saved)
+    restored.on_trial_complete("t1", {"val_loss": 1.0, "spend": 5, "outcome": "finished"})
+    assert restored.suggest("t2") is not None
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{copy / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+    assert not original.exists()
+
+
+# --- 4. a local search's Ray listens on loopback only ----------------------------------------------------
+
+LISTENERS = """
+import logging, os, subprocess, sys
+from tune.config import build_parser, config_from_args
+from tune.search import init_ray, local_ray_on_loopback
+
+local_ray_on_loopback()
+import ray
+
+init_ray(config_from_args(build_parser().parse_args(["--results-dir", sys.argv[1]])), address=None, dashboard=False)
+ray.get(ray.remote(lambda: 1).remote())  # a worker up, as in a search
+rows = [line.split() for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True,
+                                                text=True).stdout.splitlines()]
+tree, grew = {str(os.getpid())}, True
+while grew:
+    new = {pid for pid, ppid in rows if ppid in tree} - tree
+    tree, grew = tree | new, bool(new)
+for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+    if any(f"pid={pid}," in line for pid in tree):
+        print("LISTEN", line.split()[3], line.split()[-1])
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_local_search_ray_listens_on_loopback_only(tmp_path):
+    import shutil
+
+    if not shutil.which("ss"):
+        pytest.skip("needs ss (iproute2) to list listening sockets")
+    import subprocess
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", LISTENERS, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    listening = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("LISTEN")]
+    assert len(listening) >= 3, proc.stdout  # gcs_server, raylet, the driver and workers
+    assert all(addr.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr in listening), proc.stdout

@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 OUTCOMES_FILE = "outcomes.json"
+OPTUNA_DB = "optuna.db"  # the Optuna study (SQLite)
 log = logging.getLogger(__name__)
 
 CLOCK_FILE = "search_clock.json"  # {"running_s": seconds the search has run, over all its runs (tune.progress)}

@@ -11,6 +11,7 @@ from ray.tune import Callback
 
 from nanogpt.data import write_json
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, outcome_of_result, read_clock, read_outcomes
+from tune.searcher import bound_run
 from tune.space import Hparams
 
 
@@ -78,6 +79,9 @@ class MirrorSync(Callback):
     def __init__(self, mirror, *rels: str):
         self.mirror, self.rels = mirror, rels
 
+    def __setstate__(self, state: dict) -> None:  # restored by Ray: upload from the search's copy as it is now
+        self.__dict__.update(state, mirror=bound_run()[1])
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.mirror.push(*self.rels)
 
@@ -98,6 +102,9 @@ class OutcomeRecorder(Callback):
         self.t0 = time.time()
         self.used0 = 0.0
         self._written = 0.0
+
+    def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
+        self.__dict__.update(state, experiment_dir=str(bound_run()[0]))
 
     # Ray's time budget counts the search's running time across resumes (its TimeoutStopper is saved with the
     # experiment state, the time between runs left out); the search clock here counts the same, in our own JSON

@@ -20,10 +20,9 @@ from pathlib import Path
 from nanogpt.data import TokenData, default_prompts, prepare
 from nanogpt.errors import UserError
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE
+from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE
 from tune.space import largest, max_value
 
-OPTUNA_DB = "optuna.db"
 FINAL_DIR = "final"
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,11 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
-    from tune.searcher import ResumableOptunaSearch, TruthfulOptunaSearch
+    from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, bind_run, search_algorithm
     from tune.trainable import train_gpt
+
+    # before Ray unpickles its state: a moved or copied search resumes where it is now (see tune.searcher)
+    bind_run(config.experiment_dir, config.experiment_path, config.mirror)
 
     trainable = tune.with_resources(
         # the tokens by reference (in a list: Ray cannot put a ref itself): one copy in the object store,
@@ -158,7 +160,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
         mode=config.mode,
         sampler=config.make_sampler(),
         study_name=config.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{exp / OPTUNA_DB}"),
+        storage=StudyStorage(exp),
     )
     if config.scheduler == "asha":
         # rungs in the budget's unit: trials are compared at equal spend, each rung on an evaluation
@@ -170,8 +172,8 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=config.metric, mode=config.mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent,
+            metric=config.metric, mode=config.mode, search_alg=search_algorithm(searcher, config.max_concurrent),
+            scheduler=scheduler, num_samples=config.num_samples,
             time_budget_s=config.time_budget_s, reuse_actors=True, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
