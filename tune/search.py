@@ -98,6 +98,15 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def local_ray_on_loopback() -> None:
+    """A local search's Ray listens on 127.0.0.1 only. Ray takes its node address when it is imported: on Linux
+    the machine's outward address, and its GCS, raylet and workers then listen on every interface; with
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it takes the loopback address, as it does on macOS and Windows, and they
+    listen there (ray.init's _node_ip_address turns 127.0.0.1 back into the outward address). Call it before ray
+    is imported; a value the user set is kept."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def init_ray(config: SearchConfig, address: str | None, dashboard: bool) -> None:
     import ray
 
@@ -237,6 +246,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     from tune import report as report_mod
 
     _quiet_ray()
+    if not address:
+        local_ray_on_loopback()
     exp = config.experiment_dir
     mirror = config.mirror
     if address:
