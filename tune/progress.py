@@ -80,7 +80,7 @@ class MirrorSync(Callback):
         self.mirror, self.rels = mirror, rels
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: upload from the search's copy as it is now
-        self.__dict__.update(state, mirror=bound_run()[1])
+        self.__dict__.update(state, mirror=bound_run().mirror)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.mirror.push(*self.rels)
@@ -104,7 +104,7 @@ class OutcomeRecorder(Callback):
         self._written = 0.0
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
-        self.__dict__.update(state, experiment_dir=str(bound_run()[0]))
+        self.__dict__.update(state, experiment_dir=str(bound_run().dir))
 
     # Ray's time budget counts the search's running time across resumes (its TimeoutStopper is saved with the
     # experiment state, the time between runs left out); the search clock here counts the same, in our own JSON

@@ -5,6 +5,10 @@ The study lives in SQLite (optuna.db): every report and tell is on disk at once.
 between the last snapshot and the crash is RUNNING in Ray's state and is rerun from its last checkpoint, while
 the study already holds its end. Optuna refuses to tell a finished trial twice (ValueError) and to report to it,
 so both searchers below ask the study first: what the study holds is the record, and the rerun is not told.
+
+Ray's saved state also holds the paths the search started with. So that a moved or copied results directory
+resumes where it is now, the driver binds its search (bind_run) before Ray restores: the study's storage,
+the search algorithm's experiment and our callbacks take their paths from it when unpickled.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
@@ -25,20 +30,24 @@ log = logging.getLogger(__name__)
 # The search this driver process runs, where its directory is now (bind_run). Ray's saved state (tuner.pkl,
 # searcher-state-*.pkl) holds the searcher and callbacks as they were made, paths included; ours take theirs
 # from here when unpickled, so a results directory that was moved or copied resumes against its own files.
-_bound: dict = {}
+class BoundRun(NamedTuple):
+    dir: Path  # the search's local files (RESULTS_DIR/NAME, or a URI search's local copy)
+    path: str  # where Ray keeps the experiment: the same directory, or a URI
+    mirror: object  # a URI search's tune.storage.Mirror, else None
+
+
+_bound: list[BoundRun] = []
 
 
 def bind_run(experiment_dir: str | Path, experiment_path: str, mirror=None) -> None:
-    """Bind this process's search to `experiment_dir` (its local files), `experiment_path` (where Ray keeps the
-    experiment: the same directory, or a URI) and, for a URI search, its Mirror, before Ray reads its saved state."""
-    _bound.update(dir=Path(experiment_dir), path=experiment_path, mirror=mirror)
+    """Bind this process's search to where it is now, before Ray reads its saved state."""
+    _bound[:] = [BoundRun(Path(experiment_dir), experiment_path, mirror)]
 
 
-def bound_run() -> tuple[Path, object]:
-    """(experiment directory, mirror or None) of the bound search."""
-    if "dir" not in _bound:
+def bound_run() -> BoundRun:
+    if not _bound:
         raise RuntimeError("no search is bound: tune.search binds one (bind_run) before Ray restores its state")
-    return _bound["dir"], _bound["mirror"]
+    return _bound[0]
 
 
 class RelocatableSearchGenerator(SearchGenerator):
@@ -51,7 +60,7 @@ class RelocatableSearchGenerator(SearchGenerator):
 
         super().set_state(state)
         storage = copy.copy(self._experiment.spec["storage"])
-        path = _bound_path()
+        path = bound_run().path
         if "://" in path:
             fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
         else:
@@ -66,11 +75,6 @@ def search_algorithm(searcher: Searcher, max_concurrent: int | None) -> Relocata
     return RelocatableSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher)
 
 
-def _bound_path() -> str:
-    bound_run()
-    return _bound["path"]
-
-
 class StudyStorage(optuna.storages.RDBStorage):
     """The search's optuna.db. Pickled without its path: unpickled (Tuner.restore), it opens the bound search's
     optuna.db, never the one where the search was started."""
@@ -82,7 +86,7 @@ class StudyStorage(optuna.storages.RDBStorage):
         return {**super().__getstate__(), "url": None}
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__({**state, "url": _sqlite_url(bound_run()[0])})
+        super().__setstate__({**state, "url": _sqlite_url(bound_run().dir)})
 
 
 def _sqlite_url(experiment_dir: str | Path) -> str:
