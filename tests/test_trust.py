@@ -131,6 +131,23 @@ def test_report_never_writes_through_a_link_out_of_the_results_dir(tmp_path):
     assert victim.read_text() == "precious"
 
 
+@pytest.mark.parametrize("rel", ["trial_a0001/error.txt", "trial_a0001/params.json", "optuna.db", "search.json"])
+def test_report_never_reads_through_a_link_out_of_the_results_dir(tmp_path, rel):
+    """A results directory unpacked from someone else's archive may hold links to the reader's files."""
+    exp = make_search(tmp_path / "results")
+    _add_study(exp)
+    private = tmp_path / "private.txt"
+    private.write_text('{"n_layer": "SECRET-42"}\nSECRET-42 last line\n')
+    (exp / rel).unlink(missing_ok=True)
+    (exp / rel).symlink_to(private)
+    proc = run_cli("tune.report", str(exp), "--max-new-tokens", "2")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert rel.split("/")[-1] in lines[0] and "outside" in lines[0], lines[0]
+    if proc.returncode == 0:  # optuna.db: only the importance plot needs it, and the rest is written
+        assert rel == "optuna.db" and "SECRET" not in (exp / "report.md").read_text()
+
+
 def test_resume_ignores_paths_in_search_json(tmp_path):
     """search.json's local_copy or a name other than the directory's would move a local search's files elsewhere."""
     from tune.config import build_parser, config_from_args

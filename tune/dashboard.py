@@ -10,7 +10,7 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nanogpt.errors import UserError
-from tune.experiment import open_study
+from tune.experiment import inside, open_study
 
 HOST = "127.0.0.1"  # never another interface: the dashboard can edit and delete studies
 INSTALL = "pip install -e '.[dashboard]'"
@@ -30,7 +30,7 @@ def study_of(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
-    db = path / "optuna.db"
+    db = inside(path, "optuna.db", "file")
     if not db.is_file():
         raise UserError(f"{path} has no optuna.db: pass RESULTS_DIR/NAME of a search")
     try:

@@ -131,6 +131,7 @@ def _trial_states(path: Path) -> dict[str, dict] | None:
     newest experiment_state file that parses (Ray copies it in from a staging dir: a read can catch it
     half-written). None when there is no readable state file."""
     for file in sorted(path.glob("experiment_state-*.json"), reverse=True):
+        inside(path, file.name, "file")
         try:
             # Ray 2.60 writes {"trial_data": [[trial_json, run_metadata_json], ...], "runner_data", "stats"};
             # trial_json is itself a JSON document. No object hook: CLOUDPICKLE blobs stay dicts of hex.
@@ -147,6 +148,8 @@ def _trial_states(path: Path) -> dict[str, dict] | None:
 
 
 def _read_trial(trial_dir: Path, trial_id: str | None, state: dict, has_checkpoint: Callable[[Path], bool]) -> TrialRecord:
+    for name in ("result.json", "params.json", "error.txt"):  # a link to one of the reader's files is refused
+        inside(trial_dir, name, "file")
     results = _read_results(trial_dir / "result.json")
     config = _read_json(trial_dir / "params.json")
     if not isinstance(config, dict):
@@ -159,6 +162,9 @@ def _read_trial(trial_dir: Path, trial_id: str | None, state: dict, has_checkpoi
         name = r.get("checkpoint_dir_name")
         if _is_plain_name(name) and has_checkpoint(inside(trial_dir, name, "checkpoint")):
             checkpoints[name] = r
+            if (trial_dir / name).is_dir():  # at a URI, fetched later into the local copy: no links there
+                for f in (trial_dir / name).iterdir():
+                    inside(trial_dir, f.relative_to(trial_dir), "file")
     try:
         error = (trial_dir / "error.txt").read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -51,7 +51,9 @@ def outcome_of_result(result: dict) -> Outcome | None:
 def read_outcomes(experiment_dir: str | Path) -> dict[str, dict]:
     """trial_id -> {"outcome", "spend", "step"} as recorded during the search (empty if none). A file that is
     not what the search writes is one warning naming it; its entries that are are kept."""
-    path = Path(experiment_dir) / OUTCOMES_FILE
+    from tune.experiment import inside
+
+    path = inside(experiment_dir, OUTCOMES_FILE, "file")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:

@@ -127,9 +127,9 @@ def importance(experiment: Path, config, path: Path) -> None:
     PED-ANOVA needs no scikit-learn (Optuna's default, fANOVA, does)."""
     import optuna
 
-    from tune.experiment import open_study
+    from tune.experiment import inside, open_study
 
-    db = experiment / "optuna.db"
+    db = inside(experiment, "optuna.db", "file")
     if not db.is_file() or config is None:
         raise PlotSkipped("no Optuna study (optuna.db) beside the experiment")
     study = open_study(db, config.name)  # a corrupt file: UserError, which the report shows

@@ -45,6 +45,7 @@ class ReportError(UserError):
 def _config(path: Path) -> SearchConfig | None:
     """The search's configuration; None when search.json is missing or unreadable (one warning; the report
     says so)."""
+    inside(path, "search.json", "file")  # a link to one of the reader's files is refused, not read
     try:
         return SearchConfig.load(path)
     except UserError as e:
