@@ -46,9 +46,10 @@ class ReportError(UserError):
 
 
 def _config(path: Path) -> SearchConfig | None:
-    """The search's configuration; None when search.json is missing or unreadable (one warning; the report
-    says so)."""
-    inside(path, "search.json", "file")  # a link to one of the reader's files is refused, not read
+    """The search's configuration; None when search.json is missing or unreadable (a warning naming what is
+    wrong with it; the report says so)."""
+    if not inside(path, "search.json", "file").exists():  # a link to one of the reader's files is refused, not read
+        return None  # the report says so; not a warning: the directory may hold no search at all
     try:
         return SearchConfig.load(path)
     except UserError as e:
