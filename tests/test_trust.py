@@ -224,7 +224,7 @@ def test_config_far_larger_than_its_weights_is_refused_before_allocating(tmp_pat
 
 def test_sample_refuses_a_crafted_config_in_one_line(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", model_cfg={**TINY_MODEL.to_dict(), "n_layer": 100_000, "n_embd": 4096})
-    # before the check, this tried to allocate 20 TB: bounded so that it fails rather than hangs
+    # before the check, this tried to allocate 2e13 parameters: bounded so that it fails rather than hangs
     assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(ckpt), timeout=60), "config.json", "model.pt")
 
 
