@@ -35,13 +35,36 @@ def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
         GPTConfig(**meta["model"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {d} has a corrupt {CONFIG_FILE} ({e})") from None
+    # mapped, not read: the tensors' shapes cost no memory, and the config is checked against them before
+    # anything the config asks for is allocated
+    check_shapes(d, GPTConfig(**meta["model"]), _load(d, mmap=True))
+    return meta, _load(d)
+
+
+def _load(d: Path, mmap: bool = False) -> dict:
     try:
-        sd = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
+        sd = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {d} has a corrupt {MODEL_FILE} ({type(e).__name__}); retrain or pick another checkpoint") from None
-    if not isinstance(sd, dict) or "model" not in sd:
+    if not isinstance(sd, dict) or not isinstance(sd.get("model"), dict):
         raise CheckpointError(f"checkpoint {d}: {MODEL_FILE} holds no model weights")
-    return meta, sd
+    return sd
+
+
+def check_shapes(d: Path, cfg: GPTConfig, sd: dict) -> None:
+    """config.json must describe the weights in model.pt: the vocabulary, embedding, context and layers that fix
+    every tensor's size. Then a model built from the config is no larger than the weights it loads, whatever a
+    crafted config.json says."""
+    shapes = {k: tuple(v.shape) for k, v in sd["model"].items() if isinstance(v, torch.Tensor)}
+    layers = {k.split(".")[2] for k in shapes if k.startswith("transformer.h.")}
+    wte, wpe = shapes.get("transformer.wte.weight", (None, None)), shapes.get("transformer.wpe.weight", (None, None))
+    weights = {"vocab_size": wte[0], "n_embd": wte[1], "block_size": wpe[0], "n_layer": len(layers)}
+    if None in wte or None in wpe or wpe[1] != wte[1]:
+        raise CheckpointError(f"checkpoint {d}: {MODEL_FILE} holds no GPT weights this project reads")
+    for field, size in weights.items():
+        if getattr(cfg, field) != size:
+            raise CheckpointError(f"checkpoint {d}: {CONFIG_FILE} says {field}={getattr(cfg, field)} but {MODEL_FILE} "
+                                  f"holds weights for {field}={size}; the two files do not belong together")
 
 
 def read_checkpoint_tokenizer(directory: str | Path):

@@ -7,6 +7,7 @@ Also the notebook's probes: does "Number k comes before" continue with k+1, and 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import re
 
@@ -103,6 +104,24 @@ def probe_scores(model: GPT, tokenizer, train_text: str, val_text: str, n: int =
     return scores
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
+
+
+def check_args(args) -> None:
+    """Every flag in range before the checkpoint is read."""
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1 (leave it out to sample among all tokens), got {args.top_k}")
+    if not 0 <= args.seed <= SEED_MAX - (args.num_samples - 1):
+        raise UserError(f"--seed must be between 0 and {SEED_MAX - (args.num_samples - 1)} (sample i uses seed + i), "
+                        f"got {args.seed}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from nanogpt.checkpoint import load_model
 
@@ -116,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"])
     args = p.parse_args(argv)
-    if args.num_samples < 1:
-        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    check_args(args)
     model, tokenizer, _ = load_model(args.checkpoint, device=args.device)
     for i in range(args.num_samples):
         if i:

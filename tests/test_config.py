@@ -2,7 +2,6 @@
 --resume comparison come from it, and a search.json written by earlier versions still resumes."""
 
 import json
-import shutil
 
 import pytest
 

@@ -14,6 +14,8 @@ import json
 import math
 import re
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -178,6 +180,9 @@ class SearchConfig:
         "transformers, nanogpt = nanoGPT's ckpt.pt + meta.pkl (character tokenizer only)", choices=["hf", "nanogpt"],
         group="where", saved_default=None)
     command: str | None = setting(saved_default=None)  # the command line that started it (exported model cards)
+    # the report's prompts, recorded when the search starts (from the data set, or the start of --data-file), so
+    # that a report never reads a file on the reader's machine; None in searches made before they were recorded
+    prompts: list[str] | None = setting(saved_default=None)
 
     # --- where things are
 
@@ -246,9 +251,11 @@ class SearchConfig:
     def load(cls, experiment_dir: str | Path) -> "SearchConfig":
         path = Path(experiment_dir) / SETTINGS_FILE
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise UserError(f"{experiment_dir} holds no search ({SETTINGS_FILE} is missing)") from None
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8
+            raise UserError(f"{path} is not a search configuration: {str(e).splitlines()[0][:120]}") from None
         return cls.loads(text, path)
 
     @classmethod
@@ -256,6 +263,7 @@ class SearchConfig:
         """The configuration in search.json's text (`path`: where it was read, for the errors)."""
         try:
             obj = json.loads(text)
+            _check_types(cls, obj, path)
             return cls(**obj)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not a search configuration: corrupt JSON ({e})") from None
@@ -264,6 +272,31 @@ class SearchConfig:
             off = sorted(known ^ set(obj)) if isinstance(obj, dict) else []
             raise UserError(f"{path} is not a search configuration this version reads "
                             f"(fields missing or unknown: {', '.join(off[:5])}{'...' if len(off) > 5 else ''})") from None
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value has a field's type (str, int, float, bool, dict, list[X], X | None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    return isinstance(value, hint)
+
+
+def _check_types(cls, obj, path: Path) -> None:
+    """search.json made elsewhere: every field of the type this version writes, or one line naming it."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a search configuration (not a JSON object)")
+    hints = typing.get_type_hints(cls)
+    for name, value in obj.items():
+        if name in hints and not _fits(value, hints[name]):
+            raise UserError(f"{path} is not a search configuration this version reads: {name} is {value!r:.60} "
+                            f"(expected {hints[name]})")
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -527,5 +560,10 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         if not (exp / SETTINGS_FILE).is_file():
             raise UserError(f"nothing to resume: {exp} holds no search (no {SETTINGS_FILE}); check --results-dir and --name")
         saved = SearchConfig.load(exp)
+    if saved.name != args.name:
+        # the name places the search's files (RESULTS_DIR/NAME): only the directory's own name is trusted
+        raise UserError(f"{exp / SETTINGS_FILE} names the search {saved.name!r}, not {args.name!r}: a results "
+                        f"directory keeps its name when copied or moved: copy or move it as {saved.name!r}")
     check_same(args, saved, results_dir)
-    return dataclasses.replace(saved, results_dir=results_dir)
+    # a local search's files are where its directory is now, whatever search.json says
+    return dataclasses.replace(saved, results_dir=results_dir, local_copy=saved.local_copy if uri else None)

@@ -10,6 +10,7 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nanogpt.errors import UserError
+from tune.experiment import inside, open_study
 
 HOST = "127.0.0.1"  # never another interface: the dashboard can edit and delete studies
 INSTALL = "pip install -e '.[dashboard]'"
@@ -29,18 +30,14 @@ def study_of(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
-    db = path / "optuna.db"
+    db = inside(path, "optuna.db", "file")
+    if not db.is_file():
+        raise UserError(f"{path} has no optuna.db: pass RESULTS_DIR/NAME of a search")
     try:
-        is_sqlite = db.open("rb").read(16) == b"SQLite format 3\0"
-    except OSError:
-        raise UserError(f"{path} has no optuna.db: pass RESULTS_DIR/NAME of a search") from None
-    if not is_sqlite:
-        raise UserError(f"{db} is not an SQLite database")
-    try:
-        name = json.loads((path / "search.json").read_text())["name"]
+        name = json.loads((path / "search.json").read_text(encoding="utf-8"))["name"]
     except (OSError, ValueError, KeyError, TypeError):
-        name = path.name
-    return db, name
+        name = None
+    return db, name if isinstance(name, str) else path.name
 
 
 def make_dashboard(path: str | Path, port: int = 0) -> tuple[WSGIServer, str]:
@@ -48,12 +45,9 @@ def make_dashboard(path: str | Path, port: int = 0) -> tuple[WSGIServer, str]:
     import optuna
 
     db, name = study_of(path)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        names = [s.study_name for s in storage.get_all_studies()]
-        raise UserError(f"{db} holds no study {name!r} (it holds {', '.join(names) or 'none'})") from None
+    open_study(db, name)  # a corrupt file or a missing study: one line naming it
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", skip_table_creation=True)
+    study_id = storage.get_study_id_from_name(name)
     try:
         import optuna_dashboard
     except ImportError:

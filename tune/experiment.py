@@ -60,13 +60,55 @@ def read_trials(path: str | Path, has_checkpoint: Callable[[Path], bool] | None 
     trials, seen = [], set()
     for trial_id, state in (states or {}).items():
         dirname = state.get("relative_logdir")
-        trial_dir = path / (dirname if _is_plain_name(dirname) else f"trial_{trial_id}")
+        trial_dir = inside(path, dirname if _is_plain_name(dirname) else f"trial_{trial_id}", "trial directory")
         seen.add(trial_dir.name)
         trials.append(_read_trial(trial_dir, trial_id, state, has_checkpoint))
     for trial_dir in dirs:
         if trial_dir.name not in seen:
+            inside(path, trial_dir.name, "trial directory")
             trials.append(_read_trial(trial_dir, None, {}, has_checkpoint))
     return trials
+
+
+def inside(root: str | Path, rel: str | Path, what: str = "name") -> Path:
+    """root/rel, refused when it resolves outside root (through '..', an absolute path or a symbolic link):
+    names read from a results directory (object-store keys, trial and checkpoint directories) and the files
+    a report writes there never reach outside it."""
+    root = Path(root)
+    path = root / rel
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{what} {str(rel)!r} resolves outside {root}: refusing it (a results directory "
+                        f"never names files elsewhere; is this one crafted?)")
+    return path
+
+
+def open_study(db: str | Path, name: str):
+    """The Optuna study `name` in `db` (optuna.db), every trial read once to prove the file whole; a file that
+    is not one, cut short, or without that study is a UserError naming it. Opened without creating tables:
+    reading someone else's study leaves it unchanged."""
+    import optuna
+    import sqlalchemy.exc
+
+    db = Path(db)
+    try:
+        with db.open("rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise UserError(f"{db} cannot be read ({e.strerror}): no Optuna study") from None
+    if head != b"SQLite format 3\0":
+        raise UserError(f"{db} is not an SQLite database: no Optuna study")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", skip_table_creation=True)
+        names = [s.study_name for s in storage.get_all_studies()]
+        if name not in names:
+            raise UserError(f"{db} holds no study {name!r} (it holds {', '.join(map(repr, names)) or 'none'})")
+        study = optuna.load_study(study_name=name, storage=storage)
+        study.get_trials(deepcopy=False)
+        return study
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as e:  # malformed, cut, another schema
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{db} is not a readable Optuna study ({first})") from None
 
 
 def best_checkpoint(trial: TrialRecord, metric: str = "val_loss", mode: Literal["min", "max"] = "min") -> Path | None:
@@ -83,6 +125,7 @@ def _trial_states(path: Path) -> dict[str, dict] | None:
     newest experiment_state file that parses (Ray copies it in from a staging dir: a read can catch it
     half-written). None when there is no readable state file."""
     for file in sorted(path.glob("experiment_state-*.json"), reverse=True):
+        inside(path, file.name, "file")
         try:
             # Ray 2.60 writes {"trial_data": [[trial_json, run_metadata_json], ...], "runner_data", "stats"};
             # trial_json is itself a JSON document. No object hook: CLOUDPICKLE blobs stay dicts of hex.
@@ -99,6 +142,8 @@ def _trial_states(path: Path) -> dict[str, dict] | None:
 
 
 def _read_trial(trial_dir: Path, trial_id: str | None, state: dict, has_checkpoint: Callable[[Path], bool]) -> TrialRecord:
+    for name in ("result.json", "params.json", "error.txt"):  # a link to one of the reader's files is refused
+        inside(trial_dir, name, "file")
     results = _read_results(trial_dir / "result.json")
     config = _read_json(trial_dir / "params.json")
     if not isinstance(config, dict):
@@ -109,8 +154,11 @@ def _read_trial(trial_dir: Path, trial_id: str | None, state: dict, has_checkpoi
     checkpoints = {}
     for r in results:
         name = r.get("checkpoint_dir_name")
-        if _is_plain_name(name) and has_checkpoint(trial_dir / name):
+        if _is_plain_name(name) and has_checkpoint(inside(trial_dir, name, "checkpoint")):
             checkpoints[name] = r
+            if (trial_dir / name).is_dir():  # at a URI, fetched later into the local copy: no links there
+                for f in (trial_dir / name).iterdir():
+                    inside(trial_dir, f.relative_to(trial_dir), "file")
     try:
         error = (trial_dir / "error.txt").read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -15,12 +15,16 @@ This module needs no Ray: the report reads outcomes with it.
 from __future__ import annotations
 
 import json
+import logging
 from enum import Enum
 from pathlib import Path
 
 from nanogpt.train import Status
 
 OUTCOMES_FILE = "outcomes.json"
+OPTUNA_DB = "optuna.db"  # the Optuna study (SQLite)
+log = logging.getLogger(__name__)
+
 CLOCK_FILE = "search_clock.json"  # {"running_s": seconds the search has run, over all its runs (tune.progress)}
 
 
@@ -70,12 +74,29 @@ def describe(outcome: Outcome | str, row: dict, scheduler: str | None = None) ->
 
 
 def read_outcomes(experiment_dir: str | Path) -> dict[str, dict]:
-    """trial_id -> {"outcome", "spend", "step"} as recorded during the search (empty if none)."""
-    path = Path(experiment_dir) / OUTCOMES_FILE
+    """trial_id -> {"outcome", "spend", "step"} as recorded during the search (empty if none). A file that is
+    not what the search writes is one warning naming it; its entries that are are kept."""
+    from tune.experiment import inside
+
+    path = inside(experiment_dir, OUTCOMES_FILE, "file")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        log.warning("%s is unreadable (%s): outcomes are taken from the trials' results",
+                    path, str(e).splitlines()[0][:120])
+        return {}
+    if not isinstance(data, dict):
+        log.warning("%s is not a JSON object: outcomes are taken from the trials' results", path)
+        return {}
+    known = {o.value for o in Outcome}
+    good = {k: v for k, v in data.items() if isinstance(v, dict) and v.get("outcome") in known}
+    bad = [k for k in data if k not in good]
+    if bad:
+        log.warning("%s: %d entries without a known outcome (e.g. %r: %.60r) ignored: theirs are taken from the "
+                    "trials' results", path, len(bad), bad[0], data[bad[0]])
+    return good
 
 
 def read_clock(experiment_dir: str | Path) -> float:

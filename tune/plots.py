@@ -167,11 +167,12 @@ def importance(experiment: Path, config, path: Path) -> None:
     PED-ANOVA needs no scikit-learn (Optuna's default, fANOVA, does)."""
     import optuna
 
-    db = experiment / "optuna.db"
+    from tune.experiment import inside, open_study
+
+    db = inside(experiment, "optuna.db", "file")
     if not db.is_file() or config is None:
         raise PlotSkipped("no Optuna study (optuna.db) beside the experiment")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=config.name, storage=f"sqlite:///{db}")
+    study = open_study(db, config.name)  # a corrupt file: UserError, which the report shows
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
             and math.isfinite(t.value)]
     if len(done) < 3:

@@ -14,6 +14,7 @@ from ray.tune import Callback
 from nanogpt.data import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
+from tune.searcher import bound_run
 from tune.space import Hparams
 
 log = logging.getLogger(__name__)  # DEBUG (tune.search -v): every evaluation of every trial
@@ -131,6 +132,9 @@ class MirrorSync(Callback):
     def __init__(self, mirror, *rels: str):
         self.mirror, self.rels = mirror, rels
 
+    def __setstate__(self, state: dict) -> None:  # restored by Ray: upload from the search's copy as it is now
+        self.__dict__.update(state, mirror=bound_run().mirror)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.mirror.push(*self.rels)
 
@@ -164,6 +168,9 @@ class OutcomeRecorder(Callback):
             write()
         except WriteFailed as e:
             self.failed = self.failed or e
+
+    def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
+        self.__dict__.update(state, experiment_dir=str(bound_run().dir))
 
     # Ray's time budget counts the search's running time across resumes (its TimeoutStopper is saved with the
     # experiment state, the time between runs left out); the search clock here counts the same, in our own JSON

@@ -27,7 +27,7 @@ from nanogpt.files import write_bytes
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
 from tune import plots
-from tune.experiment import best_checkpoint, finite, read_trials
+from tune.experiment import best_checkpoint, finite, inside, read_trials
 from tune.outcomes import Outcome, error_line, read_outcomes
 from tune.outcomes import describe as describe_outcome
 from tune.space import HPARAMS, TABLE, derived
@@ -47,11 +47,31 @@ class ReportError(UserError):
 
 
 def _config(path: Path) -> SearchConfig | None:
-    """The search's configuration; None when search.json is missing or unreadable (the report says so)."""
+    """The search's configuration; None when search.json is missing or unreadable (a warning naming what is
+    wrong with it; the report says so)."""
+    if not inside(path, "search.json", "file").exists():  # a link to one of the reader's files is refused, not read
+        return None  # the report says so; not a warning: the directory may hold no search at all
     try:
         return SearchConfig.load(path)
-    except UserError:
+    except UserError as e:
+        log.warning("%s", e)
         return None
+
+
+def _num(value) -> float | None:
+    """A metric as a float; None for anything else (a result.json made elsewhere may hold strings)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _evaluations(trial) -> list[dict]:
+    """The trial's results that are evaluations; one warning names a result.json whose val_loss or step is not
+    a number."""
+    evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
+    good = [r for r in evals if _num(r["val_loss"]) is not None and _num(r["step"]) is not None]
+    if len(good) < len(evals):
+        log.warning("%s: %d results whose val_loss or step is not a number ignored", trial.path / "result.json",
+                    len(evals) - len(good))
+    return good
 
 
 def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror | None]:
@@ -70,13 +90,17 @@ def _outcome(trial, recorded: dict) -> str:
     last = trial.last_result or {}
     if trial.status == "ERROR":
         return Outcome.ERRORED.value
-    if last.get("outcome"):  # written onto the result as it ended (outcomes.json lost or older)
+    if last.get("outcome") in {o.value for o in Outcome}:  # written onto the result as it ended (outcomes.json lost or older)
         return last["outcome"]
     return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
 
 
-def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trials table and the long learning-curve table, from one read of the experiment."""
+_UNREAD = object()
+
+
+def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials table and the long learning-curve table, from one read of the experiment.
+    `config`: search.json's contents when the caller has read them already."""
     path, mirror = _local(path, mirror)
     if not path.is_dir():
         raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
@@ -84,7 +108,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
         trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
     except UserError as e:
         raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
-    config = _config(path)
+    config = _config(path) if config is _UNREAD else config
     recorded = read_outcomes(path)
     rows, frames = [], []
     for trial in trials:
@@ -95,17 +119,19 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
         row.update(derived(cfg))
         row["sampler"] = cfg.get("sampler")
         row["budget_unit"] = config.budget_unit if config else None
-        evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
+        evals = _evaluations(trial)
         if evals:
             last = evals[-1]
             best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
-            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=float(best["val_bpc"]),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=last.get("spend"),
-                       n_params=int(last["n_params"]), tokens_seen=int(last["tokens_seen"]),
-                       seconds=float(last["elapsed_s"]), tokens_per_s=float(last["tokens_per_s"]),
+            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
+                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=_num(last.get("spend")),
+                       n_params=_num(last.get("n_params")), tokens_seen=_num(last.get("tokens_seen")),
+                       seconds=_num(last.get("elapsed_s")), tokens_per_s=_num(last.get("tokens_per_s")),
                        node=last.get("node_id") or last.get("node_ip"))
-            part = pd.DataFrame([{**{c: r.get(c) for c in CURVE_COLS},
-                                  "wall_time": r.get("started_at", math.nan) + r.get("time_total_s", math.nan)} for r in evals])
+            row.update({k: int(row[k]) for k in ("n_params", "tokens_seen") if row[k] is not None})
+            part = pd.DataFrame([{**{c: _num(r.get(c)) for c in CURVE_COLS},
+                                  "wall_time": (_num(r.get("started_at")) or math.nan) + (_num(r.get("time_total_s")) or math.nan)}
+                                 for r in evals])
             part.insert(0, "trial_id", trial.trial_id)
             frames.append(part)
         row["outcome"] = _outcome(trial, recorded)
@@ -140,7 +166,21 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     return df
 
 
+# what a report writes into a results directory; each is checked before writing (see _check_outputs)
+OUTPUTS = ("trials.csv", "best", "best.tmp", "report.md", "plots", "plots/learning_curves.png",
+           "plots/val_loss_vs_params.png", "plots/val_loss_vs_hparams.png", "plots/importance.png",
+           "plots/attention.png")
+
+
+def _check_outputs(path: Path) -> None:
+    """A results directory made elsewhere may hold links where the report writes (trials.csv -> ~/.bashrc):
+    refuse before anything is written."""
+    for name in OUTPUTS:
+        inside(path, name, "output")
+
+
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
+    _check_outputs(path)
     write_bytes(path / "trials.csv", df.to_csv(index=False).encode())
     ok = finite(df)
     ok = ok[ok["checkpoint"].notna()]
@@ -258,14 +298,30 @@ def _fence(text: str) -> str:
     return "```\n" + text.replace("```", "` ` `") + "\n```"
 
 
-def _data_file_text(config: SearchConfig | None) -> str:
-    """The start of the searched file, for its default prompt; empty when it is gone or there was none.
-    Only the first 4 KiB: a corpus can be gigabytes."""
+def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list[str], str | None]:
+    """(the generations' prompts, a note when they are not the search's own). From the results directory alone:
+    the prompts search.json records, else the data set's built-in ones; never a file that search.json names
+    (on the reader's machine that path may be anyone's file)."""
+    from nanogpt.data import default_prompts
+
+    if given:
+        return given, None
+    if config and config.prompts:
+        return list(config.prompts), None
+    prompts = default_prompts((config.dataset if config else None) or "")
+    return prompts, (f"search.json records no prompts (a search made before they were recorded): generations use "
+                     f"the default {prompts}; pass --prompt, or --data-file with your own copy of the data")
+
+
+def data_file_prompts(data_file: str) -> list[str]:
+    """Prompts from the start of the user's own data file (given on the command line)."""
+    from nanogpt.data import HEAD_CHARS, default_prompts
+
     try:
-        with open(config.data_file, encoding="utf-8", errors="replace") as f:
-            return f.read(4096)
-    except (OSError, AttributeError, TypeError):
-        return ""
+        with open(data_file, encoding="utf-8", errors="replace") as f:
+            return default_prompts("", f.read(HEAD_CHARS))
+    except OSError as e:
+        raise ReportError(f"cannot read --data-file {data_file} ({e.strerror})") from None
 
 
 def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, path: Path,
@@ -330,16 +386,16 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
 
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
     from nanogpt.checkpoint import CheckpointError, load_model
-    from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.sample import generate_text
 
+    _check_outputs(path)
+    config = _config(path)
     if trials is None:
-        df, curves = _read(path, mirror)
+        df, curves = _read(path, mirror, config)
         _write_exports(path, df, mirror)
     else:
-        df, curves = trials, _read(path, mirror)[1]
-    config = _config(path)
+        df, curves = trials, _read(path, mirror, config)[1]
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     missing: list[str] = []
@@ -366,6 +422,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
             plot_md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
         except plots.PlotSkipped as e:
             missing.append(f"{title}: {e}")
+        except UserError as e:  # a file it needs is corrupt (optuna.db): say which, draw the rest
+            log.warning("%s", e)
+            missing.append(f"{title}: {e}")
 
     # --- all trials
     md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", ""]
@@ -390,7 +449,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
 
     # --- generations
     dataset_name = (config.dataset if config else None) or ""
-    prompts = prompts or default_prompts(dataset_name, _data_file_text(config))
+    prompts, note = _prompts(config, prompts)
+    if note:
+        missing.append(note)
     models = []
     for _, row in finite(df).head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):
@@ -470,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tune.report", description="Rebuild the report of a search.")
     p.add_argument("path", help="RESULTS_DIR/NAME of a search (a directory, or a URI such as s3://bucket/results/NAME)")
     p.add_argument("--prompt", action="append", help="prompt for the generations (repeatable; default: data-set prompts)")
+    p.add_argument("--data-file", help="your own copy of the searched text: prompts from its start (default: the "
+                                       "prompts search.json records; a path search.json names is never read)")
     p.add_argument("--top", type=int, default=5, help="trials whose generations are shown")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=1337)
@@ -479,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ReportError(f"{args.path} is not a directory: pass RESULTS_DIR/NAME of a search")
     if args.top < 1 or args.temperature < 0 or args.max_new_tokens < 1:
         raise ReportError("--top and --max-new-tokens must be >= 1 and --temperature >= 0")
-    out = write_report(args.path, args.prompt, args.top, args.temperature, args.seed, args.max_new_tokens)
+    prompts = args.prompt or (data_file_prompts(args.data_file) if args.data_file else None)
+    out = write_report(args.path, prompts, args.top, args.temperature, args.seed, args.max_new_tokens)
     df = pd.read_csv(out.parent / "trials.csv")
     print(top_table(df, args.top))
     print(f"report: {out}" + (f" (uploaded to {args.path.rstrip('/')}/report.md)" if is_uri(args.path) else ""))

@@ -23,14 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nanogpt.data import TokenData, prepare
+from nanogpt.data import TokenData, default_prompts, prepare
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome
+from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome
 from tune.space import largest, max_value
 
-OPTUNA_DB = "optuna.db"
 FINAL_DIR = "final"
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,15 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def local_ray_on_loopback() -> None:
+    """A local search's Ray listens on 127.0.0.1 only. Ray takes its node address when it is imported: on Linux
+    the machine's outward address, and its GCS, raylet and workers then listen on every interface; with
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it takes the loopback address, as it does on macOS and Windows, and they
+    listen there (ray.init's _node_ip_address turns 127.0.0.1 back into the outward address). Call it before ray
+    is imported; a value the user set is kept."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def init_ray(config: SearchConfig, address: str | None, dashboard: bool) -> None:
     import ray
 
@@ -168,8 +176,11 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     from ray import tune
 
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
-    from tune.searcher import ResumableOptunaSearch, TruthfulOptunaSearch
+    from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, bind_run, search_algorithm
     from tune.trainable import train_gpt
+
+    # before Ray unpickles its state: a moved or copied search resumes where it is now (see tune.searcher)
+    bind_run(config.experiment_dir, config.experiment_path, config.mirror)
 
     trainable = tune.with_resources(
         # the tokens by reference (in a list: Ray cannot put a ref itself): one copy in the object store,
@@ -190,15 +201,15 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
         mode=config.mode,
         sampler=config.make_sampler(),
         study_name=config.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{exp / OPTUNA_DB}"),
+        storage=StudyStorage(exp),
     )
     scheduler = config.make_scheduler()
     mirror = config.mirror
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=config.metric, mode=config.mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent,
+            metric=config.metric, mode=config.mode, search_alg=search_algorithm(searcher, config.max_concurrent),
+            scheduler=scheduler, num_samples=config.num_samples,
             time_budget_s=config.time_budget_s, reuse_actors=True, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -310,6 +321,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     """Run (or resume) a search; returns the experiment directory. Everything is checked before anything is
     written; the run holds the results directory's lock for the name from then on (tune.lock)."""
     _quiet_ray()
+    if not address:
+        local_ray_on_loopback()
     mirror = config.mirror
     if address:
         check_address(address)
@@ -333,6 +346,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     else:
         _refuse_taken(config)  # at once, before tokenizing; again under the lock
     data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
+    if not resume:  # the report's prompts travel with the results, not as a path to the data
+        config = dataclasses.replace(config, prompts=default_prompts(data.dataset, data.head))
     if not resume and mirror:
         mirror.check_writable()
     elif not resume:

@@ -5,18 +5,92 @@ The study lives in SQLite (optuna.db): every report and tell is on disk at once.
 between the last snapshot and the crash is RUNNING in Ray's state and is rerun from its last checkpoint, while
 the study already holds its end. Optuna refuses to tell a finished trial twice (ValueError) and to report to it,
 so both searchers below ask the study first: what the study holds is the record, and the rerun is not told.
+
+Ray's saved state also holds the paths the search started with. So that a moved or copied results directory
+resumes where it is now, the driver binds its search (bind_run) before Ray restores: the study's storage,
+the search algorithm's experiment and our callbacks take their paths from it when unpickled.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+from pathlib import Path
+from typing import NamedTuple
 
+import optuna
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.outcomes import Outcome
+from tune.outcomes import OPTUNA_DB, Outcome
 
 log = logging.getLogger(__name__)
+
+# The search this driver process runs, where its directory is now (bind_run). Ray's saved state (tuner.pkl,
+# searcher-state-*.pkl) holds the searcher and callbacks as they were made, paths included; ours take theirs
+# from here when unpickled, so a results directory that was moved or copied resumes against its own files.
+class BoundRun(NamedTuple):
+    dir: Path  # the search's local files (RESULTS_DIR/NAME, or a URI search's local copy)
+    path: str  # where Ray keeps the experiment: the same directory, or a URI
+    mirror: object  # a URI search's tune.storage.Mirror, else None
+
+
+_bound: list[BoundRun] = []
+
+
+def bind_run(experiment_dir: str | Path, experiment_path: str, mirror=None) -> None:
+    """Bind this process's search to where it is now, before Ray reads its saved state."""
+    _bound[:] = [BoundRun(Path(experiment_dir), experiment_path, mirror)]
+
+
+def bound_run() -> BoundRun:
+    if not _bound:
+        raise RuntimeError("no search is bound: tune.search binds one (bind_run) before Ray restores its state")
+    return _bound[0]
+
+
+class RelocatableSearchGenerator(SearchGenerator):
+    """Ray's wrapper of a Searcher, whose restored experiment is where the search is now. Ray restores the trials
+    it had with the new location but this wrapper's experiment with the one the search started in, so trials
+    created after a resume would be written into the original directory (or fail, once it has moved)."""
+
+    def set_state(self, state: dict) -> None:
+        import pyarrow.fs
+
+        super().set_state(state)
+        storage = copy.copy(self._experiment.spec["storage"])
+        path = bound_run().path
+        if "://" in path:
+            fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+        else:
+            fs, fs_path = pyarrow.fs.LocalFileSystem(), Path(path).as_posix()
+        storage.storage_filesystem = fs
+        storage.storage_fs_path, _, storage.experiment_dir_name = fs_path.rstrip("/").rpartition("/")
+        self._experiment.spec["storage"] = self._experiment.storage = storage
+
+
+def search_algorithm(searcher: Searcher, max_concurrent: int | None) -> RelocatableSearchGenerator:
+    """What Tune is given: the searcher, limited to `max_concurrent` trials at once, in a relocatable wrapper."""
+    return RelocatableSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher)
+
+
+class StudyStorage(optuna.storages.RDBStorage):
+    """The search's optuna.db. Pickled without its path: unpickled (Tuner.restore), it opens the bound search's
+    optuna.db, never the one where the search was started."""
+
+    def __init__(self, experiment_dir: str | Path):
+        super().__init__(_sqlite_url(experiment_dir))
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "url": None}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({**state, "url": _sqlite_url(bound_run().dir)})
+
+
+def _sqlite_url(experiment_dir: str | Path) -> str:
+    return f"sqlite:///{Path(experiment_dir).resolve() / OPTUNA_DB}"
 
 
 class ResumableOptunaSearch(OptunaSearch):

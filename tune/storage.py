@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nanogpt.data import cache_dir
 from nanogpt.errors import UserError
+from tune.experiment import inside
 
 
 def is_uri(path: str | Path) -> bool:
@@ -92,16 +93,22 @@ class Mirror:
 
         if not self.exists():
             raise UserError(f"{self.uri} does not exist: check --results-dir and the search's name")
-        shutil.rmtree(self.local, ignore_errors=True)
-        self.local.mkdir(parents=True)
-        local_fs = pyarrow.fs.LocalFileSystem()
+        files = []
         for info in self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True)):
             rel = info.path[len(self.root):].lstrip("/")
             if info.type != pyarrow.fs.FileType.File or any(p.startswith("checkpoint_") for p in rel.split("/")):
                 continue
-            dest = self.local / rel  # a file the listing already named: no further remote lookups
+            # keys are arbitrary strings: every one is checked before anything is written
+            if ".." in rel.split("/"):
+                raise UserError(f"{self.uri}: the key {info.path!r} resolves outside the local copy; refusing the "
+                                f"whole results directory (is it crafted?)")
+            files.append((info.path, inside(self.local, rel, f"{self.uri}: the key")))
+        shutil.rmtree(self.local, ignore_errors=True)
+        self.local.mkdir(parents=True)
+        local_fs = pyarrow.fs.LocalFileSystem()
+        for src, dest in files:  # files the listing already named: no further remote lookups
             dest.parent.mkdir(parents=True, exist_ok=True)
-            pyarrow.fs.copy_files(info.path, str(dest), source_filesystem=self.fs, destination_filesystem=local_fs)
+            pyarrow.fs.copy_files(src, str(dest), source_filesystem=self.fs, destination_filesystem=local_fs)
         return self.local
 
     def has(self, local_path: str | Path) -> bool:
