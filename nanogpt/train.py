@@ -229,10 +229,11 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, splits: tuple[str, ...] = ("train", "val")) -> dict[str, float]:
-        """Mean loss over eval_iters batches per split. The eval batches are the same at every
-        evaluation (fixed generator), so curves are not jittered by sampling noise."""
-        self.model.eval()
+    def evaluate(self, splits: tuple[str, ...] = ("train", "val"), model: GPT | None = None) -> dict[str, float]:
+        """Mean loss of `model` (default: the run's) over eval_iters batches per split. The eval batches are the
+        same at every evaluation (fixed generator), so curves are not jittered by sampling noise."""
+        model = model or self.model
+        model.eval()
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
         out = {}
         for split in splits:
@@ -242,10 +243,10 @@ class Trainer:
             for k in range(self.cfg.eval_iters):
                 x, y = get_batch(ids, self.model_cfg.block_size, bs, gen)
                 with self.autocast():
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
+                    _, loss = model(x.to(self.device), y.to(self.device))
                 losses[k] = loss.item()
             out[split] = losses.mean().item()
-        self.model.train()
+        model.train()
         return out
 
     def _metrics(self, train_loss: float, val_loss: float) -> dict:
@@ -265,6 +266,26 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------
 
+    def train_step(self, model: GPT, optimizers: list[torch.optim.Optimizer], lr: float,
+                   batch_gen: torch.Generator) -> float:
+        """One optimizer step of `model` at learning rate `lr` on the next batch of `batch_gen`; its loss."""
+        cfg, B, T = self.cfg, self.cfg.batch_size, self.model_cfg.block_size
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        x, y = get_batch(self.data.train, T, B, batch_gen)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.autocast():
+            _, loss = model(x, y)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        return loss.item()  # also synchronises CUDA, so the caller's timing is honest
+
     def run(self, callback: Callback | None = None) -> list[dict]:
         """Train until the budget is spent (or the wall-time limit, or divergence). After every evaluation,
         callback(metrics, trainer) is called; it may save a checkpoint with trainer.save(dir).
@@ -278,22 +299,7 @@ class Trainer:
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         while self.status == "running" and self._budget_left():
             t0 = time.perf_counter()
-            lr = lr_at(self.step, cfg, self.planned_steps)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            x, y = get_batch(self.data.train, T, B, self.batch_gen)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                _, loss = model(x, y)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            for opt in optimizers:
-                opt.step()
-            loss_value = loss.item()  # also synchronises CUDA, so the timing below is honest
+            loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps), self.batch_gen)
             self.step += 1
             self.tokens_seen += B * T
             self.train_time += time.perf_counter() - t0
