@@ -1,5 +1,6 @@
 """The training loop: AdamW with nanoGPT's weight-decay groups (or Muon on the blocks' matrices), warmup +
-cosine decay, gradient clipping, periodic evaluation handed to a callback, exact-resume checkpoints.
+cosine decay or warmup-stable-decay (with cooldown branches: nanogpt.cooldown), gradient clipping, periodic
+evaluation handed to a callback, exact-resume checkpoints.
 
 The loop knows nothing of Ray: the search passes a callback that reports each evaluation.
 `python -m nanogpt.train` trains one configuration, the notebook's single run.
@@ -20,6 +21,7 @@ import torch
 
 from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError, read_checkpoint,
                                 read_checkpoint_tokenizer)
+from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
@@ -28,6 +30,7 @@ from nanogpt.tokenizer import save_tokenizer
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 def check_muon() -> None:
@@ -68,6 +71,13 @@ class TrainConfig:
     # adamw: AdamW on every parameter; muon: torch.optim.Muon on the 2-D weights inside the blocks (same lr,
     # adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms and biases
     optimizer: Literal["adamw", "muon"] = "adamw"
+    # cosine: warmup, then cosine decay to min_lr; wsd (warmup-stable-decay): warmup, the peak learning rate,
+    # then a linear decay to min_lr over the last cooldown_frac of the planned steps
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    cooldown_frac: float = 0.2  # wsd: the decay's share of the run (and a cooldown branch's length, as a share of the steps so far)
+    # wsd: spends (budget_unit) where the run branches a decayed copy and reports that copy's val_loss (cooldown
+    # rungs); the run then stays at the peak, ends with a branch too, and its budget pays for the branches
+    cooldown_rungs: list[float] | None = None
 
     def __post_init__(self) -> None:
         positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
@@ -118,22 +128,43 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon":
             check_muon()
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.cooldown_frac < 1:
+            raise ValueError(f"cooldown_frac must be in (0, 1), got {self.cooldown_frac}")
+        if self.cooldown_rungs is not None:
+            if self.schedule != "wsd":
+                raise ValueError("cooldown_rungs need the schedule wsd (a cosine run has no stable phase to branch from)")
+            self.cooldown_rungs = sorted(float(r) for r in self.cooldown_rungs)
+            if any(not (r > 0 and math.isfinite(r)) for r in self.cooldown_rungs):
+                raise ValueError(f"cooldown_rungs must be spends > 0, got {self.cooldown_rungs}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def warmup_steps(cfg: TrainConfig, planned_steps: int | None) -> int:
+    """The run's warmup: cfg.warmup_steps, else a tenth of the planned steps, at most 100."""
+    return cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
+
+
 def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
-    `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it (budgets not in steps)."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr, or (wsd) the peak
+    and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
+    are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it."""
+    warmup = warmup_steps(cfg, planned_steps)
     decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else planned_steps
     if step < warmup:
         return cfg.learning_rate * (step + 1) / (warmup + 1)
-    if decay is None:  # length not known yet (seconds budget before its speed probe): hold the peak
+    # cooldown rungs: the run holds the peak, its branches decay; length not known yet (seconds budget before
+    # its speed probe): hold the peak
+    if decay is None or cfg.cooldown_rungs is not None:
         return cfg.learning_rate
     if step >= decay:
         return cfg.min_lr
+    if cfg.schedule == "wsd":
+        start = max(warmup, decay - round(cfg.cooldown_frac * decay))
+        return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.min_lr)
     ratio = (step - warmup) / max(1, decay - warmup)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
@@ -193,6 +224,8 @@ class Trainer:
         self.history: list[dict] = []
         self.status = "running"
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
+        # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
+        self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
         unit = cfg.budget_unit
@@ -201,6 +234,11 @@ class Trainer:
         self.step_spend = {"steps": 1, "tokens": tokens_per_step, "flops": tokens_per_step * self.flops_per_token,
                            "s": None}[unit]
         self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
+        self.total_steps = self.planned_steps  # training and cooldown branches together
+        self.rungs = cfg.cooldown_rungs or []
+        if cfg.cooldown_rungs is not None and self.total_steps is not None:
+            at = rung_steps(self.rungs, self.step_spend, self.eval_every, self.total_steps)
+            self.planned_steps = plan_training_steps(self.total_steps, at, cfg.cooldown_frac)
         if self.planned_steps == 0:
             raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
                             f"({self.step_spend:g} {unit}); raise the budget")
@@ -212,13 +250,22 @@ class Trainer:
 
     @property
     def spend(self) -> float:
-        """What the run has spent of its budget, in the budget's unit."""
+        """What the run's training steps have spent, in the budget's unit (cooldown branches not counted)."""
         return {"steps": self.step, "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token,
                 "s": self.train_time}[self.cfg.budget_unit]
+
+    @property
+    def branch_spend(self) -> float:
+        """What the run's cooldown branches have spent, in the budget's unit."""
+        if self.cfg.budget_unit == "s":
+            return self.branch_time
+        return self.branch_steps * self.step_spend
 
     def _budget_left(self) -> bool:
         if self.planned_steps is not None and self.cfg.budget_unit != "s":
             return self.step < self.planned_steps
+        if self.cfg.cooldown_rungs is not None:  # leave the end branch its share
+            return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time < self.budget
         return self.train_time < self.budget
 
     def _plan_by_speed(self) -> None:
@@ -260,6 +307,8 @@ class Trainer:
             "n_params": self.model.get_num_params(),
             "elapsed_s": self.elapsed,
             "spend": self.spend,
+            "branch_spend": self.branch_spend,
+            "total_spend": self.spend + self.branch_spend,
             "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
             "status": self.status,
         }
@@ -327,9 +376,13 @@ class Trainer:
                     losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
                 else:
                     losses = self.evaluate()
+                stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
+                if branch:  # a cooldown rung: the loss reported is the decayed copy's
+                    losses["val"] = self._branch(branch)
                 self.loss_sum, self.loss_count = 0.0, 0
                 self.elapsed = time.perf_counter() - t_start
-                metrics = self._metrics(losses["train"], losses["val"])
+                metrics = {**self._metrics(losses["train"], losses["val"]), "stable_val_loss": stable_val,
+                           "cooldown_steps": branch}
                 if not math.isfinite(losses["val"]):
                     self.status = metrics["status"] = "diverged"
                     metrics["val_loss"] = metrics["val_bpc"] = float("inf")
@@ -337,6 +390,26 @@ class Trainer:
             if callback is not None:
                 callback(metrics, self)
         return self.history
+
+    def _branch_due(self) -> int:
+        """The steps of the cooldown branch this evaluation takes (at a rung, and at the run's end), or 0. The end
+        branch takes what the budget has left, which the plan made at least its share."""
+        if self.cfg.cooldown_rungs is None:
+            return 0
+        tol = 1e-9 * self.eval_every
+        at_rung = False
+        while self.rungs_done < len(self.rungs) and self.spend >= self.rungs[self.rungs_done] - tol:
+            self.rungs_done, at_rung = self.rungs_done + 1, True
+        if self.status == "finished" and self.total_steps is not None:
+            return self.total_steps - self.step - self.branch_steps
+        return branch_steps(self.step, self.cfg.cooldown_frac) if at_rung or self.status == "finished" else 0
+
+    def _branch(self, n_steps: int) -> float:
+        t0 = time.perf_counter()
+        val = cooldown_branch(self, n_steps)
+        self.branch_steps += n_steps
+        self.branch_time += time.perf_counter() - t0
+        return val
 
     # --- checkpoints ------------------------------------------------------------------
 
@@ -353,6 +426,9 @@ class Trainer:
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "planned_steps": self.planned_steps,
+            "branch_steps": self.branch_steps,
+            "branch_time": self.branch_time,
+            "rungs_done": self.rungs_done,
             "rng_torch": torch.get_rng_state(),
             "rng_batch": self.batch_gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -371,6 +447,8 @@ class Trainer:
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
+        self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
+        self.rungs_done = sd.get("rungs_done", 0)
         if self.cfg.budget_unit == "s":
             self.planned_steps = sd.get("planned_steps")
         torch.set_rng_state(sd["rng_torch"])
@@ -390,6 +468,7 @@ class Trainer:
             "val_chars_per_token": self.data.val_chars_per_token,
             "step": self.step,
             "status": self.status,
+            "warmup_steps": warmup_steps(self.cfg, self.planned_steps),  # what a continuation must repeat
             "history": self.history,
         }
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -455,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-tokens", type=int, default=120)
     p.add_argument("--temperature", type=float, default=0.8)
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
-    add_dataclass_args(p, TrainConfig)
+    add_dataclass_args(p, TrainConfig, skip={"cooldown_rungs"})  # the search's: it knows the rungs
     args = p.parse_args(argv)
 
     if args.threads is not None:
