@@ -485,6 +485,15 @@ class Trainer:
         self.load_state_dict(sd)
         self.history = list(meta.get("history", []))
 
+    def continue_from(self, directory: str | Path) -> None:
+        """Train on from another run's checkpoint of this model (a search trial's stable weights): its weights,
+        optimizer, spend and random streams, under this trainer's configuration and larger budget."""
+        self.restore(directory)
+        if not self._budget_left():
+            raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "
+                            f"of a budget of {self.budget:g} to continue it")
+        self.status = "running"
+
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Train and val loss against step, as a PNG."""

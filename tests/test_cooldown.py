@@ -134,8 +134,7 @@ def test_continued_run_equals_a_straight_one(data, tmp_path):
     warmup = nanogpt.train.read_checkpoint(tmp_path / "trial")[0]["warmup_steps"]
     final_budget = 3 * trial.step
     continued = make(data, max_steps=final_budget, warmup_steps=warmup)
-    continued.restore(tmp_path / "trial")
-    continued.status = "running"
+    continued.continue_from(tmp_path / "trial")
     continued.run()
     straight = make(data, max_steps=final_budget, warmup_steps=warmup)
     straight.run()

@@ -102,6 +102,13 @@ class SearchConfig:
     # where trials train: auto = CUDA when the trial has a GPU share, else CPU; cpu = always CPU, even with a
     # GPU share (Ray's GPUs are then only a scheduling resource, e.g. logical GPUs in a test); cuda = always CUDA
     device: str = "auto"
+    # cosine, or wsd: trials hold their peak learning rate and report cooldown rungs (nanogpt.cooldown): at each of
+    # ASHA's rungs and at their end, the val_loss of a copy decayed for cooldown_frac of the trial's steps so far
+    schedule: str = "cosine"
+    cooldown_frac: float = 0.2
+    # --final-budget: "continue" the best finished trial's stable checkpoint to the final budget, then decay
+    # (wsd only), or retrain its configuration from "scratch"
+    final_from: str = "scratch"
 
     # --- where things are
 
@@ -138,20 +145,30 @@ class SearchConfig:
         kind = opts.pop("kind")
         return optuna.samplers.TPESampler(**opts) if kind == "tpe" else optuna.samplers.RandomSampler(**opts)
 
-    def trial_train_config(self, hp: Hparams, device: str = "cpu"):
-        """The TrainConfig of a trial with these hyperparameters."""
-        return hp.train_config(budget_unit=self.budget_unit, budget=self.trial_budget, eval_every=self.eval_every,
-                               device=device, **self.shared_train_fields())
+    @property
+    def rungs(self) -> list[float]:
+        """ASHA's rungs in the budget's unit, as Ray's ASHAScheduler places them (grace * rf^k below max_t)."""
+        n = int(math.log(self.trial_budget / self.grace_period) / math.log(self.reduction_factor) + 1)
+        return [self.grace_period * self.reduction_factor ** k for k in range(n)]
 
-    def final_train_config(self, hp: Hparams, device: str = "cpu"):
-        """The TrainConfig of the winner's final training (--final-budget): ten evaluations."""
+    def trial_train_config(self, hp: Hparams, device: str = "cpu"):
+        """The TrainConfig of a trial with these hyperparameters; under wsd it branches at the rungs (whatever
+        the scheduler: a FIFO search records the same rung losses)."""
+        rungs = dict(cooldown_rungs=self.rungs) if self.schedule == "wsd" else {}
+        return hp.train_config(budget_unit=self.budget_unit, budget=self.trial_budget, eval_every=self.eval_every,
+                               device=device, **rungs, **self.shared_train_fields())
+
+    def final_train_config(self, hp: Hparams, device: str = "cpu", warmup_steps: int | None = None):
+        """The TrainConfig of the winner's final training (--final-budget): ten evaluations. `warmup_steps`: the
+        trial's own, when the final training continues it (so it equals a run trained straight to the budget)."""
         return hp.train_config(budget_unit=self.budget_unit, budget=self.final_budget,
                                eval_every=_final_eval_every(self.final_budget, self.budget_unit),
-                               device=device, **self.shared_train_fields())
+                               device=device, warmup_steps=warmup_steps, **self.shared_train_fields())
 
     def shared_train_fields(self) -> dict:
         return dict(eval_iters=self.eval_iters, eval_batch_size=self.eval_batch_size,
-                    train_loss_from=self.train_loss_from, seed=self.seed)
+                    train_loss_from=self.train_loss_from, seed=self.seed, schedule=self.schedule,
+                    cooldown_frac=self.cooldown_frac)
 
     def budget_text(self, amount: float | None = None) -> str:
         return format_amount(self.trial_budget if amount is None else amount, self.budget_unit)
@@ -230,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default=None, choices=["asha", "fifo"], help="default: asha")
     s.add_argument("--grace-period", default=None, metavar="AMOUNT", help="ASHA: spend before a trial can be stopped")
     s.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1 in N at each rung")
+    s.add_argument("--schedule", default=None, choices=["cosine", "wsd"],
+                   help="learning rate schedule of every trial (default: the preset's): cosine, or wsd (warmup-stable-"
+                        "decay): trials hold the peak and report cooldown rungs, the loss of a copy decayed at each rung")
+    s.add_argument("--cooldown-frac", type=float, default=None,
+                   help="wsd: a cooldown's length as a share of the steps trained so far (default: 0.2)")
+    s.add_argument("--final-from", default=None, choices=["continue", "scratch"],
+                   help="--final-budget: continue the best finished trial to the final budget, then decay (wsd; the "
+                        "default there), or retrain its configuration from scratch (the default under cosine)")
     s.add_argument("--seed", type=int, default=None, help="the sampler's and every trial's seed (default: 0)")
     s.add_argument("--max-failures", type=int, default=None, help="retries of a trial whose worker died (default: 2)")
     s.add_argument("--tell-optuna", default=None, choices=["truth", "ray"],
@@ -257,7 +282,8 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",), "device": ("device",),
     "max_concurrent": ("max_concurrent",), "searcher": ("searcher",), "scheduler": ("scheduler",),
     "grace_period": ("grace_period",), "reduction_factor": ("reduction_factor",), "seed": ("seed",),
-    "max_failures": ("max_failures",), "tell_optuna": ("tell_optuna",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
+    "max_failures": ("max_failures",), "tell_optuna": ("tell_optuna",), "schedule": ("schedule",),
+    "cooldown_frac": ("cooldown_frac",), "final_from": ("final_from",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
 }
 
 
@@ -346,6 +372,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-interval "
                         f"({format_amount(eval_every, unit)}): ASHA decides on evaluations")
     final = parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget is not None else None
+    schedule, cooldown_frac, final_from = _schedule(args, preset, budget, final, unit)
 
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else preset.cpus_per_trial
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
@@ -379,8 +406,25 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         reduction_factor=args.reduction_factor or preset.reduction_factor,
         max_failures=args.max_failures if args.max_failures is not None else 2,
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
-        tell_optuna=args.tell_optuna or "truth",
+        tell_optuna=args.tell_optuna or "truth", schedule=schedule, cooldown_frac=cooldown_frac, final_from=final_from,
     )
+
+
+def _schedule(args: argparse.Namespace, preset: Preset, budget: float, final: float | None,
+              unit: str) -> tuple[str, float, str]:
+    """--schedule, --cooldown-frac and --final-from, checked together."""
+    schedule = args.schedule or preset.schedule
+    frac = args.cooldown_frac if args.cooldown_frac is not None else 0.2
+    if not 0 < frac < 1:
+        raise UserError(f"--cooldown-frac must be in (0, 1), a share of the steps trained, got {frac:g}")
+    final_from = args.final_from or ("continue" if schedule == "wsd" else "scratch")
+    if final_from == "continue" and schedule != "wsd":
+        raise UserError("--final-from continue needs --schedule wsd: a cosine trial ends decayed, there is no stable "
+                        "checkpoint to continue; use --final-from scratch")
+    if final_from == "continue" and final is not None and final <= budget:
+        raise UserError(f"--final-budget {format_amount(final, unit)} is not more than the trial budget "
+                        f"{format_amount(budget, unit)}: continuing the winner needs a larger one (or --final-from scratch)")
+    return schedule, frac, final_from
 
 
 def check_same(args: argparse.Namespace, saved: SearchConfig, results_dir: str) -> None:

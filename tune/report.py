@@ -34,12 +34,22 @@ log = logging.getLogger(__name__)
 CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s",
               "wall_time"]  # wall_time: when the evaluation was reported (unix seconds)
 COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
-           "val_bpc", "last_val_loss", "steps", "spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
+           "val_bpc", "last_val_loss", "steps", "spend", "train_spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
            "sampler", "error", "checkpoint"]
 
 
 class ReportError(UserError):
     pass
+
+
+def _final_origin(meta: dict) -> str:
+    """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
+    trial = meta.get("continued_from")
+    if not trial:
+        return "- trained from scratch with the winner's configuration"
+    train = meta.get("train", {})
+    return (f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), "
+            f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})")
 
 
 def _config(path: Path) -> SearchConfig | None:
@@ -111,7 +121,9 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
             last = evals[-1]
             best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
             row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=float(best["val_bpc"]),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=last.get("spend"),
+                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]),
+                       # spend: what the budget counts (training and cooldown branches); train_spend: training alone
+                       spend=last.get("total_spend", last.get("spend")), train_spend=last.get("spend"),
                        n_params=int(last["n_params"]), tokens_seen=int(last["tokens_seen"]),
                        seconds=float(last["elapsed_s"]), tokens_per_s=float(last["tokens_per_s"]),
                        node=last.get("node_id") or last.get("node_ip"))
@@ -391,6 +403,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
                    f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}"
                    + (f" (the search's best trial: {finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
                       if config and not finite(df).empty else ""),
+                   _final_origin(final_model[2]),
                    f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {final}`)", ""]
         except CheckpointError as e:
             missing.append(f"final/: {e}")

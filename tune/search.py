@@ -211,10 +211,16 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    print(f"\nfinal training of {best['trial_id']}'s configuration for {config.budget_text(config.final_budget)} "
+    start = None
+    if config.final_from == "continue":
+        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(exp, best["trial_id"], config.mirror)}
+        how = f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}"
+    else:
+        how = f"{best['trial_id']}'s configuration retrained from scratch"
+    print(f"\nfinal training: {how} to {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
-    out = ray.get(task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial"))))
+    out = ray.get(task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), start))
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -226,6 +232,20 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
     return out
+
+
+def stable_checkpoint(exp: Path, trial_id: str, mirror=None) -> dict[str, bytes]:
+    """The files of a finished trial's last checkpoint: its stable weights at the end of its training (under
+    wsd a trial never decays its own weights; its cooldowns are branches)."""
+    from tune.experiment import read_trials
+
+    trial = next(t for t in read_trials(exp, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
+                 if t.trial_id == trial_id)
+    if not trial.checkpoints:
+        raise UserError(f"trial {trial_id} kept no checkpoint to continue: use --final-from scratch")
+    name = max(trial.checkpoints, key=lambda n: trial.checkpoints[n].get("step", -1))
+    path = mirror.fetch(trial.path / name) if mirror else trial.path / name
+    return {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
 
 
 def run(config: SearchConfig, resume: bool, address: str | None = None, dashboard: bool = False,

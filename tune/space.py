@@ -69,7 +69,7 @@ class Hparams:
     def train_config(self, *, budget_unit: str, budget: float, eval_every: float, device: str = "cpu",
                      **shared: Any) -> TrainConfig:
         """The trial's TrainConfig for a budget in its unit; `shared`: the search-wide TrainConfig fields
-        (eval_iters, eval_batch_size, train_loss_from, seed). min_lr is a tenth of the peak learning rate."""
+        (eval_iters, eval_batch_size, train_loss_from, seed, schedule, ...). min_lr is a tenth of the peak."""
         if budget_unit == "steps":
             sized = dict(max_steps=int(budget), eval_interval=int(eval_every))
         else:
@@ -275,6 +275,7 @@ class Preset:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     n_startup_trials: int = 6  # random trials before TPE models the results
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay with cooldown rungs)
 
 
 def _int(low: int, high: int, step: int = 1) -> IntDistribution:
