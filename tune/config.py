@@ -56,6 +56,22 @@ def parse_amount(text: str, flag: str, unit: str | None = None) -> tuple[float, 
     return amount, given
 
 
+_DURATION = re.compile(r"^\s*([0-9.eE+-]+)\s*(s|m|h)?\s*$")
+FINAL_TIME_SHARE = 0.3  # --final-budget auto: the share of --time-budget kept for the final training
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """'900', '900s', '15m', '1h' -> seconds."""
+    m = _DURATION.match(str(text))
+    try:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)] if m else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise UserError(f"{flag} {text!r}: give a duration > 0 in seconds, minutes or hours, e.g. 900, 900s, 15m, 1h")
+    return seconds
+
+
 def format_amount(amount: float, unit: str) -> str:
     return f"{amount:g}{unit}"
 
@@ -76,7 +92,7 @@ class SearchConfig:
     budget_unit: str  # steps | tokens | flops | s
     trial_budget: float  # what every trial may spend, in budget_unit
     eval_every: float  # an evaluation (one report to Tune) each time a trial's spend passes a multiple of this
-    final_budget: float | None  # train the winner once more for this (budget_unit), into final/
+    final_budget: float | None  # train the winner once more for this (budget_unit), into final/; see final_auto
     eval_iters: int
     eval_batch_size: int
     train_loss_from: str
@@ -109,6 +125,10 @@ class SearchConfig:
     # --final-budget: "continue" the best finished trial's stable checkpoint to the final budget, then decay
     # (wsd only), or retrain its configuration from "scratch"
     final_from: str = "scratch"
+    # --final-budget auto: --time-budget (total_time_s) covers the search and the final training; the search gets
+    # time_budget_s of it, the final training what is left, its budget sized from the winner's own speed
+    final_auto: bool = False
+    total_time_s: float | None = None
 
     # --- where things are
 
@@ -234,8 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-interval", default=None, metavar="AMOUNT",
                    help="spend between evaluations (one report to Tune each), in the budget's unit")
     b.add_argument("--final-budget", default=None, metavar="AMOUNT",
-                   help="after the search, train the best configuration once more for this (same unit) into final/")
-    b.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop the whole search after this long")
+                   help="after the search, train the best configuration once more for this (same unit) into final/; "
+                        "auto (with --time-budget): as much as the time budget leaves after the search")
+    b.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="stop the whole search after this long: 900, 900s, 15m or 1h; with --final-budget auto it covers "
+                        f"the search and the final training ({1 - FINAL_TIME_SHARE:.0%} / {FINAL_TIME_SHARE:.0%})")
     b.add_argument("--cpus-per-trial", type=float, default=None)
     b.add_argument("--gpus-per-trial", type=float, default=None, help="fractional allowed, e.g. 0.25")
     b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
@@ -278,7 +301,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "preset": ("preset",), "dataset": ("dataset",), "data_file": ("data_file",), "tokenizer": ("tokenizer",),
     "bpe_vocab_size": ("bpe_vocab_size",), "num_samples": ("num_samples",),
     "trial_budget": ("budget_unit", "trial_budget"), "max_steps": ("budget_unit", "trial_budget"),
-    "eval_interval": ("eval_every",), "final_budget": ("final_budget",), "time_budget": ("time_budget_s",),
+    "eval_interval": ("eval_every",), "final_budget": ("final_budget", "final_auto"), "time_budget": ("time_budget_s",),
     "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",), "device": ("device",),
     "max_concurrent": ("max_concurrent",), "searcher": ("searcher",), "scheduler": ("scheduler",),
     "grace_period": ("grace_period",), "reduction_factor": ("reduction_factor",), "seed": ("seed",),
@@ -317,7 +340,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     """A new search's configuration from the preset and the flags, every check done here, before Ray."""
     preset: Preset = PRESETS[args.preset or "laptop"]
     for flag, integer in [("num_samples", True), ("max_steps", True), ("max_concurrent", True),
-                          ("time_budget", False), ("cpus_per_trial", False), ("bpe_vocab_size", True)]:
+                          ("cpus_per_trial", False), ("bpe_vocab_size", True)]:
         _check_positive(flag.replace("_", "-"), getattr(args, flag), integer)
     _check_positive("gpus-per-trial", args.gpus_per_trial, integer=False, allow_zero=True)
     _check_positive("max-failures", args.max_failures, allow_zero=True)
@@ -371,7 +394,13 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     if abs(n_evals - round(n_evals)) > 1e-9 or round(n_evals) < 1:
         raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-interval "
                         f"({format_amount(eval_every, unit)}): ASHA decides on evaluations")
-    final = parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget is not None else None
+    total_time = parse_duration(args.time_budget) if args.time_budget is not None else None
+    final_auto = args.final_budget is not None and args.final_budget.strip() == "auto"
+    if final_auto and total_time is None:
+        raise UserError("--final-budget auto sizes the final training from the time budget: give --time-budget too "
+                        "(e.g. --time-budget 15m)")
+    final = parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget and not final_auto else None
+    search_time = total_time * (1 - FINAL_TIME_SHARE) if final_auto else total_time
     schedule, cooldown_frac, final_from = _schedule(args, preset, budget, final, unit)
 
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else preset.cpus_per_trial
@@ -400,13 +429,14 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         space=space_to_json(space), num_samples=args.num_samples or preset.num_samples,
         budget_unit=unit, trial_budget=budget, eval_every=eval_every, final_budget=final,
         eval_iters=preset.eval_iters, eval_batch_size=preset.eval_batch_size, train_loss_from=preset.train_loss_from,
-        time_budget_s=args.time_budget, cpus_per_trial=cpus, gpus_per_trial=gpus, device=args.device or "auto",
+        time_budget_s=search_time, cpus_per_trial=cpus, gpus_per_trial=gpus, device=args.device or "auto",
         max_concurrent=args.max_concurrent, seed=seed, searcher=searcher, sampler=sampler,
         scheduler=args.scheduler or "asha", grace_period=grace,
         reduction_factor=args.reduction_factor or preset.reduction_factor,
         max_failures=args.max_failures if args.max_failures is not None else 2,
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
         tell_optuna=args.tell_optuna or "truth", schedule=schedule, cooldown_frac=cooldown_frac, final_from=final_from,
+        final_auto=final_auto, total_time_s=total_time if final_auto else None,
     )
 
 

@@ -9,6 +9,7 @@ line and exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from nanogpt.data import TokenData, prepare
 from nanogpt.errors import UserError
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, read_clock
 from tune.space import largest, max_value
 
 OPTUNA_DB = "optuna.db"
@@ -189,9 +190,22 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     )
 
 
-def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | None:
+def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float | None:
+    """--final-budget auto: the final training's budget from the seconds left and the winner's trial's own pace
+    (its training spend over its whole run's seconds, evaluations and branches included: on the safe side), a
+    tenth kept for evaluations and the report; on top of the trial's spend when it is continued. None: no time."""
+    pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9)
+    start = float(best["train_spend"]) if config.final_from == "continue" else 0.0
+    budget = start + pace * seconds_left * 0.9
+    if config.budget_unit == "steps":
+        budget = float(int(budget))
+    return budget if budget > start and seconds_left > 0 else None
+
+
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
     """--final-budget: the best finished trial's configuration, trained once more for that budget as a Ray
-    task on a whole node; writes final/. None (and one line) when no trial finished."""
+    task on a whole node; writes final/. None (and one line) when no trial finished. `seconds_left`: what
+    --final-budget auto may use."""
     import ray
 
     from tune.space import HPARAMS
@@ -200,10 +214,19 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     exp = config.experiment_dir
     final = exp / FINAL_DIR
     finished = trials[trials["outcome"].eq("finished")]
+    asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
-        print(f"\nno trial finished its budget: no final training (--final-budget {config.budget_text(config.final_budget)})")
+        print(f"\nno trial finished its budget: no final training (--final-budget {asked})")
         return None
     best = finished.iloc[0]
+    if config.final_auto:
+        budget = auto_final_budget(config, best, seconds_left or 0.0)
+        if budget is None:
+            print(f"\nno time left of the time budget for a final training ({seconds_left or 0:.0f} s)")
+            return None
+        config = dataclasses.replace(config, final_budget=budget)
+        print(f"\nfinal budget (auto): {config.budget_text(budget)}, from {seconds_left:.0f} s left and "
+              f"{best['trial_id']}'s pace")
     if (final / "model.pt").is_file():
         print(f"\nfinal/ is already trained: {final}")
         return None
@@ -253,6 +276,7 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     """Run (or resume) a search; returns the experiment directory."""
     from tune import report as report_mod
 
+    t_start = time.time()
     _quiet_ray()
     exp = config.experiment_dir
     mirror = config.mirror
@@ -309,6 +333,10 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
               f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
               + " per trial" + (" (resumed)" if resume else ""))
         print(f"space: {config.describe()}")
+        if config.final_auto:
+            print(f"time budget {config.total_time_s:.0f} s for the whole command: {config.time_budget_s:.0f} s for the "
+                  f"search, then what is left (at least {config.total_time_s - config.time_budget_s:.0f} s) for the "
+                  f"final training of the winner")
         t0 = time.time()
         data_ref = ray.put(data)
         make_tuner(config, data_ref, tokenizer, restore=resume).fit()
@@ -317,8 +345,9 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
         df = report_mod.export(exp, mirror=mirror)
-        if config.final_budget:
-            final = train_winner(config, data_ref, tokenizer, df)
+        if config.final_budget or config.final_auto:
+            left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
+            final = train_winner(config, data_ref, tokenizer, df, left)
             if final and mirror:
                 mirror.push(FINAL_DIR)
     finally:
