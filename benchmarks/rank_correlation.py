@@ -102,8 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="print, do not write RESULTS.md")
-    p.add_argument("--out", default="/tmp/rank_correlation.json")
+    p.add_argument("--out", default="/tmp/rank_correlation.jsonl", help="one JSON line a trial, written as they finish")
+    p.add_argument("--summarize", metavar="JSONL", help="no training: the tables of a run's --out file (a cut-short run too)")
     args = p.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as f:
+            df = pd.DataFrame([json.loads(line) for line in f if line.strip()])
+        report(df, df["wall_s"].sum() / args.procs, os.getloadavg()[0], argv, args.smoke)
+        return
     fracs = [float(f) for f in args.fracs.split(",")]
     datasets = {"mixed": (["--dataset", "mixed"], args.budget_mixed),
                 "shakespeare": (["--data-file", str(shakespeare_file())], args.budget_shakespeare)}
@@ -114,14 +120,21 @@ def main(argv: list[str] | None = None) -> None:
             config = search_config(data_args, budget, schedule, frac)
             jobs += [{"config": config, "hp": hp, "data": data, "schedule": schedule, "cooldown_frac": frac, "i": i}
                      for i, hp in enumerate(configs)]
+    # a configuration's runs side by side, data sets alternating: a run cut short still compares like with like
+    jobs.sort(key=lambda j: (j["i"], j["data"], j["schedule"], j["cooldown_frac"]))
     load_before = os.getloadavg()[0]
     t0 = time.time()
-    with mp.get_context("spawn").Pool(args.procs) as pool:
-        results = pool.map(run_trial, jobs, chunksize=1)
+    results = []
+    with mp.get_context("spawn").Pool(args.procs) as pool, open(args.out, "w") as f:
+        for r in pool.imap_unordered(run_trial, jobs):
+            results.append(r)
+            f.write(json.dumps(r) + "\n")  # one line a trial, as they finish
+            f.flush()
     wall = time.time() - t0
-    df = pd.DataFrame(results)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    report(pd.DataFrame(results), wall, load_before, argv, args.smoke)
+
+
+def report(df: pd.DataFrame, wall: float, load_before: float, argv: list[str] | None, smoke: bool) -> None:
     summary = summarize(df)
     table = md_table(["data", "schedule", "trials", "Spearman(rung at 10%, final)", "early pick's final - best",
                       "best final", "median final", "branch steps / all steps", "branch time / all time"],
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                       for r in summary.itertuples()])
     print(table)
     print(f"{wall:.0f} s wall; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    if not args.smoke:
+    if not smoke:
         write_section("Rank correlation: early rungs against the final loss (benchmarks/rank_correlation.py)",
                       f"{stamp()} Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (shared "
                       f"machine); {wall:.0f} s wall.\n\n`python -m benchmarks.rank_correlation "

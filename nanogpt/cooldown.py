@@ -61,9 +61,10 @@ def plan_training_steps(total_steps: int, rungs_at: list[int], cooldown_frac: fl
     return t
 
 
-def cooldown_branch(trainer: "Trainer", n_steps: int) -> float:
-    """Decay a copy of the trainer's model and optimizers for n_steps from the current learning rate to min_lr,
-    and return the copy's validation loss (inf when it diverged). The trainer's state is left untouched."""
+def cooldown_branch(trainer: "Trainer", n_steps: int) -> tuple[float, dict | None]:
+    """Decay a copy of the trainer's model and optimizers for n_steps from the current learning rate to min_lr;
+    return the copy's validation loss (inf when it diverged) and its weights (None then). The trainer's state
+    is left untouched."""
     from nanogpt.train import configure_optimizer, lr_at
 
     cfg = trainer.cfg
@@ -81,10 +82,10 @@ def cooldown_branch(trainer: "Trainer", n_steps: int) -> float:
         for i in range(n_steps):
             loss = trainer.train_step(model, optimizers, decay_lr(i, n_steps, peak, cfg.min_lr), batch_gen)
             if not math.isfinite(loss):
-                return float("inf")
+                return float("inf"), None
         val = trainer.evaluate(("val",), model=model)["val"]
     finally:
         torch.set_rng_state(rng)
         if rng_cuda is not None:
             torch.cuda.set_rng_state_all(rng_cuda)
-    return val if math.isfinite(val) else float("inf")
+    return (val, model.state_dict()) if math.isfinite(val) else (float("inf"), None)

@@ -19,8 +19,8 @@ from typing import Callable, Literal
 
 import torch
 
-from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError, read_checkpoint,
-                                read_checkpoint_tokenizer)
+from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError,
+                                read_checkpoint, read_checkpoint_tokenizer)
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
@@ -226,6 +226,7 @@ class Trainer:
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
         # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
         self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
+        self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
         unit = cfg.budget_unit
@@ -377,6 +378,7 @@ class Trainer:
                 else:
                     losses = self.evaluate()
                 stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
+                self.decayed = None
                 if branch:  # a cooldown rung: the loss reported is the decayed copy's
                     losses["val"] = self._branch(branch)
                 self.loss_sum, self.loss_count = 0.0, 0
@@ -406,7 +408,7 @@ class Trainer:
 
     def _branch(self, n_steps: int) -> float:
         t0 = time.perf_counter()
-        val = cooldown_branch(self, n_steps)
+        val, self.decayed = cooldown_branch(self, n_steps)
         self.branch_steps += n_steps
         self.branch_time += time.perf_counter() - t0
         return val
@@ -461,6 +463,10 @@ class Trainer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), d / MODEL_FILE)
+        if self.decayed is not None:  # what sampling uses: the weights whose val_loss was reported
+            torch.save({"model": self.decayed}, d / DECAYED_FILE)
+        else:
+            (d / DECAYED_FILE).unlink(missing_ok=True)
         meta = {
             "model": self.model_cfg.to_dict(),
             "train": self.cfg.to_dict(),

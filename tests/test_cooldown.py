@@ -14,6 +14,15 @@ from nanogpt.tokenizer import CharTokenizer
 from nanogpt.train import Trainer, TrainConfig, lr_at
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     ds = load_dataset("counting")
@@ -61,7 +70,7 @@ def test_branch_leaves_the_run_untouched(data):
     t.run()
     before = copy.deepcopy(t.state_dict())
     stable = t.evaluate(("val",))["val"]
-    decayed = cooldown_branch(t, 10)
+    decayed, weights = cooldown_branch(t, 10)
     after = t.state_dict()
     for k in ("model",):
         for name, p in before[k].items():
@@ -69,6 +78,7 @@ def test_branch_leaves_the_run_untouched(data):
     assert str(after["optimizer"]) == str(before["optimizer"])  # moments and step counts, tensors included
     assert torch.equal(after["rng_torch"], before["rng_torch"]) and torch.equal(after["rng_batch"], before["rng_batch"])
     assert decayed != stable
+    assert any(not torch.equal(weights[k], p) for k, p in after["model"].items())
 
 
 def test_run_with_branches_trains_as_one_without(data, monkeypatch):
@@ -76,7 +86,7 @@ def test_run_with_branches_trains_as_one_without(data, monkeypatch):
     nothing from the run's weights, optimizer or random streams (dropout is on)."""
     with_branches = make(data, max_steps=60, cooldown_rungs=[10, 30])
     history = with_branches.run()
-    monkeypatch.setattr(nanogpt.train, "cooldown_branch", lambda t, n: 1.0)
+    monkeypatch.setattr(nanogpt.train, "cooldown_branch", lambda t, n: (1.0, None))
     without = make(data, max_steps=60, cooldown_rungs=[10, 30])
     without.run()
     assert_same_weights(with_branches, without)
@@ -141,3 +151,21 @@ def test_continued_run_equals_a_straight_one(data, tmp_path):
     assert continued.step == straight.step == final_budget
     assert_same_weights(continued, straight)
     assert continued.history[-1]["val_loss"] == straight.history[-1]["val_loss"]
+
+
+def test_checkpoint_at_a_rung_samples_with_the_decayed_weights(data, tmp_path):
+    """A checkpoint taken at a cooldown rung keeps the stable weights for training on (model.pt) and the branch's
+    decayed weights, whose loss it reported, for sampling (decayed.pt); one taken elsewhere has no decayed.pt."""
+    from nanogpt.checkpoint import load_model
+
+    t = make(data, max_steps=60, cooldown_rungs=[10])
+    seen = []
+    t.run(lambda m, tr: seen.append((m["step"], m["cooldown_steps"], tr.save(tmp_path / str(m["step"])))))
+    for step, branched, d in seen:
+        assert (d / "decayed.pt").is_file() == bool(branched)
+    step, _, d = seen[-1]
+    model, _, _ = load_model(d)
+    decayed = torch.load(d / "decayed.pt", weights_only=True)["model"]
+    for k, p in model.state_dict().items():
+        torch.testing.assert_close(p, decayed[k], atol=0, rtol=0)
+    assert any(not torch.equal(p, t.model.state_dict()[k]) for k, p in decayed.items())

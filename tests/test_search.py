@@ -116,7 +116,7 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     proc = run_cli("tune.search", "--dataset", "counting", "--n-layer", "1:2", "--n-head", "2", "--head-dim", "8",
                    "--block-size", "16", "--batch-size", "4,8,16", "--lr", "3e-3:3e-2", "--num-samples", "6",
                    "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{every:g}", "--grace-period", f"{every:g}",
-                   "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1",
+                   "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1", "--schedule", "cosine",
                    "--results-dir", str(tmp_path), "--name", "fl", "--top", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "fl"

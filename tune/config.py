@@ -388,8 +388,10 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     elif same_unit and budget == preset_budget and args.eval_interval is None:
         grace = float(preset.grace_period)
     else:
-        # keep the presets' proportion: about a quarter of the budget, on an evaluation
-        grace = max(eval_every, math.floor(budget / 4 / eval_every + 1e-9) * eval_every)
+        # keep the presets' proportion, on an evaluation: a tenth of the budget under wsd, whose cooldown rungs rank
+        # trials that early (benchmarks/RESULTS.md, "Rank correlation"), a quarter under cosine
+        share = 0.1 if (args.schedule or preset.schedule) == "wsd" else 0.25
+        grace = max(eval_every, math.floor(budget * share / eval_every + 1e-9) * eval_every)
     n_evals = grace / eval_every
     if abs(n_evals - round(n_evals)) > 1e-9 or round(n_evals) < 1:
         raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-interval "

@@ -275,7 +275,10 @@ class Preset:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     n_startup_trials: int = 6  # random trials before TPE models the results
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay with cooldown rungs)
+    # wsd: warmup-stable-decay with cooldown rungs, whose rung losses rank trials by their final loss from a tenth
+    # of the budget on, so grace periods sit at a tenth (benchmarks/RESULTS.md, "Rank correlation"); cosine rungs
+    # mislead that early
+    schedule: str = "wsd"
 
 
 def _int(low: int, high: int, step: int = 1) -> IntDistribution:
@@ -315,8 +318,8 @@ PRESETS: dict[str, Preset] = {
         # 7.5e11: the winner (2 x 32, ~3,400 steps) counts right across a carry (179 -> 180) for 91-96% of
         # numbers, 9e11 for 96-98%, 6e11 for 59-78% (2 seeds each); 9e11 takes the search past 2.5 minutes
         trial_budget="7.5e11flops",
-        eval_every=1.5e11,
-        grace_period=3e11,
+        eval_every=7.5e10,
+        grace_period=7.5e10,  # a tenth: cooldown rungs rank that early (Preset.schedule)
     ),
     "shakespeare-cpu": Preset(
         name="shakespeare-cpu",
@@ -336,9 +339,9 @@ PRESETS: dict[str, Preset] = {
         num_samples=24,
         # equal compute a trial: about 600 steps of 3 layers x 192 at batch 48
         trial_budget="1.5e13flops",
-        eval_every=2.5e12,
+        eval_every=1.5e12,
         eval_iters=20,
-        grace_period=5e12,
+        grace_period=1.5e12,  # a tenth: cooldown rungs rank that early (Preset.schedule)
         n_startup_trials=8,
     ),
     # the one command that takes on nanoGPT's CPU recipe at its own compute (benchmarks/beat_nanogpt.py):
@@ -365,7 +368,7 @@ PRESETS: dict[str, Preset] = {
         num_samples=40,
         trial_budget="2e12flops",
         eval_every=2e11,
-        grace_period=6e11,
+        grace_period=2e11,  # a tenth: cooldown rungs rank that early (Preset.schedule)
         eval_iters=20,
         n_startup_trials=6,
     ),
@@ -389,7 +392,7 @@ PRESETS: dict[str, Preset] = {
         eval_every=250,
         eval_iters=50,
         eval_batch_size=64,
-        grace_period=500,
+        grace_period=500,  # a tenth: cooldown rungs rank that early (Preset.schedule)
         cpus_per_trial=2,
         gpus_per_trial=0.25,
     ),
