@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
-
-if TYPE_CHECKING:
-    from nanogpt.train import Trainer
 
 
 def branch_steps(steps_so_far: int, cooldown_frac: float) -> int:
@@ -61,15 +58,14 @@ def plan_training_steps(total_steps: int, rungs_at: list[int], cooldown_frac: fl
     return t
 
 
-def cooldown_branch(trainer: "Trainer", n_steps: int) -> tuple[float, dict | None]:
-    """Decay a copy of the trainer's model and optimizers for n_steps from the current learning rate to min_lr;
-    return the copy's validation loss (inf when it diverged) and its weights (None then). The trainer's state
-    is left untouched."""
-    from nanogpt.train import configure_optimizer, lr_at
-
+def cooldown_branch(trainer, n_steps: int, peak: float,
+                    make_optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]]) -> tuple[float, dict | None]:
+    """Decay a copy of the trainer's (a nanogpt.train.Trainer) model and optimizers for n_steps from `peak` to
+    min_lr; return the copy's validation loss (inf when it diverged) and its weights (None then). The trainer's
+    state is left untouched. `make_optimizers(model)`: the run's optimizers for the copy, to load their state into."""
     cfg = trainer.cfg
     model = copy.deepcopy(trainer.model)
-    optimizers = configure_optimizer(model, cfg, trainer.device)
+    optimizers = make_optimizers(model)
     for mine, theirs in zip(optimizers, trainer.optimizers):
         mine.load_state_dict(copy.deepcopy(theirs.state_dict()))  # load_state_dict keeps the tensors it is given
     # the branch draws the batches the run would draw next, from a copy of its generator; dropout's global
@@ -77,7 +73,6 @@ def cooldown_branch(trainer: "Trainer", n_steps: int) -> tuple[float, dict | Non
     batch_gen = torch.Generator().set_state(trainer.batch_gen.get_state())
     rng = torch.get_rng_state()
     rng_cuda = torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else None
-    peak = lr_at(max(0, trainer.step - 1), cfg, trainer.planned_steps)
     try:
         for i in range(n_steps):
             loss = trainer.train_step(model, optimizers, decay_lr(i, n_steps, peak, cfg.min_lr), batch_gen)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nanogpt.train
-from nanogpt.cooldown import cooldown_branch, plan_training_steps, rung_steps
+from nanogpt.cooldown import plan_training_steps, rung_steps
 from nanogpt.data import load_dataset, tokenize
 from nanogpt.model import GPTConfig
 from nanogpt.tokenizer import CharTokenizer
@@ -70,7 +70,7 @@ def test_branch_leaves_the_run_untouched(data):
     t.run()
     before = copy.deepcopy(t.state_dict())
     stable = t.evaluate(("val",))["val"]
-    decayed, weights = cooldown_branch(t, 10)
+    decayed, weights = t._branch(10), t.decayed
     after = t.state_dict()
     for k in ("model",):
         for name, p in before[k].items():
@@ -86,7 +86,7 @@ def test_run_with_branches_trains_as_one_without(data, monkeypatch):
     nothing from the run's weights, optimizer or random streams (dropout is on)."""
     with_branches = make(data, max_steps=60, cooldown_rungs=[10, 30])
     history = with_branches.run()
-    monkeypatch.setattr(nanogpt.train, "cooldown_branch", lambda t, n: (1.0, None))
+    monkeypatch.setattr(nanogpt.train, "cooldown_branch", lambda *args: (1.0, None))
     without = make(data, max_steps=60, cooldown_rungs=[10, 30])
     without.run()
     assert_same_weights(with_branches, without)
