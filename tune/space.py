@@ -306,9 +306,8 @@ class Preset:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     n_startup_trials: int = 6  # random trials before TPE models the results
-    # wsd: warmup-stable-decay with cooldown rungs, whose rung losses rank trials by their final loss from a tenth
-    # of the budget on, so grace periods sit at a tenth (benchmarks/RESULTS.md, "Rank correlation"); cosine rungs
-    # mislead that early
+    # wsd: warmup-stable-decay with cooldown rungs; their loss at a tenth of the budget picked the final winner on
+    # both data sets measured, so grace periods sit at a tenth (benchmarks/RESULTS.md, "Rank correlation")
     schedule: str = "wsd"
 
 
