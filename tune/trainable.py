@@ -68,11 +68,12 @@ def train_gpt(config: dict, data: list, tokenizer: dict, search: SearchConfig) -
 
 
 def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig, partial: str,
-                start: dict | None = None) -> dict:
+                progress=None, start: dict | None = None) -> dict:
     """Train one configuration for the search's final budget. Runs as a Ray task holding a whole node's
     CPUs (threads = those CPUs) or one GPU. Checkpoints at every evaluation into `partial`, so a rerun
     continues where it stopped; returns the finished checkpoint's files (name -> bytes) and its last metrics,
-    so the driver writes final/ wherever the task ran.
+    so the driver writes final/ wherever the task ran. `progress` (a ray.util.queue.Queue): each evaluation's
+    metrics are put there for the driver to show.
     `start` ({"trial_id", "files": name -> bytes}): the trial's stable checkpoint to continue (--final-from
     continue), with the trial's warmup, so the result equals a run trained straight to the final budget."""
     resources = ray.get_runtime_context().get_assigned_resources()
@@ -98,6 +99,8 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
         for f in tmp.iterdir():
             f.replace(partial_dir / f.name)
         tmp.rmdir()
+        if progress is not None:
+            progress.put(metrics)
 
     t0 = time.time()
     trainer.run(save)
