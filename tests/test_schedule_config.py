@@ -62,5 +62,5 @@ def test_auto_final_budget_from_the_winners_pace(tmp_path):
 
     c = config(tmp_path, "--time-budget", "15m", "--final-budget", "auto", "--schedule", "wsd", "--max-steps", "100")
     best = pd.Series({"train_spend": 80.0, "seconds": 40.0})  # 2 steps a second
-    assert auto_final_budget(c, best, 100) == 80 + 180  # continued: its own 80 steps, then 90 s at its pace
+    assert auto_final_budget(c, best, 150) == 80 + 200  # continued: its own 80 steps, then 100 s at its pace
     assert auto_final_budget(c, best, 0) is None

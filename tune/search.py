@@ -184,13 +184,17 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     )
 
 
+AUTO_FINAL_MARGIN = 2 / 3  # of the seconds left, what --final-budget auto plans to train at the winner's pace
+
+
 def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float | None:
     """--final-budget auto: the final training's budget from the seconds left and the winner's trial's own pace
-    (its training spend over its whole run's seconds, evaluations and branches included: on the safe side), a
-    tenth kept for evaluations and the report; on top of the trial's spend when it is continued. None: no time."""
+    (its training spend over its whole run's seconds, evaluations and branches included), with a third kept for the
+    final task's start, its evaluations and a pace that differs on the whole node's threads; on top of the trial's
+    spend when it is continued. None: no time. The final training also stops at seconds_left whatever its spend."""
     pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9)
     start = float(best["train_spend"]) if config.final_from == "continue" else 0.0
-    budget = start + pace * seconds_left * 0.9
+    budget = start + pace * seconds_left * AUTO_FINAL_MARGIN
     if config.budget_unit == "steps":
         budget = float(int(budget))
     return budget if budget > start and seconds_left > 0 else None
@@ -243,7 +247,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
 
     queue = Queue(actor_options={"num_cpus": 0})  # a CPU-free actor: the task holds the node's CPUs
     ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), queue,
-                      start)
+                      start, seconds_left if config.final_auto else None)
     out = follow_final(ref, queue, config.final_budget, config.budget_unit)
     queue.shutdown()
     tmp = exp / (FINAL_DIR + ".tmp")
