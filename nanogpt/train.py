@@ -9,7 +9,6 @@ The loop knows nothing of Ray: the search passes a callback that reports each ev
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
+from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.tokenizer import save_tokenizer
 
@@ -139,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"train_loss_from must be 'eval' or 'steps', got {self.train_loss_from!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer from 0 to 2**64 - 1 (torch's range), got {self.seed!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon":
@@ -488,9 +490,11 @@ class Trainer:
         """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), d / MODEL_FILE)
+        with replace_atomically(d / MODEL_FILE) as f:  # a full disk leaves the previous checkpoint whole
+            torch.save(self.state_dict(), f)
         if self.decayed is not None:  # what sampling uses: the weights whose val_loss was reported
-            torch.save({"model": self.decayed}, d / DECAYED_FILE)
+            with replace_atomically(d / DECAYED_FILE) as f:
+                torch.save({"model": self.decayed}, f)
         else:
             (d / DECAYED_FILE).unlink(missing_ok=True)
         meta = {
@@ -503,7 +507,7 @@ class Trainer:
             "warmup_steps": warmup_steps(self.cfg, self.planned_steps),  # what a continuation must repeat
             "history": self.history,
         }
-        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(d / CONFIG_FILE, meta, indent=2)
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, d / TOKENIZER_FILE)
         return d
