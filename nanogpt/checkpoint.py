@@ -1,5 +1,7 @@
 """Checkpoints on disk: model.pt (weights, optimizer, step, RNG; read with weights_only=True),
 config.json (model and training configs, history) and tokenizer.json. Reading one never runs code.
+A wsd trial's checkpoint taken at a cooldown rung also holds decayed.pt: the weights of the decayed branch whose
+loss it reported. Training resumes from model.pt's stable weights; load_model (sampling) takes the decayed ones.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from nanogpt.tokenizer import load_tokenizer
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+DECAYED_FILE = "decayed.pt"
 
 
 class CheckpointError(UserError):
@@ -89,6 +92,11 @@ def load_model(directory: str | Path, device: str = "cpu"):
             f"{model_cfg.vocab_size}; the two files come from different runs"
         )
     model = GPT(model_cfg)
+    if (d / DECAYED_FILE).is_file():
+        try:
+            sd = torch.load(d / DECAYED_FILE, map_location="cpu", weights_only=True)
+        except Exception as e:  # as for model.pt
+            raise CheckpointError(f"checkpoint {d} has a corrupt {DECAYED_FILE} ({type(e).__name__})") from None
     try:
         model.load_state_dict(sd["model"])
     except RuntimeError as e:

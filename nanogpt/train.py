@@ -1,5 +1,6 @@
 """The training loop: AdamW with nanoGPT's weight-decay groups (or Muon on the blocks' matrices), warmup +
-cosine decay, gradient clipping, periodic evaluation handed to a callback, exact-resume checkpoints.
+cosine decay or warmup-stable-decay (with cooldown branches: nanogpt.cooldown), gradient clipping, periodic
+evaluation handed to a callback, exact-resume checkpoints.
 
 The loop knows nothing of Ray: the search passes a callback that reports each evaluation.
 `python -m nanogpt.train` trains one configuration, the notebook's single run.
@@ -18,8 +19,9 @@ from typing import Callable, Literal
 
 import torch
 
-from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError, read_checkpoint,
-                                read_checkpoint_tokenizer)
+from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError,
+                                read_checkpoint, read_checkpoint_tokenizer)
+from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.files import replace_atomically, write_json
@@ -29,6 +31,7 @@ from nanogpt.tokenizer import save_tokenizer
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 def check_muon() -> None:
@@ -83,6 +86,13 @@ class TrainConfig:
     # adamw: AdamW on every parameter; muon: torch.optim.Muon on the 2-D weights inside the blocks (same lr,
     # adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms and biases
     optimizer: Literal["adamw", "muon"] = "adamw"
+    # cosine: warmup, then cosine decay to min_lr; wsd (warmup-stable-decay): warmup, the peak learning rate,
+    # then a linear decay to min_lr over the last cooldown_frac of the planned steps
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    cooldown_frac: float = 0.2  # wsd: the decay's share of the run (and a cooldown branch's length, as a share of the steps so far)
+    # wsd: spends (budget_unit) where the run branches a decayed copy and reports that copy's val_loss (cooldown
+    # rungs); the run then stays at the peak, ends with a branch too, and its budget pays for the branches
+    cooldown_rungs: list[float] | None = None
 
     def __post_init__(self) -> None:
         positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
@@ -135,22 +145,43 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon":
             check_muon()
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.cooldown_frac < 1:
+            raise ValueError(f"cooldown_frac must be in (0, 1), got {self.cooldown_frac}")
+        if self.cooldown_rungs is not None:
+            if self.schedule != "wsd":
+                raise ValueError("cooldown_rungs need the schedule wsd (a cosine run has no stable phase to branch from)")
+            self.cooldown_rungs = sorted(float(r) for r in self.cooldown_rungs)
+            if any(not (r > 0 and math.isfinite(r)) for r in self.cooldown_rungs):
+                raise ValueError(f"cooldown_rungs must be spends > 0, got {self.cooldown_rungs}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def warmup_steps(cfg: TrainConfig, planned_steps: int | None) -> int:
+    """The run's warmup: cfg.warmup_steps, else a tenth of the planned steps, at most 100."""
+    return cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
+
+
 def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
-    `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it (budgets not in steps)."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr, or (wsd) the peak
+    and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
+    are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it."""
+    warmup = warmup_steps(cfg, planned_steps)
     decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else planned_steps
     if step < warmup:
         return cfg.learning_rate * (step + 1) / (warmup + 1)
-    if decay is None:  # length not known yet (seconds budget before its speed probe): hold the peak
+    # cooldown rungs: the run holds the peak, its branches decay; length not known yet (seconds budget before
+    # its speed probe): hold the peak
+    if decay is None or cfg.cooldown_rungs is not None:
         return cfg.learning_rate
     if step >= decay:
         return cfg.min_lr
+    if cfg.schedule == "wsd":
+        start = max(warmup, decay - round(cfg.cooldown_frac * decay))
+        return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.min_lr)
     ratio = (step - warmup) / max(1, decay - warmup)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
@@ -219,6 +250,9 @@ class Trainer:
         self.history: list[dict] = []
         self.status = Status.RUNNING
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
+        # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
+        self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
+        self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
         unit = cfg.budget_unit
@@ -226,6 +260,11 @@ class Trainer:
         self.eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
         self.step_spend = step_spend(unit, tokens_per_step, self.flops_per_token)
         self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
+        self.total_steps = self.planned_steps  # training and cooldown branches together
+        self.rungs = cfg.cooldown_rungs or []
+        if cfg.cooldown_rungs is not None and self.total_steps is not None:
+            at = rung_steps(self.rungs, self.step_spend, self.eval_every, self.total_steps)
+            self.planned_steps = plan_training_steps(self.total_steps, at, cfg.cooldown_frac)
         if self.planned_steps == 0:
             raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
                             f"({self.step_spend:g} {unit}); raise the budget")
@@ -237,13 +276,22 @@ class Trainer:
 
     @property
     def spend(self) -> float:
-        """What the run has spent of its budget, in the budget's unit."""
+        """What the run's training steps have spent, in the budget's unit (cooldown branches not counted)."""
         return {"steps": self.step, "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token,
                 "s": self.train_time}[self.cfg.budget_unit]
+
+    @property
+    def branch_spend(self) -> float:
+        """What the run's cooldown branches have spent, in the budget's unit."""
+        if self.cfg.budget_unit == "s":
+            return self.branch_time
+        return self.branch_steps * self.step_spend
 
     def _budget_left(self) -> bool:
         if self.planned_steps is not None and self.cfg.budget_unit != "s":
             return self.step < self.planned_steps
+        if self.cfg.cooldown_rungs is not None:  # leave the end branch its share
+            return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time < self.budget
         return self.train_time < self.budget
 
     def _plan_by_speed(self) -> None:
@@ -254,10 +302,11 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, splits: tuple[str, ...] = ("train", "val")) -> dict[str, float]:
-        """Mean loss over eval_iters batches per split. The eval batches are the same at every
-        evaluation (fixed generator), so curves are not jittered by sampling noise."""
-        self.model.eval()
+    def evaluate(self, splits: tuple[str, ...] = ("train", "val"), model: GPT | None = None) -> dict[str, float]:
+        """Mean loss of `model` (default: the run's) over eval_iters batches per split. The eval batches are the
+        same at every evaluation (fixed generator), so curves are not jittered by sampling noise."""
+        model = model or self.model
+        model.eval()
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
         out = {}
         for split in splits:
@@ -267,10 +316,10 @@ class Trainer:
             for k in range(self.cfg.eval_iters):
                 x, y = get_batch(ids, self.model_cfg.block_size, bs, gen)
                 with self.autocast():
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
+                    _, loss = model(x.to(self.device), y.to(self.device))
                 losses[k] = loss.item()
             out[split] = losses.mean().item()
-        self.model.train()
+        model.train()
         return out
 
     def _metrics(self, train_loss: float, val_loss: float) -> dict:
@@ -284,11 +333,33 @@ class Trainer:
             "n_params": self.model.get_num_params(),
             "elapsed_s": self.elapsed,
             "spend": self.spend,
+            "branch_spend": self.branch_spend,
+            "total_spend": self.spend + self.branch_spend,
             "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
             "status": self.status.value,
         }
 
     # --- the loop ---------------------------------------------------------------------
+
+    def train_step(self, model: GPT, optimizers: list[torch.optim.Optimizer], lr: float,
+                   batch_gen: torch.Generator) -> float:
+        """One optimizer step of `model` at learning rate `lr` on the next batch of `batch_gen`; its loss."""
+        cfg, B, T = self.cfg, self.cfg.batch_size, self.model_cfg.block_size
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        x, y = get_batch(self.data.train, T, B, batch_gen)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.autocast():
+            _, loss = model(x, y)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        return loss.item()  # also synchronises CUDA, so the caller's timing is honest
 
     def run(self, callback: Callback | None = None) -> list[dict]:
         """Train until the budget is spent (or the wall-time limit, or divergence). After every evaluation,
@@ -303,22 +374,7 @@ class Trainer:
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
-            lr = lr_at(self.step, cfg, self.planned_steps)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            x, y = get_batch(self.data.train, T, B, self.batch_gen)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                _, loss = model(x, y)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            for opt in optimizers:
-                opt.step()
-            loss_value = loss.item()  # also synchronises CUDA, so the timing below is honest
+            loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps), self.batch_gen)
             self.step += 1
             self.tokens_seen += B * T
             self.train_time += time.perf_counter() - t0
@@ -346,9 +402,14 @@ class Trainer:
                     losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
                 else:
                     losses = self.evaluate()
+                stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
+                self.decayed = None
+                if branch:  # a cooldown rung: the loss reported is the decayed copy's
+                    losses["val"] = self._branch(branch)
                 self.loss_sum, self.loss_count = 0.0, 0
                 self.elapsed = time.perf_counter() - t_start
-                metrics = self._metrics(losses["train"], losses["val"])
+                metrics = {**self._metrics(losses["train"], losses["val"]), "stable_val_loss": stable_val,
+                           "cooldown_steps": branch}
                 if not math.isfinite(losses["val"]):
                     self.status = Status.DIVERGED
                     metrics["status"] = self.status.value
@@ -357,6 +418,28 @@ class Trainer:
             if callback is not None:
                 callback(metrics, self)
         return self.history
+
+    def _branch_due(self) -> int:
+        """The steps of the cooldown branch this evaluation takes (at a rung, and at the run's end), or 0. The end
+        branch takes what the budget has left, which the plan made at least its share."""
+        if self.cfg.cooldown_rungs is None:
+            return 0
+        tol = 1e-9 * self.eval_every
+        at_rung = False
+        while self.rungs_done < len(self.rungs) and self.spend >= self.rungs[self.rungs_done] - tol:
+            self.rungs_done, at_rung = self.rungs_done + 1, True
+        if self.status is Status.FINISHED and self.total_steps is not None:
+            return self.total_steps - self.step - self.branch_steps
+        return branch_steps(self.step, self.cfg.cooldown_frac) if at_rung or self.status is Status.FINISHED else 0
+
+    def _branch(self, n_steps: int) -> float:
+        t0 = time.perf_counter()
+        peak = lr_at(max(0, self.step - 1), self.cfg, self.planned_steps)  # where the run's own schedule stands
+        val, self.decayed = cooldown_branch(self, n_steps, peak,
+                                            lambda model: configure_optimizer(model, self.cfg, self.device))
+        self.branch_steps += n_steps
+        self.branch_time += time.perf_counter() - t0
+        return val
 
     # --- checkpoints ------------------------------------------------------------------
 
@@ -373,6 +456,9 @@ class Trainer:
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "planned_steps": self.planned_steps,
+            "branch_steps": self.branch_steps,
+            "branch_time": self.branch_time,
+            "rungs_done": self.rungs_done,
             "rng_torch": torch.get_rng_state(),
             "rng_batch": self.batch_gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -391,6 +477,8 @@ class Trainer:
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], Status(sd["status"])
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
+        self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
+        self.rungs_done = sd.get("rungs_done", 0)
         if self.cfg.budget_unit == "s":
             self.planned_steps = sd.get("planned_steps")
         torch.set_rng_state(sd["rng_torch"])
@@ -404,6 +492,11 @@ class Trainer:
         d.mkdir(parents=True, exist_ok=True)
         with replace_atomically(d / MODEL_FILE) as f:  # a full disk leaves the previous checkpoint whole
             torch.save(self.state_dict(), f)
+        if self.decayed is not None:  # what sampling uses: the weights whose val_loss was reported
+            with replace_atomically(d / DECAYED_FILE) as f:
+                torch.save({"model": self.decayed}, f)
+        else:
+            (d / DECAYED_FILE).unlink(missing_ok=True)
         meta = {
             "model": self.model_cfg.to_dict(),
             "train": self.cfg.to_dict(),
@@ -411,6 +504,7 @@ class Trainer:
             "val_chars_per_token": self.data.val_chars_per_token,
             "step": self.step,
             "status": self.status.value,
+            "warmup_steps": warmup_steps(self.cfg, self.planned_steps),  # what a continuation must repeat
             "history": self.history,
         }
         write_json(d / CONFIG_FILE, meta, indent=2)
@@ -426,6 +520,15 @@ class Trainer:
             raise CheckpointError(f"checkpoint {directory} holds a different model config: {meta['model']}")
         self.load_state_dict(sd)
         self.history = list(meta.get("history", []))
+
+    def continue_from(self, directory: str | Path) -> None:
+        """Train on from another run's checkpoint of this model (a search trial's stable weights): its weights,
+        optimizer, spend and random streams, under this trainer's configuration and larger budget."""
+        self.restore(directory)
+        if not self._budget_left():
+            raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "
+                            f"of a budget of {self.budget:g} to continue it")
+        self.status = Status.RUNNING
 
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
@@ -476,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-tokens", type=int, default=120)
     p.add_argument("--temperature", type=float, default=0.8)
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
-    add_dataclass_args(p, TrainConfig, aliases={"learning_rate": ["--lr"]})  # tune.search's spelling too
+    add_dataclass_args(p, TrainConfig, skip={"cooldown_rungs"},  # the search's: it knows the rungs
+                       aliases={"learning_rate": ["--lr"]})  # tune.search's spelling too
     args = p.parse_args(argv)
 
     if args.threads is not None:

@@ -11,8 +11,9 @@ REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 
 # a tiny, fast search: 1-layer models on the counting corpus, a few steps each
+# cosine: these searches check spend, rungs and steps as a cosine trial spends them (a wsd search has its own test)
 TINY = ["--dataset", "counting", "--n-layer", "1", "--n-head", "2", "--head-dim", "8", "--block-size", "16",
-        "--batch-size", "4,8", "--dropout", "0:0.1"]
+        "--batch-size", "4,8", "--dropout", "0:0.1", "--schedule", "cosine"]
 
 
 def run_cli(module: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

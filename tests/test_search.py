@@ -116,7 +116,7 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     proc = run_cli("tune.search", "--dataset", "counting", "--n-layer", "1:2", "--n-head", "2", "--head-dim", "8",
                    "--block-size", "16", "--batch-size", "4,8,16", "--lr", "3e-3:3e-2", "--num-samples", "6",
                    "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{every:g}", "--grace-period", f"{every:g}",
-                   "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1",
+                   "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1", "--schedule", "cosine",
                    "--results-dir", str(tmp_path), "--name", "fl", "--top", "2", "-v")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "fl"
@@ -129,13 +129,13 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     for row in df.itertuples():
         model = GPT(GPTConfig(block_size=16, vocab_size=vocab, n_layer=row.n_layer, n_head=2, n_embd=16, bias=False))
         step_flops = model.flops_per_token() * row.batch_size * 16
-        assert row.spend == pytest.approx(row.steps * step_flops)
-        if row.outcome == "finished":
+        assert row.train_spend == pytest.approx(row.steps * step_flops)
+        if row.outcome == "finished":  # training and cooldown branches together: the budget, to a step
             assert budget - step_flops < row.spend <= budget
         else:
             assert row.outcome == "pruned"
             rungs = [every * 2 ** k for k in range(3)]
-            assert any(r <= row.spend < r + step_flops for r in rungs), (row.spend, step_flops)
+            assert any(r <= row.train_spend < r + step_flops for r in rungs), (row.train_spend, step_flops)
     assert (df["outcome"] == "finished").any()
     # final/: the best finished configuration, trained for 2e8 FLOPs
     meta = json.loads((exp / "final" / "config.json").read_text())
@@ -317,3 +317,23 @@ def test_interrupted_final_training_continues_where_it_stopped(tmp_path):
     resumed_steps = [m["step"] for m in json.loads(out["files"]["config.json"])["history"]]
     assert resumed_steps == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40] and out["status"] == "finished"
     assert out["metrics"]["val_loss"] == pytest.approx(fresh["metrics"]["val_loss"], rel=1e-5)
+
+
+def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):
+    """--schedule wsd: rung losses are the cooldown branches', every finished trial spends its budget on training
+    and branches together, and --final-budget continues the best finished trial (report.md names it)."""
+    proc = run_cli("tune.search", *TINY, "--num-samples", "3", "--max-steps", "40", "--eval-interval", "4",
+                   "--grace-period", "4", "--reduction-factor", "3", "--scheduler", "fifo", "--schedule", "wsd",
+                   "--final-budget", "80steps", "--seed", "1", "--results-dir", str(tmp_path), "--name", "w")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exp = tmp_path / "w"
+    df = pd.read_csv(exp / "trials.csv")
+    assert (df["outcome"] == "finished").all() and (df["spend"] == 40).all() and (df["train_spend"] < 40).all()
+    results = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()]
+    # ASHA's rungs 4 and 12, and the end: 31 training steps, the rest of the 40 went to the three branches
+    assert [r["step"] for r in results if r["cooldown_steps"]] == [4, 12, 31]
+    meta = json.loads((exp / "final" / "config.json").read_text())
+    best = df.iloc[0]
+    assert meta["continued_from"] == best["trial_id"] and meta["step"] == 80 and meta["train"]["schedule"] == "wsd"
+    assert f"continued trial `{best['trial_id']}`" in (exp / "report.md").read_text()
+    assert f"{best['trial_id']} continued from its stable checkpoint" in proc.stdout

@@ -122,8 +122,8 @@ def test_search_json_alone_rebuilds_the_search(tmp_path):
                  weight_decay=0.1)
     assert loaded.trial_train_config(hp) == cfg.trial_train_config(hp)
     assert cfg.trial_train_config(hp).budget_unit == "flops"
-    assert cfg.eval_every == pytest.approx(4e12 / 6)  # the preset's six evaluations a trial
-    assert cfg.grace_period == cfg.eval_every  # about a quarter of the budget, on an evaluation
+    assert cfg.eval_every == pytest.approx(4e12 / 10)  # the preset's ten evaluations a trial
+    assert cfg.grace_period == cfg.eval_every  # a tenth of the budget under wsd, on an evaluation
 
 
 def test_budget_flags(tmp_path):

@@ -61,6 +61,22 @@ def parse_amount(text: str, flag: str, unit: str | None = None) -> tuple[float, 
     return amount, given
 
 
+_DURATION = re.compile(r"^\s*([0-9.eE+-]+)\s*(s|m|h)?\s*$")
+FINAL_TIME_SHARE = 0.3  # --final-budget auto: the share of --time-budget kept for the final training
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """'900', '900s', '15m', '1h' -> seconds."""
+    m = _DURATION.match(str(text))
+    try:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)] if m else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise UserError(f"{flag} {text!r}: give a duration > 0 in seconds, minutes or hours, e.g. 900, 900s, 15m, 1h")
+    return seconds
+
+
 def format_amount(amount: float, unit: str) -> str:
     return f"{amount:g}{unit}"
 
@@ -94,6 +110,10 @@ def positive(value) -> str | None:
 
 def nonneg(value) -> str | None:
     return None if value >= 0 and math.isfinite(value) else ">= 0"
+
+
+def open_fraction(value) -> str | None:
+    return None if 0 < value < 1 else "in (0, 1)"
 
 
 def seed_range(value) -> str | None:
@@ -137,13 +157,16 @@ class SearchConfig:
                                 "budget's unit (nanogpt.train's --eval-every)", default=FROM_PRESET, metavar="AMOUNT",
                                 group="budget", aliases=("--eval-interval",))
     final_budget: float | None = setting(
-        "--final-budget", "after the search, train the best configuration once more for this (same unit) into final/",
+        "--final-budget", "after the search, train the best configuration once more for this (same unit) into final/ "
+        "(under wsd: continue it); auto (with --time-budget): as much as the time budget leaves after the search",
         metavar="AMOUNT", group="budget")
     eval_iters: int = setting()
     eval_batch_size: int = setting()
     train_loss_from: str = setting()
-    time_budget_s: float | None = setting("--time-budget", "stop the whole search after this long", type=float,
-                                          check=positive, metavar="SECONDS", group="budget")
+    time_budget_s: float | None = setting(
+        "--time-budget", "stop the whole search after this long: 900, 900s, 15m or 1h; with --final-budget auto it "
+        f"covers the search ({1 - FINAL_TIME_SHARE:.0%}, saved here) and the final training", type=parse_duration,
+        check=positive, metavar="DURATION", group="budget")
     cpus_per_trial: float = setting("--cpus-per-trial", "CPUs of each trial (its torch threads)", default=FROM_PRESET,
                                     type=float, check=positive, group="budget")
     gpus_per_trial: float = setting("--gpus-per-trial", "GPUs of each trial, fractional allowed, e.g. 0.25",
@@ -183,6 +206,20 @@ class SearchConfig:
     # the report's prompts, recorded when the search starts (from the data set, or the start of --data-file), so
     # that a report never reads a file on the reader's machine; None in searches made before they were recorded
     prompts: list[str] | None = setting(saved_default=None)
+    schedule: str = setting(
+        "--schedule", "trials' learning rate schedule: cosine, or wsd (warmup-stable-decay): trials hold the peak and "
+        "report cooldown rungs, the loss of a copy decayed at each of ASHA's rungs and at their end",
+        default=FROM_PRESET, choices=["cosine", "wsd"], saved_default="cosine")
+    cooldown_frac: float = setting("--cooldown-frac", "wsd: a cooldown's length as a share of the steps trained so far",
+                                   default=0.2, type=float, check=open_fraction, saved_default=0.2)
+    final_from: str | None = setting(
+        "--final-from", "--final-budget: continue the best finished trial's stable checkpoint to the final budget, then "
+        "decay (wsd), or retrain its configuration from scratch (unset: continue under wsd, scratch under cosine)",
+        choices=["continue", "scratch"], group="budget", saved_default="scratch")
+    # --final-budget auto: total_time_s (--time-budget) covers the search (time_budget_s) and the final training,
+    # whose budget is sized from the winner's own pace when the search ends
+    final_auto: bool = setting(saved_default=False)
+    total_time_s: float | None = setting(saved_default=None)
 
     # --- where things are
 
@@ -219,20 +256,30 @@ class SearchConfig:
         """The Ray Tune scheduler (imports Ray)."""
         return SCHEDULERS[self.scheduler].make(self)
 
-    def trial_train_config(self, hp: Hparams, device: str = "cpu"):
-        """The TrainConfig of a trial with these hyperparameters."""
-        return hp.train_config(budget_unit=self.budget_unit, budget=self.trial_budget, eval_every=self.eval_every,
-                               device=device, **self.shared_train_fields())
+    @property
+    def rungs(self) -> list[float]:
+        """ASHA's rungs in the budget's unit, as Ray's ASHAScheduler places them (grace * rf^k below max_t)."""
+        n = int(math.log(self.trial_budget / self.grace_period) / math.log(self.reduction_factor) + 1)
+        return [self.grace_period * self.reduction_factor ** k for k in range(n)]
 
-    def final_train_config(self, hp: Hparams, device: str = "cpu"):
-        """The TrainConfig of the winner's final training (--final-budget): ten evaluations."""
+    def trial_train_config(self, hp: Hparams, device: str = "cpu"):
+        """The TrainConfig of a trial with these hyperparameters; under wsd it branches at the rungs (whatever
+        the scheduler: a FIFO search records the same rung losses)."""
+        rungs = dict(cooldown_rungs=self.rungs) if self.schedule == "wsd" else {}
+        return hp.train_config(budget_unit=self.budget_unit, budget=self.trial_budget, eval_every=self.eval_every,
+                               device=device, **rungs, **self.shared_train_fields())
+
+    def final_train_config(self, hp: Hparams, device: str = "cpu", warmup_steps: int | None = None):
+        """The TrainConfig of the winner's final training (--final-budget): ten evaluations. `warmup_steps`: the
+        trial's own, when the final training continues it (so it equals a run trained straight to the budget)."""
         return hp.train_config(budget_unit=self.budget_unit, budget=self.final_budget,
                                eval_every=default_eval_every(self.final_budget, self.budget_unit),
-                               device=device, **self.shared_train_fields())
+                               device=device, warmup_steps=warmup_steps, **self.shared_train_fields())
 
     def shared_train_fields(self) -> dict:
         return dict(eval_iters=self.eval_iters, eval_batch_size=self.eval_batch_size,
-                    train_loss_from=self.train_loss_from, seed=self.seed)
+                    train_loss_from=self.train_loss_from, seed=self.seed, schedule=self.schedule,
+                    cooldown_frac=self.cooldown_frac)
 
     def budget_text(self, amount: float | None = None) -> str:
         return format_amount(self.trial_budget if amount is None else amount, self.budget_unit)
@@ -453,7 +500,8 @@ def _eval_every(args: argparse.Namespace, preset: Preset, budget: float, unit: s
     return eval_every
 
 
-def _grace(args: argparse.Namespace, preset: Preset, budget: float, unit: str, eval_every: float) -> float:
+def _grace(args: argparse.Namespace, preset: Preset, budget: float, unit: str, eval_every: float,
+           schedule: str) -> float:
     preset_budget, preset_unit = parse_amount(preset.trial_budget, "preset budget")
     if args.grace_period is not None:
         grace = parse_amount(args.grace_period, "--grace-period", unit)[0]
@@ -463,13 +511,34 @@ def _grace(args: argparse.Namespace, preset: Preset, budget: float, unit: str, e
     elif unit == preset_unit and budget == preset_budget and args.eval_every is None:
         grace = float(preset.grace_period)
     else:
-        # keep the presets' proportion: about a quarter of the budget, on an evaluation
-        grace = max(eval_every, math.floor(budget / 4 / eval_every + 1e-9) * eval_every)
+        # keep the presets' proportion, on an evaluation: a tenth of the budget under wsd, whose cooldown rungs rank
+        # trials that early (benchmarks/RESULTS.md, "Rank correlation"), a quarter under cosine
+        share = 0.1 if schedule == "wsd" else 0.25
+        grace = max(eval_every, math.floor(budget * share / eval_every + 1e-9) * eval_every)
     n_evals = grace / eval_every
     if abs(n_evals - round(n_evals)) > 1e-9 or round(n_evals) < 1:
         raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-every "
                         f"({format_amount(eval_every, unit)}): ASHA decides on evaluations")
     return grace
+
+
+def _final(args: argparse.Namespace, values: dict, budget: float, unit: str) -> dict:
+    """--final-budget AMOUNT or auto, --final-from and --time-budget, checked together: the fields they set."""
+    auto = args.final_budget is not None and args.final_budget.strip() == "auto"
+    total = values["time_budget_s"]
+    if auto and total is None:
+        raise UserError("--final-budget auto sizes the final training from the time budget: give --time-budget too "
+                        "(e.g. --time-budget 15m)")
+    final = parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget and not auto else None
+    final_from = values["final_from"] or ("continue" if values["schedule"] == "wsd" else "scratch")
+    if final_from == "continue" and values["schedule"] != "wsd":
+        raise UserError("--final-from continue needs --schedule wsd: a cosine trial ends decayed, there is no stable "
+                        "checkpoint to continue; use --final-from scratch")
+    if final_from == "continue" and final is not None and final <= budget:
+        raise UserError(f"--final-budget {format_amount(final, unit)} is not more than the trial budget "
+                        f"{format_amount(budget, unit)}: continuing the winner needs a larger one (or --final-from scratch)")
+    return dict(final_budget=final, final_from=final_from, final_auto=auto, total_time_s=total if auto else None,
+                time_budget_s=total * (1 - FINAL_TIME_SHARE) if auto else total)
 
 
 def _space(args: argparse.Namespace, preset: Preset) -> dict:
@@ -498,6 +567,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     budget, unit = _budget(args, preset)
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
+    values.update(_final(args, values, budget, unit))
     if values["export"] == "nanogpt" and values["tokenizer"] == "bpe":
         raise UserError("--export nanogpt cannot hold a BPE tokenizer (nanoGPT's meta.pkl maps characters): use --export hf")
     # a URI pyarrow cannot open is an error now, before Ray
@@ -507,8 +577,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         dataset=None if args.data_file else args.dataset or preset.dataset,
         data_file=str(Path(args.data_file).expanduser().resolve()) if args.data_file else None,
         space=space_to_json(_space(args, preset)), budget_unit=unit, trial_budget=budget, eval_every=eval_every,
-        final_budget=parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget else None,
-        grace_period=_grace(args, preset, budget, unit, eval_every),
+        grace_period=_grace(args, preset, budget, unit, eval_every, values["schedule"]),
         eval_iters=preset.eval_iters, eval_batch_size=preset.eval_batch_size, train_loss_from=preset.train_loss_from,
         sampler=sampler_options(values["searcher"], values["seed"], preset),
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,

@@ -38,12 +38,22 @@ log = logging.getLogger(__name__)
 CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s",
               "wall_time"]  # wall_time: when the evaluation was reported (unix seconds)
 COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
-           "val_bpc", "last_val_loss", "steps", "spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
+           "val_bpc", "last_val_loss", "steps", "spend", "train_spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
            "sampler", "error", "checkpoint"]
 
 
 class ReportError(UserError):
     pass
+
+
+def _final_origin(meta: dict) -> str:
+    """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
+    trial = meta.get("continued_from")
+    if not trial:
+        return "- trained from scratch with the winner's configuration"
+    train = meta.get("train", {})
+    return (f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), "
+            f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})")
 
 
 def _config(path: Path) -> SearchConfig | None:
@@ -124,7 +134,9 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
             last = evals[-1]
             best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
             row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=_num(last.get("spend")),
+                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]),
+                       # spend: what the budget counts (training and cooldown branches); train_spend: training alone
+                       spend=_num(last.get("total_spend", last.get("spend"))), train_spend=_num(last.get("spend")),
                        n_params=_num(last.get("n_params")), tokens_seen=_num(last.get("tokens_seen")),
                        seconds=_num(last.get("elapsed_s")), tokens_per_s=_num(last.get("tokens_per_s")),
                        node=last.get("node_id") or last.get("node_ip"))
@@ -443,6 +455,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
                    f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}"
                    + (f" (the search's best trial: {finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
                       if config and not finite(df).empty else ""),
+                   _final_origin(final_model[2]),
                    f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {final}`)", ""]
         except CheckpointError as e:
             missing.append(f"final/: {e}")

@@ -27,7 +27,7 @@ from nanogpt.data import TokenData, default_prompts, prepare
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome
+from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
 
 FINAL_DIR = "final"
@@ -228,9 +228,26 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     )
 
 
-def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | None:
+AUTO_FINAL_MARGIN = 2 / 3  # of the seconds left, what --final-budget auto plans to train at the winner's pace
+
+
+def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float | None:
+    """--final-budget auto: the final training's budget from the seconds left and the winner's trial's own pace
+    (its training spend over its whole run's seconds, evaluations and branches included), with a third kept for the
+    final task's start, its evaluations and a pace that differs on the whole node's threads; on top of the trial's
+    spend when it is continued. None: no time. The final training also stops at seconds_left whatever its spend."""
+    pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9)
+    start = float(best["train_spend"]) if config.final_from == "continue" else 0.0
+    budget = start + pace * seconds_left * AUTO_FINAL_MARGIN
+    if config.budget_unit == "steps":
+        budget = float(int(budget))
+    return budget if budget > start and seconds_left > 0 else None
+
+
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
     """--final-budget: the best finished trial's configuration, trained once more for that budget as a Ray
-    task on a whole node; writes final/. None (and one line) when no trial finished."""
+    task on a whole node; writes final/. None (and one line) when no trial finished. `seconds_left`: what
+    --final-budget auto may use."""
     import ray
 
     from tune.space import HPARAMS
@@ -239,10 +256,19 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     exp = config.experiment_dir
     final = exp / FINAL_DIR
     finished = trials[trials["outcome"].eq(Outcome.FINISHED)]
+    asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
-        print(f"\nno trial finished its budget: no final training (--final-budget {config.budget_text(config.final_budget)})")
+        print(f"\nno trial finished its budget: no final training (--final-budget {asked})")
         return None
     best = finished.iloc[0]
+    if config.final_auto:
+        budget = auto_final_budget(config, best, seconds_left or 0.0)
+        if budget is None:
+            print(f"\nno time left of the time budget for a final training ({seconds_left or 0:.0f} s)")
+            return None
+        config = dataclasses.replace(config, final_budget=budget)
+        print(f"\nfinal budget (auto): {config.budget_text(budget)}, from {seconds_left:.0f} s left and "
+              f"{best['trial_id']}'s pace")
     if (final / "model.pt").is_file():
         print(f"\nfinal/ is already trained: {final}")
         return None
@@ -250,7 +276,13 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    print(f"\nfinal training of {best['trial_id']}'s configuration for {config.budget_text(config.final_budget)} "
+    start = None
+    if config.final_from == "continue":
+        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(exp, best["trial_id"], config.mirror)}
+        how = f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}"
+    else:
+        how = f"{best['trial_id']}'s configuration retrained from scratch"
+    print(f"\nfinal training: {how} to {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
     from ray.util.queue import Queue
@@ -258,7 +290,8 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     from tune.progress import follow_final
 
     queue = Queue(actor_options={"num_cpus": 0})  # a CPU-free actor: the task holds the node's CPUs
-    ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), queue)
+    ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), queue,
+                      start, seconds_left if config.final_auto else None)
     out = follow_final(ref, queue, config.final_budget, config.budget_unit)
     queue.shutdown()
     tmp = exp / (FINAL_DIR + ".tmp")
@@ -272,6 +305,20 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
     return out
+
+
+def stable_checkpoint(exp: Path, trial_id: str, mirror=None) -> dict[str, bytes]:
+    """The files of a finished trial's last checkpoint: its stable weights at the end of its training (under
+    wsd a trial never decays its own weights; its cooldowns are branches)."""
+    from tune.experiment import read_trials
+
+    trial = next(t for t in read_trials(exp, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
+                 if t.trial_id == trial_id)
+    if not trial.checkpoints:
+        raise UserError(f"trial {trial_id} kept no checkpoint to continue: use --final-from scratch")
+    name = max(trial.checkpoints, key=lambda n: trial.checkpoints[n].get("step", -1))
+    path = mirror.fetch(trial.path / name) if mirror else trial.path / name
+    return {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
 
 
 def _refuse_taken(config: SearchConfig) -> None:
@@ -415,6 +462,8 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
     """The search itself, under the results directory's lock: Ray, the Tuner, the export and the report."""
     from tune import report as report_mod
 
+    t_start = time.time()  # --final-budget auto: its time budget runs from here (the data is ready)
+
     exp = config.experiment_dir
     mirror = config.mirror
     if address:
@@ -445,6 +494,10 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
               f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
               + " per trial" + (" (resumed)" if resume else ""))
         print(f"space: {config.describe()}")
+        if config.final_auto:
+            print(f"time budget {config.total_time_s:.0f} s for the whole command: {config.time_budget_s:.0f} s for the "
+                  f"search, then what is left (at least {config.total_time_s - config.time_budget_s:.0f} s) for the "
+                  f"final training of the winner")
         t0 = time.time()
         data_ref = ray.put(data)
         make_tuner(config, data_ref, tokenizer, restore=resume).fit()
@@ -453,8 +506,9 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
         df = report_mod.export(exp, mirror=mirror)
-        if config.final_budget:
-            final = train_winner(config, data_ref, tokenizer, df)
+        if config.final_budget or config.final_auto:
+            left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
+            final = train_winner(config, data_ref, tokenizer, df, left)
             if final and mirror:
                 mirror.push(FINAL_DIR)
     finally:

@@ -8,6 +8,8 @@ SearchConfig (tune.with_parameters), with the data and the tokenizer.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -17,6 +19,7 @@ import ray
 import torch
 from ray import tune
 
+from nanogpt.checkpoint import CONFIG_FILE
 from nanogpt.data import TokenData
 from nanogpt.tokenizer import tokenizer_from_dict
 from nanogpt.train import Trainer
@@ -71,21 +74,31 @@ def train_gpt(config: dict, data: list, tokenizer: dict, search: SearchConfig) -
 
 
 def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig, partial: str,
-                progress=None) -> dict:
+                progress=None, start: dict | None = None, time_limit_s: float | None = None) -> dict:
     """Train one configuration for the search's final budget. Runs as a Ray task holding a whole node's
     CPUs (threads = those CPUs) or one GPU. Checkpoints at every evaluation into `partial`, so a rerun
     continues where it stopped; returns the finished checkpoint's files (name -> bytes) and its last metrics,
     so the driver writes final/ wherever the task ran. `progress` (a ray.util.queue.Queue): each evaluation's
-    metrics are put there for the driver to show."""
+    metrics are put there for the driver to show.
+    `start` ({"trial_id", "files": name -> bytes}): the trial's stable checkpoint to continue (--final-from
+    continue), with the trial's warmup, so the result equals a run trained straight to the final budget.
+    `time_limit_s`: --final-budget auto's hard stop, so the command ends within its time budget."""
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     tok = tokenizer_from_dict(tokenizer)
     hp = Hparams.from_config(config)
     device = trial_device(search, resources.get("GPU", 0))
-    trainer = Trainer(hp.model_config(tok.vocab_size), search.final_train_config(hp, device), data, tok)
+    warmup = json.loads(start["files"][CONFIG_FILE])["warmup_steps"] if start else None
+    cfg = dataclasses.replace(search.final_train_config(hp, device, warmup), time_budget_s=time_limit_s)
+    trainer = Trainer(hp.model_config(tok.vocab_size), cfg, data, tok)
     partial_dir = Path(partial)
     if (partial_dir / "model.pt").is_file():
         trainer.restore(partial_dir)
+    elif start:
+        with tempfile.TemporaryDirectory() as d:
+            for name, blob in start["files"].items():
+                (Path(d) / name).write_bytes(blob)
+            trainer.continue_from(d)
 
     def save(metrics: dict, t: Trainer) -> None:
         tmp = partial_dir.with_name(partial_dir.name + ".saving")
@@ -101,6 +114,9 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     trainer.run(save)
     with tempfile.TemporaryDirectory() as d:
         trainer.save(d)
+        if start:  # the report says which trial the final model continued
+            meta = json.loads((Path(d) / CONFIG_FILE).read_text())
+            (Path(d) / CONFIG_FILE).write_text(json.dumps({**meta, "continued_from": start["trial_id"]}, indent=2))
         files = {f.name: f.read_bytes() for f in Path(d).iterdir()}
     last = trainer.history[-1] if trainer.history else {}
     return {"files": files, "metrics": last, "threads": torch.get_num_threads(), "device": device,

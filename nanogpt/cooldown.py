@@ -1,0 +1,86 @@
+"""Cooldown branches of a warmup-stable-decay run: an estimate, at any point of the stable phase, of the
+loss the run would reach if it decayed there.
+
+A branch copies the model and the optimizer state, decays the learning rate linearly from the peak to
+min_lr over `cooldown_frac` of the steps trained so far, evaluates the copy and throws it away. The run's
+own weights, optimizer state and random streams (batches, dropout) are left as they were, so a run with
+branches trains exactly as one without them and resumes exactly.
+
+Budget: a run with cooldown rungs spends its budget on training and branches together. It branches at
+each rung and once at its end; `plan_training_steps` picks the most training steps for which all of
+that fits, and the end branch takes what is left, so training plus branches is the budget to a step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+
+
+def branch_steps(steps_so_far: int, cooldown_frac: float) -> int:
+    """The length of a branch taken after `steps_so_far` training steps: at least one step."""
+    return max(1, round(cooldown_frac * steps_so_far))
+
+
+def decay_lr(i: int, n: int, peak: float, min_lr: float) -> float:
+    """Learning rate of step i (0-based) of an n-step linear decay from `peak`: min_lr at its last step."""
+    return peak + (min_lr - peak) * (i + 1) / n
+
+
+def rung_steps(rungs: list[float], step_spend: float, eval_every: float, total_steps: int) -> list[int]:
+    """The training steps whose evaluations branch: the run evaluates at the first step whose spend reaches
+    each multiple of eval_every (Trainer.run), and branches at the first evaluation at or past each rung."""
+    out, next_eval, i, tol = [], eval_every, 0, 1e-9 * eval_every
+    for step in range(1, total_steps + 1):
+        spend = step * step_spend
+        if spend < next_eval - tol:
+            continue
+        next_eval = (math.floor(spend / eval_every + 1e-9) + 1) * eval_every
+        if i < len(rungs) and spend >= rungs[i] - tol:
+            out.append(step)
+        while i < len(rungs) and spend >= rungs[i] - tol:
+            i += 1
+    return out
+
+
+def plan_training_steps(total_steps: int, rungs_at: list[int], cooldown_frac: float) -> int:
+    """The most training steps T for which T, a branch at every rung before T and the end branch fit in
+    `total_steps`; 0 when not even one step does."""
+    def cost(t: int) -> int:
+        return t + sum(branch_steps(r, cooldown_frac) for r in rungs_at if r < t) + branch_steps(t, cooldown_frac)
+
+    t = int(total_steps / (1 + cooldown_frac))  # an upper bound: the end branch alone costs about frac * T
+    while t > 0 and cost(t) > total_steps:
+        t -= 1
+    return t
+
+
+def cooldown_branch(trainer, n_steps: int, peak: float,
+                    make_optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]]) -> tuple[float, dict | None]:
+    """Decay a copy of the trainer's (a nanogpt.train.Trainer) model and optimizers for n_steps from `peak` to
+    min_lr; return the copy's validation loss (inf when it diverged) and its weights (None then). The trainer's
+    state is left untouched. `make_optimizers(model)`: the run's optimizers for the copy, to load their state into."""
+    cfg = trainer.cfg
+    model = copy.deepcopy(trainer.model)
+    optimizers = make_optimizers(model)
+    for mine, theirs in zip(optimizers, trainer.optimizers):
+        mine.load_state_dict(copy.deepcopy(theirs.state_dict()))  # load_state_dict keeps the tensors it is given
+    # the branch draws the batches the run would draw next, from a copy of its generator; dropout's global
+    # stream is put back afterwards
+    batch_gen = torch.Generator().set_state(trainer.batch_gen.get_state())
+    rng = torch.get_rng_state()
+    rng_cuda = torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else None
+    try:
+        for i in range(n_steps):
+            loss = trainer.train_step(model, optimizers, decay_lr(i, n_steps, peak, cfg.min_lr), batch_gen)
+            if not math.isfinite(loss):
+                return float("inf"), None
+        val = trainer.evaluate(("val",), model=model)["val"]
+    finally:
+        torch.set_rng_state(rng)
+        if rng_cuda is not None:
+            torch.cuda.set_rng_state_all(rng_cuda)
+    return (val, model.state_dict()) if math.isfinite(val) else (float("inf"), None)
