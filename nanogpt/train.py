@@ -23,18 +23,12 @@ from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, Checkpo
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
+from nanogpt.muon import Muon
 from nanogpt.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "muon")
-
-
-def check_muon() -> None:
-    """Muon is torch's own (torch.optim.Muon, torch >= 2.9): say so where it is missing."""
-    if not hasattr(torch.optim, "Muon"):
-        raise UserError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}: "
-                        f"upgrade torch (pip install 'torch>=2.9') or use the optimizer adamw")
 
 
 @dataclass
@@ -65,8 +59,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds of wall time
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
-    # adamw: AdamW on every parameter; muon: torch.optim.Muon on the 2-D weights inside the blocks (same lr,
-    # adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms and biases
+    # adamw: AdamW on every parameter; muon: Muon (nanogpt.muon: torch.optim.Muon's rule, batched) on the 2-D weights
+    # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms, biases
     optimizer: Literal["adamw", "muon"] = "adamw"
 
     def __post_init__(self) -> None:
@@ -116,8 +110,6 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.optimizer == "muon":
-            check_muon()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,7 +140,6 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
     params = [p for p in model.parameters() if p.requires_grad]
     muon = []
     if cfg.optimizer == "muon":
-        check_muon()
         muon = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
     in_muon = {id(p) for p in muon}
     rest = [p for p in params if id(p) not in in_muon]
@@ -159,8 +150,7 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)]
     if muon:
-        optimizers.append(torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                           adjust_lr_fn="match_rms_adamw"))
+        optimizers.append(Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
     return optimizers
 
 
