@@ -20,6 +20,7 @@ import torch
 
 from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError, read_checkpoint,
                                 read_checkpoint_tokenizer)
+from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key, worth_compiling
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
@@ -62,6 +63,9 @@ class TrainConfig:
     # adamw: AdamW on every parameter; muon: Muon (nanogpt.muon: torch.optim.Muon's rule, batched) on the 2-D weights
     # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms, biases
     optimizer: Literal["adamw", "muon"] = "adamw"
+    # torch.compile the training forward and backward: on, off, or auto = only where the steps left repay the
+    # compile time (nanogpt.compile); compile time is counted apart from training time, and in a seconds budget
+    compile: Literal["auto", "on", "off"] = "off"
 
     def __post_init__(self) -> None:
         positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
@@ -110,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,6 +181,9 @@ class Trainer:
         self.model = GPT(model_cfg).to(self.device)
         self.flops_per_token = self.model.flops_per_token()
         self.optimizers = configure_optimizer(self.model, cfg, self.device)
+        self.compiler = StepCompiler(self.model, cfg.compile, shape_key(model_cfg, cfg.batch_size, self.device))
+        self._eager_step_s = None  # auto: the eager step's seconds it decided on
+        self._compiled_from = None  # (step, train_time) where the compiled steps began
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.tokens_seen = 0
@@ -204,17 +213,32 @@ class Trainer:
     def spend(self) -> float:
         """What the run has spent of its budget, in the budget's unit."""
         return {"steps": self.step, "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token,
-                "s": self.train_time}[self.cfg.budget_unit]
+                "s": self.train_time + self.compiler.compile_s}[self.cfg.budget_unit]
 
     def _budget_left(self) -> bool:
         if self.planned_steps is not None and self.cfg.budget_unit != "s":
             return self.step < self.planned_steps
-        return self.train_time < self.budget
+        return self.spend < self.budget
 
     def _plan_by_speed(self) -> None:
         """Seconds budget: the run's length in steps from the speed of its steps so far."""
         if self.step >= PROBE_STEPS:
-            self.planned_steps = self.step + int((self.budget - self.train_time) / (self.train_time / self.step))
+            self.planned_steps = self.step + int((self.budget - self.spend) / (self.train_time / self.step))
+
+    def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Compile before this step: at the first step with compile on; with auto, after PROBE_STEPS eager steps,
+        where the steps left repay it. The compile's seconds count in compile_s, not in train_time."""
+        c = self.compiler
+        if c.mode == "auto":
+            if self.step < PROBE_STEPS:
+                return
+            self._eager_step_s = self.train_time / self.step
+            steps_left = (self.planned_steps or self.step) - self.step
+            c.decided = True
+            if not worth_compiling(c.key, steps_left, self._eager_step_s):
+                return
+        self._compiled_from = (self.step, self.train_time)
+        c.compile(x, y)
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -248,6 +272,8 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / self.train_time if self.train_time > 0 else 0.0,
             "n_params": self.model.get_num_params(),
             "elapsed_s": self.elapsed,
+            "compile_s": self.compiler.compile_s,
+            "compiled": self.compiler.compiled,
             "spend": self.spend,
             "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
             "status": self.status,
@@ -266,6 +292,7 @@ class Trainer:
         model.train()
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
+        compile_s_before = self.compiler.compile_s
         while self.status == "running" and self._budget_left():
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg, self.planned_steps)
@@ -274,8 +301,12 @@ class Trainer:
                     group["lr"] = lr
             x, y = get_batch(self.data.train, T, B, self.batch_gen)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if not self.compiler.decided:
+                self._maybe_compile(x, y)
+                t0 += self.compiler.compile_s - compile_s_before
+                compile_s_before = self.compiler.compile_s
             with self.autocast():
-                _, loss = model(x, y)
+                _, loss = self.compiler.forward(x, y)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -320,7 +351,13 @@ class Trainer:
             self.history.append(metrics)
             if callback is not None:
                 callback(metrics, self)
+        self._record_compile_speed()
         return self.history
+
+    def _record_compile_speed(self) -> None:
+        if self._compiled_from is not None and self.compiler.compiled and self.step > self._compiled_from[0]:
+            step0, time0 = self._compiled_from
+            self.compiler.record_speed(self._eager_step_s, (self.train_time - time0) / (self.step - step0))
 
     # --- checkpoints ------------------------------------------------------------------
 
@@ -332,6 +369,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "train_time": self.train_time,
+            "compile_s": self.compiler.compile_s,
             "elapsed": self.elapsed,
             "status": self.status,
             "loss_sum": self.loss_sum,
@@ -354,6 +392,7 @@ class Trainer:
             self.optimizers[1].load_state_dict(sd["muon"])
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
+        self.compiler.compile_s = sd.get("compile_s", 0.0)
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
         if self.cfg.budget_unit == "s":
             self.planned_steps = sd.get("planned_steps")
@@ -439,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-tokens", type=int, default=120)
     p.add_argument("--temperature", type=float, default=0.8)
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
-    add_dataclass_args(p, TrainConfig)
+    add_dataclass_args(p, TrainConfig, {"compile": "auto"})
     args = p.parse_args(argv)
 
     if args.threads is not None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from nanogpt.compile import COMPILE_MODES
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
 from optuna.distributions import json_to_distribution
@@ -102,6 +103,8 @@ class SearchConfig:
     # where trials train: auto = CUDA when the trial has a GPU share, else CPU; cpu = always CPU, even with a
     # GPU share (Ray's GPUs are then only a scheduling resource, e.g. logical GPUs in a test); cuda = always CUDA
     device: str = "auto"
+    # torch.compile each trial's training step: auto (where its steps repay the compile time), on or off
+    compile: str = "auto"
 
     # --- where things are
 
@@ -151,7 +154,7 @@ class SearchConfig:
 
     def shared_train_fields(self) -> dict:
         return dict(eval_iters=self.eval_iters, eval_batch_size=self.eval_batch_size,
-                    train_loss_from=self.train_loss_from, seed=self.seed)
+                    train_loss_from=self.train_loss_from, seed=self.seed, compile=self.compile)
 
     def budget_text(self, amount: float | None = None) -> str:
         return format_amount(self.trial_budget if amount is None else amount, self.budget_unit)
@@ -224,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="where trials train: auto (default) = CUDA when a trial has a GPU share, else CPU; cpu = CPU "
                         "even with a GPU share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus)")
+    b.add_argument("--compile", default=None, choices=list(COMPILE_MODES),
+                   help="torch.compile each trial's training step: auto = where its steps repay the compile time "
+                        "(default), on, off")
     b.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as resources allow)")
     s = p.add_argument_group("search")
     s.add_argument("--searcher", default=None, choices=["optuna", "random"], help="optuna = TPE (default)")
@@ -254,7 +260,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "bpe_vocab_size": ("bpe_vocab_size",), "num_samples": ("num_samples",),
     "trial_budget": ("budget_unit", "trial_budget"), "max_steps": ("budget_unit", "trial_budget"),
     "eval_interval": ("eval_every",), "final_budget": ("final_budget",), "time_budget": ("time_budget_s",),
-    "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",), "device": ("device",),
+    "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",), "device": ("device",), "compile": ("compile",),
     "max_concurrent": ("max_concurrent",), "searcher": ("searcher",), "scheduler": ("scheduler",),
     "grace_period": ("grace_period",), "reduction_factor": ("reduction_factor",), "seed": ("seed",),
     "max_failures": ("max_failures",), "tell_optuna": ("tell_optuna",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
@@ -379,7 +385,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         reduction_factor=args.reduction_factor or preset.reduction_factor,
         max_failures=args.max_failures if args.max_failures is not None else 2,
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
-        tell_optuna=args.tell_optuna or "truth",
+        tell_optuna=args.tell_optuna or "truth", compile=args.compile or "auto",
     )
 
 

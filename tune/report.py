@@ -35,7 +35,7 @@ CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen
               "wall_time"]  # wall_time: when the evaluation was reported (unix seconds)
 COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
            "val_bpc", "last_val_loss", "steps", "spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
-           "sampler", "error", "checkpoint"]
+           "compile_s", "sampler", "error", "checkpoint"]
 
 
 class ReportError(UserError):
@@ -114,7 +114,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
                        last_val_loss=float(last["val_loss"]), steps=int(last["step"]), spend=last.get("spend"),
                        n_params=int(last["n_params"]), tokens_seen=int(last["tokens_seen"]),
                        seconds=float(last["elapsed_s"]), tokens_per_s=float(last["tokens_per_s"]),
-                       node=last.get("node_id") or last.get("node_ip"))
+                       compile_s=float(last.get("compile_s", 0.0)), node=last.get("node_id") or last.get("node_ip"))
             part = pd.DataFrame([{**{c: r.get(c) for c in CURVE_COLS},
                                   "wall_time": r.get("started_at", math.nan) + r.get("time_total_s", math.nan)} for r in evals])
             part.insert(0, "trial_id", trial.trial_id)
@@ -374,7 +374,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
 
     # --- all trials
     md += ["## All trials, by validation loss", ""]
-    view = df.drop(columns=["checkpoint", "tokens_per_s", "node", "sampler", "budget_unit"]).copy()
+    view = df.drop(columns=["checkpoint", "tokens_per_s", "compile_s", "node", "sampler", "budget_unit"]).copy()
     view["error"] = view["error"].fillna("")
     md += [_md_table(view), ""]
 
