@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import random
 
-# Numbers below 1,000, as the ABC lines: with 0-2999 the laptop preset's winner got 89-97% of
-# "Number k comes before" right at its budget (dropping or repeating the last digit of four-digit
-# numbers); below 1,000, 97-99% (3 seeds, 200 seen numbers each).
+# Numbers below 1,000, as the ABC lines: four-digit numbers were learned worse (benchmarks/RESULTS.md, "Presets").
 COUNTING_MAX = 1000  # "Number i comes before i+1." for 0 <= i < COUNTING_MAX
 COUNTING_RUN = 10  # consecutive sentences per counting document
 # There are 10 one-digit and 90 two-digit numbers against 900 three-digit ones: written once, the model
 # learns that numbers have three digits ("Number 7 comes before 78", "A12B12" -> "C122"), and the short
 # numbers are the ones a newcomer tries first. Their runs are repeated inside their own document (so a
 # number's sentences still sit in one document, on one side of the split), until each length has a few
-# hundred lines: measured on the laptop preset's winning model (2 x 32, 6e11 FLOPs, 3 seeds),
-# "Number k comes before" for k < 100 went from 63-84% right to 96-98%, "AkBk" from 73-76% to 98-99%,
-# with the same validation loss.
+# hundred lines (the effect, measured: benchmarks/RESULTS.md, "Presets").
 SHORT_RUN_REPEATS = {1: 30, 2: 6}  # digits of the run's first number -> times the run is written
 ABC_SHORT_RUN_REPEATS = {1: 20, 2: 4}  # the same for the ABC runs
 ABC_RUN = 5  # "AkBkCk." lines per ABC document

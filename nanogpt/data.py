@@ -34,6 +34,7 @@ from nanogpt.corpora import BUILTIN_CORPORA
 from nanogpt.errors import UserError
 from nanogpt.tokenizer import (
     MAX_CODE_POINT,
+    MIN_BPE_VOCAB,
     BPETokenizer,
     CharTokenizer,
     Tokenizer,
@@ -642,8 +643,8 @@ def _tokenizer_spec(tokenizer: str | Tokenizer, bpe_vocab_size: int) -> tuple[di
     if tokenizer == "char":
         return {"kind": "char"}, "char"
     if tokenizer == "bpe":
-        if bpe_vocab_size < 257:
-            raise DataError(f"--bpe-vocab-size must be at least 257 (256 bytes + <unk>), got {bpe_vocab_size}")
+        if bpe_vocab_size < MIN_BPE_VOCAB:
+            raise DataError(f"--bpe-vocab-size must be at least {MIN_BPE_VOCAB} (256 bytes + <unk>), got {bpe_vocab_size}")
         return {"kind": "bpe", "vocab_size": bpe_vocab_size}, f"bpe{bpe_vocab_size}"
     raise DataError(f"unknown tokenizer {tokenizer!r}: use 'char' or 'bpe'")
 

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 UNK = "<unk>"
+MIN_BPE_VOCAB = 257  # a byte-level BPE holds the 256 bytes and <unk> before any merge
 MAX_CODE_POINT = 0x10FFFF
 _SUB = 1 << 18  # ids gathered per numpy call: the index casts stay in cache
 
@@ -103,6 +104,10 @@ class CharTokenizer:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": self.chars}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "CharTokenizer":
+        return cls(d["chars"])
+
 
 class _CharStream:
     """One token per character: every chunk encodes on its own."""
@@ -140,8 +145,8 @@ class BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
-        if vocab_size < 257:
-            raise ValueError(f"BPE vocab_size must be at least 257 (256 bytes + <unk>), got {vocab_size}")
+        if vocab_size < MIN_BPE_VOCAB:
+            raise ValueError(f"BPE vocab_size must be at least {MIN_BPE_VOCAB} (256 bytes + <unk>), got {vocab_size}")
         tok = HFTokenizer(models.BPE(unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -199,6 +204,12 @@ class BPETokenizer:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": json.loads(self._tok.to_str())}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_str(json.dumps(d["tokenizer"])))
 
 
 # Cut points where the byte-level pre-tokenizer (GPT-2's regex) splits anyway, whatever comes before
@@ -319,23 +330,14 @@ def _allow_parallelism() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer}  # kind -> class
+
+
 def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
     kind = d.get("kind")
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
-
-        return BPETokenizer(HFTokenizer.from_str(json.dumps(d["tokenizer"])))
-    raise ValueError(f"unknown tokenizer kind {kind!r} (expected 'char' or 'bpe')")
-
-
-def build_tokenizer(kind: str, text: str, vocab_size: int = 512) -> CharTokenizer | BPETokenizer:
-    if kind == "char":
-        return CharTokenizer.from_text(text)
-    if kind == "bpe":
-        return BPETokenizer.train(text, vocab_size)
-    raise ValueError(f"unknown tokenizer {kind!r}: use 'char' or 'bpe'")
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer kind {kind!r} (expected one of {', '.join(TOKENIZERS)})")
+    return TOKENIZERS[kind].from_dict(d)
 
 
 def save_tokenizer(tok, path: str | Path) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -30,6 +31,20 @@ from nanogpt.tokenizer import save_tokenizer
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "muon")
+
+
+UNITS = ("steps", "tokens", "flops", "s")  # what a budget can count
+
+
+def default_eval_every(budget: float, unit: str) -> float:
+    """Ten evaluations a budget (whole steps for a budget in steps)."""
+    return float(max(1, int(budget // 10))) if unit == "steps" else budget / 10
+
+
+def step_spend(unit: str, tokens_per_step: int, flops_per_token: float) -> float | None:
+    """What one training step spends in a budget's unit (None for seconds: that is measured, not known)."""
+    return {"steps": 1.0, "tokens": float(tokens_per_step), "flops": float(tokens_per_step * flops_per_token),
+            "s": None}[unit]
 
 
 @dataclass
@@ -81,7 +96,7 @@ class TrainConfig:
             self.min_lr = self.learning_rate / 10
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
-        if self.budget_unit not in ("steps", "tokens", "flops", "s"):
+        if self.budget_unit not in UNITS:
             raise ValueError(f"budget_unit must be steps, tokens, flops or s, got {self.budget_unit!r}")
         if self.budget_unit == "steps":
             if self.budget is not None or self.eval_every is not None:
@@ -95,7 +110,7 @@ class TrainConfig:
             if self.budget is None or not (self.budget > 0 and math.isfinite(self.budget)):
                 raise ValueError(f"a budget in {self.budget_unit} needs budget > 0, got {self.budget}")
             if self.eval_every is None:
-                self.eval_every = self.budget / 10
+                self.eval_every = default_eval_every(self.budget, self.budget_unit)
             if not self.eval_every > 0:
                 raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -166,6 +181,15 @@ Callback = Callable[[dict, "Trainer"], None]
 PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
 
 
+class Status(str, Enum):
+    """Where a training run stands; reported (as its value) with every evaluation."""
+
+    RUNNING = "running"
+    FINISHED = "finished"  # spent its whole budget
+    DIVERGED = "diverged"  # the loss became NaN or infinite
+    OUT_OF_TIME = "time_budget"  # TrainConfig.time_budget_s ran out first
+
+
 class Trainer:
     """Owns a model, its optimizer and the training state; `run` trains until the budget is spent."""
 
@@ -190,15 +214,14 @@ class Trainer:
         self.train_time = 0.0  # seconds spent in training steps
         self.elapsed = 0.0  # seconds in run(), evaluations included; carried across resumes
         self.history: list[dict] = []
-        self.status = "running"
+        self.status = Status.RUNNING
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
         unit = cfg.budget_unit
         self.budget = float(cfg.max_steps if unit == "steps" else cfg.budget)
         self.eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
-        self.step_spend = {"steps": 1, "tokens": tokens_per_step, "flops": tokens_per_step * self.flops_per_token,
-                           "s": None}[unit]
+        self.step_spend = step_spend(unit, tokens_per_step, self.flops_per_token)
         self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
         if self.planned_steps == 0:
             raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
@@ -276,7 +299,7 @@ class Trainer:
             "compiled": self.compiler.compiled,
             "spend": self.spend,
             "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
-            "status": self.status,
+            "status": self.status.value,
         }
 
     # --- the loop ---------------------------------------------------------------------
@@ -293,7 +316,7 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         compile_s_before = self.compiler.compile_s
-        while self.status == "running" and self._budget_left():
+        while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg, self.planned_steps)
             for opt in optimizers:
@@ -326,15 +349,15 @@ class Trainer:
                 self._plan_by_speed()
 
             if not math.isfinite(loss_value):
-                self.status = "diverged"
+                self.status = Status.DIVERGED
                 log.warning("loss became %s at step %d: stopping this run as diverged", loss_value, self.step)
                 metrics = self._metrics(loss_value, float("inf"))
             else:
                 if not self._budget_left():
-                    self.status = "finished"
+                    self.status = Status.FINISHED
                 elif cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s:
-                    self.status = "time_budget"
-                if self.spend < next_eval - 1e-9 * self.eval_every and self.status == "running":
+                    self.status = Status.OUT_OF_TIME
+                if self.spend < next_eval - 1e-9 * self.eval_every and self.status is Status.RUNNING:
                     continue
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
@@ -347,7 +370,8 @@ class Trainer:
                 self.elapsed = time.perf_counter() - t_start
                 metrics = self._metrics(losses["train"], losses["val"])
                 if not math.isfinite(losses["val"]):
-                    self.status = metrics["status"] = "diverged"
+                    self.status = Status.DIVERGED
+                    metrics["status"] = self.status.value
                     metrics["val_loss"] = metrics["val_bpc"] = float("inf")
             self.history.append(metrics)
             if callback is not None:
@@ -372,7 +396,7 @@ class Trainer:
             "train_time": self.train_time,
             "compile_s": self.compiler.compile_s,
             "elapsed": self.elapsed,
-            "status": self.status,
+            "status": self.status.value,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "planned_steps": self.planned_steps,
@@ -392,7 +416,7 @@ class Trainer:
         if len(self.optimizers) > 1:
             self.optimizers[1].load_state_dict(sd["muon"])
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
-        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], sd["status"]
+        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], Status(sd["status"])
         self.compiler.compile_s = sd.get("compile_s", 0.0)
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
         if self.cfg.budget_unit == "s":
@@ -413,7 +437,7 @@ class Trainer:
             "dataset": self.data.dataset,
             "val_chars_per_token": self.data.val_chars_per_token,
             "step": self.step,
-            "status": self.status,
+            "status": self.status.value,
             "history": self.history,
         }
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -534,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     if history:
         png = plot_loss_curve(history, out / "loss.png", f"{data.dataset}: {trainer.model.get_num_params():,} params")
         print(f"\ncheckpoint: {out}   loss curve: {png}")
-    if trainer.status == "diverged":
+    if trainer.status is Status.DIVERGED:
         print("the run diverged (loss became NaN or infinite): lower --learning-rate")
         return 1
     return 0

@@ -17,7 +17,7 @@ import torch
 from conftest import RAY, stop_processes_under
 from nanogpt import data as D
 from nanogpt import tokenizer as T
-from nanogpt.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer
+from nanogpt.tokenizer import BPETokenizer, CharTokenizer
 
 # every kind of character the cut points must survive: multi-byte UTF-8 (2, 3, 4 bytes), line ends
 # that str.splitlines knows ("\r\n", "\r", "\u2028", "\x1c"), whitespace runs, contractions, "<unk>"
@@ -50,7 +50,7 @@ def small_chunks(monkeypatch):
 def _legacy(name, data_file, kind, vocab=300):
     """Today's encoding: the whole text as one string, one encode call per split."""
     ds = D.load_dataset(name, data_file)
-    tok = build_tokenizer(kind, ds.text, vocab)
+    tok = CharTokenizer.from_text(ds.text) if kind == "char" else BPETokenizer.train(ds.text, vocab)
     return tok, tok.encode(ds.train_text), tok.encode(ds.val_text), len(ds.val_text) / max(1, len(tok.encode(ds.val_text)))
 
 

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from nanogpt import data as D
 from nanogpt.errors import UserError
-from nanogpt.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
+from nanogpt.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
 
 
 def test_char_tokenizer_round_trip_and_unk(tmp_path):
@@ -33,8 +33,6 @@ def test_bpe_round_trip_and_json(tmp_path):
 
 
 def test_tokenizer_errors():
-    with pytest.raises(ValueError):
-        build_tokenizer("wordpiece", "abc")
     with pytest.raises(ValueError):
         tokenizer_from_dict({"kind": "nope"})
     with pytest.raises(ValueError):

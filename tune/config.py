@@ -14,21 +14,23 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from nanogpt.compile import COMPILE_MODES
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
+from nanogpt.tokenizer import MIN_BPE_VOCAB, TOKENIZERS
+from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
 from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_spec, describe, describe_space,
                         parse_range, space_from_json, space_to_json)
+from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
 SETTINGS_FILE = "search.json"
-UNITS = ("steps", "tokens", "flops", "s")
 _AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(steps?|tokens?|flops?|s|sec|seconds?)?\s*$")
 _UNIT_ALIASES = {"step": "steps", "token": "tokens", "flop": "flops", "sec": "s", "second": "s", "seconds": "s"}
 
@@ -61,50 +63,113 @@ def format_amount(amount: float, unit: str) -> str:
     return f"{amount:g}{unit}"
 
 
+class _FromPreset:
+    def __repr__(self) -> str:
+        return "the preset's"
+
+
+FROM_PRESET = _FromPreset()  # a setting whose default is the preset's field of the same name
+_NO_DEFAULT = dataclasses.MISSING
+
+
+def setting(flag: str | None = None, help: str = "", *, default: Any = None, type: Callable | None = None,
+            choices: Sequence[str] | None = None, check: Callable | None = None, metavar: str | None = None,
+            group: str = "search", saved_default: Any = _NO_DEFAULT):
+    """A search setting, declared once: its flag, help, default (a value, or FROM_PRESET), type, choices and
+    check. The parser, the --resume comparison and the checks are generated from these. Settings that are
+    amounts in the budget's unit (`type=None`, a metavar AMOUNT) declare flag and help here and are resolved
+    by a named step of `resolve`. `saved_default`: only for fields added later, so an old search.json loads."""
+    meta = {"flag": flag, "help": help, "default": default, "type": type, "choices": choices, "check": check,
+            "metavar": metavar, "group": group}
+    return field(metadata=meta) if saved_default is _NO_DEFAULT else field(default=saved_default, metadata=meta)
+
+
+def positive(value) -> str | None:
+    """A check: None when the value passes, else what it must be."""
+    return None if value > 0 and math.isfinite(value) else "> 0"
+
+
+def nonneg(value) -> str | None:
+    return None if value >= 0 and math.isfinite(value) else ">= 0"
+
+
+def at_least(low: int, why: str = "") -> Callable:
+    def check(value) -> str | None:
+        return None if value >= low else f"at least {low}{why}"
+    return check
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that defines a search. Saved whole as search.json; nothing else is read again."""
 
-    name: str
-    results_dir: str
-    preset: str
-    dataset: str | None
-    data_file: str | None
-    tokenizer: str
-    bpe_vocab_size: int
-    space: dict  # hyperparameter -> Optuna distribution JSON, or a constant
-    num_samples: int
-    budget_unit: str  # steps | tokens | flops | s
-    trial_budget: float  # what every trial may spend, in budget_unit
-    eval_every: float  # an evaluation (one report to Tune) each time a trial's spend passes a multiple of this
-    final_budget: float | None  # train the winner once more for this (budget_unit), into final/
-    eval_iters: int
-    eval_batch_size: int
-    train_loss_from: str
-    time_budget_s: float | None  # the whole search's wall-time limit
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent: int | None
-    seed: int
-    searcher: str  # optuna (TPE) | random
-    sampler: dict  # the Optuna sampler's options, all explicit
-    scheduler: str  # asha | fifo
-    grace_period: float  # ASHA: spend before a trial can be stopped, in budget_unit
-    reduction_factor: int
-    max_failures: int
-    metric: str
-    mode: str
-    created: str
+    name: str = setting()
+    results_dir: str = setting()
+    preset: str = setting("--preset", "space, data set and budget to start from: " + "; ".join(
+        f"{p.name}: {p.description}" for p in PRESETS.values()), default="laptop", choices=sorted(PRESETS),
+        group="what to search")
+    dataset: str | None = setting("--dataset", f"built-in data set: {', '.join(DATASETS)}", default=FROM_PRESET,
+                                  group="what to search")
+    data_file: str | None = setting("--data-file", "any UTF-8 text file (90%% train, last 10%% validation)",
+                                    group="what to search")
+    tokenizer: str = setting("--tokenizer", "how text becomes tokens", default="char", choices=list(TOKENIZERS),
+                             group="what to search")
+    bpe_vocab_size: int = setting("--bpe-vocab-size", "BPE vocabulary size", default=512, type=int,
+                                  check=at_least(MIN_BPE_VOCAB, " (256 bytes + <unk>)"), group="what to search")
+    space: dict = setting()  # hyperparameter -> Optuna distribution JSON, or a constant; flags: the Hparams fields
+    num_samples: int = setting("--num-samples", "trials to run", default=FROM_PRESET, type=int, check=positive,
+                               group="budget")
+    budget_unit: str = setting()  # steps | tokens | flops | s: the unit of --trial-budget (or steps, --max-steps)
+    trial_budget: float = setting(
+        "--trial-budget", "what every trial may spend: a number with a unit, steps, tokens, flops (training FLOPs) "
+        "or s (seconds of training), e.g. 500steps, 8e12flops, 120s", default=FROM_PRESET, metavar="AMOUNT",
+        group="budget")
+    # an evaluation (one report to Tune) each time a trial's spend passes a multiple of this
+    eval_every: float = setting("--eval-interval", "spend between evaluations (one report to Tune each), in the "
+                                "budget's unit", default=FROM_PRESET, metavar="AMOUNT", group="budget")
+    final_budget: float | None = setting(
+        "--final-budget", "after the search, train the best configuration once more for this (same unit) into final/",
+        metavar="AMOUNT", group="budget")
+    eval_iters: int = setting()
+    eval_batch_size: int = setting()
+    train_loss_from: str = setting()
+    time_budget_s: float | None = setting("--time-budget", "stop the whole search after this long", type=float,
+                                          check=positive, metavar="SECONDS", group="budget")
+    cpus_per_trial: float = setting("--cpus-per-trial", "CPUs of each trial (its torch threads)", default=FROM_PRESET,
+                                    type=float, check=positive, group="budget")
+    gpus_per_trial: float = setting("--gpus-per-trial", "GPUs of each trial, fractional allowed, e.g. 0.25",
+                                    default=FROM_PRESET, type=float, check=nonneg, group="budget")
+    max_concurrent: int | None = setting("--max-concurrent", "trials at once (unset: as many as resources allow)",
+                                         type=int, check=positive, group="budget")
+    seed: int = setting("--seed", "the sampler's and every trial's seed", default=0, type=int)
+    searcher: str = setting("--searcher", "who proposes trials: " + "; ".join(
+        f"{k}: {v.help}" for k, v in SEARCHERS.items()), default="optuna", choices=list(SEARCHERS))
+    sampler: dict = setting()  # the Optuna sampler's options, all explicit (from the searcher's table entry)
+    scheduler: str = setting("--scheduler", "who stops trials early: " + "; ".join(
+        f"{k}: {v.help}" for k, v in SCHEDULERS.items()), default="asha", choices=list(SCHEDULERS))
+    grace_period: float = setting("--grace-period", "ASHA: spend before a trial can be stopped, in the budget's "
+                                  "unit (a multiple of --eval-interval)", default=FROM_PRESET, metavar="AMOUNT")
+    reduction_factor: int = setting("--reduction-factor", "ASHA: keep 1 in N at each rung", default=FROM_PRESET,
+                                    type=int, check=at_least(2))
+    max_failures: int = setting("--max-failures", "retries of a trial whose worker died", default=2, type=int,
+                                check=nonneg)
+    metric: str = setting()
+    mode: str = setting()
+    created: str = setting()
     # for a URI results directory: the local copy's path, where Optuna's study (optuna.db) was opened
-    local_copy: str | None = None
-    # what Optuna is told: "truth" (COMPLETE / PRUNED / FAIL by outcome) or "ray" (Ray's OptunaSearch: every
-    # trial with a metric COMPLETE, early-stopped ones too); "ray" exists for ablations
-    tell_optuna: str = "truth"
-    # where trials train: auto = CUDA when the trial has a GPU share, else CPU; cpu = always CPU, even with a
-    # GPU share (Ray's GPUs are then only a scheduling resource, e.g. logical GPUs in a test); cuda = always CUDA
-    device: str = "auto"
-    # torch.compile each trial's training step: auto (where its steps repay the compile time), on or off
-    compile: str = "auto"
+    local_copy: str | None = setting(saved_default=None)
+    tell_optuna: str = setting(
+        "--tell-optuna", "what Optuna is told: truth: pruned trials are PRUNED, diverged FAIL; ray: Ray's "
+        "OptunaSearch, which calls every trial with a metric COMPLETE, early-stopped ones too (for ablations)",
+        default="truth", choices=["truth", "ray"], saved_default="truth")
+    device: str = setting(
+        "--device", "where trials train: auto = CUDA when a trial has a GPU share, else CPU; cpu = CPU even with a GPU "
+        "share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus); cuda = always CUDA",
+        default="auto", choices=["auto", "cpu", "cuda"], group="budget", saved_default="auto")
+    compile: str = setting(
+        "--compile", "torch.compile each trial's training step: auto = only where its steps repay the compile time "
+        "(measured per shape and machine), on, off", default="auto", choices=list(COMPILE_MODES), group="budget",
+        saved_default="auto")
 
     # --- where things are
 
@@ -135,11 +200,11 @@ class SearchConfig:
 
     def make_sampler(self):
         """The Optuna sampler, from the saved options alone."""
-        import optuna
+        return make_sampler(self.sampler)
 
-        opts = dict(self.sampler)
-        kind = opts.pop("kind")
-        return optuna.samplers.TPESampler(**opts) if kind == "tpe" else optuna.samplers.RandomSampler(**opts)
+    def make_scheduler(self):
+        """The Ray Tune scheduler (imports Ray)."""
+        return SCHEDULERS[self.scheduler].make(self)
 
     def trial_train_config(self, hp: Hparams, device: str = "cpu"):
         """The TrainConfig of a trial with these hyperparameters."""
@@ -149,7 +214,7 @@ class SearchConfig:
     def final_train_config(self, hp: Hparams, device: str = "cpu"):
         """The TrainConfig of the winner's final training (--final-budget): ten evaluations."""
         return hp.train_config(budget_unit=self.budget_unit, budget=self.final_budget,
-                               eval_every=_final_eval_every(self.final_budget, self.budget_unit),
+                               eval_every=default_eval_every(self.final_budget, self.budget_unit),
                                device=device, **self.shared_train_fields())
 
     def shared_train_fields(self) -> dict:
@@ -186,62 +251,54 @@ class SearchConfig:
                             f"(fields missing or unknown: {', '.join(off[:5])}{'...' if len(off) > 5 else ''})") from None
 
 
-def _final_eval_every(budget: float, unit: str) -> float:
-    return float(max(1, int(budget // 10))) if unit == "steps" else budget / 10
-
-
 # --- the command line ---------------------------------------------------------------------------
+
+# the run's own options: how to run it, not what the search is (not saved, not compared on --resume)
+_GROUPS = ("what to search", "budget", "search", "where")
+
+
+def _setting_fields() -> list:
+    return [f for f in fields(SearchConfig) if f.metadata.get("flag")]
+
+
+def _help(f) -> str:
+    meta, default = f.metadata, f.metadata["default"]
+    if default is FROM_PRESET:
+        laptop = PRESETS["laptop"]
+        shown = getattr(laptop, f.name, None)
+        tail = f"default: the preset's (laptop: {shown})" if shown is not None else "default: the preset's"
+    else:
+        tail = "default: unset" if default is None else f"default: {default}"
+    return f"{meta['help']} ({tail})"
+
+
+def _laptop_range(hparam: str) -> str:
+    spec = PRESETS["laptop"].space.get(hparam)
+    return "unset" if spec is None else describe(spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # settings default to None: a flag the user gave is one that is not None (what --resume compares)
+    """The parser, generated from SearchConfig's settings and the Hparams fields. Settings default to None
+    here: a flag the user gave is one that is not None (what --resume compares)."""
     p = argparse.ArgumentParser(
         prog="python -m tune.search",
         description="Search small-GPT hyperparameters with Ray Tune (ASHA) and Optuna (TPE).",
     )
-    g = p.add_argument_group("what to search")
-    g.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="space, data set and budget to start from (default: laptop): "
-                        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()))
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--dataset", default=None, help=f"built-in data set: {', '.join(DATASETS)} (default: the preset's)")
-    src.add_argument("--data-file", default=None, help="any UTF-8 text file (90%% train, last 10%% validation)")
-    g.add_argument("--tokenizer", default=None, choices=["char", "bpe"], help="default: char")
-    g.add_argument("--bpe-vocab-size", type=int, default=None, help="default: 512")
+    groups = {name: p.add_argument_group(name) for name in _GROUPS}
+    source = groups["what to search"].add_mutually_exclusive_group()
+    for f in _setting_fields():
+        meta = f.metadata
+        into = source if f.name in ("dataset", "data_file") else groups[meta["group"]]
+        into.add_argument(meta["flag"], dest=f.name, default=None, type=meta["type"], choices=meta["choices"],
+                          metavar=meta["metavar"], help=_help(f))
+        if f.name == "trial_budget":
+            into.add_argument("--max-steps", type=int, default=None, help="same as --trial-budget Nsteps")
     for flag, f in FLAGS.items():
-        g.add_argument("--" + flag, dest=f.name, default=None, metavar="RANGE",
-                       help=f"{f.metadata['help']}: LOW:HIGH, A,B,C or a value (overrides the preset)")
-    b = p.add_argument_group("budget")
-    b.add_argument("--num-samples", type=int, default=None, help="trials to run (default: the preset's)")
-    b.add_argument("--trial-budget", default=None, metavar="AMOUNT",
-                   help="what every trial may spend: a number with a unit, steps, tokens, flops (training FLOPs) "
-                        "or s (seconds of training), e.g. 500steps, 8e12flops, 120s (default: the preset's)")
-    b.add_argument("--max-steps", type=int, default=None, help="same as --trial-budget Nsteps")
-    b.add_argument("--eval-interval", default=None, metavar="AMOUNT",
-                   help="spend between evaluations (one report to Tune each), in the budget's unit")
-    b.add_argument("--final-budget", default=None, metavar="AMOUNT",
-                   help="after the search, train the best configuration once more for this (same unit) into final/")
-    b.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop the whole search after this long")
-    b.add_argument("--cpus-per-trial", type=float, default=None)
-    b.add_argument("--gpus-per-trial", type=float, default=None, help="fractional allowed, e.g. 0.25")
-    b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
-                   help="where trials train: auto (default) = CUDA when a trial has a GPU share, else CPU; cpu = CPU "
-                        "even with a GPU share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus)")
-    b.add_argument("--compile", default=None, choices=list(COMPILE_MODES),
-                   help="torch.compile each trial's training step: auto = where its steps repay the compile time "
-                        "(default), on, off")
-    b.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as resources allow)")
-    s = p.add_argument_group("search")
-    s.add_argument("--searcher", default=None, choices=["optuna", "random"], help="optuna = TPE (default)")
-    s.add_argument("--scheduler", default=None, choices=["asha", "fifo"], help="default: asha")
-    s.add_argument("--grace-period", default=None, metavar="AMOUNT", help="ASHA: spend before a trial can be stopped")
-    s.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1 in N at each rung")
-    s.add_argument("--seed", type=int, default=None, help="the sampler's and every trial's seed (default: 0)")
-    s.add_argument("--max-failures", type=int, default=None, help="retries of a trial whose worker died (default: 2)")
-    s.add_argument("--tell-optuna", default=None, choices=["truth", "ray"],
-                   help="truth (default): pruned trials are PRUNED, diverged FAIL; ray: Ray's OptunaSearch, which calls "
-                        "every trial with a metric COMPLETE, early-stopped ones too (for ablations)")
-    r = p.add_argument_group("where")
+        groups["what to search"].add_argument(
+            "--" + flag, dest=f.name, default=None, metavar="RANGE",
+            help=f"{f.metadata['help']}: LOW:HIGH, A,B,C or a value (default: the preset's (laptop: "
+                 f"{_laptop_range(f.name)}))")
+    r = groups["where"]
     r.add_argument("--results-dir", default="results", help="experiments go to RESULTS_DIR/NAME (default: results)")
     r.add_argument("--name", default=None, help="experiment name (default: PRESET-DATE-TIME)")
     r.add_argument("--resume", action="store_true",
@@ -250,35 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="join a running Ray cluster (host:port or 'auto'); default: local Ray")
     r.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots at the end")
-    r.add_argument("--top", type=int, default=5, help="rows in the final table")
+    r.add_argument("--top", type=int, default=5, help="rows in the final table (default: 5)")
     return p
 
 
-# flag (argparse dest) -> the SearchConfig fields it sets: with --resume, these must equal the saved ones
-FLAG_FIELDS: dict[str, tuple[str, ...]] = {
-    "preset": ("preset",), "dataset": ("dataset",), "data_file": ("data_file",), "tokenizer": ("tokenizer",),
-    "bpe_vocab_size": ("bpe_vocab_size",), "num_samples": ("num_samples",),
-    "trial_budget": ("budget_unit", "trial_budget"), "max_steps": ("budget_unit", "trial_budget"),
-    "eval_interval": ("eval_every",), "final_budget": ("final_budget",), "time_budget": ("time_budget_s",),
-    "cpus_per_trial": ("cpus_per_trial",), "gpus_per_trial": ("gpus_per_trial",), "device": ("device",), "compile": ("compile",),
-    "max_concurrent": ("max_concurrent",), "searcher": ("searcher",), "scheduler": ("scheduler",),
-    "grace_period": ("grace_period",), "reduction_factor": ("reduction_factor",), "seed": ("seed",),
-    "max_failures": ("max_failures",), "tell_optuna": ("tell_optuna",), **{f.name: (f"space.{f.name}",) for f in FLAGS.values()},
-}
+def _given(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The flags the user gave (argparse dest) -> the SearchConfig fields each one sets."""
+    sets = {f.name: (f.name,) for f in _setting_fields()}
+    sets.update(trial_budget=("budget_unit", "trial_budget"), max_steps=("budget_unit", "trial_budget"),
+                **{f.name: (f"space.{f.name}",) for f in FLAGS.values()})
+    return {dest: names for dest, names in sets.items() if getattr(args, dest, None) is not None}
 
 
 def _flag(dest: str) -> str:
-    return "--" + (Hparams.__dataclass_fields__[dest].metadata["flag"] if dest in HPARAMS else dest.replace("_", "-"))
-
-
-def _check_positive(name: str, value, integer: bool = True, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or not math.isfinite(value):
-        kind = "an integer" if integer else "a number"
-        bound = ">= 0" if allow_zero else "> 0"
-        raise UserError(f"--{name} must be {kind} {bound}, got {value}")
+    if dest in HPARAMS:
+        return "--" + Hparams.__dataclass_fields__[dest].metadata["flag"]
+    if dest in SearchConfig.__dataclass_fields__:
+        return SearchConfig.__dataclass_fields__[dest].metadata["flag"]
+    return "--" + dest.replace("_", "-")
 
 
 def _field_value(config: SearchConfig, name: str) -> Any:
@@ -293,56 +339,65 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConfig:
-    """A new search's configuration from the preset and the flags, every check done here, before Ray."""
-    preset: Preset = PRESETS[args.preset or "laptop"]
-    for flag, integer in [("num_samples", True), ("max_steps", True), ("max_concurrent", True),
-                          ("time_budget", False), ("cpus_per_trial", False), ("bpe_vocab_size", True)]:
-        _check_positive(flag.replace("_", "-"), getattr(args, flag), integer)
-    _check_positive("gpus-per-trial", args.gpus_per_trial, integer=False, allow_zero=True)
-    _check_positive("max-failures", args.max_failures, allow_zero=True)
-    if args.reduction_factor is not None and args.reduction_factor < 2:
-        raise UserError(f"--reduction-factor must be at least 2, got {args.reduction_factor}")
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
-    if args.bpe_vocab_size is not None and args.bpe_vocab_size < 257:
-        raise UserError(f"--bpe-vocab-size must be at least 257 (256 bytes + <unk>), got {args.bpe_vocab_size}")
+def _check(flag: str, value: Any, check: Callable | None, integer: bool) -> None:
+    if value is None or check is None:
+        return
+    wanted = check(value)
+    if wanted:
+        kind = "an integer" if integer else "a number"
+        raise UserError(f"{flag} must be {wanted if wanted.startswith('at least') else f'{kind} {wanted}'}, got {value}")
 
-    space = dict(preset.space)
-    for f in FLAGS.values():
-        if getattr(args, f.name) is not None:
-            space[f.name] = parse_range(f.metadata["flag"], getattr(args, f.name))
-    for hparam, spec in space.items():
-        check_spec(hparam, spec)  # a preset's own values too (muon where torch lacks it)
 
-    # the budget: --trial-budget AMOUNT, or --max-steps N (= Nsteps); then evaluations and rungs in its unit
+def _simple_settings(args: argparse.Namespace, preset: Preset) -> dict:
+    """Every setting with a type (a plain value): the flag's value, else its default (or the preset's), checked."""
+    out = {}
+    for f in _setting_fields():
+        meta = f.metadata
+        if meta["type"] is None and meta["choices"] is None:
+            continue  # amounts and the data source: resolved by their own steps
+        given = getattr(args, f.name)
+        _check(meta["flag"], given, meta["check"], meta["type"] is int)
+        default = getattr(preset, f.name) if meta["default"] is FROM_PRESET else meta["default"]
+        out[f.name] = default if given is None else given
+    return out
+
+
+def _budget(args: argparse.Namespace, preset: Preset) -> tuple[float, str]:
+    """--trial-budget AMOUNT, or --max-steps N (= Nsteps), or the preset's."""
     if args.trial_budget is not None and args.max_steps is not None:
         raise UserError("give either --trial-budget or --max-steps, not both")
     if args.max_steps is not None:
-        budget, unit = float(args.max_steps), "steps"
-    else:
-        budget, unit = parse_amount(args.trial_budget or preset.trial_budget, "--trial-budget")
+        _check("--max-steps", args.max_steps, positive, integer=True)
+        return float(args.max_steps), "steps"
+    return parse_amount(args.trial_budget or preset.trial_budget, "--trial-budget")
+
+
+def _eval_every(args: argparse.Namespace, preset: Preset, budget: float, unit: str) -> float:
     preset_budget, preset_unit = parse_amount(preset.trial_budget, "preset budget")
-    same_unit = unit == preset_unit
-    if args.eval_interval is not None:
-        eval_every = parse_amount(args.eval_interval, "--eval-interval", unit)[0]
-    elif same_unit:  # the preset's number of evaluations a trial, whatever the budget
+    if args.eval_every is not None:
+        eval_every = parse_amount(args.eval_every, "--eval-interval", unit)[0]
+    elif unit == preset_unit:  # the preset's number of evaluations a trial, whatever the budget
         eval_every = float(preset.eval_every) * budget / preset_budget
         if unit == "steps":
             eval_every = float(max(1, round(eval_every)))
     else:
-        eval_every = budget / 10 if unit != "steps" else float(max(1, int(budget // 10)))
+        eval_every = default_eval_every(budget, unit)
     if unit == "steps" and not eval_every.is_integer():
         raise UserError(f"--eval-interval must be whole steps, got {eval_every:g}")
     if eval_every > budget:
         raise UserError(f"--eval-interval {format_amount(eval_every, unit)} is more than the trial budget "
                         f"{format_amount(budget, unit)}: a trial would never be evaluated before its end")
+    return eval_every
+
+
+def _grace(args: argparse.Namespace, preset: Preset, budget: float, unit: str, eval_every: float) -> float:
+    preset_budget, preset_unit = parse_amount(preset.trial_budget, "preset budget")
     if args.grace_period is not None:
         grace = parse_amount(args.grace_period, "--grace-period", unit)[0]
         if grace > budget:
             raise UserError(f"--grace-period {format_amount(grace, unit)} is above the trial budget "
                             f"{format_amount(budget, unit)}: no trial could ever be stopped early")
-    elif same_unit and budget == preset_budget and args.eval_interval is None:
+    elif unit == preset_unit and budget == preset_budget and args.eval_every is None:
         grace = float(preset.grace_period)
     else:
         # keep the presets' proportion: about a quarter of the budget, on an evaluation
@@ -351,52 +406,58 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     if abs(n_evals - round(n_evals)) > 1e-9 or round(n_evals) < 1:
         raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-interval "
                         f"({format_amount(eval_every, unit)}): ASHA decides on evaluations")
-    final = parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget is not None else None
+    return grace
 
-    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else preset.cpus_per_trial
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
+
+def _space(args: argparse.Namespace, preset: Preset) -> dict:
+    space = dict(preset.space)
+    for f in FLAGS.values():
+        if getattr(args, f.name) is not None:
+            space[f.name] = parse_range(f.metadata["flag"], getattr(args, f.name))
+    for hparam, spec in space.items():
+        check_spec(hparam, spec)  # a preset's own values too (muon where torch lacks it)
+    return space
+
+
+def _check_resources(gpus: float, device: str) -> None:
     if gpus > 1 and gpus != int(gpus):
         raise UserError(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
-    if args.device == "cuda" and gpus == 0:
+    if device == "cuda" and gpus == 0:
         raise UserError("--device cuda needs a GPU share: give --gpus-per-trial (Ray hides GPUs from trials without one)")
-    dataset = args.dataset if args.data_file is None else None
-    if dataset is None and args.data_file is None:
-        dataset = preset.dataset
-    data_file = str(Path(args.data_file).expanduser().resolve()) if args.data_file else None
-    seed = args.seed if args.seed is not None else 0
-    searcher = args.searcher or "optuna"
-    if searcher == "optuna":
-        # every option explicit: Optuna 5 changed TPESampler's defaults (multivariate, constant_liar)
-        sampler = {"kind": "tpe", "seed": seed, "n_startup_trials": preset.n_startup_trials, "multivariate": True,
-                   "constant_liar": True, "n_ei_candidates": 24}
-    else:
-        sampler = {"kind": "random", "seed": seed}
+
+
+def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConfig:
+    """A new search's configuration: the preset merged with the flags, every check done here, before Ray."""
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    values = _simple_settings(args, PRESETS[args.preset or "laptop"])
+    preset = PRESETS[values["preset"]]
+    budget, unit = _budget(args, preset)
+    eval_every = _eval_every(args, preset, budget, unit)
+    _check_resources(values["gpus_per_trial"], values["device"])
     # a URI pyarrow cannot open is an error now, before Ray
     local_copy = str(Mirror(f"{results_dir}/{name}").local) if is_uri(results_dir) else None
     return SearchConfig(
-        name=name, results_dir=results_dir, preset=preset.name, dataset=dataset, data_file=data_file,
-        tokenizer=args.tokenizer or "char", bpe_vocab_size=args.bpe_vocab_size or 512,
-        space=space_to_json(space), num_samples=args.num_samples or preset.num_samples,
-        budget_unit=unit, trial_budget=budget, eval_every=eval_every, final_budget=final,
+        **values, name=name, results_dir=results_dir,
+        dataset=None if args.data_file else args.dataset or preset.dataset,
+        data_file=str(Path(args.data_file).expanduser().resolve()) if args.data_file else None,
+        space=space_to_json(_space(args, preset)), budget_unit=unit, trial_budget=budget, eval_every=eval_every,
+        final_budget=parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget else None,
+        grace_period=_grace(args, preset, budget, unit, eval_every),
         eval_iters=preset.eval_iters, eval_batch_size=preset.eval_batch_size, train_loss_from=preset.train_loss_from,
-        time_budget_s=args.time_budget, cpus_per_trial=cpus, gpus_per_trial=gpus, device=args.device or "auto",
-        max_concurrent=args.max_concurrent, seed=seed, searcher=searcher, sampler=sampler,
-        scheduler=args.scheduler or "asha", grace_period=grace,
-        reduction_factor=args.reduction_factor or preset.reduction_factor,
-        max_failures=args.max_failures if args.max_failures is not None else 2,
+        sampler=sampler_options(values["searcher"], values["seed"], preset),
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
-        tell_optuna=args.tell_optuna or "truth", compile=args.compile or "auto",
     )
 
 
 def check_same(args: argparse.Namespace, saved: SearchConfig, results_dir: str) -> None:
     """--resume with flags: each one the user gave must say what the saved search says."""
-    given = [dest for dest in FLAG_FIELDS if getattr(args, dest, None) is not None]
+    given = _given(args)
     if not given:
         return
     fresh = resolve(args, results_dir, saved.name)
-    for dest in given:
-        for name in FLAG_FIELDS[dest]:
+    for dest, names in given.items():
+        for name in names:
             new, old = _field_value(fresh, name), _field_value(saved, name)
             if new != old:
                 raise UserError(f"{_flag(dest)}: {saved.name} was searched with {_shown(old)}, this command says "
@@ -436,7 +497,3 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         saved = SearchConfig.load(exp)
     check_same(args, saved, results_dir)
     return dataclasses.replace(saved, results_dir=results_dir)
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(SearchConfig)]

@@ -78,12 +78,6 @@ def best_checkpoint(trial: TrialRecord, metric: str = "val_loss", mode: Literal[
     return trial.path / pick(scored)[1]
 
 
-def state_file(path: str | Path) -> Path | None:
-    """The newest experiment_state-*.json (the one Ray itself would read), or None."""
-    files = sorted(Path(path).glob("experiment_state-*.json"))
-    return files[-1] if files else None
-
-
 def _trial_states(path: Path) -> dict[str, dict] | None:
     """trial_id -> the plain JSON fields Ray saved for it (status, relative_logdir, config...), from the
     newest experiment_state file that parses (Ray copies it in from a staging dir: a read can catch it
@@ -158,3 +152,11 @@ def _is_plain_name(name) -> bool:
 
 def _is_finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def finite(df):
+    """The trials (a pandas table) with a finite best val_loss (a boolean mask, so an empty table stays a table)."""
+    import pandas as pd
+
+    vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
+    return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf])]

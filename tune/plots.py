@@ -5,27 +5,27 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from tune.experiment import finite
+from tune.outcomes import STOPPED_EARLY, Outcome
+from tune.space import SHOWN, is_log
 
-from tune.report import finite  # noqa: E402
-from tune.space import HPARAMS  # noqa: E402
-
-# what a trial varies: the sampled hyperparameters, with n_embd for head_dim (the model's width)
-SEARCHABLE = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
 
 
 class PlotSkipped(Exception):
     """Not enough data for this figure; the message says why."""
 
 
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple, **kw):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit: str = "steps") -> None:
@@ -36,8 +36,8 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
     best_id = finite(trials)["trial_id"].iloc[0] if not finite(trials).empty else None
-    stopped = set(trials.loc[trials["outcome"].isin(["pruned", "out_of_time"]), "trial_id"])
-    fig, ax = plt.subplots(figsize=(8, 5))
+    stopped = set(trials.loc[trials["outcome"].isin(STOPPED_EARLY), "trial_id"])
+    fig, ax = _subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
         if tid == best_id:
             continue
@@ -68,7 +68,7 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
 
 def _at_equal_spend(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that spent their whole budget (the same for all): the only fair comparison."""
-    return finite(df[df["outcome"].eq("finished")]).dropna(subset=["n_params"])
+    return finite(df[df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
 
 
 def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
@@ -78,8 +78,8 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     if d.empty:
         raise PlotSkipped("no trial finished its budget: no comparison at equal spend")
     front = pareto_front(d)
-    others = finite(df[~df["outcome"].eq("finished")]).dropna(subset=["n_params"])
-    fig, ax = plt.subplots(figsize=(7, 5))
+    others = finite(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
+    fig, ax = _subplots(figsize=(7, 5))
     ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
     if not others.empty:
         ax.scatter(others["n_params"], others["best_val_loss"], marker="x", color="grey", alpha=0.4,
@@ -96,13 +96,13 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
 
 def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
     d = _at_equal_spend(df)
-    cols = [c for c in SEARCHABLE if c in d and d[c].nunique(dropna=True) > 1]
+    cols = [c for c in SHOWN if c in d and d[c].nunique(dropna=True) > 1]
     if d.empty or not cols:
         raise PlotSkipped("no hyperparameter varied across the trials that finished their budget")
     n = len(cols)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
     for ax, c in zip(axes.flat, cols):
         if not pd.api.types.is_numeric_dtype(d[c]):  # a categorical choice (optimizer): one column of points per value
             names = sorted(d[c].dropna().unique())
@@ -110,7 +110,7 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
             ax.set_xticks(range(len(names)), names)
         else:
             ax.scatter(d[c].astype(float), d["best_val_loss"], alpha=0.8)
-        if c == "learning_rate":
+        if is_log(c):
             ax.set_xscale("log")
         ax.set_xlabel(c)
         ax.set_ylabel("best val_loss")
@@ -143,7 +143,7 @@ def importance(experiment: Path, config, path: Path) -> None:
     if not imp:
         raise PlotSkipped("no sampled hyperparameter varied")
     names = list(imp)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    fig, ax = _subplots(figsize=(6, 0.5 * len(names) + 1.5))
     ax.barh(names, [imp[n] for n in names])
     ax.set_xlabel("importance for val_loss (PED-ANOVA)")
     ax.set_title(f"hyperparameter importance ({len(done)} COMPLETE trials: finished their budget)")

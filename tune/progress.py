@@ -10,24 +10,21 @@ from pathlib import Path
 from ray.tune import Callback
 
 from nanogpt.data import write_json
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, outcome_of_result, read_clock, read_outcomes
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
 from tune.space import Hparams
 
 
 def describe_config(config: dict) -> str:
     """A trial's hyperparameters in one short line (n_embd derived, as the model is built)."""
-    hp = Hparams.from_config(config)
-    return (f"L={hp.n_layer} H={hp.n_head} embd={hp.n_embd} drop={hp.dropout:.2f} lr={hp.learning_rate:.1e} "
-            f"B={hp.batch_size} T={hp.block_size} {hp.optimizer}")
+    return Hparams.from_config(config).line()
 
 
 def last_error_line(error_file: str | None) -> str:
     """The exception line of a trial's error.txt (the traceback stays in the file)."""
     try:
-        lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
+        return error_line(Path(error_file).read_text())
     except (OSError, TypeError):
-        return "unknown error"
-    return lines[-1].strip()[:300] if lines else "unknown error"
+        return error_line(None)
 
 
 class Progress(Callback):

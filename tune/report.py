@@ -23,10 +23,13 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.errors import UserError
+from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
-from tune.experiment import best_checkpoint, read_trials
-from tune.outcomes import Outcome, read_outcomes
-from tune.space import HPARAMS
+from tune import plots
+from tune.experiment import best_checkpoint, finite, read_trials
+from tune.outcomes import Outcome, error_line, read_outcomes
+from tune.outcomes import describe as describe_outcome
+from tune.space import HPARAMS, TABLE, derived
 from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
@@ -71,20 +74,6 @@ def _outcome(trial, recorded: dict) -> str:
     return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
 
 
-def _status_text(outcome: str, row: dict) -> str:
-    """The human line beside the outcome."""
-    spend = "" if row.get("spend") is None else f"{row['spend']:.3g}{row.get('budget_unit') or ''}"
-    return {
-        "finished": f"finished its budget ({spend})",
-        "pruned": f"pruned by ASHA at {spend}",
-        "out_of_time": f"stopped by the search's time budget at {spend}",
-        "diverged": f"diverged at step {row.get('steps')}",
-        "errored": "errored",
-        "interrupted": f"interrupted at step {row.get('steps')}",
-        "not_started": "not started",
-    }[outcome]
-
-
 def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The trials table and the long learning-curve table, from one read of the experiment."""
     path, mirror = _local(path, mirror)
@@ -102,8 +91,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
         row = {c: None for c in COLUMNS}
         row["trial_id"] = trial.trial_id
         row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
-        if cfg.get("n_head") and cfg.get("head_dim"):
-            row["n_embd"] = cfg["n_head"] * cfg["head_dim"]
+        row.update(derived(cfg))
         row["sampler"] = cfg.get("sampler")
         row["budget_unit"] = config.budget_unit if config else None
         evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
@@ -120,10 +108,9 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
             part.insert(0, "trial_id", trial.trial_id)
             frames.append(part)
         row["outcome"] = _outcome(trial, recorded)
-        row["status"] = _status_text(row["outcome"], row)
+        row["status"] = describe_outcome(row["outcome"], row, config.scheduler if config else None)
         if trial.error:
-            lines = [ln for ln in trial.error.strip().splitlines() if ln.strip()]
-            row["error"] = lines[-1][:300] if lines else "unknown error"
+            row["error"] = error_line(trial.error)
         ckpt = best_checkpoint(trial)
         row["checkpoint"] = str(ckpt) if ckpt else None
         rows.append(row)
@@ -152,12 +139,6 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     return df
 
 
-def finite(df: pd.DataFrame) -> pd.DataFrame:
-    """The trials with a finite best val_loss (a boolean mask, so an empty table stays a table)."""
-    vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
-    return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf])]
-
-
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
     df.to_csv(path / "trials.csv", index=False)
     ok = finite(df)
@@ -177,8 +158,7 @@ def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -
 
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
-    cols = ["trial_id", "n_layer", "n_head", "n_embd", "dropout", "learning_rate", "batch_size", "optimizer", "n_params",
-            "best_val_loss", "val_bpc", "steps", "spend", "outcome"]
+    cols = ["trial_id", *TABLE, "n_params", "best_val_loss", "val_bpc", "steps", "spend", "outcome"]
     view = df.head(n)[cols].rename(columns={"learning_rate": "lr", "batch_size": "batch", "best_val_loss": "val_loss"})
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
@@ -279,8 +259,8 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
     md = ["## Summary", ""]
     if config:
         res = f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
-        asha = (f" (grace {config.budget_text(config.grace_period)}, reduction factor {config.reduction_factor}, "
-                f"rungs in {config.budget_unit})" if config.scheduler == "asha" else "")
+        settings = SCHEDULERS[config.scheduler].describe(config) if config.scheduler in SCHEDULERS else ""
+        asha = f" ({settings})" if settings else ""
         md += [f"- data set: `{config.data_file or config.dataset}`, {config.tokenizer} tokenizer",
                f"- preset `{config.preset}`, searcher {config.searcher} ({config.sampler}), scheduler {config.scheduler}{asha}",
                f"- budget: {config.num_samples} trials x {config.budget_text()} each (every trial the same), {res} per trial"
@@ -297,7 +277,7 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
         missing.append("no trial reported a finite validation loss: no best trial")
         return md + [""]
     best = fin.iloc[0]
-    finished = finite(df[df["outcome"].eq("finished")])
+    finished = finite(df[df["outcome"].eq(Outcome.FINISHED)])
     cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
                          for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
     md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "
@@ -339,7 +319,6 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     from nanogpt.data import default_prompts
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.sample import generate_text
-    from tune import plots
 
     if trials is None:
         df, curves = _read(path, mirror)

@@ -19,7 +19,7 @@ from pathlib import Path
 from nanogpt.data import TokenData, prepare
 from nanogpt.errors import UserError
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE
+from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome
 from tune.space import largest, max_value
 
 OPTUNA_DB = "optuna.db"
@@ -37,24 +37,22 @@ def prepare_data(config: SearchConfig) -> tuple[TokenData, object]:
     return data, tokenizer
 
 
-def step_spend(config: SearchConfig, vocab_size: int) -> float | None:
+def largest_step_spend(config: SearchConfig, vocab_size: int) -> float | None:
     """What one training step of the space's largest model spends, in the budget's unit (None for seconds)."""
     import torch
 
     from nanogpt.model import GPT
+    from nanogpt.train import step_spend
 
     hp = largest(config.space_specs())
-    if config.budget_unit in ("steps", "s"):
-        return 1.0 if config.budget_unit == "steps" else None
     with torch.device("meta"):  # shapes only, no memory
         fpt = GPT(hp.model_config(vocab_size)).flops_per_token()
-    tokens = hp.batch_size * hp.block_size
-    return float(tokens if config.budget_unit == "tokens" else tokens * fpt)
+    return step_spend(config.budget_unit, hp.batch_size * hp.block_size, fpt)
 
 
 def check_budget(config: SearchConfig, vocab_size: int) -> None:
     """A trial budget smaller than one step of the space's largest model trains nothing: refuse it."""
-    spend = step_spend(config, vocab_size)
+    spend = largest_step_spend(config, vocab_size)
     if spend is not None and spend > config.trial_budget:
         unit = config.budget_unit
         raise UserError(f"--trial-budget {config.budget_text()} is less than one training step of the space's "
@@ -132,7 +130,6 @@ def trial_dirname(trial) -> str:
 def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
     from tune.searcher import ResumableOptunaSearch, TruthfulOptunaSearch
@@ -159,12 +156,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
         study_name=config.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{exp / OPTUNA_DB}"),
     )
-    if config.scheduler == "asha":
-        # rungs in the budget's unit: trials are compared at equal spend, each rung on an evaluation
-        scheduler = ASHAScheduler(time_attr="spend", max_t=config.trial_budget, grace_period=config.grace_period,
-                                  reduction_factor=config.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = config.make_scheduler()
     mirror = config.mirror
     return tune.Tuner(
         trainable,
@@ -199,7 +191,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
 
     exp = config.experiment_dir
     final = exp / FINAL_DIR
-    finished = trials[trials["outcome"].eq("finished")]
+    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]
     if finished.empty:
         print(f"\nno trial finished its budget: no final training (--final-budget {config.budget_text(config.final_budget)})")
         return None
@@ -307,9 +299,9 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
     print(report_mod.top_table(df, top))
     counts = df["outcome"].value_counts()
     print("outcomes: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
-    if counts.get("out_of_time"):
+    if counts.get(Outcome.OUT_OF_TIME.value):
         print(f"\nthe time budget ({config.time_budget_s:g} s) ended the search after {len(df)} trials")
-    elif counts.get("interrupted") or counts.get("not_started") or len(df) < config.num_samples:
+    elif counts.get(Outcome.INTERRUPTED.value) or counts.get(Outcome.NOT_STARTED.value) or len(df) < config.num_samples:
         print(f"\nthe search stopped before all {config.num_samples} trials finished; continue it with:\n"
               f"  python -m tune.search --resume --name {config.name} --results-dir {config.results_dir}")
     if (exp / "best").is_dir():

@@ -27,27 +27,32 @@ from nanogpt.train import OPTIMIZERS, TrainConfig
 Spec = Union[BaseDistribution, int, float, str]
 
 
-def _hp(flag: str, help: str, check: str, log: bool = False, choices: tuple = (), **default):
+def _hp(flag: str, help: str, check: str, log: bool = False, choices: tuple = (), short: str = "", fmt: str = "",
+        table: bool = True, **default):
     """A hyperparameter field: its command-line flag, help text, the check its values must pass
-    (positive | fraction | nonneg | choice: one of `choices`) and whether a range of it is sampled on a log scale.
+    (positive | fraction | nonneg | choice: one of `choices`) and whether a range of it is sampled on a log scale;
+    how it is shown: `short` label and `fmt` in one-line descriptions, `table`: a column of the top-trials table.
     `default=`: only for fields added later, so code that builds Hparams by hand keeps working."""
-    return field(metadata={"flag": flag, "help": help, "check": check, "log": log, "choices": choices}, **default)
+    return field(metadata={"flag": flag, "help": help, "check": check, "log": log, "choices": choices,
+                           "short": short, "fmt": fmt, "table": table}, **default)
 
 
 @dataclass(frozen=True)
 class Hparams:
     """One trial's hyperparameters. Field names are the Optuna parameter names (stable: studies store them)."""
 
-    n_layer: int = _hp("n-layer", "transformer blocks", "positive")
-    n_head: int = _hp("n-head", "attention heads per block", "positive")
-    head_dim: int = _hp("head-dim", "channels per head (n_embd = n_head * head_dim)", "positive")
-    dropout: float = _hp("dropout", "dropout probability", "fraction")
-    learning_rate: float = _hp("lr", "peak learning rate (a range is sampled on a log scale)", "positive", log=True)
-    batch_size: int = _hp("batch-size", "sequences per training step", "positive")
-    block_size: int = _hp("block-size", "context length in tokens", "positive")
-    weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg")
-    optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon's rule, nanogpt.muon, on the blocks' 2-D weights, "
-                         "AdamW on the rest, one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
+    n_layer: int = _hp("n-layer", "transformer blocks", "positive", short="L")
+    n_head: int = _hp("n-head", "attention heads per block", "positive", short="H")
+    # shown as the model's width, n_embd (see SHOWN)
+    head_dim: int = _hp("head-dim", "channels per head (n_embd = n_head * head_dim)", "positive", short="embd")
+    dropout: float = _hp("dropout", "dropout probability", "fraction", short="drop", fmt=".2f")
+    learning_rate: float = _hp("lr", "peak learning rate (a range is sampled on a log scale)", "positive", log=True,
+                               short="lr", fmt=".1e")
+    batch_size: int = _hp("batch-size", "sequences per training step", "positive", short="B")
+    block_size: int = _hp("block-size", "context length in tokens", "positive", short="T", table=False)
+    weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg", table=False)
+    optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon's rule, nanogpt.muon, on the blocks' 2-D "
+                         "weights, AdamW on the rest, one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
 
     @property
     def n_embd(self) -> int:
@@ -61,6 +66,18 @@ class Hparams:
     def to_dict(self) -> dict:
         return {**asdict(self), "n_embd": self.n_embd}
 
+    def line(self) -> str:
+        """One short line, e.g. 'L=2 H=4 embd=64 drop=0.05 lr=3.0e-03 B=16 T=64 adamw' (labelled fields only,
+        n_embd for head_dim as the model is built; a choice shows its value alone)."""
+        parts = []
+        for f in fields(self):
+            value = self.n_embd if f.name == "head_dim" else getattr(self, f.name)
+            if f.metadata["short"]:
+                parts.append(f"{f.metadata['short']}={value:{f.metadata['fmt']}}")
+            elif f.metadata["check"] == "choice":
+                parts.append(str(value))
+        return " ".join(parts)
+
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
@@ -69,17 +86,31 @@ class Hparams:
     def train_config(self, *, budget_unit: str, budget: float, eval_every: float, device: str = "cpu",
                      **shared: Any) -> TrainConfig:
         """The trial's TrainConfig for a budget in its unit; `shared`: the search-wide TrainConfig fields
-        (eval_iters, eval_batch_size, train_loss_from, seed). min_lr is a tenth of the peak learning rate."""
+        (eval_iters, eval_batch_size, train_loss_from, seed). min_lr: TrainConfig's default."""
         if budget_unit == "steps":
             sized = dict(max_steps=int(budget), eval_interval=int(eval_every))
         else:
             sized = dict(budget_unit=budget_unit, budget=budget, eval_every=eval_every)
         return TrainConfig(**sized, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           min_lr=self.learning_rate * 0.1, weight_decay=self.weight_decay, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, optimizer=self.optimizer,
                            device=device, **shared)
 
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
+# the columns a trial is shown by: the hyperparameters, with the model's width n_embd for head_dim
+SHOWN = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
+TABLE = [("n_embd" if f.name == "head_dim" else f.name) for f in fields(Hparams) if f.metadata["table"]]
+
+
+def is_log(column: str) -> bool:
+    """Whether a hyperparameter's range is sampled (and best plotted) on a log scale."""
+    f = Hparams.__dataclass_fields__.get(column)
+    return bool(f and f.metadata["log"])
+
+
+def derived(config: dict) -> dict:
+    """The columns a trial's config implies but does not hold (n_embd), where it holds what they need."""
+    return {"n_embd": config["n_head"] * config["head_dim"]} if config.get("n_head") and config.get("head_dim") else {}
 FLAGS = {f.metadata["flag"]: f for f in fields(Hparams)}  # range flag -> field
 
 
@@ -288,12 +319,9 @@ def _float(low: float, high: float, log: bool = False) -> FloatDistribution:
 
 
 PRESETS: dict[str, Preset] = {
-    # the teaching demo: the mixed corpus's counting and ABC runs are learned well enough that the best model
-    # counts past held-out numbers (report: pattern probes). 1 layer or 32-wide models fail in 600 steps, AdamW
-    # needs ~1000 at 64 wide, Muon ~600. Every trial gets the same FLOPs, so smaller models and batches take
-    # more steps: the 32-wide ones (2-3 layers, batch 16) win. Measured on 2 cores (AMD EPYC), numbers below
-    # 1,000 (nanogpt.corpora): 6e11 x 10 trials, 104 s, best counted 24/25 seen but 18/25 held out (carries);
-    # 9e11 x 10, 167 s, 25/25 everywhere; 7.5e11 x 10, 141 s, 24/25 and 25/25, ABC 25/25 and 25/25.
+    # the teaching demo: the smallest budget at which the best model counts past held-out numbers, carries
+    # included (report: pattern probes); equal FLOPs favour the small models. Why these sizes and this budget,
+    # measured: benchmarks/RESULTS.md, "Presets: why their sizes and budgets".
     "laptop": Preset(
         name="laptop",
         description="small models on the built-in mixed corpus, 7.5e11 FLOPs a trial; under 3 minutes on 2 CPU cores",
@@ -309,8 +337,6 @@ PRESETS: dict[str, Preset] = {
             "optimizer": "muon",
         },
         num_samples=10,
-        # 7.5e11: the winner (2 x 32, ~3,400 steps) counts right across a carry (179 -> 180) for 91-96% of
-        # numbers, 9e11 for 96-98%, 6e11 for 59-78% (2 seeds each); 9e11 takes the search past 2.5 minutes
         trial_budget="7.5e11flops",
         eval_every=1.5e11,
         grace_period=3e11,
@@ -331,18 +357,15 @@ PRESETS: dict[str, Preset] = {
         },
         dataset="shakespeare",
         num_samples=24,
-        # equal compute a trial: about 600 steps of 3 layers x 192 at batch 48
-        trial_budget="1.5e13flops",
+        trial_budget="1.5e13flops",  # about 600 steps of a mid-sized model (benchmarks/RESULTS.md, "Presets")
         eval_every=2.5e12,
         eval_iters=20,
         grace_period=5e12,
         n_startup_trials=8,
     ),
     # the one command that takes on nanoGPT's CPU recipe at its own compute (benchmarks/beat_nanogpt.py):
-    # trials of 2e12 FLOPs, the winner trained for the recipe's 8e12 with --final-budget 8e12flops.
-    # Measured at 8e12 FLOPs (2L/128, block 64; 200 x 32 validation windows): Muon 1.606 vs AdamW 1.723 at batch
-    # 64, lr 6.5e-3; Muon with lr 1e-2 1.597, batch 32 1.588, min_lr 0 1.608. So Muon only, smaller batches;
-    # dropout 0: three passes over the data at most, too few to overfit
+    # trials of 2e12 FLOPs, the winner trained for the recipe's 8e12 with --final-budget 8e12flops. Muon only,
+    # smaller batches, dropout 0 (too few passes over the data to overfit): benchmarks/RESULTS.md, "Presets".
     "shakespeare-muon": Preset(
         name="shakespeare-muon",
         description="tiny Shakespeare, char-level, Muon, 2e12 FLOPs a trial, 1 CPU each; with --final-budget "

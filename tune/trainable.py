@@ -95,4 +95,4 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
         files = {f.name: f.read_bytes() for f in Path(d).iterdir()}
     last = trainer.history[-1] if trainer.history else {}
     return {"files": files, "metrics": last, "threads": torch.get_num_threads(), "device": device,
-            "status": trainer.status, "wall_s": time.time() - t0}
+            "status": trainer.status.value, "wall_s": time.time() - t0}
