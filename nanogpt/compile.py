@@ -24,8 +24,8 @@ from nanogpt.data import cache_dir, write_json
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
-# auto's guess for a shape this machine has never compiled: a cold compile and the speedup of a compiled step on
-# CPU, both measured on the preset sizes (benchmarks/RESULTS.md, "Compiled step")
+# auto's guess for a shape this machine has never compiled: a cold compile on CPU and a compiled step's speedup,
+# on the low side of what was measured at the preset sizes (benchmarks/RESULTS.md, "Fast trials")
 DEFAULT_COMPILE_S = 30.0
 DEFAULT_SPEEDUP = 1.05
 RECORD_FILE = "compile.json"
