@@ -9,7 +9,7 @@
 token below 65,536 ids). An entry's "last used" is when a run last read it. Removing an entry costs only the
 tokenizing the next run that needs it does again; a running search keeps the tokens it has already read (its
 files stay readable until it closes them, and Ray holds its own copy). Searches' mirrors (`mirrors/`, for
---storage URIs) are results, not cache: this command does not touch them.
+--results-dir URIs) are results, not cache: this command does not touch them.
 """
 
 from __future__ import annotations

@@ -44,9 +44,10 @@ def field_comments(cls) -> dict[str, str]:
     return {k: v for k, v in comments.items() if v}
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | None = None, skip=()) -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | None = None, skip=(),
+                       aliases: dict[str, list[str]] | None = None) -> None:
     """One flag per field (`--n-layer` for n_layer), typed from the field's annotation, its help the field's
-    comment in the source."""
+    comment in the source. `aliases`: more spellings of a field's flag (another command's, e.g. --lr)."""
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
     docs = field_comments(cls)
@@ -67,7 +68,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | No
             kwargs["type"] = hint
         default = defaults.get(f.name, f.default)
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=default,
+            "--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, []), dest=f.name, default=default,
             help=(docs[f.name].replace("%", "%%") + " " if f.name in docs else "") + f"(default: {default})", **kwargs
         )
 

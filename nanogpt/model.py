@@ -254,6 +254,8 @@ class GPT(nn.Module):
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' was asked for but this torch sees no Apple GPU (MPS); use --device cpu or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)

@@ -74,7 +74,7 @@ class TrainConfig:
     train_loss_from: Literal["eval", "steps"] = "eval"
     time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds of wall time
     seed: int = 1337
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = CUDA when available; mps = Apple GPUs
     # adamw: AdamW on every parameter; muon: Muon (nanogpt.muon: torch.optim.Muon's rule, batched) on the 2-D weights
     # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms, biases
     optimizer: Literal["adamw", "muon"] = "adamw"
@@ -125,8 +125,8 @@ class TrainConfig:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
         if self.train_loss_from not in ("eval", "steps"):
             raise ValueError(f"train_loss_from must be 'eval' or 'steps', got {self.train_loss_from!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.compile not in COMPILE_MODES:
@@ -503,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-tokens", type=int, default=120)
     p.add_argument("--temperature", type=float, default=0.8)
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
-    add_dataclass_args(p, TrainConfig, {"compile": "auto"})
+    # --lr: tune.search's spelling too; --compile: auto from the command line (TrainConfig's own default is off)
+    add_dataclass_args(p, TrainConfig, {"compile": "auto"}, aliases={"learning_rate": ["--lr"]})
     args = p.parse_args(argv)
 
     if args.threads is not None:

@@ -47,7 +47,7 @@ CASES = [
     (["--head-dim", "abc"], "not a number"),
     (["--batch-size", "-8"], "positive"),
     (["--reduction-factor", "1"], "--reduction-factor"),
-    (["--eval-interval", "10", "--grace-period", "15"], "multiple of --eval-interval"),
+    (["--eval-interval", "10", "--grace-period", "15"], "multiple of --eval-every"),
     (["--trial-budget", "5parsecs"], "unit"),
     (["--trial-budget", "1e5flops"], "less than one training step"),
     (["--max-steps", "100", "--grace-period", "200"], "above the trial budget"),

@@ -57,7 +57,8 @@ def test_report_sections_plots_and_generations(tiny_search):
     for section in ("## Summary", "## All trials, by validation loss", "## Generations", "## Pattern probes",
                     "## Plots", "untrained", "best trial", "median trial", "- trials: "):
         assert section in text, section
-    for name in ("learning_curves", "val_loss_vs_params", "val_loss_vs_hparams", "importance", "attention"):
+    for name in ("learning_curves", "val_loss_vs_params", "val_loss_vs_hparams", "importance", "attention",
+                 "parallel_coordinates"):
         w, h = _png_size(path / "plots" / f"{name}.png")
         assert w > 100 and h > 100
         assert f"plots/{name}.png" in text
@@ -69,6 +70,8 @@ def test_report_sections_plots_and_generations(tiny_search):
     # the table lists every trial, best first
     df = report.load(path)
     table = text.split("## All trials, by validation loss")[1]
+    header = next(line for line in table.splitlines() if line.startswith("| "))
+    assert header.startswith("| trial_id | outcome | ") and header.count("|") <= 12  # about nine columns
     positions = [table.index(t) for t in df["trial_id"]]
     assert positions == sorted(positions)
 

@@ -117,9 +117,12 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
                    "--block-size", "16", "--batch-size", "4,8,16", "--lr", "3e-3:3e-2", "--num-samples", "6",
                    "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{every:g}", "--grace-period", f"{every:g}",
                    "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1",
-                   "--results-dir", str(tmp_path), "--name", "fl", "--top", "2")
+                   "--results-dir", str(tmp_path), "--name", "fl", "--top", "2", "-v")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "fl"
+    # -v: every evaluation and ASHA's decisions, on stderr; stdout stays compact
+    assert " eval    step " in proc.stderr and " ASHA rung 1e+08flops: val_loss " in proc.stderr
+    assert " eval    step " not in proc.stdout
     df = pd.read_csv(exp / "trials.csv")
     assert set(df["budget_unit"]) == {"flops"}
     vocab = json.loads((exp / "best" / "config.json").read_text())["model"]["vocab_size"]
@@ -140,6 +143,7 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     best = df[df["outcome"] == "finished"].iloc[0]
     assert meta["model"]["n_layer"] == best["n_layer"] and meta["train"]["batch_size"] == best["batch_size"]
     assert "final model: val_loss" in proc.stdout
+    assert proc.stdout.count("final  step ") == 10 and "/2e+08flops" in proc.stdout  # one line an evaluation, as it trains
     sample = run_cli("nanogpt.sample", "--checkpoint", str(exp / "final"), "--prompt", "Number 3", "--max-new-tokens", "8")
     assert sample.returncode == 0 and sample.stdout.startswith("Number 3"), sample.stderr
     text = (exp / "report.md").read_text()
@@ -149,9 +153,13 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
 def test_random_fifo_bpe_one_at_a_time(tmp_path):
     proc = run_cli("tune.search", *TINY, "--num-samples", "3", "--max-steps", "10", "--eval-interval", "5",
                    "--searcher", "random", "--scheduler", "fifo", "--tokenizer", "bpe", "--bpe-vocab-size", "300",
-                   "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "rf", "--no-report")
+                   "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "rf", "--no-report",
+                   "--export", "hf")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "rf"
+    # --export hf: best/ as a Hugging Face model (tests/test_export.py checks what transformers makes of it)
+    assert f"Hugging Face model in {exp / 'best-hf'}" in proc.stdout
+    assert json.loads((exp / "best-hf" / "tokenizer.json").read_text())["model"]["type"] == "BPE"
     df = pd.read_csv(exp / "trials.csv")
     assert len(df) == 3
     assert set(df["outcome"]) == {"finished"}  # FIFO never stops a trial early

@@ -37,3 +37,12 @@ def test_a_trial_rerun_after_a_crash_is_not_told_twice(tmp_path, cls):
     assert 30 not in trial.intermediate_values and 3 not in trial.intermediate_values
     # and new trials are sampled as before
     assert restored.suggest("t2") is not None
+
+
+@pytest.mark.parametrize("cls", [TruthfulOptunaSearch, ResumableOptunaSearch])
+def test_each_optuna_trial_records_its_ray_trial_id(tmp_path, cls):
+    searcher = _searcher(cls, tmp_path / "optuna.db")
+    searcher.suggest("a1b2_00000")
+    searcher.suggest("a1b2_00001")
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == ["a1b2_00000", "a1b2_00001"]

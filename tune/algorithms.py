@@ -59,11 +59,11 @@ class Scheduler:
 
 
 def _asha(config: SearchConfig):
-    from ray.tune.schedulers import ASHAScheduler
+    from tune.asha import ExplainedASHA  # Ray's ASHAScheduler, which logs its decisions (tune.search -v)
 
     # rungs in the budget's unit: trials are compared at equal spend, each rung on an evaluation
-    return ASHAScheduler(time_attr="spend", max_t=config.trial_budget, grace_period=config.grace_period,
-                         reduction_factor=config.reduction_factor)
+    return ExplainedASHA(time_attr="spend", max_t=config.trial_budget, grace_period=config.grace_period,
+                         reduction_factor=config.reduction_factor, unit=config.budget_unit)
 
 
 def _fifo(config: SearchConfig):

@@ -74,13 +74,14 @@ _NO_DEFAULT = dataclasses.MISSING
 
 def setting(flag: str | None = None, help: str = "", *, default: Any = None, type: Callable | None = None,
             choices: Sequence[str] | None = None, check: Callable | None = None, metavar: str | None = None,
-            group: str = "search", saved_default: Any = _NO_DEFAULT):
+            group: str = "search", saved_default: Any = _NO_DEFAULT, aliases: Sequence[str] = ()):
     """A search setting, declared once: its flag, help, default (a value, or FROM_PRESET), type, choices and
     check. The parser, the --resume comparison and the checks are generated from these. Settings that are
     amounts in the budget's unit (`type=None`, a metavar AMOUNT) declare flag and help here and are resolved
-    by a named step of `resolve`. `saved_default`: only for fields added later, so an old search.json loads."""
+    by a named step of `resolve`. `saved_default`: only for fields added later, so an old search.json loads.
+    `aliases`: older spellings of the flag, still accepted."""
     meta = {"flag": flag, "help": help, "default": default, "type": type, "choices": choices, "check": check,
-            "metavar": metavar, "group": group}
+            "metavar": metavar, "group": group, "aliases": tuple(aliases)}
     return field(metadata=meta) if saved_default is _NO_DEFAULT else field(default=saved_default, metadata=meta)
 
 
@@ -125,8 +126,9 @@ class SearchConfig:
         "or s (seconds of training), e.g. 500steps, 8e12flops, 120s", default=FROM_PRESET, metavar="AMOUNT",
         group="budget")
     # an evaluation (one report to Tune) each time a trial's spend passes a multiple of this
-    eval_every: float = setting("--eval-interval", "spend between evaluations (one report to Tune each), in the "
-                                "budget's unit", default=FROM_PRESET, metavar="AMOUNT", group="budget")
+    eval_every: float = setting("--eval-every", "spend between evaluations (one report to Tune each), in the "
+                                "budget's unit (nanogpt.train's --eval-every)", default=FROM_PRESET, metavar="AMOUNT",
+                                group="budget", aliases=("--eval-interval",))
     final_budget: float | None = setting(
         "--final-budget", "after the search, train the best configuration once more for this (same unit) into final/",
         metavar="AMOUNT", group="budget")
@@ -148,7 +150,7 @@ class SearchConfig:
     scheduler: str = setting("--scheduler", "who stops trials early: " + "; ".join(
         f"{k}: {v.help}" for k, v in SCHEDULERS.items()), default="asha", choices=list(SCHEDULERS))
     grace_period: float = setting("--grace-period", "ASHA: spend before a trial can be stopped, in the budget's "
-                                  "unit (a multiple of --eval-interval)", default=FROM_PRESET, metavar="AMOUNT")
+                                  "unit (a multiple of --eval-every)", default=FROM_PRESET, metavar="AMOUNT")
     reduction_factor: int = setting("--reduction-factor", "ASHA: keep 1 in N at each rung", default=FROM_PRESET,
                                     type=int, check=at_least(2))
     max_failures: int = setting("--max-failures", "retries of a trial whose worker died", default=2, type=int,
@@ -164,12 +166,17 @@ class SearchConfig:
         default="truth", choices=["truth", "ray"], saved_default="truth")
     device: str = setting(
         "--device", "where trials train: auto = CUDA when a trial has a GPU share, else CPU; cpu = CPU even with a GPU "
-        "share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus); cuda = always CUDA",
-        default="auto", choices=["auto", "cpu", "cuda"], group="budget", saved_default="auto")
+        "share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus); cuda = always CUDA; mps = an "
+        "Apple GPU", default="auto", choices=["auto", "cpu", "cuda", "mps"], group="budget", saved_default="auto")
     compile: str = setting(
         "--compile", "torch.compile each trial's training step: auto = only where its steps repay the compile time "
         "(measured per shape and machine), on, off", default="auto", choices=list(COMPILE_MODES), group="budget",
         saved_default="auto")
+    export: str | None = setting(
+        "--export", "after the search, export best/ (and final/) into best-FORMAT/ (final-FORMAT/): hf = Hugging Face "
+        "transformers, nanogpt = nanoGPT's ckpt.pt + meta.pkl (character tokenizer only)", choices=["hf", "nanogpt"],
+        group="where", saved_default=None)
+    command: str | None = setting(saved_default=None)  # the command line that started it (exported model cards)
 
     # --- where things are
 
@@ -289,13 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     for f in _setting_fields():
         meta = f.metadata
         into = source if f.name in ("dataset", "data_file") else groups[meta["group"]]
-        into.add_argument(meta["flag"], dest=f.name, default=None, type=meta["type"], choices=meta["choices"],
+        into.add_argument(meta["flag"], *meta["aliases"], dest=f.name, default=None, type=meta["type"], choices=meta["choices"],
                           metavar=meta["metavar"], help=_help(f))
         if f.name == "trial_budget":
             into.add_argument("--max-steps", type=int, default=None, help="same as --trial-budget Nsteps")
     for flag, f in FLAGS.items():
+        # nanogpt.train's spelling (the field's name) first; a short one stays an alias (--lr)
         groups["what to search"].add_argument(
-            "--" + flag, dest=f.name, default=None, metavar="RANGE",
+            *dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + flag]), dest=f.name, default=None, metavar="RANGE",
             help=f"{f.metadata['help']}: LOW:HIGH, A,B,C or a value (default: the preset's (laptop: "
                  f"{_laptop_range(f.name)}))")
     r = groups["where"]
@@ -306,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "this unpickles Ray's saved state: resume only your own searches")
     r.add_argument("--address", default=None, help="join a running Ray cluster (host:port or 'auto'); default: local Ray")
     r.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the resolved settings (search.json) and the first trial's model size and steps; "
+                        "write nothing")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also show each trial's evaluations and ASHA's decisions as they happen (on stderr)")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots at the end")
     r.add_argument("--top", type=int, default=5, help="rows in the final table (default: 5)")
     return p
@@ -375,7 +388,7 @@ def _budget(args: argparse.Namespace, preset: Preset) -> tuple[float, str]:
 def _eval_every(args: argparse.Namespace, preset: Preset, budget: float, unit: str) -> float:
     preset_budget, preset_unit = parse_amount(preset.trial_budget, "preset budget")
     if args.eval_every is not None:
-        eval_every = parse_amount(args.eval_every, "--eval-interval", unit)[0]
+        eval_every = parse_amount(args.eval_every, "--eval-every", unit)[0]
     elif unit == preset_unit:  # the preset's number of evaluations a trial, whatever the budget
         eval_every = float(preset.eval_every) * budget / preset_budget
         if unit == "steps":
@@ -383,9 +396,9 @@ def _eval_every(args: argparse.Namespace, preset: Preset, budget: float, unit: s
     else:
         eval_every = default_eval_every(budget, unit)
     if unit == "steps" and not eval_every.is_integer():
-        raise UserError(f"--eval-interval must be whole steps, got {eval_every:g}")
+        raise UserError(f"--eval-every must be whole steps, got {eval_every:g}")
     if eval_every > budget:
-        raise UserError(f"--eval-interval {format_amount(eval_every, unit)} is more than the trial budget "
+        raise UserError(f"--eval-every {format_amount(eval_every, unit)} is more than the trial budget "
                         f"{format_amount(budget, unit)}: a trial would never be evaluated before its end")
     return eval_every
 
@@ -404,7 +417,7 @@ def _grace(args: argparse.Namespace, preset: Preset, budget: float, unit: str, e
         grace = max(eval_every, math.floor(budget / 4 / eval_every + 1e-9) * eval_every)
     n_evals = grace / eval_every
     if abs(n_evals - round(n_evals)) > 1e-9 or round(n_evals) < 1:
-        raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-interval "
+        raise UserError(f"--grace-period ({format_amount(grace, unit)}) must be a multiple of --eval-every "
                         f"({format_amount(eval_every, unit)}): ASHA decides on evaluations")
     return grace
 
@@ -435,6 +448,8 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     budget, unit = _budget(args, preset)
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
+    if values["export"] == "nanogpt" and values["tokenizer"] == "bpe":
+        raise UserError("--export nanogpt cannot hold a BPE tokenizer (nanoGPT's meta.pkl maps characters): use --export hf")
     # a URI pyarrow cannot open is an error now, before Ray
     local_copy = str(Mirror(f"{results_dir}/{name}").local) if is_uri(results_dir) else None
     return SearchConfig(

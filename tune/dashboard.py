@@ -66,7 +66,7 @@ def make_dashboard(path: str | Path, port: int = 0) -> tuple[WSGIServer, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune.dashboard", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tune.dashboard", description=" ".join(__doc__.split()))
     p.add_argument("path", help="RESULTS_DIR/NAME of a search")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     args = p.parse_args(argv)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.cm
+import matplotlib.colors
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
@@ -118,6 +120,44 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(f"{len(d)} trials that finished their budget (equal spend)")
+    _save(fig, path)
+
+
+def _unit_axis(values: pd.Series, log: bool) -> tuple[pd.Series, str, str]:
+    """(values scaled to [0, 1], label of 0, label of 1); a categorical column by its sorted choices."""
+    if not pd.api.types.is_numeric_dtype(values):
+        names = sorted(values.dropna().unique())
+        return values.map({v: i / max(1, len(names) - 1) for i, v in enumerate(names)}), str(names[0]), str(names[-1])
+    v = values.astype(float)
+    x = v.map(math.log10) if log else v
+    lo, hi = x.min(), x.max()
+    return (x - lo) / ((hi - lo) or 1.0), f"{v.min():.3g}", f"{v.max():.3g}"
+
+
+def parallel_coordinates(df: pd.DataFrame, path: Path) -> None:
+    """One line per trial that finished its budget, across each varied hyperparameter and its val_loss, coloured
+    by val_loss (darkest = best)."""
+    d = _at_equal_spend(df)
+    cols = [c for c in SHOWN if c in d and d[c].nunique(dropna=True) > 1]
+    if len(d) < 2 or not cols:
+        raise PlotSkipped("fewer than two trials finished their budget, or no hyperparameter varied among them")
+    axes_cols = cols + ["best_val_loss"]
+    scaled = {c: _unit_axis(d[c], log=is_log(c)) for c in axes_cols}
+    fig, ax = _subplots(figsize=(1.7 * len(axes_cols) + 2, 4.5))
+    cmap, loss = matplotlib.colormaps["viridis"], d["best_val_loss"].astype(float)
+    shade = scaled["best_val_loss"][0]
+    for i in d.sort_values("best_val_loss", ascending=False).index:  # the best drawn last, on top
+        ax.plot(range(len(axes_cols)), [scaled[c][0][i] for c in axes_cols], color=cmap(shade[i]), alpha=0.8, lw=1.5)
+    for k, c in enumerate(axes_cols):
+        ax.axvline(k, color="black", lw=0.8)
+        ax.text(k, -0.06, scaled[c][1], ha="center", va="top", fontsize=8)
+        ax.text(k, 1.06, scaled[c][2], ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(axes_cols)), [c.replace("best_val_loss", "val_loss") for c in axes_cols])
+    ax.set_yticks([])
+    ax.set_ylim(-0.15, 1.15)
+    sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(loss.min(), loss.max()))
+    fig.colorbar(sm, ax=ax, label="best val_loss")
+    ax.set_title(f"{len(d)} trials that finished their budget (log-scale hyperparameters on log axes)")
     _save(fig, path)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ from ray.tune import Callback
 from nanogpt.data import write_json
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
 from tune.space import Hparams
+
+log = logging.getLogger(__name__)  # DEBUG (tune.search -v): every evaluation of every trial
 
 
 def describe_config(config: dict) -> str:
@@ -25,6 +28,17 @@ def last_error_line(error_file: str | None) -> str:
         return error_line(Path(error_file).read_text())
     except (OSError, TypeError):
         return error_line(None)
+
+
+def _num(r: dict, key: str) -> float:
+    v = r.get(key)
+    return math.nan if v is None else float(v)
+
+
+def evaluation_line(trial_id: str, r: dict, unit: str) -> str:
+    """One evaluation of a trial (-v)."""
+    return (f"{trial_id} eval    step {r.get('step')} spent {_num(r, 'spend'):.3g}{unit} val_loss {_num(r, 'val_loss'):.4f} "
+            f"train_loss {_num(r, 'train_loss'):.4f} {_num(r, 'tokens_per_s') / 1e3:.1f}k tok/s")
 
 
 class Progress(Callback):
@@ -46,6 +60,8 @@ class Progress(Callback):
         print(f"{self._stamp()} {trial.trial_id} start   {describe_config(trial.config)}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self._stamp(), evaluation_line(trial.trial_id, result, self.unit))
         val = result.get("val_loss")
         if val is not None and math.isfinite(val) and (self.best is None or val < self.best[0]):
             self.best = (val, trial.trial_id)
@@ -66,6 +82,37 @@ class Progress(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         print(f"{self._stamp()} {trial.trial_id} failed; retrying from its last checkpoint", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def final_progress_line(m: dict, budget: float, unit: str) -> str:
+    """One evaluation of the final training: spend (and its share of the budget), loss, speed, time left. The time
+    left assumes the rest goes as fast as what came before (evaluations included)."""
+    spend, elapsed = _num(m, "spend"), _num(m, "elapsed_s")
+    eta = elapsed * (budget - spend) / spend if spend > 0 else math.nan
+    return (f"final  step {m.get('step')}  spent {spend:.3g}/{budget:.3g}{unit} ({100 * spend / budget:3.0f}%)  "
+            f"val_loss {_num(m, 'val_loss'):.4f}  {_num(m, 'tokens_per_s') / 1e3:.1f}k tok/s  ETA {_duration(eta)}")
+
+
+def follow_final(ref, queue, budget: float, unit: str) -> dict:
+    """Wait for the final training's Ray task, printing each evaluation it puts on `queue` (a ray.util.queue.Queue)
+    as it comes; returns the task's result."""
+    import ray
+
+    while True:
+        ready, _ = ray.wait([ref], timeout=1.0)
+        # the task's puts return only once queued: after it finished, one more drain sees them all
+        n = queue.qsize()
+        for m in queue.get_nowait_batch(n) if n else []:
+            print(final_progress_line(m, budget, unit), flush=True)
+        if ready:
+            return ray.get(ref)
 
 
 class MirrorSync(Callback):

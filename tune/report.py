@@ -82,7 +82,7 @@ def _read(path: str | Path, mirror: Mirror | None = None) -> tuple[pd.DataFrame,
     try:
         trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
     except UserError as e:
-        raise ReportError(f"{path} holds no Ray Tune experiment ({e}); pass RESULTS_DIR/NAME of a search") from None
+        raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
     config = _config(path)
     recorded = read_outcomes(path)
     rows, frames = [], []
@@ -227,6 +227,19 @@ def probe_lines(path: str | Path) -> list[str]:
 # --- report.md ------------------------------------------------------------------------------
 
 
+def all_trials_view(df: pd.DataFrame, config: SearchConfig | None, unit: str) -> pd.DataFrame:
+    """report.md's table of every trial: id, outcome, the hyperparameters searched (the model's width for head_dim),
+    size, best val_loss and spend; trials.csv keeps the rest."""
+    if config is not None:
+        searched = [h for h in HPARAMS if isinstance(config.space.get(h), dict)]
+    else:  # no search.json: what varies
+        searched = [h for h in HPARAMS if h in df and df[h].nunique(dropna=True) > 1]
+    cols = ["trial_id", "outcome", *[("n_embd" if h == "head_dim" else h) for h in searched], "n_params",
+            "best_val_loss", "spend"]
+    names = {"best_val_loss": "val_loss", "learning_rate": "lr", "batch_size": "batch", "spend": f"spend ({unit})"}
+    return df[cols].rename(columns=names)
+
+
 def _md_table(df: pd.DataFrame) -> str:
     def fmt(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -342,6 +355,8 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
          lambda p: plots.loss_vs_hparams(df, p)),
         ("importance.png", "Hyperparameter importance (Optuna, PED-ANOVA, over COMPLETE trials)",
          lambda p: plots.importance(path, config, p)),
+        ("parallel_coordinates.png", "Parallel coordinates (trials that finished their budget)",
+         lambda p: plots.parallel_coordinates(df, p)),
     ]
     plot_md = ["## Plots", ""]
     for fname, title, draw in figures:
@@ -352,10 +367,8 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
             missing.append(f"{title}: {e}")
 
     # --- all trials
-    md += ["## All trials, by validation loss", ""]
-    view = df.drop(columns=["checkpoint", "tokens_per_s", "compile_s", "node", "sampler", "budget_unit"]).copy()
-    view["error"] = view["error"].fillna("")
-    md += [_md_table(view), ""]
+    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", ""]
+    md += [_md_table(all_trials_view(df, config, unit)), ""]
 
     # --- the final model, trained for the user's budget
     final = path / "final"

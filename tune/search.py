@@ -9,10 +9,13 @@ line and exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shlex
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -206,7 +209,14 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     print(f"\nfinal training of {best['trial_id']}'s configuration for {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
-    out = ray.get(task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial"))))
+    from ray.util.queue import Queue
+
+    from tune.progress import follow_final
+
+    queue = Queue(actor_options={"num_cpus": 0})  # a CPU-free actor: the task holds the node's CPUs
+    ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), queue)
+    out = follow_final(ref, queue, config.final_budget, config.budget_unit)
+    queue.shutdown()
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -218,6 +228,24 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
     return out
+
+
+def export_models(config: SearchConfig) -> list[str]:
+    """--export: best/ and final/ in that format, into best-FORMAT/ and final-FORMAT/, made again from them on
+    every run (a resume may have changed best/). One line a model: where it is and how to load it."""
+    from nanogpt.export import export, usage
+
+    exp, lines = config.experiment_dir, []
+    for name in ("best", FINAL_DIR):
+        if not (exp / name / "model.pt").is_file():
+            continue
+        out = exp / f"{name}-{config.export}"
+        shutil.rmtree(out, ignore_errors=True)
+        export(exp / name, out, config.export)
+        if config.mirror:
+            config.mirror.push(out.name)
+        lines.append(usage(out, config.export, exp / name))
+    return lines
 
 
 def run(config: SearchConfig, resume: bool, address: str | None = None, dashboard: bool = False,
@@ -237,6 +265,10 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
             raise UserError(f"--gpus-per-trial {config.gpus_per_trial:g} but this machine has "
                             f"{torch.cuda.device_count()} CUDA GPUs; use --gpus-per-trial 0 (or --device cpu with "
                             f"--address of a Ray started with logical GPUs)")
+    if config.device == "mps" and not address:  # a local search: this machine must have the Apple GPU
+        from nanogpt.model import resolve_device
+
+        resolve_device("mps")
     if resume:
         from ray.tune import Tuner
 
@@ -308,6 +340,8 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         print(f"\nbest checkpoint: {exp / 'best'}  (python -m nanogpt.sample --checkpoint {exp / 'best'})")
     else:
         print("\nno trial produced a checkpoint: no best/ was written")
+    if config.export:
+        print("\n".join(export_models(config)))
     if report:
         path = report_mod.write_report(exp, trials=df, mirror=mirror)
         print(f"report: {path}")
@@ -324,6 +358,16 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    if not args.resume:
+        argv = sys.argv[1:] if argv is None else argv
+        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *argv]))
+    if args.dry_run:
+        from tune.dry_run import dry_run
+
+        print(dry_run(config))
+        return 0
+    if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
+        logging.getLogger("tune").setLevel(logging.DEBUG)
     run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
         report=not args.no_report, top=args.top)
     return 0

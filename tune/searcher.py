@@ -23,6 +23,12 @@ class ResumableOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch (its own telling: COMPLETE whenever the last result has the metric), which does not
     tell or report to a trial the study already records as finished."""
 
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # so a trial seen in optuna-dashboard is found in trials.csv
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
     def _study_trial(self, trial_id: str):
         """The study's record of the trial (one read of the storage), or None for a trial it does not hold."""
         ot_trial = self._ot_trials.get(trial_id)

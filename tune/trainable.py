@@ -65,11 +65,13 @@ def train_gpt(config: dict, data: list, tokenizer: dict, search: SearchConfig) -
     trainer.run(report)
 
 
-def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig, partial: str) -> dict:
+def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig, partial: str,
+                progress=None) -> dict:
     """Train one configuration for the search's final budget. Runs as a Ray task holding a whole node's
     CPUs (threads = those CPUs) or one GPU. Checkpoints at every evaluation into `partial`, so a rerun
     continues where it stopped; returns the finished checkpoint's files (name -> bytes) and its last metrics,
-    so the driver writes final/ wherever the task ran."""
+    so the driver writes final/ wherever the task ran. `progress` (a ray.util.queue.Queue): each evaluation's
+    metrics are put there for the driver to show."""
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     tok = tokenizer_from_dict(tokenizer)
@@ -87,6 +89,8 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
         for f in tmp.iterdir():
             f.replace(partial_dir / f.name)
         tmp.rmdir()
+        if progress is not None:
+            progress.put(metrics)
 
     t0 = time.time()
     trainer.run(save)

@@ -1,0 +1,84 @@
+"""One spelling per flag across commands, installed command names, declared imports, help texts, --device mps,
+--dry-run. No Ray needed."""
+
+import importlib
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from conftest import REPO, assert_one_line_error, run_cli
+from nanogpt.errors import UserError
+from nanogpt.model import resolve_device
+from tune.config import build_parser
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_search_and_train_share_flag_spellings():
+    search = build_parser()
+    for a, b in [("--lr", "--learning-rate"), ("--eval-interval", "--eval-every")]:
+        assert search.parse_args([a, "5"]) == search.parse_args([b, "5"])
+    proc = run_cli("nanogpt.train", "--help")
+    assert "--learning-rate LEARNING_RATE, --lr LEARNING_RATE" in proc.stdout and "--eval-every" in proc.stdout
+
+
+def test_installed_commands_clash_with_nothing_and_resolve():
+    scripts = _pyproject()["project"]["scripts"]
+    assert {"nanogpt-tune", "nanogpt-train", "nanogpt-sample", "nanogpt-export", "nanogpt-report"} <= set(scripts)
+    assert "tune" not in scripts and all(name.startswith("nanogpt-") for name in scripts)
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_a_command_runs_through_its_entry_point():
+    """What the installed nanogpt-export does: bad input is one line, as with python -m nanogpt.export."""
+    code = "import sys; sys.argv = ['nanogpt-export', 'nowhere', 'out']; from nanogpt.commands import export; export()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "nowhere")
+
+
+def test_direct_imports_are_declared():
+    deps = " ".join(_pyproject()["project"]["dependencies"])
+    for name in ("filelock", "pyarrow", "safetensors", "tokenizers"):
+        assert name in deps
+
+
+def test_help_texts():
+    dashboard = run_cli("tune.dashboard", "--help").stdout
+    assert "until Ctrl-C" in dashboard  # the whole description, not its first line
+    cache = run_cli("nanogpt.cache", "--help").stdout
+    assert "--storage" not in cache and "--results-dir" in cache
+
+
+def test_report_of_a_non_search_says_it_once(tmp_path):
+    proc = run_cli("tune.report", str(tmp_path))
+    assert_one_line_error(proc, "holds no Ray Tune experiment")
+    assert proc.stderr.count(str(tmp_path)) == 1
+
+
+def test_device_mps_is_a_choice_and_a_clear_error_without_an_apple_gpu():
+    import torch
+
+    assert "mps" in build_parser().parse_args(["--device", "mps"]).device
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    with pytest.raises(UserError, match="MPS"):
+        resolve_device("mps")
+
+
+def test_dry_run_prints_settings_and_first_trial_and_writes_nothing(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli("tune.search", "--dataset", "counting", "--max-steps", "40", "--n-layer", "2", "--results-dir",
+                   str(results), "--name", "dry", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    settings, rest = proc.stdout.split("\n}\n", 1)
+    saved = json.loads(settings + "}")
+    assert saved["name"] == "dry" and saved["trial_budget"] == 40 and "--dry-run" in saved["command"]
+    assert rest.startswith("first trial: n_layer=2 ") and " parameters, 40 steps of " in rest
+    assert not results.exists()

@@ -1,0 +1,59 @@
+"""`python -m tune.search --dry-run`: what a search would do, without doing it. Prints the resolved search.json
+and the first trial the sampler draws (its model size and steps); writes nothing, reads no data file."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+
+from tune.config import SearchConfig
+
+
+def first_trial(config: SearchConfig):
+    """The hyperparameters of the search's first trial: its sampler, seeded as the search seeds it, on a new study."""
+    import optuna
+
+    from tune.space import Hparams
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=config.make_sampler(), direction=config.mode + "imize").ask()
+    fixed = config.space_sampler()(trial)
+    return Hparams.from_config({**trial.params, **fixed})
+
+
+def vocab_size(config: SearchConfig) -> tuple[int, bool]:
+    """(vocabulary size, exact): exact for the corpora made in code; for a file or a download, which a dry run does
+    not read, BPE's size as asked and 256 characters assumed."""
+    from nanogpt.corpora import BUILTIN_CORPORA
+    from nanogpt.data import load_dataset
+    from nanogpt.tokenizer import BPETokenizer, CharTokenizer
+
+    if config.dataset in BUILTIN_CORPORA:
+        text = load_dataset(config.dataset).text
+        tok = BPETokenizer.train(text, config.bpe_vocab_size) if config.tokenizer == "bpe" else CharTokenizer.from_text(text)
+        return tok.vocab_size, True
+    return (config.bpe_vocab_size if config.tokenizer == "bpe" else 256), False
+
+
+def describe_first_trial(config: SearchConfig) -> str:
+    import torch
+
+    from nanogpt.model import GPT
+
+    hp = first_trial(config)
+    vocab, exact = vocab_size(config)
+    with torch.device("meta"):  # shapes only
+        model = GPT(hp.model_config(vocab))
+    tokens = hp.batch_size * hp.block_size
+    per_step = {"steps": 1.0, "tokens": float(tokens), "flops": float(tokens * model.flops_per_token())}.get(config.budget_unit)
+    steps = (f"{math.floor(config.trial_budget / per_step + 1e-9):,} steps" if per_step
+             else f"as many steps as fit in {config.trial_budget:g} s")
+    assumed = "" if exact else f" (a vocabulary of {vocab} assumed: a dry run reads no data)"
+    return (f"first trial: n_layer={hp.n_layer} n_head={hp.n_head} n_embd={hp.n_embd} batch_size={hp.batch_size} "
+            f"block_size={hp.block_size} learning_rate={hp.learning_rate:.3g} optimizer={hp.optimizer}: "
+            f"{model.get_num_params():,} parameters{assumed}, {steps} of {tokens:,} tokens for {config.budget_text()}")
+
+
+def dry_run(config: SearchConfig) -> str:
+    return f"{json.dumps(asdict(config), indent=2)}\n{describe_first_trial(config)}\nnothing was written (--dry-run)"
