@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 
 from nanogpt.corpora import BUILTIN_CORPORA
 from nanogpt.errors import UserError
+from nanogpt.files import write_json  # noqa: F401 (the cache and tune.progress write through it)
 from nanogpt.tokenizer import (
     MAX_CODE_POINT,
     MIN_BPE_VOCAB,
@@ -53,7 +55,9 @@ VAL_FRACTION = 0.1
 _SPLIT_SEED = 1337  # built-in corpora are split the same way on every machine
 CHUNK_BYTES = 16 << 20  # text read and encoded at a time
 PROGRESS_MIN_BYTES = 16 << 20  # smaller inputs prepare in about a second: no progress lines
-CACHE_FORMAT = 1  # bump when the stored tokens or the encoding change
+CACHE_FORMAT = 2  # bump when the stored tokens, their checks or the encoding change
+CHECK_BLOCKS = 32  # blocks of a token file whose checksum a cache entry keeps and every reuse verifies
+CHECK_BLOCK_BYTES = 1 << 16
 HEAD_CHARS = 4096  # the corpus's first characters, kept for default prompts
 
 
@@ -551,14 +555,6 @@ def _mark_used(entry: Path) -> None:
         pass
 
 
-def write_json(path: Path, obj, indent: int | None = None) -> None:
-    """Written whole or not at all: readers in other processes never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent))
-    os.replace(tmp, path)
-
-
 def _map(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
     if n == 0:
         ids = np.empty(0, dtype)
@@ -567,22 +563,54 @@ def _map(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
     return np.asarray(np.memmap(path, dtype=dtype, mode="r", shape=(n,)))  # a plain read-only ndarray view
 
 
-def _load_entry(entry: Path) -> tuple[dict, np.ndarray, np.ndarray, Tokenizer] | None:
-    """A complete cache entry, memory-mapped; None if it is missing, partial or of another format."""
+def sampled_crc(path: Path) -> int:
+    """CRC-32 of the file's size and of CHECK_BLOCKS blocks spread evenly over it (the first and the last among
+    them; all of a small file). A cache hit reads a few MB whatever the size, where a full checksum reads it all."""
+    size = path.stat().st_size
+    crc = zlib.crc32(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        if size <= CHECK_BLOCKS * CHECK_BLOCK_BYTES:
+            return zlib.crc32(f.read(), crc)
+        step = (size - CHECK_BLOCK_BYTES) / (CHECK_BLOCKS - 1)
+        for i in range(CHECK_BLOCKS):
+            f.seek(int(i * step))
+            crc = zlib.crc32(f.read(CHECK_BLOCK_BYTES), crc)
+    return crc
+
+
+def _ids_problem(ids: np.ndarray, vocab_size: int) -> str | None:
+    """Ids outside the vocabulary would index past the embedding table (one pass of numpy's max)."""
+    top = int(ids.max()) if len(ids) else -1
+    return f"id {top} in a vocabulary of {vocab_size}" if top >= vocab_size else None
+
+
+def _load_entry(entry: Path, quiet: bool = False) -> tuple[dict, np.ndarray, np.ndarray, Tokenizer] | None:
+    """A complete cache entry, memory-mapped and checked (sizes, sampled checksums, ids within the vocabulary);
+    None if it is missing, partial, of another format, or fails a check (logged unless `quiet`: it is rebuilt)."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("format") != CACHE_FORMAT:
             return None
-        dtype = np.dtype(meta["dtype"])
-        ids = []
+        dtype, tok = np.dtype(meta["dtype"]), load_tokenizer(entry / "tokenizer.json")
+        ids, problem = [], None
         for split in ("train", "val"):
             path, n = entry / f"{split}.bin", meta[f"n_{split}"]
             if path.stat().st_size != n * dtype.itemsize:
-                return None
-            ids.append(_map(path, dtype, n))
-        return meta, ids[0], ids[1], load_tokenizer(entry / "tokenizer.json")
+                problem = f"{path.name} is {path.stat().st_size:,} bytes, not {n * dtype.itemsize:,}"
+            elif sampled_crc(path) != meta["crc"][split]:
+                problem = f"{path.name} does not match its checksum"
+            else:
+                ids.append(_map(path, dtype, n))
+                problem = _ids_problem(ids[-1], tok.vocab_size)
+            if problem:
+                break
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if problem:
+        if not quiet:
+            log.warning("the token cache entry %s is corrupt (%s): tokenizing again", entry, problem)
+        return None
+    return meta, ids[0], ids[1], tok
 
 
 def _build_tokenizer(spec: dict, source, scan: _Scan) -> Tokenizer:
@@ -591,6 +619,13 @@ def _build_tokenizer(spec: dict, source, scan: _Scan) -> Tokenizer:
     if spec["kind"] == "char":
         return CharTokenizer([chr(c) for c in np.flatnonzero(scan.seen)])  # code point order = sorted(set(text))
     return BPETokenizer.train_from_iterator(_line_batches(source.chunks("training BPE on")), spec["vocab_size"])
+
+
+def _checked(ids: np.ndarray, tok: Tokenizer) -> np.ndarray:
+    problem = _ids_problem(ids, tok.vocab_size)
+    if problem:  # a bug in an encoder: never cache it
+        raise RuntimeError(f"the {tok.kind} tokenizer produced {problem}")
+    return ids
 
 
 def _build(entry: Path, source, scan: _Scan, spec: dict) -> None:
@@ -608,11 +643,11 @@ def _build(entry: Path, source, scan: _Scan, spec: dict) -> None:
                 cut = min(len(text), max(0, n_train - done))  # char n_train starts validation
                 done += len(text)
                 if cut:
-                    encoders["train"].feed(text[:cut] if cut < len(text) else text).tofile(f_train)
+                    _checked(encoders["train"].feed(text[:cut] if cut < len(text) else text), tok).tofile(f_train)
                 if cut < len(text):
-                    encoders["val"].feed(text[cut:]).tofile(f_val)
+                    _checked(encoders["val"].feed(text[cut:]), tok).tofile(f_val)
             for split, enc in encoders.items():
-                enc.finish().tofile(files[split])
+                _checked(enc.finish(), tok).tofile(files[split])
         source.check_unchanged()
         dtype = token_dtype(tok.vocab_size)
         meta = {
@@ -623,6 +658,7 @@ def _build(entry: Path, source, scan: _Scan, spec: dict) -> None:
             "val_chars": scan.n_chars - n_train,
             "head": scan.head,
             "sha256": scan.sha256,
+            "crc": {split: sampled_crc(tmp / f"{split}.bin") for split in ("train", "val")},
             "tokenizer": {k: v for k, v in spec.items() if k != "tokenizer"},
             "source": source.describe_source(),  # for `python -m nanogpt.cache list`
         }
@@ -676,7 +712,7 @@ def prepare(
     if loaded is None:
         scan = source.scan(root, want_chars=spec["kind"] == "char")
         entry = entry_of(scan.sha256)
-        loaded = _load_entry(entry)  # the same text seen before under another name or time
+        loaded = _load_entry(entry, quiet=sha == scan.sha256)  # the same text seen before under another name or time
         if loaded is None:
             lock_path(entry).parent.mkdir(exist_ok=True)
             lock = FileLock(str(lock_path(entry)))
@@ -686,7 +722,7 @@ def prepare(
                 log.info("waiting for another process that is preparing %s", source.name)
                 lock.acquire()
             try:
-                loaded = _load_entry(entry)
+                loaded = _load_entry(entry, quiet=True)
                 if loaded is None:
                     _build(entry, source, scan, spec)
                     built, loaded = True, _load_entry(entry)

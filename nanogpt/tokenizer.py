@@ -20,6 +20,7 @@ UNK = "<unk>"
 MIN_BPE_VOCAB = 257  # a byte-level BPE holds the 256 bytes and <unk> before any merge
 MAX_CODE_POINT = 0x10FFFF
 _SUB = 1 << 18  # ids gathered per numpy call: the index casts stay in cache
+MAX_WORD_BYTES = 256  # a BPE pre-token's longest piece (tokenizer.BPETokenizer.train_from_iterator)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -142,13 +143,20 @@ class BPETokenizer:
     @classmethod
     def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = 512) -> "BPETokenizer":
         """Train on batches of lines: the corpus's str.splitlines(keepends=True), in any batches."""
+        from tokenizers import Regex
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if vocab_size < MIN_BPE_VOCAB:
             raise ValueError(f"BPE vocab_size must be at least {MIN_BPE_VOCAB} (256 bytes + <unk>), got {vocab_size}")
         tok = HFTokenizer(models.BPE(unk_token=UNK))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        # GPT-2's byte-level words, then each word cut into pieces of at most MAX_WORD_BYTES: the library's trainer
+        # and encoder take time quadratic in a word's length, and text without whitespace (a DNA sequence, a
+        # minified file, base64) is one word of megabytes. Part of the saved tokenizer: encoding cuts the same way.
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+            pre_tokenizers.Split(Regex(f".{{1,{MAX_WORD_BYTES}}}"), behavior="isolated"),
+        ])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -341,7 +349,9 @@ def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
 
 
 def save_tokenizer(tok, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(tok.to_dict(), ensure_ascii=False))
+    from nanogpt.files import write_json
+
+    write_json(path, tok.to_dict())
 
 
 def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:

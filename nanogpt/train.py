@@ -8,7 +8,6 @@ The loop knows nothing of Ray: the search passes a callback that reports each ev
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -24,6 +23,7 @@ from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, Checkpo
 from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key, worth_compiling
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
+from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.muon import Muon
 from nanogpt.tokenizer import save_tokenizer
@@ -127,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"train_loss_from must be 'eval' or 'steps', got {self.train_loss_from!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer from 0 to 2**64 - 1 (torch's range), got {self.seed!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.compile not in COMPILE_MODES:
@@ -430,7 +432,8 @@ class Trainer:
         """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), d / MODEL_FILE)
+        with replace_atomically(d / MODEL_FILE) as f:  # a full disk leaves the previous checkpoint whole
+            torch.save(self.state_dict(), f)
         meta = {
             "model": self.model_cfg.to_dict(),
             "train": self.cfg.to_dict(),
@@ -440,7 +443,7 @@ class Trainer:
             "status": self.status.value,
             "history": self.history,
         }
-        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(d / CONFIG_FILE, meta, indent=2)
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, d / TOKENIZER_FILE)
         return d

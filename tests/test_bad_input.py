@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written or overwritten."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -54,6 +55,13 @@ CASES = [
     (["--trial-budget", "100s", "--eval-interval", "200"], "never be evaluated"),
     (["--trial-budget", "1e12flops", "--final-budget", "100steps"], "one unit"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    # limits of the libraries the flags reach (Optuna's and numpy's seeds, Ray's ASHA, float()) are checks too
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**32)], "--seed"),
+    (["--reduction-factor", str(10**20)], "--reduction-factor"),
+    (["--max-steps", "1" + "0" * 400], "--max-steps"),
+    (["--num-samples", str(2**63)], "--num-samples"),
+    (["--bpe-vocab-size", str(2**64), "--tokenizer", "bpe"], "--bpe-vocab-size"),
     (["--resume", "--name", "ghost"], "nothing to resume"),
     (["--resume"], "--name"),
     (["--name", "../escape"], "--name"),
@@ -132,6 +140,13 @@ def test_cli_bad_input_has_no_traceback(tmp_path):
     assert_one_line_error(proc, "no Ray Tune experiment")
 
 
+def test_train_seed_outside_torchs_range_is_one_line(tmp_path):
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--seed", str(2**64), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "seed")
+    assert not (tmp_path / "o").exists()
+
+
 def test_checkpoint_errors_for_sample(tmp_path):
     """Missing, corrupt and mismatched checkpoints: one line each."""
     from nanogpt.data import load_dataset, tokenize
@@ -157,3 +172,45 @@ def test_checkpoint_errors_for_sample(tmp_path):
     foreign = trainer.save(tmp_path / "foreign")
     save_tokenizer(CharTokenizer.from_text("abc"), foreign / "tokenizer.json")
     assert_one_line_error(run_cli("nanogpt.sample", "--checkpoint", str(foreign)), "different runs")
+
+
+@pytest.fixture(params=["silent", "http"])
+def not_ray(request):
+    """A TCP server on 127.0.0.1 that is not Ray: it accepts and says nothing, or answers HTTP garbage."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    conns, stop = [], threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conns.append(conn)
+            if request.param == "http":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 5\r\n\r\nnope!")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for c in conns:
+        c.close()
+    server.close()
+
+
+def test_address_of_a_port_that_is_not_ray_fails_within_30s(tmp_path, not_ray):
+    t0 = time.time()
+    try:
+        proc = run_cli("tune.search", "--dataset", "counting", "--address", not_ray, "--results-dir", str(tmp_path / "r"),
+                       timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("--address to a port that is not Ray hung for a minute")
+    assert proc.returncode == 2 and time.time() - t0 < 30
+    assert_one_line_error(proc, "not a Ray cluster", not_ray)
+    assert not (tmp_path / "r").exists()

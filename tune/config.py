@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from nanogpt.compile import COMPILE_MODES
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
+from nanogpt.files import write_json
 from nanogpt.tokenizer import MIN_BPE_VOCAB, TOKENIZERS
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
@@ -94,6 +95,11 @@ def nonneg(value) -> str | None:
     return None if value >= 0 and math.isfinite(value) else ">= 0"
 
 
+def seed_range(value) -> str | None:
+    """Optuna's samplers seed numpy's RandomState: 0 <= seed < 2**32."""
+    return None if 0 <= value < 2**32 else f"from 0 to {2**32 - 1} (Optuna's and numpy's range)"
+
+
 def at_least(low: int, why: str = "") -> Callable:
     def check(value) -> str | None:
         return None if value >= low else f"at least {low}{why}"
@@ -143,7 +149,7 @@ class SearchConfig:
                                     default=FROM_PRESET, type=float, check=nonneg, group="budget")
     max_concurrent: int | None = setting("--max-concurrent", "trials at once (unset: as many as resources allow)",
                                          type=int, check=positive, group="budget")
-    seed: int = setting("--seed", "the sampler's and every trial's seed", default=0, type=int)
+    seed: int = setting("--seed", "the sampler's and every trial's seed", default=0, type=int, check=seed_range)
     searcher: str = setting("--searcher", "who proposes trials: " + "; ".join(
         f"{k}: {v.help}" for k, v in SEARCHERS.items()), default="optuna", choices=list(SEARCHERS))
     sampler: dict = setting()  # the Optuna sampler's options, all explicit (from the searcher's table entry)
@@ -238,17 +244,24 @@ class SearchConfig:
 
     def save(self, directory: Path | None = None) -> Path:
         path = Path(directory or self.experiment_dir) / SETTINGS_FILE
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(path, asdict(self), indent=2)
         return path
 
     @classmethod
     def load(cls, experiment_dir: str | Path) -> "SearchConfig":
         path = Path(experiment_dir) / SETTINGS_FILE
         try:
-            obj = json.loads(path.read_text())
-            return cls(**obj)
+            text = path.read_text()
         except FileNotFoundError:
             raise UserError(f"{experiment_dir} holds no search ({SETTINGS_FILE} is missing)") from None
+        return cls.loads(text, path)
+
+    @classmethod
+    def loads(cls, text: str, path: str | Path) -> "SearchConfig":
+        """The configuration in search.json's text (`path`: where it was read, for the errors)."""
+        try:
+            obj = json.loads(text)
+            return cls(**obj)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not a search configuration: corrupt JSON ({e})") from None
         except TypeError:
@@ -352,8 +365,17 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# Counts reach native code as fixed-size integers (Ray's scheduler and ASHA through numpy, the tokenizers library,
+# float() for budgets): a bound past which a flag is refused here, not a traceback after search.json is written
+MAX_COUNT = 2**31 - 1
+
+
 def _check(flag: str, value: Any, check: Callable | None, integer: bool) -> None:
-    if value is None or check is None:
+    if value is None:
+        return
+    if integer and value > MAX_COUNT:  # before the check: math.isfinite cannot take an int past float's range
+        raise UserError(f"{flag} must be at most {MAX_COUNT:,}, got {value}")
+    if check is None:
         return
     wanted = check(value)
     if wanted:
@@ -481,8 +503,7 @@ def check_same(args: argparse.Namespace, saved: SearchConfig, results_dir: str) 
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    """Validate the command line into a SearchConfig. Nothing is written to the results directory here (resuming
-    from a URI downloads the search into its local copy first)."""
+    """Validate the command line into a SearchConfig. Nothing is written here, not even a URI search's local copy."""
     uri = is_uri(args.results_dir)
     results_dir = args.results_dir.rstrip("/") if uri else str(Path(args.results_dir).expanduser().resolve())
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.name):
@@ -498,8 +519,9 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         if not mirror.exists(SETTINGS_FILE):
             raise UserError(f"nothing to resume: {mirror.uri} holds no search (no {SETTINGS_FILE}); "
                             f"check --results-dir and --name")
-        exp = mirror.pull()  # the search's files and Ray's results; checkpoints stay at the URI
-        saved = SearchConfig.load(exp)
+        # read at the URI: the local copy is downloaded by the run, under the search's lock (tune.search.run)
+        saved = SearchConfig.loads(mirror.read_text(SETTINGS_FILE), f"{mirror.uri}/{SETTINGS_FILE}")
+        exp = mirror.local
         if saved.local_copy and saved.local_copy != str(exp):
             # Ray's saved searcher opens the study by that path: elsewhere it would start an empty one
             raise UserError(f"{mirror.uri} was started with its local copy at {saved.local_copy}, where Ray's saved "

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
 
 from nanogpt.data import write_json
+from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
 from tune.space import Hparams
 
@@ -84,6 +86,13 @@ class Progress(Callback):
         print(f"{self._stamp()} {trial.trial_id} failed; retrying from its last checkpoint", flush=True)
 
 
+def _disk_error(trial) -> WriteFailed | None:
+    """A trial that could not write (disk full) stops the whole search: every other trial would fail the same
+    way. It stays unfinished in Ray's state, and --resume reruns it from its last checkpoint once there is space."""
+    line = last_error_line(trial.error_file)
+    return WriteFailed(f"trial {trial.trial_id} could not write ({line})") if DISK_ERROR_TEXT.search(line) else None
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -142,6 +151,19 @@ class OutcomeRecorder(Callback):
         self.t0 = time.time()
         self.used0 = 0.0
         self._written = 0.0
+        self.failed: WriteFailed | None = None  # a write that failed (disk full): it stops the search
+
+    # Ray treats an exception in a trial's callbacks as that trial's failure (and tells Optuna FAIL); raised
+    # between steps instead, it ends the search as a crash would, and --resume continues it
+    def on_step_begin(self, iteration, trials, **info):
+        if self.failed is not None:
+            raise self.failed
+
+    def _defer(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except WriteFailed as e:
+            self.failed = self.failed or e
 
     # Ray's time budget counts the search's running time across resumes (its TimeoutStopper is saved with the
     # experiment state, the time between runs left out); the search clock here counts the same, in our own JSON
@@ -155,9 +177,11 @@ class OutcomeRecorder(Callback):
         self._written = time.time()
         write_json(Path(self.experiment_dir) / CLOCK_FILE, {"running_s": self.used_s()})
 
-    def on_step(self, iteration, trials, **info):
-        if time.time() - self._written >= 1.0:
-            self._write_clock()
+    def on_step_end(self, iteration, trials, **info):
+        if self.failed is None and time.time() - self._written >= 1.0:
+            self._defer(self._write_clock)
+        if self.failed is not None:
+            raise self.failed
 
     def _record(self, trial, outcome: Outcome) -> None:
         last = trial.last_result or {}
@@ -172,10 +196,15 @@ class OutcomeRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        self._record(trial, Outcome(last.get("outcome") or Outcome.PRUNED))
+        self._defer(lambda: self._record(trial, Outcome(last.get("outcome") or Outcome.PRUNED)))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.failed = self.failed or _disk_error(trial)  # before its retries fail the same way and Optuna hears FAIL
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._record(trial, Outcome.ERRORED)
+        self.failed = self.failed or _disk_error(trial)
+        if self.failed is None:
+            self._record(trial, Outcome.ERRORED)
 
     def on_experiment_end(self, trials, **info):
         """Trials the search's time budget stopped get no completion call from Ray: record them here.

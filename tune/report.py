@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.errors import UserError
+from nanogpt.files import write_bytes
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
 from tune import plots
@@ -140,7 +141,7 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
 
 
 def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
-    df.to_csv(path / "trials.csv", index=False)
+    write_bytes(path / "trials.csv", df.to_csv(index=False).encode())
     ok = finite(df)
     ok = ok[ok["checkpoint"].notna()]
     if not ok.empty:
@@ -148,9 +149,9 @@ def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -
         tmp = path / "best.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(mirror.fetch(best["checkpoint"]) if mirror else best["checkpoint"], tmp)
-        (tmp / "trial.json").write_text(json.dumps(
+        write_bytes(tmp / "trial.json", json.dumps(
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.to_dict().items()}, indent=2,
-            default=str))
+            default=str).encode())
         shutil.rmtree(path / "best", ignore_errors=True)
         tmp.rename(path / "best")
     if mirror:
@@ -459,7 +460,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     if missing:
         md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
     out = path / "report.md"
-    out.write_text("\n".join(md))
+    write_bytes(out, "\n".join(md).encode())
     if mirror:
         mirror.push("report.md", "plots")
     return out

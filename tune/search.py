@@ -10,17 +10,22 @@ line and exit 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import pickletools
 import shlex
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nanogpt.data import TokenData, prepare
 from nanogpt.errors import UserError
+from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome
 from tune.space import largest, max_value
@@ -62,7 +67,7 @@ def check_budget(config: SearchConfig, vocab_size: int) -> None:
                         f"largest model ({format_amount(spend, unit)}); raise the budget or shrink the space")
 
 
-def check_address(address: str, timeout: float = 3.0) -> None:
+def check_address(address: str, timeout: float = 3.0, grpc_timeout: float = 10.0) -> None:
     """Fail in seconds, not minutes, when a cluster address cannot be reached."""
     if address in ("auto", "local") or address.startswith("ray://"):
         return
@@ -75,6 +80,34 @@ def check_address(address: str, timeout: float = 3.0) -> None:
     except OSError as e:
         raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
                         f"`ray start --head --port={port}` or leave out --address for a local Ray") from None
+    if not _speaks_grpc(host, int(port), grpc_timeout):
+        # ray.init would wait for the GCS there for minutes
+        raise UserError(f"{address} is not a Ray cluster: the port is open but gives no gRPC answer (Ray's GCS "
+                        f"speaks gRPC there); check the port `ray start --head` printed")
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
+    """Whether the server answers an HTTP/2 connection preface with a SETTINGS frame, as Ray's GCS (gRPC) does.
+    With RAY_USE_TLS the server first wants a TLS handshake: the TCP check is all that is done then."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.sendall(_HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:  # a frame header: length (3 bytes), type, flags, stream id (4)
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+    except OSError:  # a timeout or a reset: not an HTTP/2 server
+        return False
+    return head[3] == 0x04
 
 
 def _check_writable(results_dir: Path) -> None:
@@ -230,6 +263,30 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials) -> dict | No
     return out
 
 
+def _refuse_taken(config: SearchConfig) -> None:
+    """A new search never writes over a search of the same name."""
+    mirror = config.mirror
+    if mirror and mirror.exists():
+        raise UserError(f"{mirror.uri} already exists: add --resume to continue it, or pick another --name")
+    if not mirror and config.experiment_dir.exists():
+        raise UserError(f"{config.experiment_dir} already exists: add --resume to continue it, or pick another --name")
+
+
+@contextmanager
+def hold(config: SearchConfig) -> Iterator[None]:
+    """The results directory's lock for the search's name (tune.lock): one run at a time, new or resumed."""
+    from tune.lock import hold_local, hold_uri
+
+    mirror = config.mirror
+    if mirror:
+        with hold_uri(mirror.fs, mirror.sibling(f".{config.name}.lock"), f"{mirror.uri.rsplit('/', 1)[0]}/.{config.name}.lock",
+                      config.name):
+            yield
+    else:
+        with hold_local(Path(config.results_dir) / f".{config.name}.lock", config.name):
+            yield
+
+
 def export_models(config: SearchConfig) -> list[str]:
     """--export: best/ and final/ in that format, into best-FORMAT/ and final-FORMAT/, made again from them on
     every run (a resume may have changed best/). One line a model: where it is and how to load it."""
@@ -250,11 +307,9 @@ def export_models(config: SearchConfig) -> list[str]:
 
 def run(config: SearchConfig, resume: bool, address: str | None = None, dashboard: bool = False,
         report: bool = True, top: int = 5) -> Path:
-    """Run (or resume) a search; returns the experiment directory."""
-    from tune import report as report_mod
-
+    """Run (or resume) a search; returns the experiment directory. Everything is checked before anything is
+    written; the run holds the results directory's lock for the name from then on (tune.lock)."""
     _quiet_ray()
-    exp = config.experiment_dir
     mirror = config.mirror
     if address:
         check_address(address)
@@ -275,16 +330,78 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         if not Tuner.can_restore(config.experiment_path):
             raise UserError(f"{config.experiment_path} cannot be resumed: Ray's experiment state is missing "
                             f"(the search never started)")
-    elif mirror:
-        if mirror.exists():
-            raise UserError(f"{mirror.uri} already exists: add --resume to continue it, or pick another --name")
-    elif exp.exists():
-        raise UserError(f"{exp} already exists: add --resume to continue it, or pick another --name")
+    else:
+        _refuse_taken(config)  # at once, before tokenizing; again under the lock
     data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
     if not resume and mirror:
         mirror.check_writable()
     elif not resume:
         _check_writable(Path(config.results_dir))
+    with hold(config):
+        if not resume:
+            _refuse_taken(config)  # another run of the name may have started and ended meanwhile
+        else:
+            if mirror:
+                mirror.pull()  # the search's files and Ray's results; checkpoints stay at the URI
+            check_ray_state(config.experiment_dir)
+        try:
+            return _search(config, resume, address, dashboard, report, top, data, tokenizer)
+        except Exception as e:
+            failed = disk_failure(e, config.experiment_dir)
+            if failed is None:
+                raise
+            raise WriteFailed(f"{failed}; the search stopped: free space, then continue it with: python -m tune.search "
+                              f"--resume --name {config.name} --results-dir {config.results_dir}") from None
+
+
+# Ray's saved state, newest of each: what Tuner.restore reads (the trials, the searcher, the callbacks)
+RAY_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl",
+             "tuner.pkl")
+
+
+def check_ray_state(exp: Path) -> None:
+    """Refuse to resume from Ray state that was cut off mid-write (a full disk). Ray would log the error and start
+    the experiment over with the restored searcher: old trials rerun as new ones and Optuna trials left RUNNING."""
+    for pattern in RAY_STATE:
+        files = sorted(exp.glob(pattern))
+        if not files:
+            continue
+        try:
+            data = files[-1].read_bytes()
+            if data[:1] == b"\x80":  # a pickle (search_gen_state-*.json too), walked without unpickling
+                if not any(op.name == "STOP" for op, _, _ in pickletools.genops(data)):
+                    raise ValueError("no STOP opcode")
+            else:
+                json.loads(data)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{files[-1]} is cut off or corrupt ({str(e).splitlines()[0][:80]}): Ray cannot resume "
+                            f"{exp.name} from it without running trials twice; its finished trials are intact "
+                            f"(python -m tune.report {exp}): continue with a new search under another --name") from None
+
+
+def disk_failure(e: BaseException, exp: Path) -> str | None:
+    """What could not be written, when `e` (or what caused it: Ray wraps errors) is a full or failing disk."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WriteFailed):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:  # Ray's own writes: the file is often unnamed
+            return str(write_failed(e.filename or f"a file under {exp} (or Ray's temp dir)", e))
+        lines = [ln for ln in str(e).splitlines() if DISK_ERROR_TEXT.search(ln)]
+        if lines:  # a Ray task's error (the final training) carries the remote one as text
+            return f"a Ray task could not write ({lines[-1].strip()[:300]})"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool, top: int,
+            data: TokenData, tokenizer) -> Path:
+    """The search itself, under the results directory's lock: Ray, the Tuner, the export and the report."""
+    from tune import report as report_mod
+
+    exp = config.experiment_dir
+    mirror = config.mirror
     if address:
         # Ray 2.60 clusters use token authentication; a driver joining one must say so too (Ray only
         # turns it on by itself for clusters it starts), and before ray is imported. The token stays

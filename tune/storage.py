@@ -58,6 +58,16 @@ class Mirror:
         rel = Path(rel).as_posix()
         return self.root if rel in ("", ".") else f"{self.root}/{rel}"
 
+    def sibling(self, name: str) -> str:
+        """The path (on self.fs) of a file beside the search at the URI, in its results directory."""
+        parent = self.root.rsplit("/", 1)[0] if "/" in self.root else self.root
+        return f"{parent}/{name}"
+
+    def read_text(self, rel: str | Path) -> str:
+        """A file of the search at the URI, read without touching the local copy."""
+        with self.fs.open_input_stream(self._remote(rel)) as f:
+            return f.read().decode()
+
     def exists(self, rel: str | Path = "") -> bool:
         import pyarrow.fs
 
