@@ -1,14 +1,19 @@
-"""Our training step against nanoGPT's own train.py step, measured alternately in one run, as a ratio.
+"""Our training step against nanoGPT's own train.py step, eager and compiled, and Muon's step against AdamW's,
+measured alternately in one run, as ratios.
 
-    python -m benchmarks.throughput [--steps 100] [--rounds 3] [--threads 2]
+    python -m benchmarks.throughput [--steps 100] [--rounds 2] [--threads 1] [--search]
 
-Two sizes: nanoGPT's CPU recipe (4 layers, 4 heads, 128 embd, block 64, batch 12) and a laptop-preset model
-(2 layers, 4 heads x 16 = 64 embd, block 64, batch 32), where per-step overhead weighs most. Each round runs
-our Trainer, then nanoGPT's train.py (a subprocess on a copy of ../shared/anchors/nanoGPT), the same number
-of steps after the same warmup, on the same threads and tiny Shakespeare. Absolute tokens/s move between
-machines and with their load; the ratio, from the same run, is the figure. Also measured, not adopted unless it
-pays: our step under bf16 autocast (CPUs with avx512_bf16 or AMX).
-Goal: ratio >= 1.0 at both sizes (our step no slower than nanoGPT's).
+Three sizes: the laptop sizes (2 layers x 32 embd at batch 16, 3 x 64 at batch 32) and nanoGPT's CPU recipe (4 x 128,
+batch 12), all block 64. Each round runs, per size: our Trainer eager (AdamW), our Trainer compiled (--compile on),
+our Trainer with Muon, then nanoGPT's train.py (a subprocess on a copy of ../shared/anchors/nanoGPT) with
+--compile=False and --compile=True, the same number of steps after the same warmup, on the same threads and tiny
+Shakespeare. Compile times are reported apart: ours as the trainer measures it (compile_s, first compile of the
+run; later rounds reuse it), nanoGPT's as its first iteration's time. Absolute tokens/s move between machines and
+with their load; the ratios, from the same run, are the figures.
+With --search: the default search (`python -m tune.search`) against nanoGPT's CPU recipe (2000 iterations, 2
+threads), wall time, in the same run.
+Goals: ours / nanoGPT eager >= 1.5x at the laptop sizes and >= 1.3x at the recipe; Muon / AdamW >= 1/1.15 at 2 x 32
+and 4 x 128; the default search <= 0.7x the recipe's wall time.
 """
 
 from __future__ import annotations
@@ -16,58 +21,98 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import md_table, shakespeare_file, stamp, write_section
+from benchmarks.common import ROOT, md_table, shakespeare_file, stamp, write_section
 
 WARMUP = 10
-SIZES = {  # name -> (model, batch)
-    "nanoGPT's CPU recipe": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12),
-    "laptop preset (2L, 64 embd)": (dict(n_layer=2, n_head=4, n_embd=64, block_size=64), 32),
+SIZES = {  # name -> (model, batch, goal of ours / nanoGPT eager)
+    "2L x 32, batch 16": (dict(n_layer=2, n_head=2, n_embd=32, block_size=64), 16, 1.5),
+    "3L x 64, batch 32": (dict(n_layer=3, n_head=4, n_embd=64, block_size=64), 32, 1.5),
+    "4L x 128, batch 12 (nanoGPT's CPU recipe)": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12, 1.3),
 }
+MUON_GOAL = 1 / 1.15
+SEARCH_GOAL = 0.7
 
 
-def ours(model: dict, batch: int, steps: int, data, tok, bf16: bool = False) -> float:
-    """Our Trainer's training tokens/s over `steps` steps after WARMUP (evaluations not counted)."""
+def ours(model: dict, batch: int, steps: int, data, tok, compile: str = "off", optimizer: str = "adamw"):
+    """Our Trainer's training tokens/s over `steps` steps after WARMUP (evaluations and compiling not counted),
+    and its compile seconds."""
     from nanogpt.model import GPTConfig
     from nanogpt.train import Trainer, TrainConfig
 
     trainer = Trainer(GPTConfig(vocab_size=tok.vocab_size, dropout=0.0, bias=False, **model),
                       TrainConfig(max_steps=WARMUP + steps, batch_size=batch, learning_rate=1e-3, lr_decay_steps=2000,
-                                  warmup_steps=100, eval_interval=WARMUP, eval_iters=1, seed=1337), data, tok)
-    if bf16:
-        trainer.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+                                  warmup_steps=100, eval_interval=WARMUP, eval_iters=1, seed=1337, compile=compile,
+                                  optimizer=optimizer), data, tok)
     marks = {}
     trainer.run(lambda m, t: marks.setdefault(t.step, (t.tokens_seen, t.train_time)))
     (tok0, t0), (tok1, t1) = marks[WARMUP], marks[WARMUP + steps]
-    return (tok1 - tok0) / (t1 - t0)
+    return (tok1 - tok0) / (t1 - t0), trainer.compiler.compile_s
 
 
-def nanogpt(work, model: dict, batch: int, steps: int, threads: int) -> float:
-    """nanoGPT's train.py: its printed per-iteration times for the same steps after WARMUP."""
-    run = anchor.train(work, threads, device="cpu", compile=False, eval_iters=1, eval_interval=10**6,
+def nanogpt(work, model: dict, batch: int, steps: int, threads: int, compile: bool) -> tuple[float, float]:
+    """nanoGPT's train.py: tokens/s from its printed per-iteration times for the same steps after WARMUP, and
+    its first iteration's time (its compile, when compiling)."""
+    run = anchor.train(work, threads, device="cpu", compile=compile, eval_iters=1, eval_interval=10**6,
                        log_interval=1, always_save_checkpoint=False, batch_size=batch, max_iters=WARMUP + steps,
                        lr_decay_iters=2000, dropout=0.0, out_dir="out-throughput", **model)
     measured = run.step_ms[WARMUP + 1:WARMUP + 1 + steps]  # iter 0's time includes its evaluation
-    return batch * model["block_size"] * len(measured) / (sum(measured) / 1000)
+    return batch * model["block_size"] * len(measured) / (sum(measured) / 1000), run.step_ms[0] / 1000
 
 
-def bf16_capable() -> bool:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def measure_size(name: str, work, data, tok, args) -> dict:
+    model, batch, _ = SIZES[name]
+    m = {k: [] for k in ("eager", "compiled", "muon", "ng", "ng_compiled")}
+    compile_s = ng_compile_s = None
+    for r in range(args.rounds):  # alternate, so a change in the machine's load hits all of them
+        m["eager"].append(ours(model, batch, args.steps, data, tok)[0])
+        tps, cs = ours(model, batch, args.steps, data, tok, compile="on")
+        m["compiled"].append(tps)
+        compile_s = cs if compile_s is None else compile_s
+        m["muon"].append(ours(model, batch, args.steps, data, tok, optimizer="muon")[0])
+        m["ng"].append(nanogpt(work, model, batch, args.steps, args.threads, compile=False)[0])
+        tps, cs = nanogpt(work, model, batch, args.steps, args.threads, compile=True)
+        m["ng_compiled"].append(tps)
+        ng_compile_s = cs if ng_compile_s is None else ng_compile_s
+        print(f"{name} round {r + 1}: " + ", ".join(f"{k} {v[-1] / 1e3:.1f}k" for k, v in m.items()) + " tok/s",
+              flush=True)
+    return {**m, "compile_s": compile_s, "ng_compile_s": ng_compile_s}
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def default_search_vs_recipe(work) -> tuple[float, float]:
+    """Wall seconds of `python -m tune.search` (the default search, 2 cores) and of nanoGPT's CPU recipe
+    (2000 iterations, 2 threads), one after the other."""
+    with tempfile.TemporaryDirectory() as results:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "tune.search", "--results-dir", results, "--name", "bench",
+                               "--no-report"], cwd=ROOT, capture_output=True, text=True)
+        search_s = time.time() - t0
+        if proc.returncode != 0:
+            sys.exit(f"the default search failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    t0 = time.time()
+    anchor.train(work, 2, **anchor.CPU_RECIPE)
+    return search_s, time.time() - t0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sizes", default=",".join(str(i) for i in range(len(SIZES))),
+                   help="which sizes, by index (0: 2L x 32, 1: 3L x 64, 2: the recipe)")
+    p.add_argument("--search", action="store_true", help="also the default search against nanoGPT's recipe")
     args = p.parse_args()
 
     from nanogpt.data import load_dataset, tokenize
@@ -79,39 +124,44 @@ def main() -> None:
     data = tokenize(ds, tok)
     work = anchor.workdir()
     load_before = os.getloadavg()
-    bf16 = bf16_capable()
-    rows, summary = [], []
     t_start = time.time()
-    for name, (model, batch) in SIZES.items():
-        a, b, c = [], [], []
-        for r in range(args.rounds):  # alternate, so a change in the machine's load hits both
-            a.append(ours(model, batch, args.steps, data, tok))
-            b.append(nanogpt(work, model, batch, args.steps, args.threads))
-            if bf16:
-                c.append(ours(model, batch, args.steps, data, tok, bf16=True))
-            print(f"{name} round {r + 1}: ours {a[-1] / 1e3:.1f}k, nanoGPT {b[-1] / 1e3:.1f}k tok/s"
-                  + (f", ours bf16 {c[-1] / 1e3:.1f}k" if bf16 else ""), flush=True)
-        ratio = statistics.median(x / y for x, y in zip(a, b))
-        summary.append((name, ratio))
-        rows.append([name, f"{statistics.median(a) / 1e3:.1f}k", f"{statistics.median(b) / 1e3:.1f}k",
-                     f"**{ratio:.2f}x**", " ".join(f"{x / y:.2f}" for x, y in zip(a, b)),
-                     f"{statistics.median(x / y for x, y in zip(c, a)):.2f}x" if bf16 else "no bf16 on this CPU"])
+    names = [list(SIZES)[int(i)] for i in args.sizes.split(",")]
+    rows, verdicts = [], []
+    for name in names:
+        m = measure_size(name, work, data, tok, args)
+        goal = SIZES[name][2]
+        best = [max(e, c) for e, c in zip(m["eager"], m["compiled"])]
+        vs_ng, vs_ngc, muon = ratio(best, m["ng"]), ratio(best, m["ng_compiled"]), ratio(m["muon"], m["eager"])
+        rows.append([name, f"{statistics.median(m['eager']) / 1e3:.1f}k",
+                     f"{statistics.median(m['compiled']) / 1e3:.1f}k ({m['compile_s']:.0f} s)",
+                     f"{statistics.median(m['muon']) / 1e3:.1f}k", f"{statistics.median(m['ng']) / 1e3:.1f}k",
+                     f"{statistics.median(m['ng_compiled']) / 1e3:.1f}k ({m['ng_compile_s']:.0f} s)",
+                     f"{ratio(m['eager'], m['ng']):.2f}x", f"**{vs_ng:.2f}x**", f"{vs_ngc:.2f}x", f"**{muon:.2f}x**"])
+        verdicts.append(f"{name}: ours / nanoGPT {vs_ng:.2f}x (goal {goal}x: {'met' if vs_ng >= goal else 'missed'})"
+                        + ("" if name.startswith("3L") else
+                           f"; Muon / AdamW {muon:.2f}x (goal {MUON_GOAL:.2f}x: {'met' if muon >= MUON_GOAL else 'missed'})"))
+    search_text = ""
+    if args.search:
+        search_s, recipe_s = default_search_vs_recipe(work)
+        search_text = (f"\nThe default search (`python -m tune.search`, 2 cores) took {search_s:.0f} s; nanoGPT's CPU recipe "
+                       f"(2000 iterations, 2 threads) {recipe_s:.0f} s: **{search_s / recipe_s:.2f}x** (goal <= "
+                       f"{SEARCH_GOAL}x: {'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")
     load_after = os.getloadavg()
-    met = all(r >= 1.0 for _, r in summary)
     body = f"""{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared);
 {anchor.wait_policy_note()}.
 
 `python -m benchmarks.throughput --steps {args.steps} --rounds {args.rounds} --threads {args.threads}`: tokens/s of
-training steps (after {WARMUP} warmup steps; evaluations not counted), fp32, {args.threads} threads, tiny Shakespeare,
-dropout 0, no bias. Each round runs our Trainer, then nanoGPT's own train.py (`anchors/nanoGPT`, a subprocess on a
-copy, its printed per-iteration times), so both see the same machine state; {time.time() - t_start:.0f} s in all.
+training steps (after {WARMUP} warmup steps; evaluations and compiling not counted), fp32, {args.threads} thread(s),
+tiny Shakespeare, dropout 0, no bias; medians over rounds, ratios per round then median. "ours" in the ratios is the
+faster of our eager and compiled step in each round. Compile seconds in brackets: ours the first compile of the run
+(Inductor's cache under NANOGPT_TUNE_CACHE may be warm from an earlier run), nanoGPT's its first iteration's time;
+{time.time() - t_start:.0f} s in all.
 
-{md_table(["model", "ours (median)", "nanoGPT's train.py (median)", "ours / nanoGPT", "per round", "ours bf16 autocast / fp32"], rows)}
+{md_table(["model", "ours eager", "ours compiled (compile)", "ours Muon eager", "nanoGPT", "nanoGPT compiled (compile)",
+           "ours eager / nanoGPT", "ours / nanoGPT", "ours / nanoGPT compiled", "Muon / AdamW"], rows)}
 
-Goal: our step no slower than nanoGPT's at both sizes (ratio >= 1.0): **{'met' if met else 'missed'}**.
-bf16 autocast is measured beside, not used: the trainer stays fp32 on CPU unless it pays for the models the
-searches train (see the last column).
-"""
+{chr(10).join("- " + v for v in verdicts)}
+{search_text}"""
     print(body)
     write_section("Throughput (benchmarks/throughput.py)", body)
 

@@ -21,24 +21,19 @@ import torch
 
 from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError,
                                 read_checkpoint, read_checkpoint_tokenizer)
+from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key, worth_compiling
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.data import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
+from nanogpt.muon import Muon
 from nanogpt.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
-
-
-def check_muon() -> None:
-    """Muon is torch's own (torch.optim.Muon, torch >= 2.9): say so where it is missing."""
-    if not hasattr(torch.optim, "Muon"):
-        raise UserError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}: "
-                        f"upgrade torch (pip install 'torch>=2.9') or use the optimizer adamw")
 
 
 UNITS = ("steps", "tokens", "flops", "s")  # what a budget can count
@@ -83,8 +78,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds of wall time
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = CUDA when available; mps = Apple GPUs
-    # adamw: AdamW on every parameter; muon: torch.optim.Muon on the 2-D weights inside the blocks (same lr,
-    # adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms and biases
+    # adamw: AdamW on every parameter; muon: Muon (nanogpt.muon: torch.optim.Muon's rule, batched) on the 2-D weights
+    # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms, biases
     optimizer: Literal["adamw", "muon"] = "adamw"
     # cosine: warmup, then cosine decay to min_lr; wsd (warmup-stable-decay): warmup, the peak learning rate,
     # then a linear decay to min_lr over the last cooldown_frac of the planned steps
@@ -93,6 +88,9 @@ class TrainConfig:
     # wsd: spends (budget_unit) where the run branches a decayed copy and reports that copy's val_loss (cooldown
     # rungs); the run then stays at the peak, ends with a branch too, and its budget pays for the branches
     cooldown_rungs: list[float] | None = None
+    # torch.compile the training forward and backward: on, off, or auto = only where the steps left repay the
+    # compile time (nanogpt.compile); compile time is counted apart from training time, and in a seconds budget
+    compile: Literal["auto", "on", "off"] = "off"
 
     def __post_init__(self) -> None:
         positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
@@ -143,8 +141,6 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer from 0 to 2**64 - 1 (torch's range), got {self.seed!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.optimizer == "muon":
-            check_muon()
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 < self.cooldown_frac < 1:
@@ -155,6 +151,8 @@ class TrainConfig:
             self.cooldown_rungs = sorted(float(r) for r in self.cooldown_rungs)
             if any(not (r > 0 and math.isfinite(r)) for r in self.cooldown_rungs):
                 raise ValueError(f"cooldown_rungs must be spends > 0, got {self.cooldown_rungs}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,7 +194,6 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
     params = [p for p in model.parameters() if p.requires_grad]
     muon = []
     if cfg.optimizer == "muon":
-        check_muon()
         muon = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
     in_muon = {id(p) for p in muon}
     rest = [p for p in params if id(p) not in in_muon]
@@ -207,8 +204,7 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)]
     if muon:
-        optimizers.append(torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                           adjust_lr_fn="match_rms_adamw"))
+        optimizers.append(Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
     return optimizers
 
 
@@ -242,6 +238,9 @@ class Trainer:
         self.model = GPT(model_cfg).to(self.device)
         self.flops_per_token = self.model.flops_per_token()
         self.optimizers = configure_optimizer(self.model, cfg, self.device)
+        self.compiler = StepCompiler(self.model, cfg.compile, shape_key(model_cfg, cfg.batch_size, self.device))
+        self._eager_step_s = None  # auto: the eager step's seconds it decided on
+        self._compiled_from = None  # (step, train_time) where the compiled steps began
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.tokens_seen = 0
@@ -278,7 +277,7 @@ class Trainer:
     def spend(self) -> float:
         """What the run's training steps have spent, in the budget's unit (cooldown branches not counted)."""
         return {"steps": self.step, "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token,
-                "s": self.train_time}[self.cfg.budget_unit]
+                "s": self.train_time + self.compiler.compile_s}[self.cfg.budget_unit]
 
     @property
     def branch_spend(self) -> float:
@@ -291,13 +290,28 @@ class Trainer:
         if self.planned_steps is not None and self.cfg.budget_unit != "s":
             return self.step < self.planned_steps
         if self.cfg.cooldown_rungs is not None:  # leave the end branch its share
-            return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time < self.budget
-        return self.train_time < self.budget
+            return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time + self.compiler.compile_s < self.budget
+        return self.spend < self.budget
 
     def _plan_by_speed(self) -> None:
         """Seconds budget: the run's length in steps from the speed of its steps so far."""
         if self.step >= PROBE_STEPS:
-            self.planned_steps = self.step + int((self.budget - self.train_time) / (self.train_time / self.step))
+            self.planned_steps = self.step + int((self.budget - self.spend) / (self.train_time / self.step))
+
+    def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Compile before this step: at the first step with compile on; with auto, after PROBE_STEPS eager steps,
+        where the steps left repay it. The compile's seconds count in compile_s, not in train_time."""
+        c = self.compiler
+        if c.mode == "auto":
+            if self.step < PROBE_STEPS:
+                return
+            self._eager_step_s = self.train_time / self.step
+            steps_left = (self.planned_steps or self.step) - self.step
+            c.decided = True
+            if not worth_compiling(c.key, steps_left, self._eager_step_s):
+                return
+        self._compiled_from = (self.step, self.train_time)
+        c.compile(x, y)
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -332,6 +346,8 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / self.train_time if self.train_time > 0 else 0.0,
             "n_params": self.model.get_num_params(),
             "elapsed_s": self.elapsed,
+            "compile_s": self.compiler.compile_s,
+            "compiled": self.compiler.compiled,
             "spend": self.spend,
             "branch_spend": self.branch_spend,
             "total_spend": self.spend + self.branch_spend,
@@ -350,13 +366,17 @@ class Trainer:
                 group["lr"] = lr
         x, y = get_batch(self.data.train, T, B, batch_gen)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        own = model is self.model  # the run's model may be compiled; a cooldown branch's copy trains eager
+        if own and not self.compiler.decided:
+            self._maybe_compile(x, y)
         with self.autocast():
-            _, loss = model(x, y)
+            _, loss = (self.compiler.forward if own else model)(x, y)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # foreach: a few multi-tensor kernels, not two per parameter (CPU's default); measured in RESULTS.md
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         for opt in optimizers:
             opt.step()
         return loss.item()  # also synchronises CUDA, so the caller's timing is honest
@@ -372,9 +392,12 @@ class Trainer:
         model.train()
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
+        compile_s_before = self.compiler.compile_s
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
             loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps), self.batch_gen)
+            t0 += self.compiler.compile_s - compile_s_before  # a compile inside the step counts in compile_s alone
+            compile_s_before = self.compiler.compile_s
             self.step += 1
             self.tokens_seen += B * T
             self.train_time += time.perf_counter() - t0
@@ -417,6 +440,7 @@ class Trainer:
             self.history.append(metrics)
             if callback is not None:
                 callback(metrics, self)
+        self._record_compile_speed()
         return self.history
 
     def _branch_due(self) -> int:
@@ -441,6 +465,11 @@ class Trainer:
         self.branch_time += time.perf_counter() - t0
         return val
 
+    def _record_compile_speed(self) -> None:
+        if self._compiled_from is not None and self.compiler.compiled and self.step > self._compiled_from[0]:
+            step0, time0 = self._compiled_from
+            self.compiler.record_speed(self._eager_step_s, (self.train_time - time0) / (self.step - step0))
+
     # --- checkpoints ------------------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -451,6 +480,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "train_time": self.train_time,
+            "compile_s": self.compiler.compile_s,
             "elapsed": self.elapsed,
             "status": self.status.value,
             "loss_sum": self.loss_sum,
@@ -476,6 +506,7 @@ class Trainer:
             self.optimizers[1].load_state_dict(sd["muon"])
         self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
         self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], Status(sd["status"])
+        self.compiler.compile_s = sd.get("compile_s", 0.0)
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
         self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
         self.rungs_done = sd.get("rungs_done", 0)
@@ -579,8 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-tokens", type=int, default=120)
     p.add_argument("--temperature", type=float, default=0.8)
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
-    add_dataclass_args(p, TrainConfig, skip={"cooldown_rungs"},  # the search's: it knows the rungs
-                       aliases={"learning_rate": ["--lr"]})  # tune.search's spelling too
+    # --lr: tune.search's spelling too; --compile: auto from the command line (TrainConfig's own default is off);
+    # cooldown_rungs: the search's (it knows the rungs)
+    add_dataclass_args(p, TrainConfig, {"compile": "auto"}, skip={"cooldown_rungs"}, aliases={"learning_rate": ["--lr"]})
     args = p.parse_args(argv)
 
     if args.threads is not None:

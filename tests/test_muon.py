@@ -36,6 +36,7 @@ def test_muon_takes_the_block_matrices_adamw_the_rest(data):
     assert not in_muon & in_adamw and in_muon | in_adamw == set(names.values())
     assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"} <= in_adamw
     assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
+    assert type(muon).__module__ == "nanogpt.muon"
     assert len(make(data, optimizer="adamw").optimizers) == 1
 
 
@@ -79,10 +80,11 @@ def test_adamw_checkpoint_cannot_resume_as_muon(data, tmp_path):
         make(data).restore(tmp_path / "ckpt")
 
 
-def test_missing_muon_is_a_user_error(monkeypatch):
+def test_muon_is_ours_and_needs_no_torch_muon(monkeypatch, data):
+    from nanogpt.muon import Muon
+
     monkeypatch.delattr(torch.optim, "Muon")
-    with pytest.raises(UserError, match="torch >= 2.9"):
-        TrainConfig(optimizer="muon")
+    assert isinstance(make(data, max_steps=2).optimizers[1], Muon)
     TrainConfig(optimizer="adamw")
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="sgd")
@@ -118,15 +120,6 @@ def test_optimizer_is_a_searched_hyperparameter():
                  weight_decay=0.1, optimizer="muon")
     assert hp.train_config(budget_unit="steps", budget=10, eval_every=5).optimizer == "muon"
     assert PRESETS["shakespeare-cpu"].space["optimizer"] == CategoricalDistribution(("adamw", "muon"))
-
-
-def test_preset_with_muon_refused_before_ray_where_torch_lacks_it(monkeypatch, tmp_path):
-    from tune.config import build_parser, config_from_args
-
-    monkeypatch.delattr(torch.optim, "Muon")
-    args = build_parser().parse_args(["--preset", "shakespeare-cpu", "--results-dir", str(tmp_path)])
-    with pytest.raises(UserError, match="torch >= 2.9"):
-        config_from_args(args)
 
 
 def test_plots_take_the_categorical_optimizer(tmp_path):

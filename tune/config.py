@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nanogpt.compile import COMPILE_MODES
 from nanogpt.data import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
@@ -198,6 +199,10 @@ class SearchConfig:
         "--device", "where trials train: auto = CUDA when a trial has a GPU share, else CPU; cpu = CPU even with a GPU "
         "share (Ray's GPUs only schedule, e.g. logical GPUs from ray start --num-gpus); cuda = always CUDA; mps = an "
         "Apple GPU", default="auto", choices=["auto", "cpu", "cuda", "mps"], group="budget", saved_default="auto")
+    compile: str = setting(
+        "--compile", "torch.compile each trial's training step: auto = only where its steps repay the compile time "
+        "(measured per shape and machine), on, off", default="auto", choices=list(COMPILE_MODES), group="budget",
+        saved_default="auto")
     export: str | None = setting(
         "--export", "after the search, export best/ (and final/) into best-FORMAT/ (final-FORMAT/): hf = Hugging Face "
         "transformers, nanogpt = nanoGPT's ckpt.pt + meta.pkl (character tokenizer only)", choices=["hf", "nanogpt"],
@@ -279,7 +284,7 @@ class SearchConfig:
     def shared_train_fields(self) -> dict:
         return dict(eval_iters=self.eval_iters, eval_batch_size=self.eval_batch_size,
                     train_loss_from=self.train_loss_from, seed=self.seed, schedule=self.schedule,
-                    cooldown_frac=self.cooldown_frac)
+                    cooldown_frac=self.cooldown_frac, compile=self.compile)
 
     def budget_text(self, amount: float | None = None) -> str:
         return format_amount(self.trial_budget if amount is None else amount, self.budget_unit)

@@ -39,7 +39,7 @@ CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen
               "wall_time"]  # wall_time: when the evaluation was reported (unix seconds)
 COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
            "val_bpc", "last_val_loss", "steps", "spend", "train_spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
-           "sampler", "error", "checkpoint"]
+           "compile_s", "sampler", "error", "checkpoint"]
 
 
 class ReportError(UserError):
@@ -139,7 +139,7 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
                        spend=_num(last.get("total_spend", last.get("spend"))), train_spend=_num(last.get("spend")),
                        n_params=_num(last.get("n_params")), tokens_seen=_num(last.get("tokens_seen")),
                        seconds=_num(last.get("elapsed_s")), tokens_per_s=_num(last.get("tokens_per_s")),
-                       node=last.get("node_id") or last.get("node_ip"))
+                       compile_s=_num(last.get("compile_s", 0.0)), node=last.get("node_id") or last.get("node_ip"))
             row.update({k: int(row[k]) for k in ("n_params", "tokens_seen") if row[k] is not None})
             part = pd.DataFrame([{**{c: _num(r.get(c)) for c in CURVE_COLS},
                                   "wall_time": (_num(r.get("started_at")) or math.nan) + (_num(r.get("time_total_s")) or math.nan)}

@@ -22,7 +22,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
-from nanogpt.train import OPTIMIZERS, TrainConfig, check_muon
+from nanogpt.train import OPTIMIZERS, TrainConfig
 
 Spec = Union[BaseDistribution, int, float, str]
 
@@ -51,8 +51,8 @@ class Hparams:
     batch_size: int = _hp("batch-size", "sequences per training step", "positive", short="B")
     block_size: int = _hp("block-size", "context length in tokens", "positive", short="T", table=False)
     weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg", table=False)
-    optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon on the blocks' 2-D weights, AdamW on the rest, "
-                         "one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
+    optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon's rule, nanogpt.muon, on the blocks' 2-D "
+                         "weights, AdamW on the rest, one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
 
     @property
     def n_embd(self) -> int:
@@ -157,8 +157,6 @@ def check_spec(name: str, spec: Spec) -> None:
         if isinstance(spec, (IntDistribution, FloatDistribution)) or any(v not in allowed for v in values):
             raise UserError(f"{flag}: {name} takes {' or '.join(allowed)} (one, or several separated by commas), "
                             f"got {describe(spec)}")
-        if "muon" in values:
-            check_muon()
         return
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
         raise UserError(f"{flag}: {name} takes numbers, got {describe(spec)}")

@@ -1,0 +1,143 @@
+"""--compile auto|on|off: compile time apart from training time, auto's break-even, the eager fallback, and
+compiled steps that give eager's losses with checkpoints that move between the two (slow: a real compile)."""
+
+import json
+import logging
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+from nanogpt import compile as C
+from nanogpt.data import load_dataset, tokenize
+from nanogpt.model import GPTConfig
+from nanogpt.tokenizer import CharTokenizer
+from nanogpt.train import Trainer, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("counting")
+    tok = CharTokenizer.from_text(ds.text)
+    return tokenize(ds, tok), tok
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path / "cache"))
+
+
+def make(data, dropout=0.0, **kw):
+    td, tok = data
+    cfg = TrainConfig(**{"max_steps": 20, "batch_size": 4, "learning_rate": 3e-3, "eval_interval": 10,
+                         "eval_iters": 2, **kw})
+    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout),
+                   cfg, td, tok)
+
+
+def slow_identity_compile(seconds):
+    """A stand-in for torch.compile that takes `seconds` and returns the model as it is."""
+    def compile(model, **kw):
+        time.sleep(seconds)
+        return model
+    return compile
+
+
+def test_off_is_the_default_and_modes_are_checked():
+    assert TrainConfig().compile == "off"
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="yes")
+
+
+def test_compile_time_is_apart_from_training_time_and_in_a_seconds_budget(data, monkeypatch):
+    monkeypatch.setattr(torch, "compile", slow_identity_compile(1.0))
+    t = make(data, compile="on")
+    history = t.run()
+    assert t.compiler.compiled and history[-1]["compiled"]
+    assert history[-1]["compile_s"] >= 1.0
+    assert t.train_time + t.compiler.compile_s <= t.elapsed + 1e-6
+    s = make(data, compile="on", max_steps=10**6, budget_unit="s", budget=1.5, eval_every=0.5)
+    s.run()
+    assert s.spend == pytest.approx(s.train_time + s.compiler.compile_s)
+    assert s.spend >= 1.5 and s.train_time < 1.0, "the compile's second came out of the budget"
+
+
+def test_auto_compiles_only_where_the_steps_left_repay_it(data, monkeypatch):
+    monkeypatch.setattr(torch, "compile", slow_identity_compile(0.0))
+    t = make(data, compile="auto")
+    t.run()
+    assert not t.compiler.compiled and t.compiler.decided, "no record: a cold compile never pays for 10 tiny steps"
+    key = t.compiler.key
+    C.write_record(key, compile_s=0.01, eager_step_s=0.01, compiled_step_s=0.005)
+    assert C.worth_compiling(key, steps_left=10, eager_step_s=0.01)  # saves 0.05 s for 0.01 s
+    assert not C.worth_compiling(key, steps_left=1, eager_step_s=0.01)  # saves 0.005 s
+    t = make(data, compile="auto")
+    t.run()
+    assert t.compiler.compiled and t._compiled_from[0] == 10, "compiled after its eager probe steps"
+    record = json.loads((C.cache_dir() / "compile" / C.RECORD_FILE).read_text())[key]
+    assert record["eager_step_s"] > 0 and record["compiled_step_s"] > 0
+
+
+def test_a_failing_compile_trains_eager_with_one_log_line(data, monkeypatch, caplog):
+    def broken(model, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken)
+    eager = make(data).run()
+    with caplog.at_level(logging.WARNING, logger="nanogpt.compile"):
+        t = make(data, compile="on")
+        fell_back = t.run()
+    assert [r.message for r in caplog.records] == [
+        "compiling the training step failed, training eager instead: RuntimeError: no C++ compiler"]
+    assert not t.compiler.compiled
+    assert [m["val_loss"] for m in fell_back] == [m["val_loss"] for m in eager]
+
+
+def test_search_and_train_take_compile(tmp_path):
+    from tune.config import build_parser, config_from_args
+
+    search = config_from_args(build_parser().parse_args(["--compile", "off", "--results-dir", str(tmp_path)]))
+    assert search.compile == "off" and search.shared_train_fields()["compile"] == "off"
+    assert config_from_args(build_parser().parse_args(["--results-dir", str(tmp_path)])).compile == "auto"
+    out = tmp_path / "run"
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--compile", "off", "--max-steps", "4",
+                   "--eval-interval", "2", "--eval-iters", "1", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                   "--block-size", "16", "--batch-size", "4", "--sample-tokens", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["compile"] == "off"
+
+
+@pytest.mark.slow
+def test_compiled_losses_equal_eager_and_checkpoints_move_between_them(data, tmp_path):
+    eager_trainer = make(data)
+    eager = eager_trainer.run()
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(m, t):
+        if m["step"] == 10:
+            t.save(tmp_path / "ckpt")
+            raise Killed
+
+    compiled_trainer = make(data, compile="on")
+    with pytest.raises(Killed):
+        compiled_trainer.run(save_then_die)
+    assert compiled_trainer.compiler.compiled and compiled_trainer.compiler.compile_s > 0
+    resumed_eager = make(data)  # a compiled run's checkpoint, resumed eager
+    resumed_eager.restore(tmp_path / "ckpt")
+    first_half = resumed_eager.history
+    second_half = resumed_eager.run()[len(first_half):]
+    for a, b in zip(eager, second_half and resumed_eager.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    make(data).run(lambda m, t: t.save(tmp_path / "eager") if m["step"] == 10 else None)
+    resumed_compiled = make(data, compile="on")  # and an eager run's, resumed compiled
+    resumed_compiled.restore(tmp_path / "eager")
+    resumed_compiled.run()
+    assert resumed_compiled.compiler.compiled
+    assert resumed_compiled.history[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], abs=1e-5)
+    for (k, p), q in zip(eager_trainer.model.state_dict().items(), resumed_compiled.model.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=k)
