@@ -590,12 +590,11 @@ def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> P
 CLI_MODEL_DEFAULTS = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     import argparse
 
-    from nanogpt.cli import add_dataclass_args, dataclass_from_args
-    from nanogpt.data import DATASETS, default_prompts, prepare
-    from nanogpt.sample import generate_text
+    from nanogpt.cli import add_dataclass_args
+    from nanogpt.data import DATASETS
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.train", description="Train one GPT configuration.")
     src = p.add_mutually_exclusive_group()
@@ -613,39 +612,50 @@ def main(argv: list[str] | None = None) -> int:
     # --lr: tune.search's spelling too; --compile: auto from the command line (TrainConfig's own default is off);
     # cooldown_rungs: the search's (it knows the rungs)
     add_dataclass_args(p, TrainConfig, {"compile": "auto"}, skip={"cooldown_rungs"}, aliases={"learning_rate": ["--lr"]})
-    args = p.parse_args(argv)
+    return p
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+
+def _trainer_from_args(args, out: Path) -> Trainer:
+    """A new run from the flags, or (--resume) the run saved in `out` with its own configuration and data."""
+    from nanogpt.cli import dataclass_from_args
+    from nanogpt.data import DATASETS, prepare
+
     has_ckpt = (out / MODEL_FILE).exists()
     if has_ckpt and not args.resume:
         raise UserError(f"{out} already holds a checkpoint: add --resume to continue it, or choose another --out")
     if args.resume and not has_ckpt:
         raise UserError(f"nothing to resume: {out} holds no checkpoint")
-
-    checkpoint = read_checkpoint(out) if args.resume else None
-    meta = checkpoint[0] if checkpoint else None
-    if meta is not None and args.dataset is None and args.data_file is None and meta["dataset"] in DATASETS:
-        args.dataset = meta["dataset"]  # a resumed run continues on its own data, not on the default
-    if meta is not None:
-        tokenizer = read_checkpoint_tokenizer(out)
-        data, _ = prepare(args.dataset, args.data_file, tokenizer)  # encoded with the run's own tokenizer
-        if data.dataset != meta["dataset"]:
-            raise UserError(f"{out} was trained on {meta['dataset']}, not {data.dataset}: resume with the same data")
-        model_cfg, cfg = GPTConfig(**meta["model"]), TrainConfig(**meta["train"])
-        print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")
-    else:
+    if not args.resume:
         data, tokenizer = prepare(args.dataset, args.data_file, args.tokenizer, args.bpe_vocab_size)
-        model_cfg = dataclass_from_args(GPTConfig, args, vocab_size=tokenizer.vocab_size)
-        cfg = dataclass_from_args(TrainConfig, args)
-    trainer = Trainer(model_cfg, cfg, data, tokenizer)
-    if checkpoint:
-        trainer.restore(out, checkpoint)
-    prompts = args.prompt or default_prompts(data.dataset, data.head)
+        return Trainer(dataclass_from_args(GPTConfig, args, vocab_size=tokenizer.vocab_size),
+                       dataclass_from_args(TrainConfig, args), data, tokenizer)
+    checkpoint = read_checkpoint(out)
+    meta = checkpoint[0]
+    if args.dataset is None and args.data_file is None and meta["dataset"] in DATASETS:
+        args.dataset = meta["dataset"]  # a resumed run continues on its own data, not on the default
+    tokenizer = read_checkpoint_tokenizer(out)
+    data, _ = prepare(args.dataset, args.data_file, tokenizer)  # encoded with the run's own tokenizer
+    if data.dataset != meta["dataset"]:
+        raise UserError(f"{out} was trained on {meta['dataset']}, not {data.dataset}: resume with the same data")
+    trainer = Trainer(GPTConfig(**meta["model"]), TrainConfig(**meta["train"]), data, tokenizer)
+    trainer.restore(out, checkpoint)
+    print(f"resuming {out} at step {meta['step']} with its saved configuration (model and training flags ignored)")
+    return trainer
 
+
+def main(argv: list[str] | None = None) -> int:
+    from nanogpt.data import default_prompts
+    from nanogpt.sample import generate_text
+
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    trainer = _trainer_from_args(args, out)
+    data, tokenizer, cfg = trainer.data, trainer.tokenizer, trainer.cfg
+    prompts = args.prompt or default_prompts(data.dataset, data.head)
     print(f"data: {data.describe()}; {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
     print(f"model: {trainer.model.get_num_params():,} parameters on {trainer.device}, {torch.get_num_threads()} threads")
 
@@ -654,14 +664,13 @@ def main(argv: list[str] | None = None) -> int:
         for prompt in prompts:
             print(repr(generate_text(trainer.model, tokenizer, prompt, args.sample_tokens, args.temperature, seed=cfg.seed)))
 
-    show_samples("before training")
-    print()
-
     def report(m: dict, t: Trainer) -> None:
         print(f"step {m['step']:>6} | train {m['train_loss']:.4f} | val {m['val_loss']:.4f} | "
               f"{m['val_bpc']:.3f} bpc | {m['tokens_per_s'] / 1e3:.1f}k tok/s | {m['elapsed_s']:.1f} s | {m['status']}")
         t.save(out)
 
+    show_samples("before training")
+    print()
     history = trainer.run(report)
     show_samples("after training")
     if history:

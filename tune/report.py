@@ -394,13 +394,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
 def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, top: int, temperature: float,
                   seed: int, max_new_tokens: int, trials: pd.DataFrame | None) -> Path:
-    import torch
-
-    from nanogpt.attention import attention_matrix, focus_summary, plot_attention
-    from nanogpt.checkpoint import CheckpointError, load_model
-    from nanogpt.model import GPT, GPTConfig
-    from nanogpt.sample import generate_text
-
+    """report.md and plots/, section by section; whatever a section cannot show goes to "Missing"."""
     _check_outputs(path)
     config = _config(path)
     if trials is None:
@@ -410,12 +404,37 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
         df, curves = trials, _read(path, mirror, config)[1]
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
-    missing: list[str] = []
-    md: list[str] = [f"# Search report: {path.name}", ""]
-    md += _summary(config, df, curves, path, missing)
     unit = config.budget_unit if config else "steps"
+    missing: list[str] = []
+    md: list[str] = [f"# Search report: {path.name}", ""] + _summary(config, df, curves, path, missing)
+    plot_md = _plots_section(path, config, df, curves, unit, plot_dir, missing)
+    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", "",
+           _md_table(all_trials_view(df, config, unit)), ""]
+    final_model = _final_model(path, missing)
+    if final_model is not None:
+        md += _final_section(final_model, df, config, unit, path)
+    prompts, note = _prompts(config, prompts)
+    if note:
+        missing.append(note)
+    models = _models(df, top, mirror, final_model, missing)
+    if models:
+        untrained, section = _generations_section(models, prompts, temperature, seed, max_new_tokens)
+        md += section + _probes_section(untrained, models, (config.dataset if config else None) or "")
+        plot_md += _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
+    else:
+        missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
+    md += plot_md
+    if missing:
+        md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
+    out = path / "report.md"
+    write_bytes(out, "\n".join(md).encode())
+    if mirror:
+        mirror.push("report.md", "plots")
+    return out
 
-    # --- plots
+
+def _plots_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, unit: str,
+                   plot_dir: Path, missing: list[str]) -> list[str]:
     figures = [
         ("learning_curves.png", "Learning curves", lambda p: plots.learning_curves(curves, df, p, unit)),
         ("val_loss_vs_params.png", "Validation loss against model size (Pareto front of trials at equal spend)",
@@ -427,44 +446,48 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
         ("parallel_coordinates.png", "Parallel coordinates (trials that finished their budget)",
          lambda p: plots.parallel_coordinates(df, p)),
     ]
-    plot_md = ["## Plots", ""]
+    md = ["## Plots", ""]
     for fname, title, draw in figures:
         try:
             draw(plot_dir / fname)
-            plot_md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
+            md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
         except plots.PlotSkipped as e:
             missing.append(f"{title}: {e}")
         except UserError as e:  # a file it needs is corrupt (optuna.db): say which, draw the rest
             log.warning("%s", e)
             missing.append(f"{title}: {e}")
+    return md
 
-    # --- all trials
-    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", ""]
-    md += [_md_table(all_trials_view(df, config, unit)), ""]
 
-    # --- the final model, trained for the user's budget
-    final = path / "final"
-    final_model = None
-    if (final / "model.pt").is_file():
-        try:
-            final_model = load_model(final)
-            hist = final_model[2].get("history") or [{}]
-            m = hist[-1]
-            md += ["## Final model (the winner trained for the final budget)", "",
-                   f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
-                   f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}"
-                   + (f" (the search's best trial: {finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
-                      if config and not finite(df).empty else ""),
-                   _final_origin(final_model[2]),
-                   f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {final}`)", ""]
-        except CheckpointError as e:
-            missing.append(f"final/: {e}")
+def _final_model(path: Path, missing: list[str]):
+    """final/'s (model, tokenizer, meta), or None when there is none (or it cannot be read: said in Missing)."""
+    from nanogpt.checkpoint import CheckpointError, load_model
 
-    # --- generations
-    dataset_name = (config.dataset if config else None) or ""
-    prompts, note = _prompts(config, prompts)
-    if note:
-        missing.append(note)
+    if not (path / "final" / "model.pt").is_file():
+        return None
+    try:
+        return load_model(path / "final")
+    except CheckpointError as e:
+        missing.append(f"final/: {e}")
+        return None
+
+
+def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
+    """The final model, trained for the user's budget."""
+    m = (final_model[2].get("history") or [{}])[-1]
+    best = (f" (the search's best trial: {finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
+            if config and not finite(df).empty else "")
+    return ["## Final model (the winner trained for the final budget)", "",
+            f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
+            f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}" + best,
+            _final_origin(final_model[2]),
+            f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {path / 'final'}`)", ""]
+
+
+def _models(df: pd.DataFrame, top: int, mirror: Mirror | None, final_model, missing: list[str]) -> list[tuple]:
+    """(label, note, model, tokenizer, meta) of the final model (if any) and the top trials' best checkpoints."""
+    from nanogpt.checkpoint import CheckpointError, load_model
+
     models = []
     for _, row in finite(df).head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):
@@ -479,65 +502,73 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
         fm, ftok, fmeta = final_model
         models.insert(0, ("final", f"val_loss {(fmeta.get('history') or [{}])[-1].get('val_loss', float('nan')):.4f}",
                           fm, ftok, fmeta))
-    if models:
-        md += ["## Generations", "",
-               f"The final model (if trained) and the top {len(models)} trials, each from its best checkpoint; "
-               f"temperature {temperature}, seed {seed}, {max_new_tokens} new tokens. The untrained model "
-               f"(same shape as the best, random weights) is shown first.", ""]
-        _, _, best_model, tok, meta = models[0]
-        torch.manual_seed(seed)
-        untrained = GPT(GPTConfig(**meta["model"])).eval()
-        for prompt in prompts:
-            md += [f"### Prompt {prompt!r}", "", "**untrained:**", "",
-                   _fence(generate_text(untrained, tok, prompt, max_new_tokens, temperature, seed=seed)), ""]
-            for label, note, model, tok_i, _ in models:
-                text = generate_text(model, tok_i, prompt, max_new_tokens, temperature, seed=seed)
-                md += [f"**{label}** ({note}):", "", _fence(text), ""]
+    return models
 
-        # --- pattern probes: the untrained model beside the trained ones
-        sets = _probe_sets(dataset_name)
-        if sets:
-            from nanogpt.sample import PROBES
 
-            rows = [("untrained", _probe_cells(untrained, tok, sets))]
-            rows += [(label, _probe_cells(m, t, sets)) for label, _, m, t, _ in models[:4]]
-            cols = list(rows[0][1])
-            md += ["## Pattern probes", "",
-                   'Greedy continuations: "Number k comes before" should give k+1, "AkBk" should give "Ck". '
-                   "Seen: k's sentence is in the training split; held out: only in the validation split, so "
-                   "getting it right means the model learned the rule, not the sentence.", "",
-                   "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-            md += [f"| {label} | " + " | ".join(cells[c] for c in cols) + " |" for label, cells in rows]
-            md += ["", "Examples, untrained -> best:", ""]
-            for pattern, splits in sets.items():
-                ks = [PROBE_EXAMPLES[pattern]] + splits["held out"][:1]
-                for before, after in zip(PROBES[pattern](untrained, tok, ks), PROBES[pattern](best_model, tok, ks)):
-                    md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
-                              f"({'right' if after['correct'] else 'wrong'})")
-            md.append("")
+def _generations_section(models: list[tuple], prompts: list[str], temperature: float, seed: int,
+                         max_new_tokens: int) -> tuple:
+    """(the untrained model, the section): each model's continuation of each prompt, the untrained one first."""
+    import torch
 
-        # --- attention
-        text = prompts[0]
-        try:
-            layer = best_model.config.n_layer - 1
-            tokens, att = attention_matrix(best_model, tok, text, layer=layer, head=-1)
-            plot_attention(tokens, att, plot_dir / "attention.png", f"best model, layer {layer}, mean of heads: {text!r}")
-            plot_md += ["### Attention of the best model", "", f"Last layer ({layer}), mean over heads, on {text!r}.", "",
-                        "![attention](plots/attention.png)", "", "What each token focuses on most:", ""]
-            plot_md += [f"- {line}" for line in focus_summary(tokens, att)] + [""]
-        except ValueError as e:
-            missing.append(f"attention heatmap: {e}")
-    else:
-        missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
+    from nanogpt.model import GPT, GPTConfig
+    from nanogpt.sample import generate_text
 
-    md += plot_md
-    if missing:
-        md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
-    out = path / "report.md"
-    write_bytes(out, "\n".join(md).encode())
-    if mirror:
-        mirror.push("report.md", "plots")
-    return out
+    md = ["## Generations", "",
+          f"The final model (if trained) and the top {len(models)} trials, each from its best checkpoint; "
+          f"temperature {temperature}, seed {seed}, {max_new_tokens} new tokens. The untrained model "
+          f"(same shape as the best, random weights) is shown first.", ""]
+    _, _, _, tok, meta = models[0]
+    torch.manual_seed(seed)
+    untrained = GPT(GPTConfig(**meta["model"])).eval()
+    for prompt in prompts:
+        md += [f"### Prompt {prompt!r}", "", "**untrained:**", "",
+               _fence(generate_text(untrained, tok, prompt, max_new_tokens, temperature, seed=seed)), ""]
+        for label, note, model, tok_i, _ in models:
+            text = generate_text(model, tok_i, prompt, max_new_tokens, temperature, seed=seed)
+            md += [f"**{label}** ({note}):", "", _fence(text), ""]
+    return untrained, md
+
+
+def _probes_section(untrained, models: list[tuple], dataset_name: str) -> list[str]:
+    """The pattern probes: the untrained model beside the trained ones (built-in corpora only)."""
+    from nanogpt.sample import PROBES
+
+    sets = _probe_sets(dataset_name)
+    if not sets:
+        return []
+    _, _, best_model, tok, _ = models[0]
+    rows = [("untrained", _probe_cells(untrained, tok, sets))]
+    rows += [(label, _probe_cells(m, t, sets)) for label, _, m, t, _ in models[:4]]
+    cols = list(rows[0][1])
+    md = ["## Pattern probes", "",
+          'Greedy continuations: "Number k comes before" should give k+1, "AkBk" should give "Ck". '
+          "Seen: k's sentence is in the training split; held out: only in the validation split, so "
+          "getting it right means the model learned the rule, not the sentence.", "",
+          "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    md += [f"| {label} | " + " | ".join(cells[c] for c in cols) + " |" for label, cells in rows]
+    md += ["", "Examples, untrained -> best:", ""]
+    for pattern, splits in sets.items():
+        ks = [PROBE_EXAMPLES[pattern]] + splits["held out"][:1]
+        for before, after in zip(PROBES[pattern](untrained, tok, ks), PROBES[pattern](best_model, tok, ks)):
+            md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
+                      f"({'right' if after['correct'] else 'wrong'})")
+    return md + [""]
+
+
+def _attention_section(best_model, tok, text: str, plot_dir: Path, missing: list[str]) -> list[str]:
+    """The best model's attention (last layer, mean of heads) on the first prompt, as a heatmap and in words."""
+    from nanogpt.attention import attention_matrix, focus_summary, plot_attention
+
+    try:
+        layer = best_model.config.n_layer - 1
+        tokens, att = attention_matrix(best_model, tok, text, layer=layer, head=-1)
+        plot_attention(tokens, att, plot_dir / "attention.png", f"best model, layer {layer}, mean of heads: {text!r}")
+    except ValueError as e:
+        missing.append(f"attention heatmap: {e}")
+        return []
+    return (["### Attention of the best model", "", f"Last layer ({layer}), mean over heads, on {text!r}.", "",
+             "![attention](plots/attention.png)", "", "What each token focuses on most:", ""]
+            + [f"- {line}" for line in focus_summary(tokens, att)] + [""])
 
 
 def main(argv: list[str] | None = None) -> int:

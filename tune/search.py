@@ -459,45 +459,20 @@ def disk_failure(e: BaseException, exp: Path) -> str | None:
 
 def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool, top: int,
             data: TokenData, tokenizer) -> Path:
-    """The search itself, under the results directory's lock: Ray, the Tuner, the export and the report."""
+    """The search itself, under the results directory's lock: Ray, the Tuner, the final training, the summary."""
     from tune import report as report_mod
 
     t_start = time.time()  # --final-budget auto: its time budget runs from here (the data is ready)
-
-    exp = config.experiment_dir
-    mirror = config.mirror
+    exp, mirror = config.experiment_dir, config.mirror
     if address:
-        # Ray 2.60 clusters use token authentication; a driver joining one must say so too (Ray only
-        # turns it on by itself for clusters it starts), and before ray is imported. The token stays
-        # where Ray keeps it (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH).
-        if "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-            or (Path.home() / ".ray" / "auth_token").is_file()
-        ):
-            os.environ["RAY_AUTH_MODE"] = "token"
+        _token_auth()
     import ray
 
     init_ray(config, address, dashboard)
-    final = None
     try:
         if not resume:
-            if mirror:
-                shutil.rmtree(exp, ignore_errors=True)  # a stale local copy of an earlier search of that URI
-            exp.mkdir(parents=True)
-            config.save()
-            if mirror:
-                mirror.push(SETTINGS_FILE)
-        print(f"data: {data.describe()}")
-        print(f"search {config.name}: preset {config.preset}, data {data.dataset} "
-              f"({len(data.train):,} train tokens, {tokenizer.kind} vocab {tokenizer.vocab_size}), "
-              f"{config.num_samples} trials x {config.budget_text()} each, {config.searcher} + {config.scheduler}, "
-              f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
-              + " per trial" + (" (resumed)" if resume else ""))
-        print(f"space: {config.describe()}")
-        if config.final_auto:
-            print(f"time budget {config.total_time_s:.0f} s for the whole command: {config.time_budget_s:.0f} s for the "
-                  f"search, then what is left (at least {config.total_time_s - config.time_budget_s:.0f} s) for the "
-                  f"final training of the winner")
+            _start(config)
+        _announce(config, data, tokenizer, resume)
         t0 = time.time()
         data_ref = ray.put(data)
         make_tuner(config, data_ref, tokenizer, restore=resume).fit()
@@ -508,11 +483,55 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         df = report_mod.export(exp, mirror=mirror)
         if config.final_budget or config.final_auto:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
-            final = train_winner(config, data_ref, tokenizer, df, left)
-            if final and mirror:
+            if train_winner(config, data_ref, tokenizer, df, left) and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()
+    _finish(config, df, wall, report, top)
+    return exp
+
+
+def _token_auth() -> None:
+    """Ray 2.60 clusters use token authentication; a driver joining one must say so too (Ray only turns it on by
+    itself for clusters it starts), and before ray is imported. The token stays where Ray keeps it
+    (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)."""
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _start(config: SearchConfig) -> None:
+    """A new search's directory and its search.json (and at the URI, for a URI search)."""
+    exp, mirror = config.experiment_dir, config.mirror
+    if mirror:
+        shutil.rmtree(exp, ignore_errors=True)  # a stale local copy of an earlier search of that URI
+    exp.mkdir(parents=True)
+    config.save()
+    if mirror:
+        mirror.push(SETTINGS_FILE)
+
+
+def _announce(config: SearchConfig, data: TokenData, tokenizer, resume: bool) -> None:
+    print(f"data: {data.describe()}")
+    print(f"search {config.name}: preset {config.preset}, data {data.dataset} "
+          f"({len(data.train):,} train tokens, {tokenizer.kind} vocab {tokenizer.vocab_size}), "
+          f"{config.num_samples} trials x {config.budget_text()} each, {config.searcher} + {config.scheduler}, "
+          f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
+          + " per trial" + (" (resumed)" if resume else ""))
+    print(f"space: {config.describe()}")
+    if config.final_auto:
+        print(f"time budget {config.total_time_s:.0f} s for the whole command: {config.time_budget_s:.0f} s for the "
+              f"search, then what is left (at least {config.total_time_s - config.time_budget_s:.0f} s) for the "
+              f"final training of the winner")
+
+
+def _finish(config: SearchConfig, df, wall: float, report: bool, top: int) -> None:
+    """The terminal's summary after the search: the top trials, outcomes, where things are, what the model learned."""
+    from tune import report as report_mod
+
+    exp, mirror = config.experiment_dir, config.mirror
     print(f"\n{len(df)} trials in {wall:.0f} s; top {min(top, len(df))} by val_loss:")
     print(report_mod.top_table(df, top))
     counts = df["outcome"].value_counts()
@@ -529,8 +548,7 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
     if config.export:
         print("\n".join(export_models(config)))
     if report:
-        path = report_mod.write_report(exp, trials=df, mirror=mirror)
-        print(f"report: {path}")
+        print(f"report: {report_mod.write_report(exp, trials=df, mirror=mirror)}")
     print(f"trials table: {exp / 'trials.csv'}")
     if mirror:
         print(f"results uploaded to {mirror.uri} (local copy: {exp})")
@@ -538,7 +556,6 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
     if probes:  # what the model learned, last: one line a pattern
         print("\nwhat the best model learned (greedy):")
         print("\n".join(probes))
-    return exp
 
 
 def main(argv: list[str] | None = None) -> int:
