@@ -39,6 +39,7 @@ def test_search_json_written_before_the_redesign_still_resumes(tmp_path):
 
 
 def test_help_shows_every_default():
+    assert "90% train" in build_parser().format_help()  # and formats: a '%' in a setting's help is no format code
     actions = [a for a in build_parser()._actions if a.help and a.option_strings != ["-h", "--help"]]
     flags = {a.option_strings[0] for a in actions}
     for f in SearchConfig.__dataclass_fields__.values():

@@ -139,7 +139,7 @@ class SearchConfig:
         group="what to search")
     dataset: str | None = setting("--dataset", f"built-in data set: {', '.join(DATASETS)}", default=FROM_PRESET,
                                   group="what to search")
-    data_file: str | None = setting("--data-file", "any UTF-8 text file (90%% train, last 10%% validation)",
+    data_file: str | None = setting("--data-file", "any UTF-8 text file (90% train, last 10% validation)",
                                     group="what to search")
     tokenizer: str = setting("--tokenizer", "how text becomes tokens", default="char", choices=list(TOKENIZERS),
                              group="what to search")
@@ -369,7 +369,7 @@ def _help(f) -> str:
         tail = f"default: the preset's (laptop: {shown})" if shown is not None else "default: the preset's"
     else:
         tail = "default: unset" if default is None else f"default: {default}"
-    return f"{meta['help']} ({tail})"
+    return f"{meta['help']} ({tail})".replace("%", "%%")  # argparse formats help with %
 
 
 def _laptop_range(hparam: str) -> str:
