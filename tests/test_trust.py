@@ -454,3 +454,20 @@ def test_local_search_ray_listens_on_loopback_only(tmp_path):
     listening = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("LISTEN")]
     assert len(listening) >= 3, proc.stdout  # gcs_server, raylet, the driver and workers
     assert all(addr.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr in listening), proc.stdout
+
+
+def test_the_loopback_setting_does_not_outlive_the_search(tmp_path, monkeypatch):
+    """A local search binds Ray to 127.0.0.1 through RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; once it ends (here: bad
+    data, after the setting was made) the variable is gone again, or a later `ray start` of a multi-node cluster
+    from this process's children refuses to run."""
+    from nanogpt.errors import UserError
+    from tune import search
+    from tune.config import build_parser, config_from_args
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    config = config_from_args(build_parser().parse_args(["--data-file", str(empty), "--results-dir", str(tmp_path)]))
+    with pytest.raises(UserError):
+        search.run(config, resume=False)
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ

@@ -131,13 +131,28 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+_LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_loopback_set = False  # whether local_ray_on_loopback set it (not the user)
+
+
 def local_ray_on_loopback() -> None:
     """A local search's Ray listens on 127.0.0.1 only. Ray takes its node address when it is imported: on Linux
     the machine's outward address, and its GCS, raylet and workers then listen on every interface; with
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it takes the loopback address, as it does on macOS and Windows, and they
     listen there (ray.init's _node_ip_address turns 127.0.0.1 back into the outward address). Call it before ray
-    is imported; a value the user set is kept."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    is imported; a value the user set is kept. `forget_loopback` takes it away once Ray is shut down."""
+    global _loopback_set
+    if _LOOPBACK_VAR not in os.environ:
+        os.environ[_LOOPBACK_VAR], _loopback_set = "0", True
+
+
+def forget_loopback() -> None:
+    """After ray.shutdown: the variable must not reach this process's later children (a `ray start` of a
+    multi-node cluster refuses to run with it)."""
+    global _loopback_set
+    if _loopback_set:
+        os.environ.pop(_LOOPBACK_VAR, None)
+        _loopback_set = False
 
 
 def init_ray(config: SearchConfig, address: str | None, dashboard: bool) -> None:
@@ -367,9 +382,18 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         report: bool = True, top: int = 5) -> Path:
     """Run (or resume) a search; returns the experiment directory. Everything is checked before anything is
     written; the run holds the results directory's lock for the name from then on (tune.lock)."""
-    _quiet_ray()
     if not address:
         local_ray_on_loopback()
+    try:
+        return _checked_run(config, resume, address, dashboard, report, top)
+    finally:
+        forget_loopback()
+
+
+def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool,
+                 top: int) -> Path:
+    """Pre-flight checks, then the search under the results directory's lock."""
+    _quiet_ray()
     mirror = config.mirror
     if address:
         check_address(address)
