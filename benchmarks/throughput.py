@@ -105,6 +105,19 @@ def default_search_vs_recipe(work) -> tuple[float, float]:
     return search_s, time.time() - t0
 
 
+def search_only() -> None:
+    load_before = os.getloadavg()
+    search_s, recipe_s = default_search_vs_recipe(anchor.workdir())
+    load_after = os.getloadavg()
+    body = (f"{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n\n"
+            f"`python -m benchmarks.throughput --search-only`: the default search (`python -m tune.search`, 2 cores) took "
+            f"{search_s:.0f} s; nanoGPT's CPU recipe (2000 iterations of its train.py, 2 threads) {recipe_s:.0f} s, one "
+            f"after the other: **{search_s / recipe_s:.2f}x** (goal <= {SEARCH_GOAL}x: "
+            f"{'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")
+    print(body)
+    write_section("Default search against nanoGPT's recipe (benchmarks/throughput.py --search-only)", body)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100)
@@ -113,7 +126,11 @@ def main() -> None:
     p.add_argument("--sizes", default=",".join(str(i) for i in range(len(SIZES))),
                    help="which sizes, by index (0: 2L x 32, 1: 3L x 64, 2: the recipe)")
     p.add_argument("--search", action="store_true", help="also the default search against nanoGPT's recipe")
+    p.add_argument("--search-only", action="store_true",
+                   help="only the default search against nanoGPT's recipe (its own section of RESULTS.md)")
     args = p.parse_args()
+    if args.search_only:
+        return search_only()
 
     from nanogpt.data import load_dataset, tokenize
     from nanogpt.tokenizer import CharTokenizer
