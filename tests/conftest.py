@@ -98,3 +98,14 @@ def stop_processes_under(temp: Path) -> None:
         while pids_under(temp) and time.time() < deadline:
             time.sleep(0.2)
     subprocess.run(["rm", "-rf", str(temp)])
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The counting corpus, char-tokenized: (TokenData, tokenizer), for tests that train a tiny model."""
+    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.tokenizer import CharTokenizer
+
+    ds = load_dataset("counting")
+    tok = CharTokenizer.from_text(ds.text)
+    return tokenize(ds, tok), tok

@@ -10,17 +10,8 @@ import torch
 
 from conftest import run_cli
 from nanogpt import compile as C
-from nanogpt.data import load_dataset, tokenize
 from nanogpt.model import GPTConfig
-from nanogpt.tokenizer import CharTokenizer
 from nanogpt.train import Trainer, TrainConfig
-
-
-@pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("counting")
-    tok = CharTokenizer.from_text(ds.text)
-    return tokenize(ds, tok), tok
 
 
 @pytest.fixture(autouse=True)

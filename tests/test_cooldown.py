@@ -8,9 +8,7 @@ import torch
 
 import nanogpt.train
 from nanogpt.cooldown import plan_training_steps, rung_steps
-from nanogpt.data import load_dataset, tokenize
 from nanogpt.model import GPTConfig
-from nanogpt.tokenizer import CharTokenizer
 from nanogpt.train import Trainer, TrainConfig, lr_at
 
 
@@ -21,13 +19,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("counting")
-    tok = CharTokenizer.from_text(ds.text)
-    return tokenize(ds, tok), tok
 
 
 def make(data, **kw):

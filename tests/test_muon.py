@@ -4,18 +4,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from nanogpt.data import load_dataset, tokenize
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
-from nanogpt.tokenizer import CharTokenizer
 from nanogpt.train import Trainer, TrainConfig
-
-
-@pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("counting")
-    tok = CharTokenizer.from_text(ds.text)
-    return tokenize(ds, tok), tok
 
 
 def make(data, **kw):

@@ -6,20 +6,11 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli
-from nanogpt.data import load_dataset, tokenize
 from nanogpt.model import GPTConfig
-from nanogpt.tokenizer import CharTokenizer
 from nanogpt.checkpoint import CheckpointError, load_model
 from nanogpt.train import Trainer, TrainConfig, lr_at
 
 METRICS = {"step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "n_params", "elapsed_s"}
-
-
-@pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("counting")
-    tok = CharTokenizer.from_text(ds.text)
-    return tokenize(ds, tok), tok
 
 
 def make(data, dropout=0.0, **kw):
