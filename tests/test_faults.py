@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,57 @@ def test_search_killed_then_resumed(tmp_path):
     assert set(df["sampler"]) == {"TPESampler"}
     study = optuna.load_study(study_name="kill", storage=f"sqlite:///{exp / 'optuna.db'}")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 6
+
+
+def test_resume_when_the_named_checkpoint_is_gone(tmp_path):
+    """Ray deletes a trial's older checkpoint as soon as it registers a newer one, and saves its experiment state
+    after that: a search killed in between names a deleted checkpoint. Forced here: after the kill, one unfinished
+    trial's named checkpoint is moved to the next index (as Ray would have written it, and then deleted the named
+    one), another's checkpoints are all deleted. The first continues from the newer one, the second starts over;
+    both end finished with exactly their budget spent."""
+    from ray.tune import ExperimentAnalysis
+
+    max_steps, interval = 1000, 50
+    args = [*TINY, "--num-samples", "2", "--max-steps", str(max_steps), "--eval-interval", str(interval),
+            "--scheduler", "fifo", "--results-dir", str(tmp_path), "--name", "gone",
+            "--no-report", "--seed", "4"]
+    proc = _start(args)
+    exp = tmp_path / "gone"
+
+    def two_running():
+        running = [d for d in exp.glob("trial_*") if len(_results(d)) >= 3 and _results(d)[-1]["status"] == "running"]
+        return len(running) >= 2
+
+    _wait_for(two_running, proc, what="two trials three evaluations in")
+    time.sleep(1.5)  # Ray saves its state once more, naming each running trial's checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(3)  # Ray's processes notice their driver is gone
+    named = {Path(t.path).name: Path(t.checkpoint.path) for t in ExperimentAnalysis(str(exp)).trials
+             if t.status != "TERMINATED" and t.checkpoint is not None}
+    assert len(named) == 2, named
+    (moved, moved_ckpt), (wiped, _) = sorted(named.items())
+    index = int(moved_ckpt.name.removeprefix("checkpoint_"))
+    newer = moved_ckpt.with_name(f"checkpoint_{max(int(p.name[11:]) for p in moved_ckpt.parent.glob('checkpoint_*')) + 1:06d}")
+    moved_ckpt.rename(newer)
+    continued_from = json.loads((newer / "config.json").read_text())["step"]
+    for d in (exp / wiped).glob("checkpoint_*"):
+        shutil.rmtree(d)
+    assert index >= 1 and continued_from > 0
+
+    resumed = run_cli("tune.search", "--resume", "--name", "gone", "--results-dir", str(tmp_path), "--no-report")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"it continues from {newer.name} (step {continued_from})" in resumed.stderr, resumed.stderr
+    assert f"trial {wiped.removeprefix('trial_')}: {named[wiped].name}" in resumed.stderr
+    assert "it starts over" in resumed.stderr, resumed.stderr
+    df = pd.read_csv(exp / "trials.csv")
+    assert len(df) == 2 and set(df["outcome"]) == {"finished"}, df[["trial_id", "status"]]
+    assert (df["steps"] == max_steps).all() and (df["tokens_seen"] == max_steps * df["batch_size"] * 16).all()
+    rows = _results(exp / moved)
+    first_resumed = next(r for r in rows if r["pid"] != rows[0]["pid"])
+    assert first_resumed["step"] == continued_from + interval and rows[-1]["step"] == max_steps
+    # started over: Ray logs its results afresh
+    assert [r["step"] for r in _results(exp / wiped)] == list(range(interval, max_steps + 1, interval))
 
 
 def test_diverging_trial_is_recorded_and_never_best(tmp_path):

@@ -190,6 +190,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     import optuna
     from ray import tune
 
+    from tune.checkpoints import CheckpointCheck
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
     from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, bind_run, search_algorithm
     from tune.trainable import train_gpt
@@ -233,11 +234,12 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=config.metric, checkpoint_score_order=config.mode
-            ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries)
+            ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries; after a kill, see
+            # tune.checkpoints)
             verbose=0,
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
-                       Progress(config)]
+                       Progress(config), CheckpointCheck()]
             + ([MirrorSync(mirror, OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)] if mirror else []),
         ),
     )
