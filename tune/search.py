@@ -252,13 +252,15 @@ def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float 
     """--final-budget auto: the final training's budget from the seconds left and the winner's trial's own pace
     (its training spend over its whole run's seconds, evaluations and branches included), with a third kept for the
     final task's start, its evaluations and a pace that differs on the whole node's threads; on top of the trial's
-    spend when it is continued. None: no time. The final training also stops at seconds_left whatever its spend."""
+    spend when it is continued. None: no time for one more of its steps. The final training also stops at
+    seconds_left whatever its spend."""
     pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9)
     start = float(best["train_spend"]) if config.final_from == "continue" else 0.0
     budget = start + pace * seconds_left * AUTO_FINAL_MARGIN
     if config.budget_unit == "steps":
         budget = float(int(budget))
-    return budget if budget > start and seconds_left > 0 else None
+    step = float(best["train_spend"]) / max(int(best["steps"]), 1)  # one of its steps: the least a training adds
+    return budget if budget >= start + step and seconds_left > 0 else None
 
 
 def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
