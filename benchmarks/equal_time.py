@@ -1,0 +1,190 @@
+"""Equal wall-clock, the user's own choice: "I have 15 minutes of this machine".
+
+    python -m benchmarks.equal_time [--time 15m] [--preset shakespeare-muon] [--smoke-test]
+
+1. nanoGPT's CPU recipe (README, "I only have a macbook": 4 layers, 4 heads, 128 embd, block 64, batch 12, lr 1e-3,
+   dropout 0, an evaluation every 250 iterations), run by nanoGPT's own train.py on a copy of
+   ../shared/anchors/nanoGPT, with `max_iters` and `lr_decay_iters` set so that the whole run fills the time. Its
+   start-up, iteration and evaluation times come from a short calibration run of the same recipe, just before.
+2. Ours: `python -m tune.search --preset shakespeare-muon --data-file tinyshakespeare.txt --time-budget 15m
+   --final-budget auto`: the time budget covers the search and the final training of its winner (tune.config
+   splits it), on the same machine, right after.
+3. Both models scored by one evaluator (benchmarks.anchor.fixed_val_loss, as benchmarks/beat_nanogpt.py does): the
+   same 200 x 32 windows of 64 characters of tiny Shakespeare's validation split.
+Goal (issue 17): ours lower, at 15 minutes and at 5. Each time has its own RESULTS.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks import anchor
+from benchmarks.common import ROOT, md_table, shakespeare_file, stamp, write_section
+
+RECIPE_EVAL_INTERVAL = 250  # nanoGPT's config/train_shakespeare_char.py, which the recipe keeps
+# --smoke-test: tiny trials, so that every part (search, final training, both scores) runs within a minute
+SMOKE_SEARCH = ["--trial-budget", "4e10flops", "--eval-every", "2e10flops", "--grace-period", "2e10flops",
+                "--num-samples", "2"]
+
+
+@dataclass
+class Calibration:
+    iters: int
+    wall_s: float
+    startup_s: float  # the whole run's time outside its iterations: imports, data, model, checkpoint at exit
+    step_s: float  # median training iteration
+    eval_s: float  # an evaluation (and its checkpoint save), on top of its iteration
+
+    def iterations_for(self, seconds: float, eval_interval: int) -> int:
+        """max_iters (a multiple of eval_interval, so its last iterations are evaluated and kept) for a whole run
+        of `seconds`: it runs max_iters + 1 iterations and max_iters / eval_interval + 1 evaluations."""
+        per_iter = self.step_s + self.eval_s / eval_interval
+        n = (seconds - self.startup_s - self.step_s - self.eval_s) / per_iter
+        return max(eval_interval, round(n / eval_interval) * eval_interval)
+
+
+def calibrate(work: Path, threads: int, iters: int) -> Calibration:
+    """nanoGPT's recipe for `iters` iterations, evaluated three times: what its iterations, its evaluations and
+    the rest cost on this machine now."""
+    every = iters // 2
+    t0 = time.time()
+    run = anchor.train(work, threads, **{**anchor.CPU_RECIPE, "max_iters": iters, "lr_decay_iters": iters,
+                                         "eval_interval": every, "out_dir": "out-calibration"})
+    wall = time.time() - t0
+    step_s = statistics.median(run.step_ms[2:]) / 1000
+    evals = [run.step_ms[i] / 1000 - step_s for i in range(0, iters + 1, every)]
+    return Calibration(iters, wall, wall - sum(run.step_ms) / 1000, step_s, statistics.mean(evals))
+
+
+def run_recipe(work: Path, threads: int, max_iters: int, val) -> dict:
+    t0 = time.time()
+    run = anchor.train(work, threads, **{**anchor.CPU_RECIPE, "max_iters": max_iters, "lr_decay_iters": max_iters,
+                                         "out_dir": "out-equal-time"})
+    wall = time.time() - t0
+    model, kept_iter = anchor.load_checkpoint(run.checkpoint)
+    return {"wall_s": wall, "val": anchor.fixed_val_loss(model, val, id_offset=-1), "own": run.val_losses[-1][1],
+            "iters": max_iters, "kept_iter": kept_iter, "params": model.get_num_params()}
+
+
+def run_ours(cmd: list[str], extra: list[str], val) -> dict:
+    """Our command as a user runs it (into a temporary results directory), its final model scored."""
+    from nanogpt.checkpoint import load_model, read_checkpoint
+    from tune import report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, *cmd[1:], *extra, "--results-dir", tmp, "--name", "eq", "--seed", "0"],
+                              cwd=ROOT, capture_output=True, text=True)
+        wall = time.time() - t0
+        print(proc.stdout, flush=True)
+        if proc.returncode != 0:
+            sys.exit(f"the search failed:\n{proc.stderr[-3000:]}")
+        exp = Path(tmp) / "eq"
+        # its answer: final/, or best/ when no time was left for a final training (the command says which)
+        scored = "final" if (exp / "final" / "model.pt").is_file() else "best"
+        meta, _ = read_checkpoint(exp / scored)
+        model, _, _ = load_model(exp / scored)
+        trials = report.load(exp)
+        split = [ln for ln in proc.stdout.splitlines() if ln.startswith(("time budget", "final budget", "final model"))]
+        return {"wall_s": wall, "val": anchor.fixed_val_loss(model, val), "own": meta["history"][-1]["val_loss"],
+                "scored": scored, "steps": meta["history"][-1]["step"], "params": model.get_num_params(),
+                "continued_from": meta.get("continued_from"), "top": report.top_table(trials, 5),
+                "outcomes": trials["outcome"].value_counts().to_dict(), "split": split}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--time", default=None, help="the wall time both get: 15m (default), 5m, 900, 1h")
+    p.add_argument("--preset", default="shakespeare-muon")
+    p.add_argument("--threads", type=int, default=2, help="nanoGPT's threads (ours: one per trial, the node's for "
+                                                          "the final training)")
+    p.add_argument("--calibration-iters", type=int, default=100)
+    p.add_argument("--smoke-test", action="store_true",
+                   help="1 minute (unless --time), 2 tiny trials, a 20-iteration calibration; RESULTS.md untouched")
+    args = p.parse_args()
+    from tune.config import parse_duration
+
+    text = args.time or ("1m" if args.smoke_test else "15m")
+    seconds = parse_duration(text, "--time")
+    calib_iters = 20 if args.smoke_test else args.calibration_iters
+
+    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.tokenizer import CharTokenizer
+
+    torch.set_num_threads(args.threads)
+    src = shakespeare_file()
+    ds = load_dataset(data_file=src)
+    val = tokenize(ds, CharTokenizer.from_text(ds.text)).val
+    loads = [os.getloadavg()[0]]
+
+    work = anchor.workdir()
+    cal = calibrate(work, args.threads, calib_iters)
+    max_iters = cal.iterations_for(seconds, RECIPE_EVAL_INTERVAL)
+    print(f"calibration ({cal.iters} iterations, {cal.wall_s:.1f} s): start-up {cal.startup_s:.1f} s, iteration "
+          f"{cal.step_s * 1000:.1f} ms, evaluation {cal.eval_s:.2f} s -> max_iters {max_iters} for {seconds:.0f} s",
+          flush=True)
+    recipe = run_recipe(work, args.threads, max_iters, val)
+    print(f"nanoGPT's recipe: {max_iters} iterations in {recipe['wall_s']:.0f} s, val {recipe['val']:.4f}", flush=True)
+    loads.append(os.getloadavg()[0])
+
+    cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src), "--time-budget", text,
+           "--final-budget", "auto"]
+    ours = run_ours(cmd, SMOKE_SEARCH if args.smoke_test else [], val)
+    loads.append(os.getloadavg()[0])
+    body = section(args, text, seconds, cal, recipe, ours, cmd, loads)
+    print(body)
+    if not args.smoke_test:
+        write_section(f"Equal wall-clock, {text} (benchmarks/equal_time.py)", body)
+
+
+def section(args, text: str, seconds: float, cal: Calibration, recipe: dict, ours: dict, cmd: list[str],
+            loads: list[float]) -> str:
+    margin = recipe["val"] - ours["val"]
+    model = ours["scored"] + "/" + (f", continued from trial {ours['continued_from']}" if ours["continued_from"] else "")
+    rows = [
+        ["nanoGPT's CPU recipe, nanoGPT's train.py", f"{recipe['iters']} iterations (kept: iteration {recipe['kept_iter']})",
+         f"{recipe['params']:,}", f"{recipe['wall_s']:.0f} s", f"**{recipe['val']:.4f}**", f"{recipe['own']:.4f}"],
+        [f"ours, `{args.preset}` ({model})", f"{ours['steps']} steps", f"{ours['params']:,}", f"{ours['wall_s']:.0f} s",
+         f"**{ours['val']:.4f}**", f"{ours['own']:.4f}"],
+    ]
+    split = "\n".join(f"    {ln}" for ln in ours["split"])
+    return f"""{stamp()} Load average {loads[0]:.1f} at the start, {loads[1]:.1f} after nanoGPT's run, {loads[2]:.1f} at the
+end (a shared machine inflates wall times; both were given {seconds:.0f} s, one after the other); {anchor.wait_policy_note()}.
+
+`python -m benchmarks.equal_time --time {text} --preset {args.preset}`. nanoGPT's recipe ran with
+`max_iters = lr_decay_iters = {recipe['iters']}`, sized from a calibration run of {cal.iters} iterations just before
+(start-up {cal.startup_s:.1f} s, {cal.step_s * 1000:.1f} ms an iteration, {cal.eval_s:.2f} s an evaluation every
+{RECIPE_EVAL_INTERVAL} iterations); its checkpoint is the one its train.py kept (best of its own evaluations). Both
+models scored by one evaluator: the same 200 x 32 windows of 64 characters of tiny Shakespeare's validation split.
+
+{md_table(["model", "trained", "params", "wall (whole run)", "val loss (one evaluator)", "val loss (its own print)"], rows)}
+
+Ours {'lower' if margin > 0 else 'not lower'}: margin {margin:+.4f} nats ({100 * margin / recipe['val']:+.1f}% of nanoGPT's).
+Our command (its wall time includes Ray's start and the report, which the time budget does not cover):
+
+    {shlex.join(cmd)}
+
+{split}
+
+Search: {', '.join(f'{n} {o}' for o, n in ours['outcomes'].items())}.
+
+```
+{ours['top']}
+```
+"""
+
+
+if __name__ == "__main__":
+    main()
