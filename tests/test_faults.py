@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import RAY, REPO, TINY, pids_under, run_cli, stop_processes_under, terminated_trials
+from tune.search import check_ray_state
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,9 @@ def test_search_killed_then_resumed(tmp_path):
     os.killpg(os.getpgid(proc.pid), 0)  # still alive
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # what --resume does first: a kill during Ray's own copy of its state leaves a file cut short, and the search's
+    # whole copy of Ray's last snapshot is put back (tune.ray_state)
+    check_ray_state(exp)
     # the trials Ray's last saved state records as done; one that logged its last step after that
     # snapshot is RUNNING there and is rightly rerun from its last registered checkpoint
     done_before = terminated_trials(exp)
@@ -123,10 +127,10 @@ def test_search_killed_then_resumed(tmp_path):
 
 def test_resume_when_the_named_checkpoint_is_gone(tmp_path):
     """Ray deletes a trial's older checkpoint as soon as it registers a newer one, and saves its experiment state
-    after that: a search killed in between names a deleted checkpoint. Forced here: after the kill, one unfinished
-    trial's named checkpoint is moved to the next index (as Ray would have written it, and then deleted the named
-    one), another's checkpoints are all deleted. The first continues from the newer one, the second starts over;
-    both end finished with exactly their budget spent."""
+    after that: a search killed in between names a deleted checkpoint. Forced here on a search stopped by Ctrl-C
+    (whose state Ray saves whole, naming both running trials' checkpoints): one trial's named checkpoint is moved to
+    the next index (as if Ray had written that one and deleted the named one), the other's are all deleted. The
+    first continues from the newer one, the second starts over; both end finished with exactly their budget spent."""
     from ray.tune import ExperimentAnalysis
 
     max_steps, interval = 1000, 50
@@ -141,13 +145,11 @@ def test_resume_when_the_named_checkpoint_is_gone(tmp_path):
         return len(running) >= 2
 
     _wait_for(two_running, proc, what="two trials three evaluations in")
-    time.sleep(1.5)  # Ray saves its state once more, naming each running trial's checkpoint
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(3)  # Ray's processes notice their driver is gone
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
     named = {Path(t.path).name: Path(t.checkpoint.path) for t in ExperimentAnalysis(str(exp)).trials
              if t.status != "TERMINATED" and t.checkpoint is not None}
-    assert len(named) == 2, named
+    assert len(named) == 2, (named, out)
     (moved, moved_ckpt), (wiped, _) = sorted(named.items())
     index = int(moved_ckpt.name.removeprefix("checkpoint_"))
     newer = moved_ckpt.with_name(f"checkpoint_{max(int(p.name[11:]) for p in moved_ckpt.parent.glob('checkpoint_*')) + 1:06d}")

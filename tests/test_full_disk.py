@@ -79,16 +79,20 @@ def test_full_disk_stops_the_search_with_one_line_and_resume_finishes_the_rest(t
 
 
 @pytest.mark.slow
-def test_resume_from_torn_ray_state_is_refused_and_starts_nothing(tmp_path):
+def test_resume_from_torn_ray_state_uses_the_copy_or_is_refused(tmp_path):
+    """Ray's state cut off mid-write (a full disk, a kill during Ray's copy): --resume puts back the search's own
+    whole copy of Ray's last snapshot (tune.ray_state); without one it refuses and starts nothing."""
     args = [*TINY, "--num-samples", "2", "--max-steps", "10", "--eval-interval", "5", "--scheduler", "fifo",
             "--results-dir", str(tmp_path), "--name", "torn", "--no-report"]
     first = run_cli("tune.search", *args)
     assert first.returncode == 0, first.stdout + first.stderr
     exp = tmp_path / "torn"
     state = sorted(exp.glob("experiment_state-*.json"))[-1]
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # cut mid-write by a full disk
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])  # cut mid-write
     trials_before = sorted(p.name for p in exp.glob("trial_*"))
     db_before = (exp / "optuna.db").read_bytes()
+    (exp / ".ray-state").rename(tmp_path / "copy")
 
     resumed = run_cli("tune.search", "--resume", "--name", "torn", "--results-dir", str(tmp_path))
     assert resumed.returncode == 2
@@ -96,3 +100,11 @@ def test_resume_from_torn_ray_state_is_refused_and_starts_nothing(tmp_path):
     assert sorted(p.name for p in exp.glob("trial_*")) == trials_before
     assert (exp / "optuna.db").read_bytes() == db_before
     assert not [t for t in _study(exp).trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    (tmp_path / "copy").rename(exp / ".ray-state")
+    resumed = run_cli("tune.search", "--resume", "--name", "torn", "--results-dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from the search's copy of Ray's last whole snapshot" in resumed.stderr
+    assert sorted(p.name for p in exp.glob("trial_*")) == trials_before  # nothing started again
+    df = pd.read_csv(exp / "trials.csv")
+    assert len(df) == 2 and set(df["outcome"]) == {"finished"}, df[["trial_id", "outcome"]]

@@ -192,6 +192,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
 
     from tune.checkpoints import CheckpointCheck
     from tune.progress import MirrorSync, OutcomeRecorder, Progress
+    from tune.ray_state import StateCopy
     from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, bind_run, search_algorithm
     from tune.trainable import train_gpt
 
@@ -240,7 +241,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
                        Progress(config), CheckpointCheck()]
-            + ([MirrorSync(mirror, OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)] if mirror else []),
+            + ([MirrorSync(mirror, OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)] if mirror else [StateCopy(exp)]),
         ),
     )
 
@@ -450,8 +451,23 @@ RAY_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-sta
 
 
 def check_ray_state(exp: Path) -> None:
-    """Refuse to resume from Ray state that was cut off mid-write (a full disk). Ray would log the error and start
-    the experiment over with the restored searcher: old trials rerun as new ones and Optuna trials left RUNNING."""
+    """Refuse to resume from Ray state that was cut off mid-write (a full disk, a kill during Ray's copy), unless the
+    search's own whole copy of it (tune.ray_state) can be put back. Ray would log the error and start the experiment
+    over with the restored searcher: old trials rerun as new ones and Optuna trials left RUNNING."""
+    try:
+        _check_ray_files(exp)
+    except UserError:
+        from tune.ray_state import restore_state_copy
+
+        copy = restore_state_copy(exp)
+        if copy is None:
+            raise
+        log.warning("Ray's saved state in %s was cut off (the search was stopped while Ray wrote it): resuming from "
+                    "the search's copy of Ray's last whole snapshot (%s)", exp, copy)
+        _check_ray_files(exp)
+
+
+def _check_ray_files(exp: Path) -> None:
     for pattern in RAY_STATE:
         files = sorted(exp.glob(pattern))
         if not files:
