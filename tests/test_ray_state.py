@@ -36,3 +36,17 @@ def test_the_newest_copy_is_put_back_over_a_cut_file(tmp_path):
     assert (exp / "experiment_state-2026-01-01_00-00-00.json").read_text() == '{"n": 1}'
     assert (exp / "searcher-state-2026-01-01_00-00-00.pkl").is_file()
     assert not [p for p in os.listdir(exp) if p.endswith(".restoring")]
+
+
+def test_a_later_runs_cut_files_are_set_aside(tmp_path):
+    """A resumed run killed during Ray's first copy of its own state: its files (named by its start) are cut, and the
+    copy holds the first run's snapshot; Ray must read that set whole, not the later run's newest names."""
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    exp.mkdir()
+    _snapshot(staging, '{"n": 1}')
+    copy_state(staging, exp, None)
+    later = exp / "experiment_state-2026-01-02_00-00-00.json"
+    later.write_text("")
+    restore_state_copy(exp)
+    assert not later.exists() and later.with_name(later.name + ".cut").is_file()
+    assert sorted(p.name for p in exp.glob("experiment_state-*.json")) == ["experiment_state-2026-01-01_00-00-00.json"]

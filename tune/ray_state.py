@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def _copies(root: Path) -> list[int]:
 
 
 def restore_state_copy(exp: Path) -> Path | None:
-    """Put the newest copy of Ray's snapshot back into `exp` (each file replaced atomically); the copy's directory,
-    or None when there is none."""
+    """Put the newest copy of Ray's snapshot back into `exp` (each file replaced atomically), and set aside (as
+    NAME.cut) the state files of a later run that the copy does not hold, so that Ray reads the copy's set whole. The
+    copy's directory, or None when there is none."""
     numbers = _copies(exp / STATE_COPY)
     if not numbers:
         return None
@@ -86,4 +88,17 @@ def restore_state_copy(exp: Path) -> Path | None:
         tmp = exp / f".{f.name}.restoring"
         shutil.copyfile(f, tmp)
         os.replace(tmp, exp / f.name)
+    newest = max(_stamp(f.name) for f in copy.iterdir())
+    for pattern in STAGED:  # each run of a search names its files by its start; Ray reads the newest of each kind
+        for f in exp.glob(pattern):
+            if _stamp(f.name) > newest:
+                f.rename(f.with_name(f.name + ".cut"))
     return copy
+
+
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
+
+
+def _stamp(name: str) -> str:
+    m = _STAMP.search(name)
+    return m.group(0) if m else ""
