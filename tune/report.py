@@ -132,7 +132,10 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
         evals = _evaluations(trial)
         if evals:
             last = evals[-1]
-            best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
+            # under wsd only the cooldown rungs are comparable (a loss at the end of a decay); the stable-phase
+            # evaluations between them are taken at the peak learning rate
+            rungs = [r for r in evals if (_num(r.get("cooldown_steps")) or 0) > 0]
+            best = min(rungs or evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
             row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
                        last_val_loss=float(last["val_loss"]), steps=int(last["step"]),
                        # spend: what the budget counts (training and cooldown branches); train_spend: training alone

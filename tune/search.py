@@ -27,6 +27,7 @@ from nanogpt.data import TokenData, default_prompts, prepare
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
+from tune import scaling
 from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
 
@@ -265,6 +266,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     --final-budget auto may use."""
     import ray
 
+    from nanogpt.checkpoint import CONFIG_FILE
     from tune.space import HPARAMS
     from tune.trainable import train_final
 
@@ -282,11 +284,20 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
             print(f"\nno time left of the time budget for a final training ({seconds_left or 0:.0f} s)")
             return None
         config = dataclasses.replace(config, final_budget=budget)
-        print(f"\nfinal budget (auto): {config.budget_text(budget)}, from {seconds_left:.0f} s left and "
-              f"{best['trial_id']}'s pace")
     if (final / "model.pt").is_file():
         print(f"\nfinal/ is already trained: {final}")
         return None
+    choice = scaling.analyse(exp, trials, config.final_budget,
+                             (lambda p: config.mirror.has(p / "model.pt")) if config.mirror else None)
+    print("\n" + scaling.describe(choice, config.budget_text))
+    if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
+        best = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
+        if config.final_auto:  # the chosen trial's own pace sizes what fits in the seconds left
+            config = dataclasses.replace(config, final_budget=auto_final_budget(config, best, seconds_left or 0.0)
+                                         or config.final_budget)
+    if config.final_auto:
+        print(f"final budget (auto): {config.budget_text(config.final_budget)}, from {seconds_left:.0f} s left and "
+              f"{best['trial_id']}'s pace")
     hp = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in HPARAMS}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
@@ -312,6 +323,8 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    out["files"][CONFIG_FILE] = json.dumps({**json.loads(out["files"][CONFIG_FILE]), "chosen_by": choice},
+                                           indent=2).encode()
     for name, blob in out["files"].items():
         (tmp / name).write_bytes(blob)
     tmp.rename(final)
