@@ -26,7 +26,7 @@ from nanogpt.errors import UserError
 from nanogpt.files import write_bytes
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
-from tune import plots
+from tune import plots, scaling
 from tune.experiment import best_checkpoint, finite, inside, read_trials
 from tune.outcomes import Outcome, error_line, read_outcomes
 from tune.outcomes import describe as describe_outcome
@@ -184,7 +184,7 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
 # what a report writes into a results directory; each is checked before writing (see _check_outputs)
 OUTPUTS = ("trials.csv", "best", "best.tmp", "report.md", "plots", "plots/learning_curves.png",
            "plots/val_loss_vs_params.png", "plots/val_loss_vs_hparams.png", "plots/importance.png",
-           "plots/attention.png")
+           "plots/attention.png", "plots/scaling_law.png")
 
 
 def _check_outputs(path: Path) -> None:
@@ -416,6 +416,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     final_model = _final_model(path, missing)
     if final_model is not None:
         md += _final_section(final_model, df, config, unit, path)
+    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
     prompts, note = _prompts(config, prompts)
     if note:
         missing.append(note)
@@ -485,6 +486,64 @@ def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, u
             f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}" + best,
             _final_origin(final_model[2]),
             f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {path / 'final'}`)", ""]
+
+
+def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, final_model, plot_dir: Path,
+                     missing: list[str]) -> list[str]:
+    """The scaling law over every cooldown rung (tune.scaling), its held-back error, and which trial it would train
+    for the final budget beside the raw winner; what the final training used, from final/'s record."""
+    raw, kept = scaling.candidates(df)
+    points = scaling.rung_points(read_trials(path)) if raw is not None else []
+    if not points:
+        return []  # a cosine search, or nothing finished: no rungs to fit
+    unit = config.budget_unit if config else "spend"
+    text = config.budget_text if config else (lambda a: f"{a:.4g}")
+    meta = final_model[2] if final_model is not None else {}
+    train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    budget = _num(train.get("budget")) or (config.final_budget if config else None)
+    at = "the final budget"
+    if not budget and config:
+        budget, at = 4 * config.trial_budget, "4x the trial budget (no --final-budget)"
+    if not budget:
+        missing.append("scaling law: no final budget known (search.json unreadable): no prediction")
+        return []
+    choice = scaling.choose(points, kept, raw, float(budget))
+    md = ["## Scaling law: which configuration for the final budget", "",
+          "Every cooldown rung is the loss of a copy decayed at that spend. Fitted over all of them: "
+          "L(N, D) = E + A N^-alpha + B D^-beta, with N the non-embedding parameters and D the tokens the decayed "
+          "copy trained on; a trial's prediction adds its own offset from the law at its last rung. The fit's pick "
+          "replaces the raw winner (the best at the trial budget) only when the held-back error is smaller than "
+          "the gap it predicts between them.", ""]
+    if "law" in choice:
+        md += [f"- fit: {scaling.law_text(choice['law'])}",
+               f"- held-back check: {scaling.check_text(choice['held_back'], text)}"]
+    md.append(f"- at {at} ({text(float(budget))}): {choice['reason']}")
+    if "predicted" in choice:
+        md += ["", _md_table(_predicted_view(df, choice, unit)), ""]
+    if final_model is not None:
+        chosen = meta.get("chosen_by") if isinstance(meta.get("chosen_by"), dict) else {}
+        used = chosen.get("chosen") or meta.get("continued_from")
+        md.append(f"- the final training used: `{used}`" if used else
+                  "- final/ does not record which trial it trained (a search made before the fit)")
+    try:
+        plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit)
+        md += ["", "![scaling law](plots/scaling_law.png)"]
+    except plots.PlotSkipped as e:
+        missing.append(f"scaling law plot: {e}")
+    return md + [""]
+
+
+def _predicted_view(df: pd.DataFrame, choice: dict, unit: str) -> pd.DataFrame:
+    """The candidates the law predicts best at the final budget, raw winner and pick marked."""
+    rows = []
+    for tid, loss in list(choice["predicted"].items())[:8]:
+        row = df[df["trial_id"].eq(tid)].iloc[0]
+        mark = " ".join(m for t, m in ((choice["raw_winner"], "raw winner"), (choice.get("pick"), "fit's pick"))
+                        if t == tid)
+        rows.append({"trial_id": tid, "role": mark, "n_embd": row["n_embd"], "n_layer": row["n_layer"],
+                     "outcome": row["outcome"], "val_loss": row["best_val_loss"], "predicted": loss})
+    return pd.DataFrame(rows).rename(columns={"val_loss": "val_loss (trial budget)",
+                                              "predicted": "predicted (final budget)"})
 
 
 def _models(df: pd.DataFrame, top: int, mirror: Mirror | None, final_model, missing: list[str]) -> list[tuple]:
