@@ -160,3 +160,15 @@ def test_report_shows_the_scaling_section(tmp_path):
     assert "held-back check: fitted on the 6 rungs" in section and "the fit's pick" in section
     assert "| m | raw winner" not in section and "| s | raw winner |" in section and "| m | fit's pick |" in section
     assert (exp / "plots" / "scaling_law.png").stat().st_size > 1000
+
+
+def test_choose_keeps_the_raw_winner_when_an_exponent_is_at_its_bound():
+    from tune.scaling import EXPONENTS
+
+    # losses that fall with tokens faster than the steepest exponent allowed: the fit runs into the bound
+    points = [Point(p.trial_id, p.n, p.d, p.spend, E + A * p.n ** -ALPHA + 1e8 * p.d ** -3.0, p.per_spend)
+              for p in _points()]
+    choice = choose(points, list(SIZES), "s", 4 * BUDGET)
+    assert EXPONENTS[1] in (choice["law"]["alpha"], choice["law"]["beta"])
+    assert choice["pick"] != "s" and choice["held_back"]["mae"] < choice["gap"]  # the bound alone keeps the winner
+    assert choice["chosen"] == "s" and not choice["trusted"] and "bounds" in choice["reason"]

@@ -14,7 +14,8 @@ one size but different learning rates keep their order.
 
 Whether to believe it is measured, not assumed: the same fit made on the rungs at half the trial budget or less
 predicts the held-back later rungs, and `choose` lets the fit overrule the search's raw winner only when that
-held-back error is smaller than the gap it predicts between the two at the final budget. Everything is read
+held-back error is smaller than the gap it predicts between the two at the final budget, and when no exponent
+of either fit sits at the grid's bounds. Everything is read
 from the trials' JSON results (tune.experiment), so it works on a results directory made elsewhere.
 """
 
@@ -65,6 +66,12 @@ class Law:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def at_bound(self) -> bool:
+        """Whether an exponent ran into the grid's bounds: the rungs then do not follow a power law the grid
+        can hold (warm-up losses, a data set learnt by heart), and its extrapolation means nothing."""
+        return any(math.isclose(x, bound, abs_tol=1e-9) for x in (self.alpha, self.beta) for bound in EXPONENTS)
+
 
 def non_embedding_params(config: dict) -> int | None:
     """Parameters outside the embeddings of a trial's model (nanogpt.model.GPT without biases: per block the
@@ -112,15 +119,15 @@ def _nonneg_ls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted least squares with coefficients >= 0, for a batch of designs: X (G, n, 3), y (n,), w (G, n) ->
     (G, 3). With three unknowns the optimum is the best feasible unconstrained fit over one of the 8 supports."""
     G, _, k = X.shape
-    M = np.einsum("gni,gn,gnj->gij", X, w, X)
-    v = np.einsum("gni,gn,n->gi", X, w, y)
-    best, best_sse = np.zeros((G, k)), np.einsum("gn,n->g", w, y * y)
+    Xw = (X * w[..., None]).transpose(0, 2, 1)  # (G, 3, n)
+    M, v = Xw @ X, Xw @ y
+    best, best_sse = np.zeros((G, k)), w @ (y * y)
     for support in range(1, 2 ** k):
         m = np.array([(support >> i) & 1 for i in range(k)], dtype=float)
         Ms = M * np.outer(m, m) + np.diag(1 - m) + 1e-12 * np.eye(k)
         coef = np.linalg.solve(Ms, (v * m)[..., None])[..., 0]
-        r = y[None, :] - np.einsum("gni,gi->gn", X, coef)
-        sse = np.einsum("gn,gn->g", w, r * r)
+        r = y[None, :] - (X @ coef[..., None])[..., 0]
+        sse = (w * r * r).sum(axis=1)
         better = (coef >= 0).all(axis=1) & (sse < best_sse)
         best[better], best_sse[better] = coef[better], sse[better]
     return best
@@ -139,8 +146,10 @@ def _fit_grid(x: np.ndarray, z: np.ndarray, y: np.ndarray, alphas: np.ndarray, b
     w = np.ones((len(al), len(y)))
     for _ in range(20):  # iteratively reweighted: Huber's weights from the last fit's residuals
         coef = _nonneg_ls(X, y, w)
-        r = y[None, :] - np.einsum("gni,gi->gn", X, coef)
-        w = np.minimum(1.0, HUBER_DELTA / np.maximum(np.abs(r), 1e-12))
+        r = y[None, :] - (X @ coef[..., None])[..., 0]
+        w, before = np.minimum(1.0, HUBER_DELTA / np.maximum(np.abs(r), 1e-12)), w
+        if np.abs(w - before).max() < 1e-6:
+            break
     objective = _huber(r).sum(axis=1)
     i = int(np.argmin(objective))
     return objective[i], coef[i], al[i], be[i]
@@ -228,7 +237,8 @@ def choose(points: list[Point], candidates: list[str], raw: str, final_budget: f
     """Which trial to train for `final_budget` (the search's budget unit): the raw winner `raw` (the best at the
     trial budget), or the candidate the law predicts lowest there. Candidates count only with a rung past the
     held-back cut (their prediction is no longer a reach than the check measured). The fit's pick replaces the raw
-    winner only when the held-back mean absolute error is smaller than the gap it predicts between the two."""
+    winner only when the held-back mean absolute error is smaller than the gap it predicts between the two, and
+    neither the fit nor the held-back one has an exponent at the grid's bounds."""
     out = {"raw_winner": raw, "chosen": raw, "trusted": False, "final_budget": final_budget}
     why = too_few(points)
     if why:
@@ -248,6 +258,9 @@ def choose(points: list[Point], candidates: list[str], raw: str, final_budget: f
         return {**out, "reason": "the fit predicts the raw winner best at the final budget too"}
     if "mae" not in check:
         return {**out, "reason": f"{check['reason']}: the fit is not trusted, the raw winner kept"}
+    if law.at_bound or Law(**check["law"]).at_bound:
+        return {**out, "reason": f"an exponent of the fit ran into its bounds {EXPONENTS}: the fit is not "
+                                 f"trusted, the raw winner kept"}
     if check["mae"] >= gap:
         return {**out, "reason": f"held-back error {check['mae']:.4f} >= the predicted gap {gap:.4f}: the fit is "
                                  f"not trusted, the raw winner kept"}
