@@ -172,3 +172,23 @@ def test_choose_keeps_the_raw_winner_when_an_exponent_is_at_its_bound():
     assert EXPONENTS[1] in (choice["law"]["alpha"], choice["law"]["beta"])
     assert choice["pick"] != "s" and choice["held_back"]["mae"] < choice["gap"]  # the bound alone keeps the winner
     assert choice["chosen"] == "s" and not choice["trusted"] and "bounds" in choice["reason"]
+
+
+def test_replay_judges_the_early_fits_pick_by_the_actual_later_losses():
+    from tune.scaling import _replay
+
+    early = [Point("a", 1, 1, 1, 2.0, 1), Point("b", 2, 1, 1, 2.5, 1), Point("c", 3, 1, 1, 3.0, 1)]
+    late = [Point("a", 1, 9, 9, 1.5, 1), Point("b", 2, 9, 9, 1.2, 1), Point("c", 3, 9, 5, 1.0, 1)]  # c stopped early
+    replay = _replay(early, late, {0: 1.4, 1: 1.6, 2: 0.5})
+    assert (replay["replay_trials"], replay["replay_fit"], replay["replay_raw"]) == (2, "a", "a")
+    assert replay["regret_fit"] == replay["regret_raw"] == pytest.approx(0.3)
+
+
+def test_choose_keeps_the_raw_winner_when_the_replayed_choice_did_worse(monkeypatch):
+    import tune.scaling
+
+    check = {**held_back(_points()), "replay_fit": "m", "replay_raw": "s", "regret_fit": 0.05, "regret_raw": 0.0}
+    monkeypatch.setattr(tune.scaling, "held_back", lambda points: check)
+    choice = choose(_points(), list(SIZES), "s", 4 * BUDGET)
+    assert choice["pick"] == "m" and check["mae"] < choice["gap"]
+    assert choice["chosen"] == "s" and not choice["trusted"] and "replayed" in choice["reason"]

@@ -513,7 +513,8 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
           "L(N, D) = E + A N^-alpha + B D^-beta, with N the non-embedding parameters and D the tokens the decayed "
           "copy trained on; a trial's prediction adds its own offset from the law at its last rung. The fit's pick "
           "replaces the raw winner (the best at the trial budget) only when the held-back error is smaller than "
-          "the gap it predicts between them and no exponent sits at the fit's bounds.", ""]
+          "the gap it predicts between them, no exponent sits at the fit's bounds, and the choice replayed on the "
+          "held-back rungs did no worse than the raw winner of then.", ""]
     if "law" in choice:
         md += [f"- fit: {scaling.law_text(choice['law'])}",
                f"- held-back check: {scaling.check_text(choice['held_back'], text)}"]

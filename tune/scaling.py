@@ -14,8 +14,9 @@ one size but different learning rates keep their order.
 
 Whether to believe it is measured, not assumed: the same fit made on the rungs at half the trial budget or less
 predicts the held-back later rungs, and `choose` lets the fit overrule the search's raw winner only when that
-held-back error is smaller than the gap it predicts between the two at the final budget, and when no exponent
-of either fit sits at the grid's bounds. Everything is read
+held-back error is smaller than the gap it predicts between the two at the final budget, no exponent of either
+fit sits at the grid's bounds, and the same choice replayed on the held-back rungs (the early fit's pick against
+the best at the last early rung, judged by their actual later losses) did no worse. Everything is read
 from the trials' JSON results (tune.experiment), so it works on a results directory made elsewhere.
 """
 
@@ -226,7 +227,31 @@ def held_back(points: list[Point]) -> dict:
     actual = np.array([p.loss for p in late])
     err = np.abs(predicted - actual)
     return {"cut": cut, "fitted": len(early), "held": len(late), "mae": float(err.mean()),
-            "max_error": float(err.max()), "spearman": spearman(predicted, actual), "law": law.to_dict()}
+            "max_error": float(err.max()), "spearman": spearman(predicted, actual), "law": law.to_dict(),
+            **_replay(early, late, dict(zip(range(len(late)), predicted)))}
+
+
+def _replay(early: list[Point], late: list[Point], predicted: dict[int, float]) -> dict:
+    """The choice replayed on the held-back rungs, among the trials that reached the largest spend: the one the
+    early fit predicts best there, the one best at the last early rung (the raw winner of then), and how much
+    each one's actual loss there is above the best actual one (regret)."""
+    top = max(p.spend for p in late)
+    end = {}  # trial -> index in late of its last rung, for trials that reached the top spend
+    for i, p in enumerate(late):
+        if p.spend >= 0.9 * top and (p.trial_id not in end or p.spend > late[end[p.trial_id]].spend):
+            end[p.trial_id] = i
+    if len(end) < 2:
+        return {}
+    last_early = {}
+    for p in early:
+        if p.trial_id in end and (p.trial_id not in last_early or p.spend > last_early[p.trial_id].spend):
+            last_early[p.trial_id] = p
+    actual = {t: late[i].loss for t, i in end.items()}
+    fit_pick = min(end, key=lambda t: predicted[end[t]])
+    raw_pick = min(last_early, key=lambda t: last_early[t].loss)
+    best = min(actual.values())
+    return {"replay_trials": len(end), "replay_fit": fit_pick, "replay_raw": raw_pick,
+            "regret_fit": actual[fit_pick] - best, "regret_raw": actual[raw_pick] - best}
 
 
 def _per_spend(points: list[Point], trial_id: str) -> float:
@@ -237,8 +262,9 @@ def choose(points: list[Point], candidates: list[str], raw: str, final_budget: f
     """Which trial to train for `final_budget` (the search's budget unit): the raw winner `raw` (the best at the
     trial budget), or the candidate the law predicts lowest there. Candidates count only with a rung past the
     held-back cut (their prediction is no longer a reach than the check measured). The fit's pick replaces the raw
-    winner only when the held-back mean absolute error is smaller than the gap it predicts between the two, and
-    neither the fit nor the held-back one has an exponent at the grid's bounds."""
+    winner only when the held-back mean absolute error is smaller than the gap it predicts between the two,
+    neither the fit nor the held-back one has an exponent at the grid's bounds, and replayed on the held-back
+    rungs the fit chose no worse than the raw winner of then."""
     out = {"raw_winner": raw, "chosen": raw, "trusted": False, "final_budget": final_budget}
     why = too_few(points)
     if why:
@@ -260,6 +286,10 @@ def choose(points: list[Point], candidates: list[str], raw: str, final_budget: f
         return {**out, "reason": f"{check['reason']}: the fit is not trusted, the raw winner kept"}
     if law.at_bound or Law(**check["law"]).at_bound:
         return {**out, "reason": f"an exponent of the fit ran into its bounds {EXPONENTS}: the fit is not "
+                                 f"trusted, the raw winner kept"}
+    if check.get("regret_fit", 0.0) > check.get("regret_raw", 0.0):
+        return {**out, "reason": f"replayed on the held-back rungs, the fit's pick ended {check['regret_fit']:.4f} "
+                                 f"above the best, the raw winner of then {check['regret_raw']:.4f}: the fit is not "
                                  f"trusted, the raw winner kept"}
     if check["mae"] >= gap:
         return {**out, "reason": f"held-back error {check['mae']:.4f} >= the predicted gap {gap:.4f}: the fit is "
@@ -301,9 +331,14 @@ def check_text(check: dict, budget_text) -> str:
     if "mae" not in check:
         return check.get("reason", "no held-back check")
     rho = "n/a" if math.isnan(check["spearman"]) else f"{check['spearman']:.2f}"
-    return (f"fitted on the {check['fitted']} rungs at {budget_text(check['cut'])} or less, it predicts the "
+    text = (f"fitted on the {check['fitted']} rungs at {budget_text(check['cut'])} or less, it predicts the "
             f"{check['held']} later ones with mean absolute error {check['mae']:.4f} (largest {check['max_error']:.4f}), "
             f"rank correlation {rho}")
+    if "replay_fit" in check:
+        text += (f"; replayed among the {check['replay_trials']} trials that reached the largest spend, its pick "
+                 f"{check['replay_fit']} ended {check['regret_fit']:.4f} above the best there, the best at the last "
+                 f"early rung ({check['replay_raw']}) {check['regret_raw']:.4f}")
+    return text
 
 
 def describe(choice: dict, budget_text) -> str:
