@@ -192,3 +192,15 @@ def test_choose_keeps_the_raw_winner_when_the_replayed_choice_did_worse(monkeypa
     choice = choose(_points(), list(SIZES), "s", 4 * BUDGET)
     assert choice["pick"] == "m" and check["mae"] < choice["gap"]
     assert choice["chosen"] == "s" and not choice["trusted"] and "replayed" in choice["reason"]
+
+
+def test_the_final_training_starts_from_the_trusted_pick(tmp_path, capsys):
+    from tune.config import SearchConfig
+    from tune.report import load
+    from tune.search import plan_final
+
+    exp = _results_dir(tmp_path)
+    best, config, choice = plan_final(SearchConfig.load(exp), load(exp))
+    assert best["trial_id"] == choice["chosen"] == "m" and choice["raw_winner"] == "s"
+    assert config.final_budget == 4 * BUDGET
+    assert "final training: m (held-back error" in capsys.readouterr().out

@@ -260,18 +260,11 @@ def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float 
     return budget if budget > start and seconds_left > 0 else None
 
 
-def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
-    """--final-budget: the best finished trial's configuration, trained once more for that budget as a Ray
-    task on a whole node; writes final/. None (and one line) when no trial finished. `seconds_left`: what
-    --final-budget auto may use."""
-    import ray
-
-    from nanogpt.checkpoint import CONFIG_FILE
-    from tune.space import HPARAMS
-    from tune.trainable import train_final
-
-    exp = config.experiment_dir
-    final = exp / FINAL_DIR
+def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) -> tuple | None:
+    """(the trial the final training starts from, the configuration with its final budget, the scaling choice
+    (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
+    says it can be trusted. None (and one line) when there is nothing to train."""
+    final = config.experiment_dir / FINAL_DIR
     finished = trials[trials["outcome"].eq(Outcome.FINISHED)]
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
@@ -287,7 +280,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     if (final / "model.pt").is_file():
         print(f"\nfinal/ is already trained: {final}")
         return None
-    choice = scaling.analyse(exp, trials, config.final_budget,
+    choice = scaling.analyse(config.experiment_dir, trials, config.final_budget,
                              (lambda p: config.mirror.has(p / "model.pt")) if config.mirror else None)
     print("\n" + scaling.describe(choice, config.budget_text))
     if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
@@ -298,6 +291,24 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     if config.final_auto:
         print(f"final budget (auto): {config.budget_text(config.final_budget)}, from {seconds_left:.0f} s left and "
               f"{best['trial_id']}'s pace")
+    return best, config, choice
+
+
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
+    """--final-budget: the trial plan_final picks, trained once more for that budget as a Ray task on a whole
+    node; writes final/. None when there is nothing to train. `seconds_left`: what --final-budget auto may use."""
+    import ray
+
+    from nanogpt.checkpoint import CONFIG_FILE
+    from tune.space import HPARAMS
+    from tune.trainable import train_final
+
+    plan = plan_final(config, trials, seconds_left)
+    if plan is None:
+        return None
+    best, config, choice = plan
+    exp = config.experiment_dir
+    final = exp / FINAL_DIR
     hp = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in HPARAMS}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
@@ -336,8 +347,8 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
 
 
 def stable_checkpoint(exp: Path, trial_id: str, mirror=None) -> dict[str, bytes]:
-    """The files of a finished trial's last checkpoint: its stable weights at the end of its training (under
-    wsd a trial never decays its own weights; its cooldowns are branches)."""
+    """The files of a trial's last checkpoint (a finished one, or a pruned one the scaling law picked): its stable
+    weights (under wsd a trial never decays its own weights; its cooldowns are branches)."""
     from tune.experiment import read_trials
 
     trial = next(t for t in read_trials(exp, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
