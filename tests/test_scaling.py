@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,11 +93,6 @@ def test_too_few_sizes_no_prediction():
     assert choice["chosen"] == "s" and "law" not in choice and "2 model sizes" in choice["reason"]
 
 
-class _Trial:
-    def __init__(self, trial_id, config, results):
-        self.trial_id, self.config, self.results = trial_id, config, results
-
-
 def test_rung_points_are_the_cooldown_branches():
     results = [
         {"step": 10, "spend": 10.0, "tokens_seen": 640, "val_loss": 2.5, "cooldown_steps": 2},
@@ -105,7 +101,8 @@ def test_rung_points_are_the_cooldown_branches():
         {"step": 40, "spend": 40.0, "tokens_seen": 2560, "val_loss": 2.2, "cooldown_steps": 10},
     ]
     config = {"n_layer": 1, "n_head": 2, "head_dim": 8}
-    points = rung_points([_Trial("a", config, results), _Trial("b", {"n_layer": "x"}, results)])
+    points = rung_points([SimpleNamespace(trial_id="a", config=config, results=results),
+                          SimpleNamespace(trial_id="b", config={"n_layer": "x"}, results=results)])
     assert [(p.spend, p.loss) for p in points] == [(10.0, 2.5), (40.0, 2.2)]
     assert [p.d for p in points] == [640 * 1.2, 2560 * 1.25]  # the branch's own tokens count
     assert points[0].per_spend == 64 and points[0].n == non_embedding_params(config)
@@ -204,3 +201,14 @@ def test_the_final_training_starts_from_the_trusted_pick(tmp_path, capsys):
     assert best["trial_id"] == choice["chosen"] == "m" and choice["raw_winner"] == "s"
     assert config.final_budget == 4 * BUDGET
     assert "final training: m (held-back error" in capsys.readouterr().out
+
+
+def test_progress_best_so_far_under_wsd_counts_cooldown_rungs_only():
+    from tune.config import build_parser, config_from_args
+    from tune.progress import Progress
+
+    config = config_from_args(build_parser().parse_args(["--schedule", "wsd"]))
+    progress, trial = Progress(config), SimpleNamespace(trial_id="t")
+    progress.on_trial_result(0, [], trial, {"val_loss": 2.0, "cooldown_steps": 3})
+    progress.on_trial_result(0, [], trial, {"val_loss": 1.5, "cooldown_steps": 0})  # the stable phase's
+    assert progress.best == (2.0, "t")
