@@ -78,7 +78,7 @@ def test_choose_a_larger_model_for_a_larger_budget_when_trusted():
     d = 4 * BUDGET / (6 * _n("m"))
     assert choice["predicted"]["m"] == pytest.approx(_law(_n("m"), d), abs=1e-6)
     assert choice["gap"] > 0 and "the fit's pick" in choice["reason"]
-    json.dumps(choice)  # recorded in final/config.json
+    json.dumps(choice, allow_nan=False)  # recorded in final/config.json: plain JSON
 
 
 def test_choose_keeps_the_raw_winner_when_the_held_back_error_is_larger_than_the_gap():

@@ -175,7 +175,7 @@ def fit_points(points: list[Point]) -> Law:
     return fit_law([p.n for p in points], [p.d for p in points], [p.loss for p in points])
 
 
-def offsets(law: Law, points: list[Point]) -> dict[str, Point | float]:
+def offsets(law: Law, points: list[Point]) -> dict[str, float]:
     """Each trial's residual (observed minus law) at its last rung: what its learning rate and batch add to its
     size's loss."""
     last: dict[str, Point] = {}
@@ -227,8 +227,13 @@ def held_back(points: list[Point]) -> dict:
     actual = np.array([p.loss for p in late])
     err = np.abs(predicted - actual)
     return {"cut": cut, "fitted": len(early), "held": len(late), "mae": float(err.mean()),
-            "max_error": float(err.max()), "spearman": spearman(predicted, actual), "law": law.to_dict(),
+            "max_error": float(err.max()), "spearman": _or_none(spearman(predicted, actual)), "law": law.to_dict(),
             **_replay(early, late, dict(zip(range(len(late)), predicted)))}
+
+
+def _or_none(x: float) -> float | None:
+    """nan as None: what is recorded stays plain JSON."""
+    return None if math.isnan(x) else x
 
 
 def _replay(early: list[Point], late: list[Point], predicted: dict[int, float]) -> dict:
@@ -261,7 +266,8 @@ def _per_spend(points: list[Point], trial_id: str) -> float:
 def choose(points: list[Point], candidates: list[str], raw: str, final_budget: float) -> dict:
     """Which trial to train for `final_budget` (the search's budget unit): the raw winner `raw` (the best at the
     trial budget), or the candidate the law predicts lowest there. Candidates count only with a rung past the
-    held-back cut (their prediction is no longer a reach than the check measured). The fit's pick replaces the raw
+    held-back cut (one stopped at an early rung would be extrapolated further than the check measured). The fit's
+    pick replaces the raw
     winner only when the held-back mean absolute error is smaller than the gap it predicts between the two,
     neither the fit nor the held-back one has an exponent at the grid's bounds, and replayed on the held-back
     rungs the fit chose no worse than the raw winner of then."""
@@ -330,7 +336,7 @@ def law_text(law: dict) -> str:
 def check_text(check: dict, budget_text) -> str:
     if "mae" not in check:
         return check.get("reason", "no held-back check")
-    rho = "n/a" if math.isnan(check["spearman"]) else f"{check['spearman']:.2f}"
+    rho = "n/a" if check["spearman"] is None else f"{check['spearman']:.2f}"
     text = (f"fitted on the {check['fitted']} rungs at {budget_text(check['cut'])} or less, it predicts the "
             f"{check['held']} later ones with mean absolute error {check['mae']:.4f} (largest {check['max_error']:.4f}), "
             f"rank correlation {rho}")
