@@ -7,6 +7,8 @@ trial runs to its end), and once from scratch for the final budget under the fin
 rungs as the search would (tune.scaling.choose), and its predictions at the final budget are scored against the
 final runs' actual losses: the raw winner's, the fit's pick's and the best one's.
 
+Each configuration costs five trial budgets (a trial and a final run of four), two runs at a time.
+
     python -m benchmarks.scaling_fit                                   # the RESULTS.md run (shakespeare-muon)
     python -m benchmarks.scaling_fit --trials 6 --budget 2.5e11 --smoke  # a quick look
     python -m benchmarks.scaling_fit --summarize /tmp/scaling_fit.jsonl  # the tables of a run cut short
@@ -110,7 +112,7 @@ def report(results: list[dict], final_budget: float, wall: float, load: float, a
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="shakespeare-muon")
-    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--trials", type=int, default=8)
     p.add_argument("--budget", type=float, default=2e12, help="FLOPs a trial")
     p.add_argument("--final", type=float, default=4.0, help="the final budget, in trial budgets")
     p.add_argument("--procs", type=int, default=2)
