@@ -200,7 +200,7 @@ def test_the_final_training_starts_from_the_trusted_pick(tmp_path, capsys):
     best, config, choice = plan_final(SearchConfig.load(exp), load(exp))
     assert best["trial_id"] == choice["chosen"] == "m" and choice["raw_winner"] == "s"
     assert config.final_budget == 4 * BUDGET
-    assert "final training: m (held-back error" in capsys.readouterr().out
+    assert "final choice: m (held-back error" in capsys.readouterr().out
 
 
 def test_progress_best_so_far_under_wsd_counts_cooldown_rungs_only():

@@ -337,6 +337,6 @@ def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):
     assert meta["continued_from"] == best["trial_id"] and meta["step"] == 80 and meta["train"]["schedule"] == "wsd"
     # one model size: no scaling fit, the raw winner is continued, and final/ records why
     assert meta["chosen_by"]["chosen"] == meta["chosen_by"]["raw_winner"] == best["trial_id"]
-    assert "no scaling fit" in meta["chosen_by"]["reason"] and "final training: " in proc.stdout
+    assert "no scaling fit" in meta["chosen_by"]["reason"] and "final choice: " in proc.stdout
     assert f"continued trial `{best['trial_id']}`" in (exp / "report.md").read_text()
     assert f"{best['trial_id']} continued from its stable checkpoint" in proc.stdout

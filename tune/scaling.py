@@ -358,5 +358,5 @@ def describe(choice: dict, budget_text) -> str:
         lines.append(f"at {budget_text(choice['final_budget'])}: raw winner {choice['raw_winner']} predicted "
                      f"{p[choice['raw_winner']]:.4f}, the fit's pick {choice['pick']} {p[choice['pick']]:.4f}")
     chosen = choice.get("chosen")
-    lines.append(f"final training: {chosen} ({choice['reason']})" if chosen else f"no choice: {choice['reason']}")
+    lines.append(f"final choice: {chosen} ({choice['reason']})" if chosen else f"no final choice: {choice['reason']}")
     return "\n".join(lines)
