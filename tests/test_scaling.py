@@ -101,8 +101,11 @@ def test_rung_points_are_the_cooldown_branches():
         {"step": 40, "spend": 40.0, "tokens_seen": 2560, "val_loss": 2.2, "cooldown_steps": 10},
     ]
     config = {"n_layer": 1, "n_head": 2, "head_dim": 8}
+    huge = [{**results[0], "tokens_seen": 1e308, "cooldown_steps": 1e308}]  # a results directory made elsewhere
     points = rung_points([SimpleNamespace(trial_id="a", config=config, results=results),
-                          SimpleNamespace(trial_id="b", config={"n_layer": "x"}, results=results)])
+                          SimpleNamespace(trial_id="b", config={"n_layer": "x"}, results=results),
+                          SimpleNamespace(trial_id="c", config={**config, "n_layer": 10 ** 400}, results=results),
+                          SimpleNamespace(trial_id="d", config=config, results=huge)])
     assert [(p.spend, p.loss) for p in points] == [(10.0, 2.5), (40.0, 2.2)]
     assert [p.d for p in points] == [640 * 1.2, 2560 * 1.25]  # the branch's own tokens count
     assert points[0].per_spend == 64 and points[0].n == non_embedding_params(config)

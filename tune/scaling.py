@@ -102,8 +102,9 @@ def rung_points(trials: Iterable) -> list[Point]:
                                                  ("val_loss", "step", "tokens_seen", "spend", "cooldown_steps"))
             if None in (loss, step, tokens, spend, branch) or min(step, tokens, spend, branch) <= 0:
                 continue
-            points.append(Point(str(trial.trial_id), float(n), tokens * (1 + branch / step), spend, loss,
-                                tokens / spend))
+            d = tokens * (1 + branch / step)
+            if math.isfinite(d) and n < 1e30:  # a result.json made elsewhere may hold anything
+                points.append(Point(str(trial.trial_id), float(n), d, spend, loss, tokens / spend))
     return points
 
 
