@@ -12,7 +12,8 @@ import torch
 
 from conftest import REPO, assert_one_line_error, run_cli
 from nanogpt.checkpoint import load_model
-from nanogpt.data import load_dataset, tokenize
+from nanogpt.batches import tokenize
+from nanogpt.dataset import load_dataset
 from nanogpt.errors import UserError
 from nanogpt.export import export
 from nanogpt.model import GPT, GPTConfig

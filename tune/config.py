@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nanogpt.compile import COMPILE_MODES
-from nanogpt.data import DATASETS
+from nanogpt.dataset import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
-from nanogpt.tokenizer import MIN_BPE_VOCAB, TOKENIZERS
+from nanogpt.tokenizer import TOKENIZERS, bpe_vocab_problem
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
@@ -144,7 +144,7 @@ class SearchConfig:
     tokenizer: str = setting("--tokenizer", "how text becomes tokens", default="char", choices=list(TOKENIZERS),
                              group="what to search")
     bpe_vocab_size: int = setting("--bpe-vocab-size", "BPE vocabulary size", default=512, type=int,
-                                  check=at_least(MIN_BPE_VOCAB, " (256 bytes + <unk>)"), group="what to search")
+                                  check=bpe_vocab_problem, group="what to search")
     space: dict = setting()  # hyperparameter -> Optuna distribution JSON, or a constant; flags: the Hparams fields
     num_samples: int = setting("--num-samples", "trials to run", default=FROM_PRESET, type=int, check=positive,
                                group="budget")

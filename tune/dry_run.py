@@ -24,16 +24,16 @@ def first_trial(config: SearchConfig):
 
 def vocab_size(config: SearchConfig) -> tuple[int, bool]:
     """(vocabulary size, exact): exact for the corpora made in code; for a file or a download, which a dry run does
-    not read, BPE's size as asked and 256 characters assumed."""
+    not read, the tokenizer's expected size (BPE's as asked, 256 characters assumed)."""
     from nanogpt.corpora import BUILTIN_CORPORA
-    from nanogpt.data import load_dataset
-    from nanogpt.tokenizer import BPETokenizer, CharTokenizer
+    from nanogpt.dataset import load_dataset
+    from nanogpt.tokenizer import TOKENIZERS, TextInMemory
 
+    cls = TOKENIZERS[config.tokenizer]
+    settings = cls.settings(config.bpe_vocab_size)
     if config.dataset in BUILTIN_CORPORA:
-        text = load_dataset(config.dataset).text
-        tok = BPETokenizer.train(text, config.bpe_vocab_size) if config.tokenizer == "bpe" else CharTokenizer.from_text(text)
-        return tok.vocab_size, True
-    return (config.bpe_vocab_size if config.tokenizer == "bpe" else 256), False
+        return cls.build(TextInMemory(load_dataset(config.dataset).text), **settings).vocab_size, True
+    return cls.expected_vocab_size(**settings), False
 
 
 def describe_first_trial(config: SearchConfig) -> str:

@@ -23,9 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nanogpt.data import TokenData, default_prompts, prepare
+from nanogpt.batches import TokenData
+from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
+from nanogpt.token_cache import prepare
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
 from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
