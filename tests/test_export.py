@@ -194,6 +194,18 @@ def test_search_refuses_nanogpt_export_of_bpe_before_anything():
         config_from_args(args)
 
 
+def test_search_refuses_nanogpt_export_of_any_tokenizer_but_characters(monkeypatch):
+    """A tokenizer added to the table (here a stand-in) is refused up front too, not only BPE by name."""
+    from nanogpt import tokenizer as T
+    from tune.config import build_parser, config_from_args
+
+    monkeypatch.setitem(T.TOKENIZERS, "bytes", type("ByteTokenizer", (), {"kind": "bytes"}))
+    args = build_parser().parse_args(["--export", "nanogpt", "--results-dir", "/nonexistent/x"])
+    args.tokenizer = "bytes"  # the flag's choices were read from the table at import
+    with pytest.raises(UserError, match="cannot hold a bytes tokenizer"):
+        config_from_args(args)
+
+
 @pytest.mark.slow
 def test_a_searchs_best_model_loads_in_transformers_and_nanogpt(tiny_search, tmp_path):
     """The tiny search's best/ (char), exported both ways: transformers' greedy text and nanoGPT's loading code

@@ -24,7 +24,7 @@ from nanogpt.compile import COMPILE_MODES
 from nanogpt.dataset import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
-from nanogpt.tokenizer import TOKENIZERS, bpe_vocab_problem
+from nanogpt.tokenizer import TOKENIZERS, CharTokenizer, bpe_vocab_problem
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
@@ -573,8 +573,9 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
     values.update(_final(args, values, budget, unit))
-    if values["export"] == "nanogpt" and values["tokenizer"] == "bpe":
-        raise UserError("--export nanogpt cannot hold a BPE tokenizer (nanoGPT's meta.pkl maps characters): use --export hf")
+    if values["export"] == "nanogpt" and values["tokenizer"] != CharTokenizer.kind:
+        raise UserError(f"--export nanogpt cannot hold a {values['tokenizer']} tokenizer (nanoGPT's meta.pkl maps "
+                        f"characters): use --export hf")
     # a URI pyarrow cannot open is an error now, before Ray
     local_copy = str(Mirror(f"{results_dir}/{name}").local) if is_uri(results_dir) else None
     return SearchConfig(
