@@ -261,10 +261,11 @@ def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float 
     return budget if budget > start and seconds_left > 0 else None
 
 
-def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None,
+                 grid=None) -> dict | None:
     """--final-budget: the best finished trial's configuration, trained once more for that budget as a Ray
     task on a whole node; writes final/. None (and one line) when no trial finished. `seconds_left`: what
-    --final-budget auto may use."""
+    --final-budget auto may use. `grid`: what the search's `Tuner.fit()` returned (--final-from continue)."""
     import ray
 
     from tune.space import HPARAMS
@@ -295,7 +296,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     gpus = 1 if config.gpus_per_trial > 0 else 0
     start = None
     if config.final_from == "continue":
-        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(exp, best["trial_id"], config.mirror)}
+        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(grid, best["trial_id"])}
         how = f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}"
     else:
         how = f"{best['trial_id']}'s configuration retrained from scratch"
@@ -324,18 +325,15 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     return out
 
 
-def stable_checkpoint(exp: Path, trial_id: str, mirror=None) -> dict[str, bytes]:
-    """The files of a finished trial's last checkpoint: its stable weights at the end of its training (under
-    wsd a trial never decays its own weights; its cooldowns are branches)."""
-    from tune.experiment import read_trials
-
-    trial = next(t for t in read_trials(exp, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
-                 if t.trial_id == trial_id)
-    if not trial.checkpoints:
+def stable_checkpoint(grid, trial_id: str) -> dict[str, bytes]:
+    """The files of a finished trial's latest checkpoint, from the fit's ResultGrid: its stable weights at the end of
+    its training (under wsd a trial never decays its own weights; its cooldowns are branches). Ray fetches it from
+    where the search keeps it (a URI too)."""
+    result = next(r for r in grid if r.metrics.get("trial_id") == trial_id)
+    if result.checkpoint is None:
         raise UserError(f"trial {trial_id} kept no checkpoint to continue: use --final-from scratch")
-    name = max(trial.checkpoints, key=lambda n: trial.checkpoints[n].get("step", -1))
-    path = mirror.fetch(trial.path / name) if mirror else trial.path / name
-    return {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
+    with result.checkpoint.as_directory() as path:
+        return {f.name: f.read_bytes() for f in Path(path).iterdir() if f.is_file()}
 
 
 def _refuse_taken(config: SearchConfig) -> None:
@@ -501,15 +499,17 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         _announce(config, data, tokenizer, resume)
         t0 = time.time()
         data_ref = ray.put(data)
-        make_tuner(config, data_ref, tokenizer, restore=resume).fit()
+        grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
         if mirror:
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
+        # trials.csv and best/ from the JSON reader `python -m tune.report` uses (not the grid): a report made
+        # later, or by someone else, gives the same table
         df = report_mod.export(exp, mirror=mirror)
         if config.final_budget or config.final_auto:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
-            if train_winner(config, data_ref, tokenizer, df, left) and mirror:
+            if train_winner(config, data_ref, tokenizer, df, left, grid) and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()
