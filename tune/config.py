@@ -34,8 +34,8 @@ from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
 SETTINGS_FILE = "search.json"
-_AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(steps?|tokens?|flops?|s|sec|seconds?)?\s*$")
 _UNIT_ALIASES = {"step": "steps", "token": "tokens", "flop": "flops", "sec": "s", "second": "s", "seconds": "s"}
+_AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(%s)?\s*$" % "|".join([*UNITS, *_UNIT_ALIASES]))
 
 
 def parse_amount(text: str, flag: str, unit: str | None = None) -> tuple[float, str]:
