@@ -48,9 +48,13 @@ def _split_docs(groups: dict[str, list[str]]) -> tuple[str, str]:
     return "".join(train), "".join(val)
 
 
+def train_chars(n_chars: int) -> int:
+    """nanoGPT's split for a plain text: its first 90% of characters train, the last 10% validate."""
+    return int(n_chars * (1 - VAL_FRACTION))
+
+
 def split_text(text: str) -> tuple[str, str]:
-    """nanoGPT's split for a plain text: the first 90% trains, the last 10% validates."""
-    n = int(len(text) * (1 - VAL_FRACTION))
+    n = train_chars(len(text))
     return text[:n], text[n:]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanogpt.dataset import HEAD_CHARS, VAL_FRACTION, Dataset, builtin_dataset, locate
+from nanogpt.dataset import HEAD_CHARS, Dataset, builtin_dataset, locate, train_chars
 from nanogpt.errors import DataError
 from nanogpt.files import write_json
 from nanogpt.textfile import CHUNK_BYTES, Progress, check_file, empty_error, line_batches, read_chunks
@@ -92,7 +92,7 @@ class FileSource:
         return scan
 
     def n_train_chars(self, scan: Scan) -> int:
-        return int(scan.n_chars * (1 - VAL_FRACTION))
+        return train_chars(scan.n_chars)
 
     def chunks(self, what: str) -> Iterator[str]:
         progress = Progress(f"{what} {self.name}", self.n_bytes)

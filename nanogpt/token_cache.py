@@ -27,7 +27,8 @@ from nanogpt.batches import TokenData
 from nanogpt.errors import DataError
 from nanogpt.files import cache_dir, write_json
 from nanogpt.sources import Scan, Source, TrainingText, open_source
-from nanogpt.tokenizer import TOKENIZERS, Tokenizer, load_tokenizer, save_tokenizer, token_dtype, tokenizer_from_dict
+from nanogpt.tokenizer import (DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, Tokenizer, load_tokenizer, save_tokenizer,
+                               token_dtype, tokenizer_from_dict)
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,8 @@ def _reads_characters(spec: dict) -> bool:
 def prepare(
     dataset: str | None = None,
     data_file: str | Path | None = None,
-    tokenizer: str | Tokenizer = "char",
-    bpe_vocab_size: int = 512,
+    tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
+    bpe_vocab_size: int = DEFAULT_BPE_VOCAB,
 ) -> tuple[TokenData, Tokenizer]:
     """Tokenize a built-in corpus, tiny Shakespeare or a text file once, and cache the tokens.
 

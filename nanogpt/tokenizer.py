@@ -24,6 +24,8 @@ from nanogpt.files import write_json
 
 UNK = "<unk>"
 MIN_BPE_VOCAB = 257  # a byte-level BPE holds the 256 bytes and <unk> before any merge
+DEFAULT_TOKENIZER = "char"  # nanoGPT's shakespeare_char
+DEFAULT_BPE_VOCAB = 512
 MAX_CODE_POINT = 0x10FFFF
 _SUB = 1 << 18  # ids gathered per numpy call: the index casts stay in cache
 MAX_WORD_BYTES = 256  # a BPE pre-token's longest piece (tokenizer.BPETokenizer.train_from_iterator)
@@ -189,7 +191,7 @@ class BPETokenizer:
         self._word_cache: _WordCache | None = None
 
     @classmethod
-    def train(cls, text: str, vocab_size: int = 512) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> "BPETokenizer":
         return cls.build(TextInMemory(text), vocab_size)
 
     @staticmethod
@@ -208,7 +210,7 @@ class BPETokenizer:
         return vocab_size
 
     @classmethod
-    def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = 512) -> "BPETokenizer":
+    def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = DEFAULT_BPE_VOCAB) -> "BPETokenizer":
         """Train on batches of lines: the corpus's str.splitlines(keepends=True), in any batches."""
         from tokenizers import Regex
         from tokenizers import Tokenizer as HFTokenizer

@@ -595,14 +595,14 @@ def build_parser():
 
     from nanogpt.cli import add_dataclass_args
     from nanogpt.dataset import DATASETS
-    from nanogpt.tokenizer import TOKENIZERS
+    from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.train", description="Train one GPT configuration.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help=f"built-in data set: {', '.join(DATASETS)} (default: mixed)")
     src.add_argument("--data-file", help="any UTF-8 text file (90%% train, last 10%% validation)")
-    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default="char")
-    p.add_argument("--bpe-vocab-size", type=int, default=512)
+    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default=DEFAULT_TOKENIZER)
+    p.add_argument("--bpe-vocab-size", type=int, default=DEFAULT_BPE_VOCAB)
     p.add_argument("--out", default="results/train", help="checkpoint directory (default: results/train)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its own configuration")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -24,7 +24,7 @@ from nanogpt.compile import COMPILE_MODES
 from nanogpt.dataset import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
-from nanogpt.tokenizer import TOKENIZERS, CharTokenizer, bpe_vocab_problem
+from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, CharTokenizer, bpe_vocab_problem
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
@@ -141,9 +141,9 @@ class SearchConfig:
                                   group="what to search")
     data_file: str | None = setting("--data-file", "any UTF-8 text file (90% train, last 10% validation)",
                                     group="what to search")
-    tokenizer: str = setting("--tokenizer", "how text becomes tokens", default="char", choices=list(TOKENIZERS),
+    tokenizer: str = setting("--tokenizer", "how text becomes tokens", default=DEFAULT_TOKENIZER, choices=list(TOKENIZERS),
                              group="what to search")
-    bpe_vocab_size: int = setting("--bpe-vocab-size", "BPE vocabulary size", default=512, type=int,
+    bpe_vocab_size: int = setting("--bpe-vocab-size", "BPE vocabulary size", default=DEFAULT_BPE_VOCAB, type=int,
                                   check=bpe_vocab_problem, group="what to search")
     space: dict = setting()  # hyperparameter -> Optuna distribution JSON, or a constant; flags: the Hparams fields
     num_samples: int = setting("--num-samples", "trials to run", default=FROM_PRESET, type=int, check=positive,
