@@ -152,8 +152,8 @@ def open_source(dataset: str | None, data_file: str | Path | None) -> Source:
     return TextSource(builtin_dataset(name)) if path is None else FileSource(path, name)
 
 
-class TrainingText:
-    """What a tokenizer is built from (`nanogpt.tokenizer.TrainingText`): a source's text, as its scan saw it."""
+class ScannedText:
+    """A source's text as its scan saw it: what a tokenizer is built from (a `nanogpt.tokenizer.TrainingText`)."""
 
     def __init__(self, source: Source, scan: Scan):
         self.source, self.scan = source, scan

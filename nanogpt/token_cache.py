@@ -26,7 +26,7 @@ import numpy as np
 from nanogpt.batches import TokenData
 from nanogpt.errors import DataError
 from nanogpt.files import cache_dir, write_json
-from nanogpt.sources import Scan, Source, TrainingText, open_source
+from nanogpt.sources import Scan, ScannedText, Source, open_source
 from nanogpt.tokenizer import (DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, Tokenizer, load_tokenizer, save_tokenizer,
                                token_dtype, tokenizer_from_dict)
 
@@ -183,7 +183,7 @@ def _build_tokenizer(spec: dict, source: Source, scan: Scan) -> Tokenizer:
     if spec["kind"] == "given":
         return tokenizer_from_dict(spec["tokenizer"])
     settings = {k: v for k, v in spec.items() if k != "kind"}
-    return TOKENIZERS[spec["kind"]].build(TrainingText(source, scan), **settings)
+    return TOKENIZERS[spec["kind"]].build(ScannedText(source, scan), **settings)
 
 
 def _checked(ids: np.ndarray, tok: Tokenizer) -> np.ndarray:
