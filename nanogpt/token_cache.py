@@ -81,6 +81,10 @@ def build_dirs(root: Path) -> Iterator[tuple[Path, int]]:
 def tokenizer_tag(spec: dict) -> str:
     """A tokenizer's settings in a word: 'char', 'bpe512' (the cache key's tag, and what `nanogpt.cache` lists)."""
     return str(spec.get("kind", "?")) + "".join(str(v) for k, v in spec.items() if k not in ("kind", "tokenizer"))
+
+
+# --- where the tokens go: the cache, or a temp dir for this run when the cache is not writable ------------------
+
 _fallback_root: Path | None = None
 
 

@@ -75,3 +75,15 @@ def test_building_an_entry_refuses_ids_outside_the_vocabulary(tmp_path, cache, m
     with pytest.raises(RuntimeError, match="produced id"):
         prepare(None, f, "char")
     assert not (cache / "tokens").exists() or not [p for p in (cache / "tokens").iterdir() if p.name.endswith("-v2")]
+
+
+def test_a_build_directory_names_its_builder():
+    """`python -m nanogpt.cache clean` finds builds left by killed processes by the name build_dir gives them."""
+    from pathlib import Path
+
+    from nanogpt.token_cache import build_dir, build_pid, entry_dir
+
+    entry = entry_dir(Path("/c/tokens"), "ab" * 32, "bpe512")
+    assert build_pid(build_dir(entry, 4242)) == 4242
+    for other in (entry, entry.with_name(".x.tmp"), entry.with_name(f".{entry.name}.12a.tmp"), Path("/c/locks")):
+        assert build_pid(other) is None, other
