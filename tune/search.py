@@ -294,12 +294,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    start = None
-    if config.final_from == "continue":
-        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(grid, best["trial_id"])}
-        how = f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}"
-    else:
-        how = f"{best['trial_id']}'s configuration retrained from scratch"
+    start, how = _final_start(config, best, grid)
     print(f"\nfinal training: {how} to {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
@@ -323,6 +318,15 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
     return out
+
+
+def _final_start(config: SearchConfig, best, grid) -> tuple[dict | None, str]:
+    """Where the final training starts, and the line that says so: the winner's stable checkpoint (--final-from
+    continue), or nothing (scratch)."""
+    if config.final_from != "continue":
+        return None, f"{best['trial_id']}'s configuration retrained from scratch"
+    return ({"trial_id": best["trial_id"], "files": stable_checkpoint(grid, best["trial_id"])},
+            f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}")
 
 
 def stable_checkpoint(grid, trial_id: str) -> dict[str, bytes]:
