@@ -43,7 +43,7 @@ def run_job(job: dict) -> dict:
     """One configuration trained as a trial (job["kind"] "trial") or for the final budget ("final")."""
     import torch
 
-    from nanogpt.data import prepare
+    from nanogpt.token_cache import prepare
     from nanogpt.train import Trainer
     from tune.space import Hparams
 

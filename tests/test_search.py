@@ -281,7 +281,7 @@ def test_interrupted_final_training_continues_where_it_stopped(tmp_path):
     import ray
     import torch
 
-    from nanogpt.data import prepare
+    from nanogpt.token_cache import prepare
     from nanogpt.train import Trainer
     from tune.config import build_parser, config_from_args
     from tune.space import Hparams

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from nanogpt.data import write_json
+from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
 from tune.searcher import bound_run

@@ -228,7 +228,8 @@ PROBE_EXAMPLES = {"counting": 7, "abc": 12}  # the notebook's examples: "Number 
 def _probe_sets(dataset_name: str) -> dict[str, dict[str, list[int]]]:
     """pattern -> {"seen": numbers whose sentence is in training, "held out": in validation only}, for the
     built-in corpora that hold the notebook's patterns; empty for other data."""
-    from nanogpt.data import BUILTIN_CORPORA, load_dataset
+    from nanogpt.corpora import BUILTIN_CORPORA
+    from nanogpt.dataset import load_dataset
     from nanogpt.sample import PROBES, probe_numbers
 
     if dataset_name not in BUILTIN_CORPORA:
@@ -317,7 +318,7 @@ def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list
     """(the generations' prompts, a note when they are not the search's own). From the results directory alone:
     the prompts search.json records, else the data set's built-in ones; never a file that search.json names
     (on the reader's machine that path may be anyone's file)."""
-    from nanogpt.data import default_prompts
+    from nanogpt.dataset import default_prompts
 
     if given:
         return given, None
@@ -330,7 +331,7 @@ def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list
 
 def data_file_prompts(data_file: str) -> list[str]:
     """Prompts from the start of the user's own data file (given on the command line)."""
-    from nanogpt.data import HEAD_CHARS, default_prompts
+    from nanogpt.dataset import HEAD_CHARS, default_prompts
 
     try:
         with open(data_file, encoding="utf-8", errors="replace") as f:

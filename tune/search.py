@@ -23,9 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nanogpt.data import TokenData, default_prompts, prepare
+from nanogpt.batches import TokenData
+from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
+from nanogpt.token_cache import prepare
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
 from tune import scaling
 from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
@@ -294,9 +296,11 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     return best, config, choice
 
 
-def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None,
+                 grid=None) -> dict | None:
     """--final-budget: the trial plan_final picks, trained once more for that budget as a Ray task on a whole
-    node; writes final/. None when there is nothing to train. `seconds_left`: what --final-budget auto may use."""
+    node; writes final/. None when there is nothing to train. `seconds_left`: what --final-budget auto may use.
+    `grid`: what the search's `Tuner.fit()` returned (--final-from continue)."""
     import ray
 
     from nanogpt.checkpoint import CONFIG_FILE
@@ -313,12 +317,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    start = None
-    if config.final_from == "continue":
-        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(exp, best["trial_id"], config.mirror)}
-        how = f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}"
-    else:
-        how = f"{best['trial_id']}'s configuration retrained from scratch"
+    start, how = _final_start(config, best, grid)
     print(f"\nfinal training: {how} to {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
@@ -346,18 +345,24 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     return out
 
 
-def stable_checkpoint(exp: Path, trial_id: str, mirror=None) -> dict[str, bytes]:
-    """The files of a trial's last checkpoint (a finished one, or a pruned one the scaling law picked): its stable
-    weights (under wsd a trial never decays its own weights; its cooldowns are branches)."""
-    from tune.experiment import read_trials
+def _final_start(config: SearchConfig, best, grid) -> tuple[dict | None, str]:
+    """Where the final training starts, and the line that says so: the winner's stable checkpoint (--final-from
+    continue), or nothing (scratch)."""
+    if config.final_from != "continue":
+        return None, f"{best['trial_id']}'s configuration retrained from scratch"
+    return ({"trial_id": best["trial_id"], "files": stable_checkpoint(grid, best["trial_id"])},
+            f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}")
 
-    trial = next(t for t in read_trials(exp, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
-                 if t.trial_id == trial_id)
-    if not trial.checkpoints:
+
+def stable_checkpoint(grid, trial_id: str) -> dict[str, bytes]:
+    """The files of a trial's latest checkpoint (a finished trial's, or a pruned one's the scaling law picked), from
+    the fit's ResultGrid: its stable weights (under wsd a trial never decays its own weights; its cooldowns are
+    branches). Ray fetches it from where the search keeps it (a URI too)."""
+    result = next(r for r in grid if r.metrics.get("trial_id") == trial_id)
+    if result.checkpoint is None:
         raise UserError(f"trial {trial_id} kept no checkpoint to continue: use --final-from scratch")
-    name = max(trial.checkpoints, key=lambda n: trial.checkpoints[n].get("step", -1))
-    path = mirror.fetch(trial.path / name) if mirror else trial.path / name
-    return {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
+    with result.checkpoint.as_directory() as path:
+        return {f.name: f.read_bytes() for f in Path(path).iterdir() if f.is_file()}
 
 
 def _refuse_taken(config: SearchConfig) -> None:
@@ -523,15 +528,17 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         _announce(config, data, tokenizer, resume)
         t0 = time.time()
         data_ref = ray.put(data)
-        make_tuner(config, data_ref, tokenizer, restore=resume).fit()
+        grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
         if mirror:
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
+        # trials.csv and best/ from the JSON reader `python -m tune.report` uses (not the grid): a report made
+        # later, or by someone else, gives the same table
         df = report_mod.export(exp, mirror=mirror)
         if config.final_budget or config.final_auto:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
-            if train_winner(config, data_ref, tokenizer, df, left) and mirror:
+            if train_winner(config, data_ref, tokenizer, df, left, grid) and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()
