@@ -120,7 +120,8 @@ def main() -> None:
     seconds = parse_duration(text, "--time")
     calib_iters = 20 if args.smoke_test else args.calibration_iters
 
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.tokenizer import CharTokenizer
 
     torch.set_num_threads(args.threads)
