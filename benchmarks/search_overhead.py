@@ -45,8 +45,9 @@ PHASES = [
 ]
 
 
-def run_search(extra: list[str]) -> tuple[Path, dict, float, tempfile.TemporaryDirectory]:
-    """The timed search; (its experiment dir, the phase marks with launch and exit, wall seconds, the temp dir)."""
+def run_search(extra: list[str]) -> tuple[Path, dict, float, str, tempfile.TemporaryDirectory]:
+    """The timed search; (its experiment dir, the phase marks with launch and exit, wall seconds, its probe lines,
+    the temp dir)."""
     tmp = tempfile.TemporaryDirectory()
     marks_file = Path(tmp.name) / "marks.json"
     launch = time.time()
@@ -56,7 +57,8 @@ def run_search(extra: list[str]) -> tuple[Path, dict, float, tempfile.TemporaryD
     if proc.returncode != 0:
         sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
     marks = {**json.loads(marks_file.read_text()), "launch": launch, "exit": done}
-    return Path(tmp.name) / "overhead", marks, done - launch, tmp
+    probes = proc.stdout.partition("what the best model learned (greedy):")[2].strip()
+    return Path(tmp.name) / "overhead", marks, done - launch, probes, tmp
 
 
 def command_rows(marks: dict, total: float) -> list[list]:
@@ -141,7 +143,7 @@ def main() -> None:
     write = "--no-write" not in args
     extra = [a for a in args if a != "--no-write"]
     load_before = os.getloadavg()[0]
-    exp, marks, total, tmp = run_search(extra)
+    exp, marks, total, probes, tmp = run_search(extra)
     with tmp:
         rows, share, compile_share, start_cost = slot_rows(exp, marks["fit:end"] - marks["fit:start"])
     met = share >= 0.95 and start_cost <= 0.5
@@ -160,8 +162,9 @@ Inside Tuner.fit, slot-time:
 
 Training (steps, evaluations and cooldown branches) {100 * share:.1f}% of slot-time, compiling {100 * compile_share:.1f}%;
 start cost {start_cost:.2f} s a trial. Goal (>= 95% training, compile time counted as overhead, <= 0.5 s a start):
-**{'met' if met else 'missed'}**.
-"""
+**{'met' if met else 'missed'}**. The search's answer, its probe lines:
+
+""" + "\n".join(f"    {line}" for line in probes.splitlines()) + "\n"
     print(body)
     if write:
         write_section("Search overhead (benchmarks/search_overhead.py)", body)
