@@ -87,7 +87,7 @@ def fixed_val_loss(model, val_ids, id_offset: int = 0, block_size: int = 64, ite
     """The one evaluator for every model: mean cross-entropy over the same iters x batch windows of
     `block_size` characters of the validation split (generator seeded 10_001). Both tokenizers are
     characters in sorted order, ours with <unk> at id 0: nanoGPT's id = ours - 1 (`id_offset=-1`)."""
-    from nanogpt.data import get_batch
+    from nanogpt.batches import get_batch
 
     model.eval()
     gen = torch.Generator().manual_seed(10_001)

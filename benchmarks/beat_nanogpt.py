@@ -52,7 +52,8 @@ def main() -> None:
                  "--num-samples", "2"]
 
     from nanogpt.checkpoint import load_model, read_checkpoint
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.sample import generate_text
     from nanogpt.tokenizer import CharTokenizer
     from tune import report

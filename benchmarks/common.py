@@ -23,7 +23,7 @@ def shakespeare_file() -> Path:
     """The local copy beside the project, else the project's own cached download."""
     if SHARED_SHAKESPEARE.is_file():
         return SHARED_SHAKESPEARE
-    from nanogpt.data import shakespeare_path
+    from nanogpt.shakespeare import shakespeare_path
 
     return shakespeare_path()
 

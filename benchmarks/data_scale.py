@@ -50,7 +50,8 @@ PREPARE = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(1)
-from nanogpt.data import prepare, _FileSource
+from nanogpt.sources import FileSource
+from nanogpt.token_cache import prepare
 path, kind, vocab, encode_only = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 t0 = time.perf_counter()
 data, tok = prepare(None, path, kind, vocab)
@@ -58,13 +59,13 @@ out = {"prepare_s": data.prepare_s, "from_cache": data.from_cache, "wall_s": tim
        "n_train": len(data.train), "n_val": len(data.val), "dtype": str(data.train.dtype), "vocab": tok.vocab_size}
 if encode_only:  # BPE: training alone, then the trained tokenizer alone over the whole file, as prepare does
     from pathlib import Path
-    from nanogpt.data import _line_batches
+    from nanogpt.textfile import line_batches
     from nanogpt.tokenizer import BPETokenizer
     t0 = time.perf_counter()
-    BPETokenizer.train_from_iterator(_line_batches(_FileSource(Path(path), "x").chunks("training")), vocab)
+    BPETokenizer.train_from_iterator(line_batches(FileSource(Path(path), "x").chunks("training")), vocab)
     out["train_s"] = time.perf_counter() - t0
     enc, t0, c0 = tok.stream_encoder(), time.perf_counter(), time.process_time()
-    for text in _FileSource(Path(path), "x").chunks("encoding"):
+    for text in FileSource(Path(path), "x").chunks("encoding"):
         enc.feed(text)
     enc.finish()
     out["encode_s"], out["encode_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0  # CPU: every thread

@@ -44,7 +44,8 @@ def main() -> None:
         return
 
     from nanogpt.checkpoint import load_model
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.tokenizer import CharTokenizer
     from tune import report
 

@@ -65,7 +65,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
 
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.tokenizer import CharTokenizer
 
     torch.set_num_threads(args.threads)

@@ -55,7 +55,7 @@ def sample_configs(config, n: int, seed: int) -> list[dict]:
 def run_trial(job: dict) -> dict:
     import torch
 
-    from nanogpt.data import prepare
+    from nanogpt.token_cache import prepare
     from nanogpt.train import Trainer
     from tune.space import Hparams
 

@@ -6,7 +6,7 @@
   training and encoding, in a fresh process: the byte-level pre-tokenizer alone (before: the library gets
   whole words; stopped after --before-timeout s) against ours (words cut into MAX_WORD_BYTES pieces).
 - Cache hit: a synthetic entry of --cache-gb GB of uint16 tokens (written under a temp dir, removed), read by
-  nanogpt.data._load_entry with its checks (size, sampled-block CRC-32, ids against the vocabulary) and
+  nanogpt.token_cache.load_entry with its checks (size, sampled-block CRC-32, ids against the vocabulary) and
   with the checks skipped (before), alternating, three rounds each; the file is in the page cache.
 """
 
@@ -27,18 +27,18 @@ from benchmarks.common import ROOT, md_table, stamp, write_section
 BPE = r"""
 import json, sys, time
 from nanogpt import tokenizer as T
-from nanogpt.data import _line_batches
+from nanogpt.textfile import line_batches
 path, cut = sys.argv[1], sys.argv[2] == "1"
 text = open(path).read()
 t0 = time.perf_counter()
 if cut:
-    tok = T.BPETokenizer.train_from_iterator(_line_batches(iter([text])), 512)
+    tok = T.BPETokenizer.train_from_iterator(line_batches(iter([text])), 512)
 else:  # before: the byte-level pre-tokenizer alone, as BPETokenizer trained until issue 18
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     hf = Tokenizer(models.BPE(unk_token=T.UNK))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator(_line_batches(iter([text])), trainer=trainers.BpeTrainer(
+    hf.train_from_iterator(line_batches(iter([text])), trainer=trainers.BpeTrainer(
         vocab_size=512, special_tokens=[T.UNK], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     tok = T.BPETokenizer(hf)
 t1 = time.perf_counter()
@@ -81,7 +81,8 @@ def bpe_without_whitespace(sizes_kb: list[int], before_timeout: float, tmp: Path
 def cache_hit(gb: float, tmp: Path) -> str:
     import numpy as np
 
-    from nanogpt import data as D
+    from nanogpt import token_cache as C
+    from nanogpt.files import write_json
     from nanogpt.tokenizer import CharTokenizer, save_tokenizer
 
     entry = tmp / "entry"
@@ -93,21 +94,21 @@ def cache_hit(gb: float, tmp: Path) -> str:
             block[: min(len(block), n - i)].tofile(f)
     (entry / "val.bin").write_bytes(b"")
     save_tokenizer(CharTokenizer([chr(97 + i) for i in range(23)]), entry / "tokenizer.json")
-    crc = {"train": D.sampled_crc(entry / "train.bin"), "val": D.sampled_crc(entry / "val.bin")}
-    D.write_json(entry / "meta.json", {"format": D.CACHE_FORMAT, "dtype": "uint16", "n_train": n, "n_val": 0,
-                                       "crc": crc})
-    real_crc, real_ids = D.sampled_crc, D._ids_problem
+    crc = {"train": C.sampled_crc(entry / "train.bin"), "val": C.sampled_crc(entry / "val.bin")}
+    write_json(entry / "meta.json", {"format": C.CACHE_FORMAT, "dtype": "uint16", "n_train": n, "n_val": 0,
+                                     "crc": crc})
+    real_crc, real_ids = C.sampled_crc, C.ids_problem
     times = {"checked": [], "unchecked": []}
-    D._load_entry(entry)  # the file into the page cache
+    C.load_entry(entry)  # the file into the page cache
     for _ in range(3):
         for kind in ("unchecked", "checked"):
             if kind == "unchecked":  # before: the size check alone
-                D.sampled_crc = lambda path: crc[path.stem]
-                D._ids_problem = lambda ids, vocab: None
+                C.sampled_crc = lambda path: crc[path.stem]
+                C.ids_problem = lambda ids, vocab: None
             t0 = time.perf_counter()
-            assert D._load_entry(entry) is not None
+            assert C.load_entry(entry) is not None
             times[kind].append(time.perf_counter() - t0)
-            D.sampled_crc, D._ids_problem = real_crc, real_ids
+            C.sampled_crc, C.ids_problem = real_crc, real_ids
     print(times, flush=True)
     return md_table(["cache hit of " + f"{gb:g} GB of tokens", "best of 3, ms", "all, ms"],
                     [[k, f"{min(v) * 1e3:.1f}", ", ".join(f"{t * 1e3:.1f}" for t in v)] for k, v in
@@ -128,13 +129,13 @@ def main() -> None:
     write_section("Reliability costs (benchmarks/reliability.py)", f"""{stamp()} Load average at the start:
 {load[0]:.1f} (a 2-core machine shared with other sessions: absolute times are noisy, compare within a row).
 
-BPE (512 tokens) on a file of random `acgt` without whitespace, prepared as `nanogpt.data.prepare` does
+BPE (512 tokens) on a file of random `acgt` without whitespace, prepared as `nanogpt.token_cache.prepare` does
 (training, then the stream encoder), each in a fresh process. Before: the byte-level pre-tokenizer alone, so
 the whole file is one word for the library; after: words cut into pieces of at most 256 bytes.
 
 {bpe}
 
-A token cache hit of {args.cache_gb:g} GB (uint16 ids, in the page cache): `_load_entry` with its checks
+A token cache hit of {args.cache_gb:g} GB (uint16 ids, in the page cache): `load_entry` with its checks
 against the size check alone.
 
 {hit}

@@ -28,7 +28,8 @@ EVAL_INTERVAL = 100  # steps, in the single run and in the search's trials
 
 
 def single_run(steps: int) -> tuple[float, int]:
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.model import GPTConfig
     from nanogpt.tokenizer import CharTokenizer
     from nanogpt.train import Trainer, TrainConfig

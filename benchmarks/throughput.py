@@ -135,7 +135,8 @@ def main() -> None:
     if args.search_only:
         return search_only()
 
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.tokenizer import CharTokenizer
 
     torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
     python -m nanogpt.cache clean --older-than DAYS
     python -m nanogpt.cache clean --all
 
-`nanogpt.data.prepare` keeps each corpus's tokens under NANOGPT_TUNE_CACHE/tokens (default
+`nanogpt.token_cache.prepare` keeps each corpus's tokens under NANOGPT_TUNE_CACHE/tokens (default
 ~/.cache/nanogpt-tune): one entry per content hash and tokenizer, as large as the corpus's tokens (2 bytes a
 token below 65,536 ids). An entry's "last used" is when a run last read it. Removing an entry costs only the
 tokenizing the next run that needs it does again; a running search keeps the tokens it has already read (its
@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.cli import run_main
-from nanogpt.data import lock_path, tokens_dir
 from nanogpt.errors import UserError
-
-_BUILD = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")  # nanogpt.data.build_dir: a build in progress, or left by a killed one
+from nanogpt.token_cache import build_dirs, entry_dirs, lock_path, tokenizer_tag, tokens_dir
 
 
 @dataclass
@@ -48,18 +45,15 @@ def entries(root: Path | None = None) -> list[Entry]:
     """Every complete entry, least recently used first."""
     root = root or tokens_dir()
     found = []
-    for path in root.glob("*-v*") if root.is_dir() else []:
-        if path.name.startswith("."):
-            continue  # a build in progress
+    for path in entry_dirs(root):
         meta_path = path / "meta.json"
         try:
             meta = json.loads(meta_path.read_text())
             last_used = meta_path.stat().st_mtime
         except (OSError, ValueError):
             continue  # not an entry (or one being replaced right now)
-        tok = meta.get("tokenizer", {})
         found.append(Entry(path=path, source=meta.get("source", "(unknown: cached before sources were recorded)"),
-                           tokenizer=tok.get("kind", "?") + (str(tok["vocab_size"]) if "vocab_size" in tok else ""),
+                           tokenizer=tokenizer_tag(meta.get("tokenizer", {})),
                            tokens=int(meta.get("n_train", 0)) + int(meta.get("n_val", 0)), size=_size(path),
                            last_used=last_used))
     return sorted(found, key=lambda e: e.last_used)
@@ -77,12 +71,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _abandoned_builds(root: Path) -> list[Path]:
     """Temp dirs of builds whose process is gone (killed mid-tokenizing)."""
-    out = []
-    for path in root.glob(".*.tmp") if root.is_dir() else []:
-        m = _BUILD.match(path.name)
-        if m and path.is_dir() and not _pid_alive(int(m.group("pid"))):
-            out.append(path)
-    return out
+    return [path for path, pid in build_dirs(root) if not _pid_alive(pid)]
 
 
 def clean(older_than_days: float | None, root: Path | None = None) -> tuple[list[Entry], int]:

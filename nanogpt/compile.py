@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.data import cache_dir, write_json
+from nanogpt.files import cache_dir, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The built-in corpora, made in code (no download): the notebook's patterns and simple text.
 
-Each corpus is a dict of document groups; `nanogpt.data` splits every group 90/10 by document,
+Each corpus is a dict of document groups; `nanogpt.dataset` splits every group 90/10 by document,
 so each kind of document also lands in validation (held out from training).
 
 The counting documents are runs of consecutive sentences ("Number 40 comes before 41.\nNumber 41

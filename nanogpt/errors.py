@@ -11,3 +11,7 @@ class UserError(ValueError):
     """Bad input the user can fix; the message says what is wrong and what to do.
 
     A ValueError, so library code that validates arguments keeps the usual contract."""
+
+
+class DataError(UserError):
+    """Bad or unavailable data (a data set, a text file, the cache). The message says what to do."""

@@ -3,7 +3,7 @@
 Every file the project writes for later reading (checkpoints, tokenizers, search.json, outcomes.json, the token
 cache's meta.json) goes through `replace_atomically`: written beside its place under a temporary name, then
 renamed over it. A reader in another process, or a run after a crash or a full disk, sees the old file or the
-new one, never half of one.
+new one, never half of one. `cache_dir` is where downloads, tokens, compile records and results mirrors are kept.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nanogpt.errors import UserError
+
+
+def cache_dir() -> Path:
+    """NANOGPT_TUNE_CACHE, default ~/.cache/nanogpt-tune."""
+    return Path(os.environ.get("NANOGPT_TUNE_CACHE", Path.home() / ".cache" / "nanogpt-tune")).expanduser()
+
 
 # what a write can fail with that the user fixes (space, quota, a read-only or failing disk), not our code
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}

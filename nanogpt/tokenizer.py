@@ -2,7 +2,10 @@
 
 Besides `encode` (a list of ids), each has `stream_encoder()`: text fed in chunks of any size comes
 out as numpy id arrays, token for token what `encode` gives for the whole text, without a Python
-int per character. A corpus of any size is tokenized that way (nanogpt.data).
+int per character. A corpus of any size is tokenized that way (nanogpt.token_cache).
+
+A tokenizer is one entry of `TOKENIZERS` (its name -> its class): `--tokenizer`'s choices, building one for a
+corpus (the class's `settings` and `build`) and loading a saved one (`from_dict`) all read the table.
 """
 
 from __future__ import annotations
@@ -16,11 +19,21 @@ from typing import Protocol
 
 import numpy as np
 
+from nanogpt.errors import DataError
+from nanogpt.files import write_json
+
 UNK = "<unk>"
 MIN_BPE_VOCAB = 257  # a byte-level BPE holds the 256 bytes and <unk> before any merge
+DEFAULT_TOKENIZER = "char"  # nanoGPT's shakespeare_char
+DEFAULT_BPE_VOCAB = 512
 MAX_CODE_POINT = 0x10FFFF
 _SUB = 1 << 18  # ids gathered per numpy call: the index casts stay in cache
 MAX_WORD_BYTES = 256  # a BPE pre-token's longest piece (tokenizer.BPETokenizer.train_from_iterator)
+
+
+def bpe_vocab_problem(vocab_size: int) -> str | None:
+    """None if a byte-level BPE can have this many tokens, else what the size must be."""
+    return None if vocab_size >= MIN_BPE_VOCAB else f"at least {MIN_BPE_VOCAB} (256 bytes + <unk>)"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -37,6 +50,32 @@ class StreamEncoder(Protocol):
     def feed(self, text: str) -> np.ndarray: ...
 
     def finish(self) -> np.ndarray: ...
+
+
+class TrainingText(Protocol):
+    """What a tokenizer is built from: a corpus's text, streamed (the token cache never holds it whole)."""
+
+    def characters(self) -> list[str]:
+        """Every distinct character, in code point order (only for a class whose `reads_characters` is set)."""
+        ...
+
+    def line_batches(self, what: str) -> Iterator[list[str]]:
+        """The text's str.splitlines(keepends=True) in batches; `what` names the pass in progress lines."""
+        ...
+
+
+class TextInMemory:
+    """A TrainingText held as one string (small corpora: tests, a dry run)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def characters(self) -> list[str]:
+        return sorted(set(self.text))
+
+    def line_batches(self, what: str) -> Iterator[list[str]]:
+        # lines, so that the trainer never holds the whole corpus as one string
+        return iter([self.text.splitlines(keepends=True)])
 
 
 class Tokenizer(Protocol):
@@ -60,6 +99,7 @@ class CharTokenizer:
     """One token per character of the corpus; id 0 is <unk>, for characters never seen."""
 
     kind = "char"
+    reads_characters = True  # build reads the characters the corpus holds
 
     def __init__(self, chars: list[str]):
         if len(set(chars)) != len(chars) or UNK in chars:
@@ -71,7 +111,21 @@ class CharTokenizer:
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(sorted(set(text)))
+        return cls.build(TextInMemory(text))
+
+    @staticmethod
+    def settings(vocab_size: int) -> dict:
+        """The settings that decide the tokens: none, the corpus decides (`vocab_size` is BPE's)."""
+        return {}
+
+    @classmethod
+    def build(cls, text: TrainingText) -> "CharTokenizer":
+        return cls(text.characters())
+
+    @staticmethod
+    def expected_vocab_size() -> int:
+        """Before reading the corpus: a guess, 256 characters."""
+        return 256
 
     @property
     def vocab_size(self) -> int:
@@ -130,25 +184,40 @@ class BPETokenizer:
     """
 
     kind = "bpe"
+    reads_characters = False
 
     def __init__(self, tok):
         self._tok = tok
         self._word_cache: _WordCache | None = None
 
     @classmethod
-    def train(cls, text: str, vocab_size: int = 512) -> "BPETokenizer":
-        # train on lines so that the trainer never holds the whole corpus as one string
-        return cls.train_from_iterator([text.splitlines(keepends=True)], vocab_size)
+    def train(cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> "BPETokenizer":
+        return cls.build(TextInMemory(text), vocab_size)
+
+    @staticmethod
+    def settings(vocab_size: int) -> dict:
+        """The settings that decide the tokens (`vocab_size`: --bpe-vocab-size)."""
+        if problem := bpe_vocab_problem(vocab_size):
+            raise DataError(f"--bpe-vocab-size must be {problem}, got {vocab_size}")
+        return {"vocab_size": vocab_size}
 
     @classmethod
-    def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = 512) -> "BPETokenizer":
+    def build(cls, text: TrainingText, vocab_size: int) -> "BPETokenizer":
+        return cls.train_from_iterator(text.line_batches("training BPE on"), vocab_size)
+
+    @staticmethod
+    def expected_vocab_size(vocab_size: int) -> int:
+        return vocab_size
+
+    @classmethod
+    def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = DEFAULT_BPE_VOCAB) -> "BPETokenizer":
         """Train on batches of lines: the corpus's str.splitlines(keepends=True), in any batches."""
         from tokenizers import Regex
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
-        if vocab_size < MIN_BPE_VOCAB:
-            raise ValueError(f"BPE vocab_size must be at least {MIN_BPE_VOCAB} (256 bytes + <unk>), got {vocab_size}")
+        if problem := bpe_vocab_problem(vocab_size):
+            raise ValueError(f"BPE vocab_size must be {problem}, got {vocab_size}")
         tok = HFTokenizer(models.BPE(unk_token=UNK))
         # GPT-2's byte-level words, then each word cut into pieces of at most MAX_WORD_BYTES: the library's trainer
         # and encoder take time quadratic in a word's length, and text without whitespace (a DNA sequence, a
@@ -338,7 +407,11 @@ def _allow_parallelism() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
-TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer}  # kind -> class
+# name (the saved `kind`) -> class. A class has `kind`; `reads_characters` (its build needs the corpus's characters,
+# which the token cache gathers while hashing); `settings(vocab_size)`, the settings that decide its tokens (checked);
+# `build(text, **settings)` from a TrainingText; `expected_vocab_size(**settings)` before any text is read (a dry
+# run); `from_dict`/`to_dict`; and the Tokenizer protocol.
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 
 def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
@@ -349,8 +422,6 @@ def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
 
 
 def save_tokenizer(tok, path: str | Path) -> None:
-    from nanogpt.files import write_json
-
     write_json(path, tok.to_dict())
 
 

@@ -23,7 +23,7 @@ from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER
                                 read_checkpoint, read_checkpoint_tokenizer)
 from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key, worth_compiling
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
-from nanogpt.data import TokenData, get_batch
+from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
@@ -603,14 +603,15 @@ def build_parser():
     import argparse
 
     from nanogpt.cli import add_dataclass_args
-    from nanogpt.data import DATASETS
+    from nanogpt.dataset import DATASETS
+    from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.train", description="Train one GPT configuration.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help=f"built-in data set: {', '.join(DATASETS)} (default: mixed)")
     src.add_argument("--data-file", help="any UTF-8 text file (90%% train, last 10%% validation)")
-    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
-    p.add_argument("--bpe-vocab-size", type=int, default=512)
+    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default=DEFAULT_TOKENIZER)
+    p.add_argument("--bpe-vocab-size", type=int, default=DEFAULT_BPE_VOCAB)
     p.add_argument("--out", default="results/train", help="checkpoint directory (default: results/train)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its own configuration")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -627,7 +628,8 @@ def build_parser():
 def _trainer_from_args(args, out: Path) -> Trainer:
     """A new run from the flags, or (--resume) the run saved in `out` with its own configuration and data."""
     from nanogpt.cli import dataclass_from_args
-    from nanogpt.data import DATASETS, prepare
+    from nanogpt.dataset import DATASETS
+    from nanogpt.token_cache import prepare
 
     has_ckpt = (out / MODEL_FILE).exists()
     if has_ckpt and not args.resume:
@@ -653,7 +655,7 @@ def _trainer_from_args(args, out: Path) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nanogpt.data import default_prompts
+    from nanogpt.dataset import default_prompts
     from nanogpt.sample import generate_text
 
     args = build_parser().parse_args(argv)

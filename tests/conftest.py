@@ -103,7 +103,8 @@ def stop_processes_under(temp: Path) -> None:
 @pytest.fixture(scope="module")
 def data():
     """The counting corpus, char-tokenized: (TokenData, tokenizer), for tests that train a tiny model."""
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.tokenizer import CharTokenizer
 
     ds = load_dataset("counting")

@@ -149,7 +149,8 @@ def test_train_seed_outside_torchs_range_is_one_line(tmp_path):
 
 def test_checkpoint_errors_for_sample(tmp_path):
     """Missing, corrupt and mismatched checkpoints: one line each."""
-    from nanogpt.data import load_dataset, tokenize
+    from nanogpt.batches import tokenize
+    from nanogpt.dataset import load_dataset
     from nanogpt.model import GPTConfig
     from nanogpt.tokenizer import CharTokenizer, save_tokenizer
     from nanogpt.train import TrainConfig, Trainer

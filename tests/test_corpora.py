@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanogpt import corpora
-from nanogpt import data as D
+from nanogpt.dataset import load_dataset
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import abc_probe, counting_probe, probe_numbers, probe_scores
 from nanogpt.tokenizer import CharTokenizer
@@ -17,7 +17,7 @@ SENTENCE = re.compile(r"Number (\d+) comes before (\d+)\.\n")
 @pytest.mark.parametrize("name", sorted(corpora.BUILTIN_CORPORA))
 def test_corpus_is_deterministic(name):
     assert corpora.BUILTIN_CORPORA[name]() == corpora.BUILTIN_CORPORA[name]()
-    a, b = D.load_dataset(name), D.load_dataset(name)
+    a, b = load_dataset(name), load_dataset(name)
     assert (a.train_text, a.val_text) == (b.train_text, b.val_text)
 
 
@@ -55,7 +55,7 @@ def test_abc_docs_are_runs_and_short_numbers_are_not_rare():
 
 @pytest.mark.parametrize("name", ["counting", "mixed"])
 def test_held_out_numbers_are_never_training_sentences(name):
-    ds = D.load_dataset(name)
+    ds = load_dataset(name)
     in_train = {int(k) for k in re.findall(r"Number (\d+) comes before ", ds.train_text)}
     in_val = {int(k) for k in re.findall(r"Number (\d+) comes before ", ds.val_text)}
     assert in_train and in_val and not in_train & in_val
@@ -75,7 +75,7 @@ def test_probe_numbers_are_a_fixed_sample_of_each_split():
     assert probe_numbers(train, val, n=10) == (seen, held_out) and probe_numbers(train, val, n=100)[0] == list(range(100))
     assert probe_numbers(train, val, "abc") == ([5, 6], [9])
     assert probe_numbers("no patterns", "here") == ([], [])
-    mixed = D.load_dataset("mixed")
+    mixed = load_dataset("mixed")
     seen, held_out = probe_numbers(mixed.train_text, mixed.val_text)
     assert len(seen) == len(held_out) == 25 and max(seen) > 500 and max(held_out) > 500 and min(seen) < 500
     a_seen, a_held = probe_numbers(mixed.train_text, mixed.val_text, "abc")
@@ -118,7 +118,7 @@ def test_probes_score_right_and_wrong_answers():
 
 
 def test_probes_run_on_a_tiny_gpt():
-    ds = D.load_dataset("mixed")
+    ds = load_dataset("mixed")
     tok = CharTokenizer.from_text(ds.text)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))

@@ -15,8 +15,13 @@ import pytest
 import torch
 
 from conftest import RAY, stop_processes_under
-from nanogpt import data as D
+from nanogpt import textfile, token_cache
 from nanogpt import tokenizer as T
+from nanogpt.batches import get_batch
+from nanogpt.dataset import load_dataset, split_text
+from nanogpt.errors import DataError
+from nanogpt.textfile import read_chunks
+from nanogpt.token_cache import prepare
 from nanogpt.tokenizer import BPETokenizer, CharTokenizer
 
 # every kind of character the cut points must survive: multi-byte UTF-8 (2, 3, 4 bytes), line ends
@@ -43,13 +48,13 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 7 bytes and BPE pieces of 5 characters: every kind of cut is made many times."""
-    monkeypatch.setattr(D, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 7)
     monkeypatch.setattr(T, "_PIECE_CHARS", 5)
 
 
 def _legacy(name, data_file, kind, vocab=300):
     """Today's encoding: the whole text as one string, one encode call per split."""
-    ds = D.load_dataset(name, data_file)
+    ds = load_dataset(name, data_file)
     tok = CharTokenizer.from_text(ds.text) if kind == "char" else BPETokenizer.train(ds.text, vocab)
     return tok, tok.encode(ds.train_text), tok.encode(ds.val_text), len(ds.val_text) / max(1, len(tok.encode(ds.val_text)))
 
@@ -58,7 +63,7 @@ def _legacy(name, data_file, kind, vocab=300):
 def test_prepare_gives_todays_tokens_for_a_file(tmp_path, cache, small_chunks, kind):
     f = tmp_path / "corpus.txt"
     f.write_text(_corpus(), encoding="utf-8", newline="")
-    data, tok = D.prepare(None, f, kind, 300)
+    data, tok = prepare(None, f, kind, 300)
     ltok, train, val, cpt = _legacy(None, f, kind)
     assert tok.to_dict() == ltok.to_dict()
     assert data.train.tolist() == train and data.val.tolist() == val
@@ -69,7 +74,7 @@ def test_prepare_gives_todays_tokens_for_a_file(tmp_path, cache, small_chunks, k
 @pytest.mark.parametrize("kind", ["char", "bpe"])
 def test_prepare_gives_todays_tokens_for_builtin_corpora(cache, kind):
     for name in ("mixed", "abc"):
-        data, tok = D.prepare(name, None, kind, 300)
+        data, tok = prepare(name, None, kind, 300)
         ltok, train, val, cpt = _legacy(name, None, kind)
         assert tok.to_dict() == ltok.to_dict() and data.train.tolist() == train and data.val.tolist() == val
         assert data.val_chars_per_token == cpt
@@ -106,10 +111,10 @@ def test_multibyte_character_cut_by_a_chunk_boundary(tmp_path, cache, monkeypatc
     f = tmp_path / "mb.txt"
     f.write_text(text, encoding="utf-8")
     for chunk in (1, 2, 3, 5, 6):  # cuts inside 2-, 3- and 4-byte characters
-        monkeypatch.setattr(D, "CHUNK_BYTES", chunk)
-        assert "".join(t for _, t in D._read_chunks(f)) == text
-    data, tok = D.prepare(None, f, "char")
-    train, val = D.split_text(text)
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)
+        assert "".join(t for _, t in read_chunks(f)) == text
+    data, tok = prepare(None, f, "char")
+    train, val = split_text(text)
     assert data.train.tolist() == tok.encode(train) and data.val.tolist() == tok.encode(val)
 
 
@@ -123,19 +128,19 @@ def test_uint32_beyond_65535_tokens(cache):
 def test_cache_reused_and_invalidated_by_a_changed_file(tmp_path, cache):
     f = tmp_path / "c.txt"
     f.write_text("hello world, hello tokens\n" * 40)
-    first, _ = D.prepare(None, f, "char")
-    again, _ = D.prepare(None, f, "char")
+    first, _ = prepare(None, f, "char")
+    again, _ = prepare(None, f, "char")
     assert not first.from_cache and again.from_cache and np.array_equal(first.train, again.train)
     assert "used the cache" in again.describe()
     os.utime(f)  # touched, same text: hashed again, still a hit
-    assert D.prepare(None, f, "char")[0].from_cache
+    assert prepare(None, f, "char")[0].from_cache
     st = f.stat()
     f.write_text("HELLO WORLD, hello tokens\n" * 40)  # same size, and the old mtime put back
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    changed, tok = D.prepare(None, f, "char")
+    changed, tok = prepare(None, f, "char")
     assert not changed.from_cache
     assert changed.train.tolist() == tok.encode(f.read_text()[: len(changed.train)]) != first.train.tolist()
-    bpe, _ = D.prepare(None, f, "bpe", 300)  # other tokenizer settings: their own entry
+    bpe, _ = prepare(None, f, "bpe", 300)  # other tokenizer settings: their own entry
     assert not bpe.from_cache
 
 
@@ -144,15 +149,15 @@ def test_given_tokenizer_is_used_as_is(tmp_path, cache):
     f = tmp_path / "r.txt"
     f.write_text("abcabc xyz\n" * 20)
     tok = CharTokenizer.from_text("abc")
-    data, got = D.prepare(None, f, tok)
+    data, got = prepare(None, f, tok)
     assert got.to_dict() == tok.to_dict() and 0 in data.train
-    assert data.train.tolist() == tok.encode(D.split_text(f.read_text())[0])
+    assert data.train.tolist() == tok.encode(split_text(f.read_text())[0])
 
 
 def test_two_processes_prepare_at_once(tmp_path, cache):
     f = tmp_path / "p.txt"
     f.write_text(_corpus(2000))
-    script = ("import sys, json; from nanogpt.data import prepare; d, t = prepare(None, sys.argv[1], 'bpe', 300); "
+    script = ("import sys, json; from nanogpt.token_cache import prepare; d, t = prepare(None, sys.argv[1], 'bpe', 300); "
               "print(json.dumps([d.from_cache, int(d.train.astype('int64').sum()), len(d.val)]))")
     env = {**os.environ, "NANOGPT_TUNE_CACHE": str(cache)}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(f)], stdout=subprocess.PIPE, text=True, env=env)
@@ -167,20 +172,20 @@ def test_unwritable_cache_falls_back_to_a_temp_dir(tmp_path, monkeypatch, caplog
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(blocker / "cache"))  # under a file: cannot be made
-    monkeypatch.setattr(D, "_fallback_root", None)
+    monkeypatch.setattr(token_cache, "_fallback_root", None)
     f = tmp_path / "u.txt"
     f.write_text("some text to tokenize\n" * 10)
-    with caplog.at_level(logging.WARNING, logger="nanogpt.data"):
-        data, _ = D.prepare(None, f, "char")
+    with caplog.at_level(logging.WARNING, logger="nanogpt.token_cache"):
+        data, _ = prepare(None, f, "char")
     assert len(data.train) > 0 and "NANOGPT_TUNE_CACHE" in caplog.text
-    monkeypatch.setattr(D.tempfile, "mkdtemp", lambda **_: (_ for _ in ()).throw(OSError("no space")))
-    monkeypatch.setattr(D, "_fallback_root", None)
-    with pytest.raises(D.DataError, match="NANOGPT_TUNE_CACHE"):
-        D.prepare(None, f, "char")
+    monkeypatch.setattr(token_cache.tempfile, "mkdtemp", lambda **_: (_ for _ in ()).throw(OSError("no space")))
+    monkeypatch.setattr(token_cache, "_fallback_root", None)
+    with pytest.raises(DataError, match="NANOGPT_TUNE_CACHE"):
+        prepare(None, f, "char")
 
 
 def test_bad_files_are_one_clear_error(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(D, "CHUNK_BYTES", 1000)  # the faults lie in later chunks
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 1000)  # the faults lie in later chunks
     cases = {
         "missing.txt": (None, "does not exist"),
         "empty.txt": (b" \n\t\n" * 600, "empty"),
@@ -191,39 +196,39 @@ def test_bad_files_are_one_clear_error(tmp_path, cache, monkeypatch):
     for name, (content, needle) in cases.items():
         if content is not None:
             (tmp_path / name).write_bytes(content)
-        with pytest.raises(D.DataError) as e:
-            D.prepare(None, tmp_path / name, "char")
+        with pytest.raises(DataError) as e:
+            prepare(None, tmp_path / name, "char")
         assert needle in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
     (tmp_path / "ok.txt").write_text("x" * 100)
     for args, needle in [(("nope", None), "unknown dataset"), (("counting", tmp_path / "ok.txt"), "not both")]:
-        with pytest.raises(D.DataError, match=needle):
-            D.prepare(*args)
-    with pytest.raises(D.DataError, match="bpe-vocab-size"):
-        D.prepare(None, tmp_path / "ok.txt", "bpe", 100)
-    with pytest.raises(D.DataError, match="too short"):
-        D.prepare(None, tmp_path / "ok.txt", "char")[0].check_block_size(64)
+        with pytest.raises(DataError, match=needle):
+            prepare(*args)
+    with pytest.raises(DataError, match="bpe-vocab-size"):
+        prepare(None, tmp_path / "ok.txt", "bpe", 100)
+    with pytest.raises(DataError, match="too short"):
+        prepare(None, tmp_path / "ok.txt", "char")[0].check_block_size(64)
 
 
 def test_progress_only_for_big_inputs(tmp_path, cache, monkeypatch, caplog):
     f = tmp_path / "g.txt"
     f.write_text("a line of text\n" * 5000)
-    with caplog.at_level(logging.INFO, logger="nanogpt.data"):
-        D.prepare(None, f, "char")
+    with caplog.at_level(logging.INFO, logger="nanogpt"):
+        prepare(None, f, "char")
     assert not caplog.records  # small: nothing on the terminal
-    monkeypatch.setattr(D, "PROGRESS_MIN_BYTES", 1000)
+    monkeypatch.setattr(textfile, "PROGRESS_MIN_BYTES", 1000)
     f.write_text("another line\n" * 5000)
-    with caplog.at_level(logging.INFO, logger="nanogpt.data"):
-        D.prepare(None, f, "char")
+    with caplog.at_level(logging.INFO, logger="nanogpt"):
+        prepare(None, f, "char")
     assert any("tokenizing g.txt" in r.getMessage() and "MB/s" in r.getMessage() for r in caplog.records)
 
 
 def test_trainer_reads_prepared_tokens(cache):
     """The trainer batches read-only uint16 tokens: same windows as today's int64 tensors."""
-    data, tok = D.prepare("counting", None, "char")
-    old = torch.tensor(tok.encode(D.load_dataset("counting").train_text), dtype=torch.long)
+    data, tok = prepare("counting", None, "char")
+    old = torch.tensor(tok.encode(load_dataset("counting").train_text), dtype=torch.long)
     for gen_seed in (0, 1):
-        x, y = D.get_batch(data.train, 16, 4, torch.Generator().manual_seed(gen_seed))
-        x0, y0 = D.get_batch(old, 16, 4, torch.Generator().manual_seed(gen_seed))
+        x, y = get_batch(data.train, 16, 4, torch.Generator().manual_seed(gen_seed))
+        x0, y0 = get_batch(old, 16, 4, torch.Generator().manual_seed(gen_seed))
         assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
@@ -253,7 +258,7 @@ def two_nodes():
 DRIVER = textwrap.dedent("""
     import json, sys
     import numpy as np, ray
-    from nanogpt.data import prepare
+    from nanogpt.token_cache import prepare
 
     data, tok = prepare("mixed", None, "char")
     ray.init(address=sys.argv[1], logging_level="ERROR")

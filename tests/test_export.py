@@ -12,7 +12,8 @@ import torch
 
 from conftest import REPO, assert_one_line_error, run_cli
 from nanogpt.checkpoint import load_model
-from nanogpt.data import load_dataset, tokenize
+from nanogpt.batches import tokenize
+from nanogpt.dataset import load_dataset
 from nanogpt.errors import UserError
 from nanogpt.export import export
 from nanogpt.model import GPT, GPTConfig
@@ -190,6 +191,18 @@ def test_search_refuses_nanogpt_export_of_bpe_before_anything():
 
     args = build_parser().parse_args(["--tokenizer", "bpe", "--export", "nanogpt", "--results-dir", "/nonexistent/x"])
     with pytest.raises(UserError, match="--export hf"):
+        config_from_args(args)
+
+
+def test_search_refuses_nanogpt_export_of_any_tokenizer_but_characters(monkeypatch):
+    """A tokenizer added to the table (here a stand-in) is refused up front too, not only BPE by name."""
+    from nanogpt import tokenizer as T
+    from tune.config import build_parser, config_from_args
+
+    monkeypatch.setitem(T.TOKENIZERS, "bytes", type("ByteTokenizer", (), {"kind": "bytes"}))
+    args = build_parser().parse_args(["--export", "nanogpt", "--results-dir", "/nonexistent/x"])
+    args.tokenizer = "bytes"  # the flag's choices were read from the table at import
+    with pytest.raises(UserError, match="cannot hold a bytes tokenizer"):
         config_from_args(args)
 
 

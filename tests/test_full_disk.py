@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY, assert_one_line_error, run_cli
 from nanogpt.cli import run_main
-from nanogpt.data import TokenData
+from nanogpt.batches import TokenData
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
 from nanogpt.train import Trainer, TrainConfig

@@ -281,7 +281,7 @@ def test_interrupted_final_training_continues_where_it_stopped(tmp_path):
     import ray
     import torch
 
-    from nanogpt.data import prepare
+    from nanogpt.token_cache import prepare
     from nanogpt.train import Trainer
     from tune.config import build_parser, config_from_args
     from tune.space import Hparams
@@ -335,5 +335,8 @@ def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):
     meta = json.loads((exp / "final" / "config.json").read_text())
     best = df.iloc[0]
     assert meta["continued_from"] == best["trial_id"] and meta["step"] == 80 and meta["train"]["schedule"] == "wsd"
+    # one model size: no scaling fit, the raw winner is continued, and final/ records why
+    assert meta["chosen_by"]["chosen"] == meta["chosen_by"]["raw_winner"] == best["trial_id"]
+    assert "no scaling fit" in meta["chosen_by"]["reason"] and "final choice: " in proc.stdout
     assert f"continued trial `{best['trial_id']}`" in (exp / "report.md").read_text()
     assert f"{best['trial_id']} continued from its stable checkpoint" in proc.stdout

@@ -87,6 +87,32 @@ def test_search_to_a_uri_and_report_back(tmp_path, cache):
     assert "Number 9" in text and "## Generations" in text
 
 
+@pytest.mark.slow
+def test_winner_continued_from_its_checkpoint_at_the_uri_after_a_resume(tmp_path, cache):
+    """--final-from continue at a URI: the winner's stable checkpoint comes from the ResultGrid that fit() returns,
+    on a resume too (the grid of a restored search, the local copy gone, final/ lost before it was written)."""
+    import json
+
+    remote = tmp_path / "remote"
+    uri = f"file://{remote}"
+    env = {"NANOGPT_TUNE_CACHE": str(cache)}
+    args = [*TINY, "--num-samples", "2", "--max-steps", "20", "--eval-interval", "5", "--scheduler", "fifo",
+            "--schedule", "wsd", "--final-budget", "40steps", "--results-dir", uri, "--name", "w", "--no-report"]
+    proc = run_cli("tune.search", *args, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exp = remote / "w"
+    best = pd.read_csv(exp / "trials.csv").iloc[0]["trial_id"]
+    assert json.loads((exp / "final" / "config.json").read_text())["continued_from"] == best
+
+    shutil.rmtree(exp / "final")
+    shutil.rmtree(cache)
+    resumed = run_cli("tune.search", "--resume", "--name", "w", "--results-dir", uri, "--no-report", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{best} continued from its stable checkpoint" in resumed.stdout
+    meta = json.loads((exp / "final" / "config.json").read_text())
+    assert meta["continued_from"] == best and meta["step"] == 40
+
+
 def test_report_of_a_missing_uri_is_one_clear_error(tmp_path, cache):
     proc = run_cli("tune.report", f"file://{tmp_path}/nothing/here", env={"NANOGPT_TUNE_CACHE": str(cache)})
     assert_one_line_error(proc, "does not exist")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nanogpt.compile import COMPILE_MODES
-from nanogpt.data import DATASETS
+from nanogpt.dataset import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
-from nanogpt.tokenizer import MIN_BPE_VOCAB, TOKENIZERS
+from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, CharTokenizer, bpe_vocab_problem
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
@@ -34,8 +34,8 @@ from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
 SETTINGS_FILE = "search.json"
-_AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(steps?|tokens?|flops?|s|sec|seconds?)?\s*$")
 _UNIT_ALIASES = {"step": "steps", "token": "tokens", "flop": "flops", "sec": "s", "second": "s", "seconds": "s"}
+_AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(%s)?\s*$" % "|".join([*UNITS, *_UNIT_ALIASES]))
 
 
 def parse_amount(text: str, flag: str, unit: str | None = None) -> tuple[float, str]:
@@ -141,10 +141,10 @@ class SearchConfig:
                                   group="what to search")
     data_file: str | None = setting("--data-file", "any UTF-8 text file (90% train, last 10% validation)",
                                     group="what to search")
-    tokenizer: str = setting("--tokenizer", "how text becomes tokens", default="char", choices=list(TOKENIZERS),
+    tokenizer: str = setting("--tokenizer", "how text becomes tokens", default=DEFAULT_TOKENIZER, choices=list(TOKENIZERS),
                              group="what to search")
-    bpe_vocab_size: int = setting("--bpe-vocab-size", "BPE vocabulary size", default=512, type=int,
-                                  check=at_least(MIN_BPE_VOCAB, " (256 bytes + <unk>)"), group="what to search")
+    bpe_vocab_size: int = setting("--bpe-vocab-size", "BPE vocabulary size", default=DEFAULT_BPE_VOCAB, type=int,
+                                  check=bpe_vocab_problem, group="what to search")
     space: dict = setting()  # hyperparameter -> Optuna distribution JSON, or a constant; flags: the Hparams fields
     num_samples: int = setting("--num-samples", "trials to run", default=FROM_PRESET, type=int, check=positive,
                                group="budget")
@@ -573,8 +573,9 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
     values.update(_final(args, values, budget, unit))
-    if values["export"] == "nanogpt" and values["tokenizer"] == "bpe":
-        raise UserError("--export nanogpt cannot hold a BPE tokenizer (nanoGPT's meta.pkl maps characters): use --export hf")
+    if values["export"] == "nanogpt" and values["tokenizer"] != CharTokenizer.kind:
+        raise UserError(f"--export nanogpt cannot hold a {values['tokenizer']} tokenizer (nanoGPT's meta.pkl maps "
+                        f"characters): use --export hf")
     # a URI pyarrow cannot open is an error now, before Ray
     local_copy = str(Mirror(f"{results_dir}/{name}").local) if is_uri(results_dir) else None
     return SearchConfig(

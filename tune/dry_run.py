@@ -24,29 +24,30 @@ def first_trial(config: SearchConfig):
 
 def vocab_size(config: SearchConfig) -> tuple[int, bool]:
     """(vocabulary size, exact): exact for the corpora made in code; for a file or a download, which a dry run does
-    not read, BPE's size as asked and 256 characters assumed."""
+    not read, the tokenizer's expected size (BPE's as asked, 256 characters assumed)."""
     from nanogpt.corpora import BUILTIN_CORPORA
-    from nanogpt.data import load_dataset
-    from nanogpt.tokenizer import BPETokenizer, CharTokenizer
+    from nanogpt.dataset import load_dataset
+    from nanogpt.tokenizer import TOKENIZERS, TextInMemory
 
+    cls = TOKENIZERS[config.tokenizer]
+    settings = cls.settings(config.bpe_vocab_size)
     if config.dataset in BUILTIN_CORPORA:
-        text = load_dataset(config.dataset).text
-        tok = BPETokenizer.train(text, config.bpe_vocab_size) if config.tokenizer == "bpe" else CharTokenizer.from_text(text)
-        return tok.vocab_size, True
-    return (config.bpe_vocab_size if config.tokenizer == "bpe" else 256), False
+        return cls.build(TextInMemory(load_dataset(config.dataset).text), **settings).vocab_size, True
+    return cls.expected_vocab_size(**settings), False
 
 
 def describe_first_trial(config: SearchConfig) -> str:
     import torch
 
     from nanogpt.model import GPT
+    from nanogpt.train import step_spend
 
     hp = first_trial(config)
     vocab, exact = vocab_size(config)
     with torch.device("meta"):  # shapes only
         model = GPT(hp.model_config(vocab))
     tokens = hp.batch_size * hp.block_size
-    per_step = {"steps": 1.0, "tokens": float(tokens), "flops": float(tokens * model.flops_per_token())}.get(config.budget_unit)
+    per_step = step_spend(config.budget_unit, tokens, model.flops_per_token())
     steps = (f"{math.floor(config.trial_budget / per_step + 1e-9):,} steps" if per_step
              else f"as many steps as fit in {config.trial_budget:g} s")
     assumed = "" if exact else f" (a vocabulary of {vocab} assumed: a dry run reads no data)"

@@ -189,3 +189,41 @@ def importance(experiment: Path, config, path: Path) -> None:
     ax.set_xlabel("importance for val_loss (PED-ANOVA)")
     ax.set_title(f"hyperparameter importance ({len(done)} COMPLETE trials: finished their budget)")
     _save(fig, path)
+
+
+def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> None:
+    """Cooldown-rung losses against the decayed copy's spend, coloured by model size, with the fitted law for each
+    size (thin) and the predictions for the raw winner and the fit's pick (bold) out to the final budget."""
+    import numpy as np
+
+    from tune.scaling import Law, predict
+
+    if "law" not in choice:
+        raise PlotSkipped(choice.get("reason", "no scaling fit"))
+    law = Law(**choice["law"])
+    sizes = sorted({p.n for p in points})
+    norm = matplotlib.colors.LogNorm(min(sizes), max(sizes) * 1.0001)
+    cmap = matplotlib.colormaps["viridis"]
+    fig, ax = _subplots(figsize=(8, 5))
+    x = np.array([p.d / p.per_spend for p in points])
+    ax.scatter(x, [p.loss for p in points], c=[cmap(norm(p.n)) for p in points], s=14, alpha=0.8)
+    end = max(choice["final_budget"], x.max())
+    grid = np.geomspace(x.min(), end, 60)
+    for n in sizes:
+        per_spend = float(np.median([p.per_spend for p in points if p.n == n]))
+        ax.plot(grid, law.loss(n, grid * per_spend), color=cmap(norm(n)), lw=0.8, alpha=0.6)
+    for tid, style, label in ((choice["raw_winner"], "--", "raw winner"), (choice.get("pick"), "-", "fit's pick")):
+        if tid is None or tid not in choice.get("predicted", {}):
+            continue
+        mine = [p for p in points if p.trial_id == tid]
+        ax.plot(grid, [predict(law, mine, tid, g * mine[0].per_spend) for g in grid], style, color="black", lw=2,
+                label=f"{label}: {tid} ({int(mine[0].n):,} params)")
+    ax.axvline(choice["final_budget"], color="grey", ls=":", label="final budget")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"spend of the decayed copy ({unit})")
+    ax.set_ylabel("cooldown-rung validation loss (nats/token)")
+    ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="non-embedding parameters")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from nanogpt.data import write_json
+from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
 from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
 from tune.searcher import bound_run
@@ -53,6 +53,8 @@ class Progress(Callback):
         self.t0 = None
         self.done = 0
         self.best: tuple[float, str] | None = None
+        # under wsd only the cooldown rungs are comparable; the evaluations between them are at the peak learning rate
+        self.rungs_only = config.schedule == "wsd"
 
     def _stamp(self) -> str:
         if self.t0 is None:
@@ -66,6 +68,8 @@ class Progress(Callback):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self._stamp(), evaluation_line(trial.trial_id, result, self.unit))
         val = result.get("val_loss")
+        if self.rungs_only and not result.get("cooldown_steps"):
+            return
         if val is not None and math.isfinite(val) and (self.best is None or val < self.best[0]):
             self.best = (val, trial.trial_id)
 

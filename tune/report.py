@@ -27,7 +27,7 @@ from nanogpt.errors import UserError
 from nanogpt.files import write_bytes
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
-from tune import plots
+from tune import plots, scaling
 from tune.experiment import best_checkpoint, finite, inside, read_trials
 from tune.outcomes import Outcome, error_line, read_outcomes
 from tune.outcomes import describe as describe_outcome
@@ -133,7 +133,10 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
         evals = _evaluations(trial)
         if evals:
             last = evals[-1]
-            best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
+            # under wsd only the cooldown rungs are comparable (a loss at the end of a decay); the stable-phase
+            # evaluations between them are taken at the peak learning rate
+            rungs = [r for r in evals if (_num(r.get("cooldown_steps")) or 0) > 0]
+            best = min(rungs or evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
             row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
                        last_val_loss=float(last["val_loss"]), steps=int(last["step"]),
                        # spend: what the budget counts (training and cooldown branches); train_spend: training alone
@@ -182,7 +185,7 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
 # what a report writes into a results directory; each is checked before writing (see _check_outputs)
 OUTPUTS = ("trials.csv", "best", "best.tmp", "report.md", "plots", "plots/learning_curves.png",
            "plots/val_loss_vs_params.png", "plots/val_loss_vs_hparams.png", "plots/importance.png",
-           "plots/attention.png")
+           "plots/attention.png", "plots/scaling_law.png")
 
 
 def _check_outputs(path: Path) -> None:
@@ -226,7 +229,8 @@ PROBE_EXAMPLES = {"counting": 7, "abc": 12}  # the notebook's examples: "Number 
 def _probe_sets(dataset_name: str) -> dict[str, dict[str, list[int]]]:
     """pattern -> {"seen": numbers whose sentence is in training, "held out": in validation only}, for the
     built-in corpora that hold the notebook's patterns; empty for other data."""
-    from nanogpt.data import BUILTIN_CORPORA, load_dataset
+    from nanogpt.corpora import BUILTIN_CORPORA
+    from nanogpt.dataset import load_dataset
     from nanogpt.sample import PROBES, probe_numbers
 
     if dataset_name not in BUILTIN_CORPORA:
@@ -321,7 +325,7 @@ def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list
     """(the generations' prompts, a note when they are not the search's own). From the results directory alone:
     the prompts search.json records, else the data set's built-in ones; never a file that search.json names
     (on the reader's machine that path may be anyone's file)."""
-    from nanogpt.data import default_prompts
+    from nanogpt.dataset import default_prompts
 
     if given:
         return given, None
@@ -334,7 +338,7 @@ def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list
 
 def data_file_prompts(data_file: str) -> list[str]:
     """Prompts from the start of the user's own data file (given on the command line)."""
-    from nanogpt.data import HEAD_CHARS, default_prompts
+    from nanogpt.dataset import HEAD_CHARS, default_prompts
 
     try:
         with open(data_file, encoding="utf-8", errors="replace") as f:
@@ -427,6 +431,7 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     final_model = _final_model(path, missing)
     if final_model is not None:
         md += _final_section(final_model, df, config, unit, path)
+    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
     prompts, note = _prompts(config, prompts)
     if note:
         missing.append(note)
@@ -496,6 +501,65 @@ def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, u
             f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}" + best,
             _final_origin(final_model[2]),
             f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {path / 'final'}`)", ""]
+
+
+def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, final_model, plot_dir: Path,
+                     missing: list[str]) -> list[str]:
+    """The scaling law over every cooldown rung (tune.scaling), its held-back error, and which trial it would train
+    for the final budget beside the raw winner; what the final training used, from final/'s record."""
+    raw, kept = scaling.candidates(df)
+    points = scaling.rung_points(read_trials(path)) if raw is not None else []
+    if not points:
+        return []  # a cosine search, or nothing finished: no rungs to fit
+    unit = config.budget_unit if config else "spend"
+    text = config.budget_text if config else (lambda a: f"{a:.4g}")
+    meta = final_model[2] if final_model is not None else {}
+    train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    budget = _num(train.get("budget")) or (config.final_budget if config else None)
+    at = "the final budget"
+    if not budget and config:
+        budget, at = 4 * config.trial_budget, "4x the trial budget (no --final-budget)"
+    if not budget:
+        missing.append("scaling law: no final budget known (search.json unreadable): no prediction")
+        return []
+    choice = scaling.choose(points, kept, raw, float(budget))
+    md = ["## Scaling law: which configuration for the final budget", "",
+          "Every cooldown rung is the loss of a copy decayed at that spend. Fitted over all of them: "
+          "L(N, D) = E + A N^-alpha + B D^-beta, with N the non-embedding parameters and D the tokens the decayed "
+          "copy trained on; a trial's prediction adds its own offset from the law at its last rung. The fit's pick "
+          "replaces the raw winner (the best at the trial budget) only when the held-back error is smaller than "
+          "the gap it predicts between them, no exponent sits at the fit's bounds, and the choice replayed on the "
+          "held-back rungs did no worse than the raw winner of then.", ""]
+    if "law" in choice:
+        md += [f"- fit: {scaling.law_text(choice['law'])}",
+               f"- held-back check: {scaling.check_text(choice['held_back'], text)}"]
+    md.append(f"- at {at} ({text(float(budget))}): {choice['reason']}")
+    if "predicted" in choice:
+        md += ["", _md_table(_predicted_view(df, choice, unit)), ""]
+    if final_model is not None:
+        chosen = meta.get("chosen_by") if isinstance(meta.get("chosen_by"), dict) else {}
+        used = chosen.get("chosen") or meta.get("continued_from")
+        md.append(f"- the final training used: `{used}`" if used else
+                  "- final/ does not record which trial it trained (a search made before the fit)")
+    try:
+        plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit)
+        md += ["", "![scaling law](plots/scaling_law.png)"]
+    except plots.PlotSkipped as e:
+        missing.append(f"scaling law plot: {e}")
+    return md + [""]
+
+
+def _predicted_view(df: pd.DataFrame, choice: dict, unit: str) -> pd.DataFrame:
+    """The candidates the law predicts best at the final budget, raw winner and pick marked."""
+    rows = []
+    for tid, loss in list(choice["predicted"].items())[:8]:
+        row = df[df["trial_id"].eq(tid)].iloc[0]
+        mark = " ".join(m for t, m in ((choice["raw_winner"], "raw winner"), (choice.get("pick"), "fit's pick"))
+                        if t == tid)
+        rows.append({"trial_id": tid, "role": mark, "n_embd": row["n_embd"], "n_layer": row["n_layer"],
+                     "outcome": row["outcome"], "val_loss": row["best_val_loss"], "predicted": loss})
+    return pd.DataFrame(rows).rename(columns={"val_loss": "val_loss (trial budget)",
+                                              "predicted": "predicted (final budget)"})
 
 
 def _models(df: pd.DataFrame, top: int, mirror: Mirror | None, final_model, missing: list[str]) -> list[tuple]:

@@ -23,10 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nanogpt.data import TokenData, default_prompts, prepare
+from nanogpt.batches import TokenData
+from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
+from nanogpt.token_cache import prepare
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
+from tune import scaling
 from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
 
@@ -259,17 +262,11 @@ def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float 
     return budget if budget > start and seconds_left > 0 else None
 
 
-def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None) -> dict | None:
-    """--final-budget: the best finished trial's configuration, trained once more for that budget as a Ray
-    task on a whole node; writes final/. None (and one line) when no trial finished. `seconds_left`: what
-    --final-budget auto may use."""
-    import ray
-
-    from tune.space import HPARAMS
-    from tune.trainable import train_final
-
-    exp = config.experiment_dir
-    final = exp / FINAL_DIR
+def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) -> tuple | None:
+    """(the trial the final training starts from, the configuration with its final budget, the scaling choice
+    (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
+    says it can be trusted. None (and one line) when there is nothing to train."""
+    final = config.experiment_dir / FINAL_DIR
     finished = trials[trials["outcome"].eq(Outcome.FINISHED)]
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
@@ -282,21 +279,45 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
             print(f"\nno time left of the time budget for a final training ({seconds_left or 0:.0f} s)")
             return None
         config = dataclasses.replace(config, final_budget=budget)
-        print(f"\nfinal budget (auto): {config.budget_text(budget)}, from {seconds_left:.0f} s left and "
-              f"{best['trial_id']}'s pace")
     if (final / "model.pt").is_file():
         print(f"\nfinal/ is already trained: {final}")
         return None
+    choice = scaling.analyse(config.experiment_dir, trials, config.final_budget,
+                             (lambda p: config.mirror.has(p / "model.pt")) if config.mirror else None)
+    print("\n" + scaling.describe(choice, config.budget_text))
+    if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
+        best = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
+        if config.final_auto:  # the chosen trial's own pace sizes what fits in the seconds left
+            config = dataclasses.replace(config, final_budget=auto_final_budget(config, best, seconds_left or 0.0)
+                                         or config.final_budget)
+    if config.final_auto:
+        print(f"final budget (auto): {config.budget_text(config.final_budget)}, from {seconds_left:.0f} s left and "
+              f"{best['trial_id']}'s pace")
+    return best, config, choice
+
+
+def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None = None,
+                 grid=None) -> dict | None:
+    """--final-budget: the trial plan_final picks, trained once more for that budget as a Ray task on a whole
+    node; writes final/. None when there is nothing to train. `seconds_left`: what --final-budget auto may use.
+    `grid`: what the search's `Tuner.fit()` returned (--final-from continue)."""
+    import ray
+
+    from nanogpt.checkpoint import CONFIG_FILE
+    from tune.space import HPARAMS
+    from tune.trainable import train_final
+
+    plan = plan_final(config, trials, seconds_left)
+    if plan is None:
+        return None
+    best, config, choice = plan
+    exp = config.experiment_dir
+    final = exp / FINAL_DIR
     hp = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in HPARAMS}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    start = None
-    if config.final_from == "continue":
-        start = {"trial_id": best["trial_id"], "files": stable_checkpoint(exp, best["trial_id"], config.mirror)}
-        how = f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}"
-    else:
-        how = f"{best['trial_id']}'s configuration retrained from scratch"
+    start, how = _final_start(config, best, grid)
     print(f"\nfinal training: {how} to {config.budget_text(config.final_budget)} "
           f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
@@ -312,6 +333,8 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    out["files"][CONFIG_FILE] = json.dumps({**json.loads(out["files"][CONFIG_FILE]), "chosen_by": choice},
+                                           indent=2).encode()
     for name, blob in out["files"].items():
         (tmp / name).write_bytes(blob)
     tmp.rename(final)
@@ -322,18 +345,24 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     return out
 
 
-def stable_checkpoint(exp: Path, trial_id: str, mirror=None) -> dict[str, bytes]:
-    """The files of a finished trial's last checkpoint: its stable weights at the end of its training (under
-    wsd a trial never decays its own weights; its cooldowns are branches)."""
-    from tune.experiment import read_trials
+def _final_start(config: SearchConfig, best, grid) -> tuple[dict | None, str]:
+    """Where the final training starts, and the line that says so: the winner's stable checkpoint (--final-from
+    continue), or nothing (scratch)."""
+    if config.final_from != "continue":
+        return None, f"{best['trial_id']}'s configuration retrained from scratch"
+    return ({"trial_id": best["trial_id"], "files": stable_checkpoint(grid, best["trial_id"])},
+            f"{best['trial_id']} continued from its stable checkpoint at {config.budget_text(best['train_spend'])}")
 
-    trial = next(t for t in read_trials(exp, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
-                 if t.trial_id == trial_id)
-    if not trial.checkpoints:
+
+def stable_checkpoint(grid, trial_id: str) -> dict[str, bytes]:
+    """The files of a trial's latest checkpoint (a finished trial's, or a pruned one's the scaling law picked), from
+    the fit's ResultGrid: its stable weights (under wsd a trial never decays its own weights; its cooldowns are
+    branches). Ray fetches it from where the search keeps it (a URI too)."""
+    result = next(r for r in grid if r.metrics.get("trial_id") == trial_id)
+    if result.checkpoint is None:
         raise UserError(f"trial {trial_id} kept no checkpoint to continue: use --final-from scratch")
-    name = max(trial.checkpoints, key=lambda n: trial.checkpoints[n].get("step", -1))
-    path = mirror.fetch(trial.path / name) if mirror else trial.path / name
-    return {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
+    with result.checkpoint.as_directory() as path:
+        return {f.name: f.read_bytes() for f in Path(path).iterdir() if f.is_file()}
 
 
 def _refuse_taken(config: SearchConfig) -> None:
@@ -499,15 +528,17 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         _announce(config, data, tokenizer, resume)
         t0 = time.time()
         data_ref = ray.put(data)
-        make_tuner(config, data_ref, tokenizer, restore=resume).fit()
+        grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
         if mirror:
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
+        # trials.csv and best/ from the JSON reader `python -m tune.report` uses (not the grid): a report made
+        # later, or by someone else, gives the same table
         df = report_mod.export(exp, mirror=mirror)
         if config.final_budget or config.final_auto:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
-            if train_winner(config, data_ref, tokenizer, df, left) and mirror:
+            if train_winner(config, data_ref, tokenizer, df, left, grid) and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()

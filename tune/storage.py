@@ -14,7 +14,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from nanogpt.data import cache_dir
+from nanogpt.files import cache_dir
 from nanogpt.errors import UserError
 from tune.experiment import inside
 

@@ -20,7 +20,7 @@ import torch
 from ray import tune
 
 from nanogpt.checkpoint import CONFIG_FILE
-from nanogpt.data import TokenData
+from nanogpt.batches import TokenData
 from nanogpt.tokenizer import tokenizer_from_dict
 from nanogpt.train import Trainer
 from tune.config import SearchConfig
