@@ -117,7 +117,8 @@ def slot_rows(exp: Path, fit_s: float) -> tuple[list[list], float, float, float]
     lead = sum(sp[0][0] - first for sp in by_worker.values())
     tail = sum(last - sp[-1][1] for sp in by_worker.values())
     slot_time = fit_s * slots
-    rest = slot_time - sum(sums.values()) - sum(starts) - lead - tail
+    unused = max(0, slots - len(by_worker)) * fit_s  # a slot no trial ever ran on (fewer trials than slots)
+    rest = slot_time - sum(sums.values()) - sum(starts) - lead - tail - unused
 
     def row(label, s):
         return [label, f"{s:.1f} s", f"{100 * s / slot_time:.1f}%"]
@@ -131,6 +132,7 @@ def slot_rows(exp: Path, fit_s: float) -> tuple[list[list], float, float, float]
                 sum(starts)),
             row("idle: a worker waiting for its first trial, after the first one began", lead),
             row("idle: after a worker's last trial while another still trains (the tail)", tail),
+            row("idle: slots no trial ran on", unused),
             row("Ray: fit's start to the first trial, its last result to fit's end", rest),
             [f"**slot-time** ({slots} slots x fit's {fit_s:.1f} s; {len(setups)} trials on {len(by_worker)} workers)",
              f"**{slot_time:.1f} s**", "100%"]]
