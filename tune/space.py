@@ -322,8 +322,8 @@ def _float(low: float, high: float, log: bool = False) -> FloatDistribution:
 
 
 PRESETS: dict[str, Preset] = {
-    # the teaching demo: the smallest budget at which the best model counts past held-out numbers, carries
-    # included (report: pattern probes); equal FLOPs favour the small models. Why these sizes and this budget,
+    # the teaching demo: a small budget, with a margin above the smallest measured, at which the best model counts
+    # past held-out numbers (report: pattern probes); equal FLOPs favour the small models. Why these sizes and this budget,
     # measured: benchmarks/RESULTS.md, "Presets: why their sizes and budgets".
     "laptop": Preset(
         name="laptop",
