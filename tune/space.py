@@ -323,8 +323,8 @@ def _float(low: float, high: float, log: bool = False) -> FloatDistribution:
 
 PRESETS: dict[str, Preset] = {
     # the teaching demo: a small budget, with a margin above the smallest measured, at which the best model counts
-    # past held-out numbers (report: pattern probes); equal FLOPs favour the small models. Why these sizes and this budget,
-    # measured: benchmarks/RESULTS.md, "Presets: why their sizes and budgets".
+    # past held-out numbers (report: pattern probes); equal FLOPs favour the small models. Why these sizes and this
+    # budget, measured: benchmarks/RESULTS.md, "Presets: why their sizes and budgets".
     "laptop": Preset(
         name="laptop",
         description="small models on the built-in mixed corpus, 4.5e11 FLOPs a trial; under 2 minutes on 2 CPU cores",
