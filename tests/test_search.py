@@ -1,5 +1,6 @@
 """End-to-end searches on a real local Ray: tiny models, few steps."""
 
+import dataclasses
 import json
 import math
 import signal
@@ -279,7 +280,6 @@ def test_interrupted_final_training_continues_where_it_stopped(tmp_path):
     """train_final checkpoints into final.partial at every evaluation; run again (what --resume does) it
     continues from there and ends where an uninterrupted run ends."""
     import ray
-    import torch
 
     from nanogpt.token_cache import prepare
     from nanogpt.train import Trainer
@@ -297,26 +297,36 @@ def test_interrupted_final_training_continues_where_it_stopped(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_after_two(metrics, t):
-        t.save(partial)
-        if metrics["step"] >= 8:
-            raise Stop
+    config_dict = {k: getattr(hp, k) for k in Hparams.__dataclass_fields__}
+    other = tmp_path / "other.partial"  # left by the final training of another winner (a resumed search's new pick)
 
-    torch.manual_seed(0)
-    first = Trainer(hp.model_config(tok.vocab_size), config.final_train_config(hp), data, tok)
-    with pytest.raises(Stop):
-        first.run(stop_after_two)
+    def stop_after_two(into: Path, continued_from: str | None):
+        def save(metrics, t):
+            t.save(into)
+            (into / "final_for.json").write_text(json.dumps({"config": config_dict, "continued_from": continued_from}))
+            if metrics["step"] >= 8:
+                raise Stop
+        return save
+
+    for seed, into, continued_from in [(7, other, "another"), (None, partial, None)]:
+        cfg = config.final_train_config(hp)
+        first = Trainer(hp.model_config(tok.vocab_size), dataclasses.replace(cfg, seed=seed or cfg.seed), data, tok)
+        with pytest.raises(Stop):
+            first.run(stop_after_two(into, continued_from))
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        config_dict = {k: getattr(hp, k) for k in Hparams.__dataclass_fields__}
-        out = ray.get(ray.remote(num_cpus=1)(train_final).remote(config_dict, data, tok.to_dict(), config, str(partial)))
-        fresh = ray.get(ray.remote(num_cpus=1)(train_final).remote(config_dict, data, tok.to_dict(), config,
-                                                                   str(tmp_path / "fresh")))
+        final = ray.remote(num_cpus=1)(train_final)
+        out = ray.get(final.remote(config_dict, data, tok.to_dict(), config, str(partial)))
+        fresh = ray.get(final.remote(config_dict, data, tok.to_dict(), config, str(tmp_path / "fresh")))
+        restarted = ray.get(final.remote(config_dict, data, tok.to_dict(), config, str(other)))
     finally:
         ray.shutdown()
     resumed_steps = [m["step"] for m in json.loads(out["files"]["config.json"])["history"]]
     assert resumed_steps == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40] and out["status"] == "finished"
     assert out["metrics"]["val_loss"] == pytest.approx(fresh["metrics"]["val_loss"], rel=1e-5)
+    # another trial's partial is not restored: the run starts over and ends where a fresh one does
+    assert [m["step"] for m in json.loads(restarted["files"]["config.json"])["history"]] == resumed_steps
+    assert restarted["metrics"]["val_loss"] == pytest.approx(fresh["metrics"]["val_loss"], rel=1e-5)
 
 
 def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +20,15 @@ import ray
 import torch
 from ray import tune
 
-from nanogpt.checkpoint import CONFIG_FILE
+from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
+from nanogpt.files import write_json
 from nanogpt.batches import TokenData
 from nanogpt.tokenizer import tokenizer_from_dict
 from nanogpt.train import Trainer
 from tune.config import SearchConfig
 from tune.space import Hparams
+
+log = logging.getLogger(__name__)
 
 
 def _trial_resources() -> tuple[float, float]:
@@ -73,6 +77,34 @@ def train_gpt(config: dict, data: list, tokenizer: dict, search: SearchConfig) -
     trainer.run(report)
 
 
+PARTIAL_OWNER_FILE = "final_for.json"  # in final.partial: the configuration and trial it trains
+
+
+def _partial_owner(partial_dir: Path) -> dict | None:
+    """What an interrupted final training in `partial_dir` was training (None if it does not say: not reused)."""
+    try:
+        return json.loads((partial_dir / PARTIAL_OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start_final(trainer: Trainer, partial_dir: Path, owner: dict, start: dict | None) -> None:
+    """Continue an interrupted final training of this configuration and trial from `partial_dir`, else start
+    from the trial's checkpoint (`start`) or from scratch. A partial left by another choice (a resumed search
+    may pick another winner) is removed, never restored under this configuration."""
+    if (partial_dir / MODEL_FILE).is_file() and _partial_owner(partial_dir) != owner:
+        log.warning("%s was left by the final training of another configuration or trial: starting over",
+                    partial_dir.name)
+        shutil.rmtree(partial_dir)
+    if (partial_dir / MODEL_FILE).is_file():
+        trainer.restore(partial_dir)
+    elif start:
+        with tempfile.TemporaryDirectory() as d:
+            for name, blob in start["files"].items():
+                (Path(d) / name).write_bytes(blob)
+            trainer.continue_from(d)
+
+
 def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchConfig, partial: str,
                 progress=None, start: dict | None = None, time_limit_s: float | None = None) -> dict:
     """Train one configuration for the search's final budget. Runs as a Ray task holding a whole node's
@@ -92,17 +124,13 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     cfg = dataclasses.replace(search.final_train_config(hp, device, warmup), time_budget_s=time_limit_s)
     trainer = Trainer(hp.model_config(tok.vocab_size), cfg, data, tok)
     partial_dir = Path(partial)
-    if (partial_dir / "model.pt").is_file():
-        trainer.restore(partial_dir)
-    elif start:
-        with tempfile.TemporaryDirectory() as d:
-            for name, blob in start["files"].items():
-                (Path(d) / name).write_bytes(blob)
-            trainer.continue_from(d)
+    owner = {"config": config, "continued_from": start["trial_id"] if start else None}
+    _start_final(trainer, partial_dir, owner, start)
 
     def save(metrics: dict, t: Trainer) -> None:
         tmp = partial_dir.with_name(partial_dir.name + ".saving")
         t.save(tmp)
+        write_json(tmp / PARTIAL_OWNER_FILE, owner)
         partial_dir.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             f.replace(partial_dir / f.name)
