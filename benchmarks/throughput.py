@@ -90,30 +90,33 @@ def ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def default_search_vs_recipe(work) -> tuple[float, float]:
-    """Wall seconds of `python -m tune.search` (the default search, 2 cores) and of nanoGPT's CPU recipe
-    (2000 iterations, 2 threads), one after the other."""
+def default_search_vs_recipe(work) -> tuple[float, float, str]:
+    """Wall seconds of `python -m tune.search` (the default search as `make search` runs it, report included, 2
+    cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
     with tempfile.TemporaryDirectory() as results:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "tune.search", "--results-dir", results, "--name", "bench",
-                               "--no-report"], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "tune.search", "--results-dir", results, "--name", "bench"],
+                              cwd=ROOT, capture_output=True, text=True)
         search_s = time.time() - t0
         if proc.returncode != 0:
             sys.exit(f"the default search failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    probes = proc.stdout.partition("what the best model learned (greedy):")[2].strip()
     t0 = time.time()
     anchor.train(work, 2, **anchor.CPU_RECIPE)
-    return search_s, time.time() - t0
+    return search_s, time.time() - t0, probes
 
 
 def search_only() -> None:
     load_before = os.getloadavg()
-    search_s, recipe_s = default_search_vs_recipe(anchor.workdir())
+    search_s, recipe_s, probes = default_search_vs_recipe(anchor.workdir())
     load_after = os.getloadavg()
     body = (f"{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n\n"
-            f"`python -m benchmarks.throughput --search-only`: the default search (`python -m tune.search`, 2 cores) took "
+            f"`python -m benchmarks.throughput --search-only`: the default search (`python -m tune.search` as `make search` "
+            f"runs it: Ray's start, the trials, the report and its probes; 2 cores) took "
             f"{search_s:.0f} s; nanoGPT's CPU recipe (2000 iterations of its train.py, 2 threads) {recipe_s:.0f} s, one "
             f"after the other: **{search_s / recipe_s:.2f}x** (goal <= {SEARCH_GOAL}x: "
-            f"{'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")
+            f"{'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}). The search's probes (the goal: counting "
+            f"90% seen and 70% held out, A/B/C 90%):\n\n" + "\n".join(f"    {line}" for line in probes.splitlines()) + "\n")
     print(body)
     write_section("Default search against nanoGPT's recipe (benchmarks/throughput.py --search-only)", body)
 
@@ -160,7 +163,7 @@ def main() -> None:
                            f"; Muon / AdamW {muon:.2f}x (goal {MUON_GOAL:.2f}x: {'met' if muon >= MUON_GOAL else 'missed'})"))
     search_text = ""
     if args.search:
-        search_s, recipe_s = default_search_vs_recipe(work)
+        search_s, recipe_s, _ = default_search_vs_recipe(work)
         search_text = (f"\nThe default search (`python -m tune.search`, 2 cores) took {search_s:.0f} s; nanoGPT's CPU recipe "
                        f"(2000 iterations, 2 threads) {recipe_s:.0f} s: **{search_s / recipe_s:.2f}x** (goal <= "
                        f"{SEARCH_GOAL}x: {'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")

@@ -251,6 +251,7 @@ class Trainer:
         self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
         # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
         self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
+        self.eval_time = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
         self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
@@ -347,6 +348,10 @@ class Trainer:
             "n_params": self.model.get_num_params(),
             "elapsed_s": self.elapsed,
             "compile_s": self.compiler.compile_s,
+            # where elapsed_s went (benchmarks/search_overhead.py); the rest is the callbacks' (checkpoints)
+            "train_s": self.train_time,
+            "eval_s": self.eval_time,
+            "branch_s": self.branch_time,
             "compiled": self.compiler.compiled,
             "spend": self.spend,
             "branch_spend": self.branch_spend,
@@ -421,10 +426,12 @@ class Trainer:
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
                     self._plan_by_speed()
+                t_eval = time.perf_counter()
                 if cfg.train_loss_from == "steps":
                     losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
                 else:
                     losses = self.evaluate()
+                self.eval_time += time.perf_counter() - t_eval
                 stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
                 self.decayed = None
                 if branch:  # a cooldown rung: the loss reported is the decayed copy's
@@ -488,6 +495,7 @@ class Trainer:
             "planned_steps": self.planned_steps,
             "branch_steps": self.branch_steps,
             "branch_time": self.branch_time,
+            "eval_time": self.eval_time,
             "rungs_done": self.rungs_done,
             "rng_torch": torch.get_rng_state(),
             "rng_batch": self.batch_gen.get_state(),
@@ -509,6 +517,7 @@ class Trainer:
         self.compiler.compile_s = sd.get("compile_s", 0.0)
         self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
         self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
+        self.eval_time = sd.get("eval_time", 0.0)
         self.rungs_done = sd.get("rungs_done", 0)
         if self.cfg.budget_unit == "s":
             self.planned_steps = sd.get("planned_steps")

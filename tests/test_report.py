@@ -42,6 +42,23 @@ def test_load_one_row_per_trial_sorted(tiny_search):
     assert list(csv["trial_id"]) == list(df["trial_id"])
 
 
+def test_probe_lines_generate_on_one_thread(tiny_search, monkeypatch):
+    """Greedy generation on two threads waits on the busy second core many times over (RESULTS.md, "Search
+    overhead"): the terminal's probe lines run on one thread like the report, and give the threads back."""
+    import torch
+
+    path, _ = tiny_search
+    seen, cells = [], report._probe_cells
+    monkeypatch.setattr(report, "_probe_cells", lambda *a: seen.append(torch.get_num_threads()) or cells(*a))
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert report.probe_lines(path) and seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_learning_curves_long_format(tiny_search):
     path, _ = tiny_search
     curves = report.load_curves(path)

@@ -69,8 +69,8 @@ def test_sampler_only_samples_and_returns_constants():
     sampler = SpaceSampler(space_to_json(PRESETS["laptop"].space))
     trial = optuna.create_study().ask()
     out = sampler(trial)
-    assert out["block_size"] == 64 and out["weight_decay"] == 0.1
-    assert set(trial.params) == {"n_layer", "n_head", "dropout", "learning_rate", "batch_size"}
+    assert out["block_size"] == 64 and out["weight_decay"] == 0.1 and out["dropout"] == 0.0
+    assert set(trial.params) == {"n_layer", "n_head", "learning_rate", "batch_size"}
     assert trial.distributions["learning_rate"].log
 
 

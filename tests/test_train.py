@@ -49,6 +49,15 @@ def test_loop_reports_metrics_and_learns(data):
     assert seen[-1]["val_bpc"] == pytest.approx(seen[-1]["val_loss"] / math.log(2) / data[0].val_chars_per_token)
 
 
+def test_metrics_split_elapsed_into_training_evaluation_and_branches(data):
+    """benchmarks/search_overhead.py decomposes a trial's seconds from these."""
+    history = make(data, schedule="wsd", cooldown_rungs=[20.0]).run()
+    last = history[-1]
+    assert last["train_s"] > 0 and last["eval_s"] > 0 and last["branch_s"] > 0
+    assert last["train_s"] + last["eval_s"] + last["branch_s"] <= last["elapsed_s"] + 1e-9
+    assert [m["eval_s"] for m in history] == sorted(m["eval_s"] for m in history)
+
+
 def test_train_loss_from_steps_evaluates_val_only(data):
     t = make(data, train_loss_from="steps")
     step_losses, asked = [], []

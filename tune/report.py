@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -260,7 +261,6 @@ def probe_lines(path: str | Path) -> list[str]:
     """The terminal's last lines: the best model (final/ if there is one) on each pattern, one line a
     pattern, e.g. `Number 7 comes before -> 8 (right); seen 25/25, held out 23/25 [best/]`."""
     from nanogpt.checkpoint import CheckpointError, load_model
-    from nanogpt.sample import PROBES
 
     path = Path(path)
     config = _config(path)
@@ -272,12 +272,19 @@ def probe_lines(path: str | Path) -> list[str]:
         model, tok, _ = load_model(ckpt)
     except CheckpointError:
         return []
+    with _one_thread():
+        return _probe_summary(model, tok, sets, ckpt.name)
+
+
+def _probe_summary(model, tok, sets: dict, label: str) -> list[str]:
+    from nanogpt.sample import PROBES
+
     lines = []
     for pattern, splits in sets.items():
         r = PROBES[pattern](model, tok, [PROBE_EXAMPLES[pattern]])[0]
         scores = _probe_cells(model, tok, {pattern: splits})
         lines.append(f"{r['prompt']} -> {r['output'].strip() or repr(r['output'])} ({'right' if r['correct'] else 'wrong'}); "
-                     + ", ".join(f"{k.split(', ')[1]} {v}" for k, v in scores.items()) + f" [{ckpt.name}/]")
+                     + ", ".join(f"{k.split(', ')[1]} {v}" for k, v in scores.items()) + f" [{label}/]")
     return lines
 
 
@@ -384,14 +391,21 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     `trials`: the table export() just returned, to skip exporting again. `mirror`: the local copy
     `path` is of, when the search lives at a URI (a URI `path` makes one)."""
+    path, mirror = _local(path, mirror)
+    with _one_thread():
+        return _write_report(path, mirror, prompts, top, temperature, seed, max_new_tokens, trials)
+
+
+@contextmanager
+def _one_thread():
+    """Generation of small models: one thread beats two (per-token ops are tiny; a second thread only syncs, and
+    on a busy core it waits many times the work: benchmarks/RESULTS.md, "Search overhead")."""
     import torch
 
-    path, mirror = _local(path, mirror)
-    # generation of small models: one thread beats two (per-token ops are tiny; a second thread only syncs)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _write_report(path, mirror, prompts, top, temperature, seed, max_new_tokens, trials)
+        yield
     finally:
         torch.set_num_threads(threads)
 
