@@ -215,3 +215,23 @@ def test_progress_best_so_far_under_wsd_counts_cooldown_rungs_only():
     progress.on_trial_result(0, [], trial, {"val_loss": 2.0, "cooldown_steps": 3})
     progress.on_trial_result(0, [], trial, {"val_loss": 1.5, "cooldown_steps": 0})  # the stable phase's
     assert progress.best == (2.0, "t")
+
+
+def test_auto_keeps_the_raw_winner_when_the_pick_has_no_time_for_a_step(tmp_path, monkeypatch, capsys):
+    """--final-budget auto: the pick's own pace sizes its budget; where that leaves it no step (None), the raw
+    winner is trained at its own budget (it was the pick's None replaced by the raw winner's budget)."""
+    import dataclasses
+
+    import tune.search
+    from tune.config import SearchConfig
+    from tune.report import load
+    from tune.search import plan_final
+
+    exp = _results_dir(tmp_path)
+    config = dataclasses.replace(SearchConfig.load(exp), final_auto=True)
+    monkeypatch.setattr(tune.search, "auto_final_budget",
+                        lambda config, best, seconds_left: 4 * BUDGET if best["trial_id"] == "s" else None)
+    best, config, choice = plan_final(config, load(exp), seconds_left=60.0)
+    assert best["trial_id"] == choice["chosen"] == choice["raw_winner"] == "s" and config.final_budget == 4 * BUDGET
+    assert "no time left for the pick's steps" in choice["reason"]
+    assert "the scaling law's pick m has no time left" in capsys.readouterr().out

@@ -291,10 +291,15 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
                              (lambda p: config.mirror.has(p / "model.pt")) if config.mirror else None)
     print("\n" + scaling.describe(choice, config.budget_text))
     if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
-        best = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
-        if config.final_auto:  # the chosen trial's own pace sizes what fits in the seconds left
-            config = dataclasses.replace(config, final_budget=auto_final_budget(config, best, seconds_left or 0.0)
-                                         or config.final_budget)
+        pick = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
+        # under auto, the chosen trial's own pace sizes what fits in the seconds left
+        budget = auto_final_budget(config, pick, seconds_left or 0.0) if config.final_auto else config.final_budget
+        if budget is None:
+            print(f"the scaling law's pick {pick['trial_id']} has no time left for one more of its steps: "
+                  f"the raw winner {best['trial_id']} is trained")
+            choice = {**choice, "chosen": best["trial_id"], "reason": "no time left for the pick's steps"}
+        else:
+            best, config = pick, dataclasses.replace(config, final_budget=budget)
     if config.final_auto:
         print(f"final budget (auto): {config.budget_text(config.final_budget)}, from {seconds_left:.0f} s left and "
               f"{best['trial_id']}'s pace")
