@@ -17,7 +17,6 @@ Goal (issue 17): ours lower, at 15 minutes and at 5. Each time has its own RESUL
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics

@@ -426,29 +426,35 @@ class Trainer:
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
                     self._plan_by_speed()
-                t_eval = time.perf_counter()
-                if cfg.train_loss_from == "steps":
-                    losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
-                else:
-                    losses = self.evaluate()
-                self.eval_time += time.perf_counter() - t_eval
-                stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
-                self.decayed = None
-                if branch:  # a cooldown rung: the loss reported is the decayed copy's
-                    losses["val"] = self._branch(branch)
-                self.loss_sum, self.loss_count = 0.0, 0
-                self.elapsed = time.perf_counter() - t_start
-                metrics = {**self._metrics(losses["train"], losses["val"]), "stable_val_loss": stable_val,
-                           "cooldown_steps": branch}
-                if not math.isfinite(losses["val"]):
-                    self.status = Status.DIVERGED
-                    metrics["status"] = self.status.value
-                    metrics["val_loss"] = metrics["val_bpc"] = float("inf")
+                metrics = self._evaluation(t_start)
             self.history.append(metrics)
             if callback is not None:
                 callback(metrics, self)
         self._record_compile_speed()
         return self.history
+
+    def _evaluation(self, t_start: float) -> dict:
+        """An evaluation inside run(): the losses (at a cooldown rung, the decayed copy's val loss) and the
+        metrics reported for them; a non-finite val loss ends the run as diverged."""
+        t_eval = time.perf_counter()
+        if self.cfg.train_loss_from == "steps":
+            losses = {**self.evaluate(("val",)), "train": self.loss_sum / self.loss_count}
+        else:
+            losses = self.evaluate()
+        self.eval_time += time.perf_counter() - t_eval
+        stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
+        self.decayed = None
+        if branch:  # a cooldown rung: the loss reported is the decayed copy's
+            losses["val"] = self._branch(branch)
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.elapsed = time.perf_counter() - t_start
+        metrics = {**self._metrics(losses["train"], losses["val"]), "stable_val_loss": stable_val,
+                   "cooldown_steps": branch}
+        if not math.isfinite(losses["val"]):
+            self.status = Status.DIVERGED
+            metrics["status"] = self.status.value
+            metrics["val_loss"] = metrics["val_bpc"] = float("inf")
+        return metrics
 
     def _branch_due(self) -> int:
         """The steps of the cooldown branch this evaluation takes (at a rung, and at the run's end), or 0. The end

@@ -3,9 +3,7 @@ written, --resume after that finishes exactly the trials that were left, and tor
 The full disk is simulated (OSError ENOSPC injected, a file cut short): the real disk is never filled."""
 
 import errno
-import json
 import os
-import sqlite3
 
 import optuna
 import pandas as pd

@@ -4,7 +4,6 @@ corrupt files give one line each, and bad sample flags one line. Fast: a results
 no Ray."""
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
