@@ -59,7 +59,8 @@ def calibrate(work: Path, threads: int, iters: int) -> Calibration:
     the rest cost on this machine now."""
     every = iters // 2
     t0 = time.time()
-    run = anchor.train(work, threads, **{**anchor.CPU_RECIPE, "max_iters": iters, "lr_decay_iters": iters,
+    # lr_decay_iters past the run: at iters == the recipe's warmup_iters (100) nanoGPT's get_lr divides by zero
+    run = anchor.train(work, threads, **{**anchor.CPU_RECIPE, "max_iters": iters, "lr_decay_iters": iters + 1,
                                          "eval_interval": every, "out_dir": "out-calibration"})
     wall = time.time() - t0
     step_s = statistics.median(run.step_ms[2:]) / 1000
