@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pyarrow.fs
 from ray import tune
-from ray.train import CheckpointConfig
+from ray.tune import CheckpointConfig
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 

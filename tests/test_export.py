@@ -113,7 +113,7 @@ def test_nanogpt_format_loads_with_sample_py_code(nanogpt_export):
     """nanoGPT's sample.py loading code, line for line (model from our nanoGPT-compatible GPT; meta.pkl read
     directly instead of from data/DATASET/), then its generate with top_k=1: greedy."""
     ckpt, out, _ = nanogpt_export
-    checkpoint = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu")
+    checkpoint = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=True)
     assert {"model", "model_args", "config", "iter_num", "best_val_loss"} <= set(checkpoint)
     assert checkpoint["iter_num"] == 60 and checkpoint["config"]["dataset"] == "nanogpt_tune_counting"
     gptconf = GPTConfig(**checkpoint["model_args"])
@@ -221,7 +221,7 @@ def test_a_searchs_best_model_loads_in_transformers_and_nanogpt(tiny_search, tmp
         prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"] == want
     assert "the best trial of the search `python -m tune.search --dataset counting" in (hf / "README.md").read_text()
     ng = export(src / "best", tmp_path / "ng", "nanogpt")
-    checkpoint = torch.load(ng / "ckpt.pt", map_location="cpu")
+    checkpoint = torch.load(ng / "ckpt.pt", map_location="cpu", weights_only=True)
     model = GPT(GPTConfig(**checkpoint["model_args"]))
     model.load_state_dict(checkpoint["model"])
     model.eval()
