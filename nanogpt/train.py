@@ -163,6 +163,11 @@ def warmup_steps(cfg: TrainConfig, planned_steps: int | None) -> int:
     return cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
 
 
+def wsd_decay_start(cfg: TrainConfig, decay_steps: int, warmup: int) -> int:
+    """wsd: the first step of the decay, which takes the last cooldown_frac of `decay_steps` (never the warmup)."""
+    return max(warmup, decay_steps - round(cfg.cooldown_frac * decay_steps))
+
+
 def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr, or (wsd) the peak
     and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
@@ -178,7 +183,7 @@ def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> floa
     if step >= decay:
         return cfg.min_lr
     if cfg.schedule == "wsd":
-        start = max(warmup, decay - round(cfg.cooldown_frac * decay))
+        start = wsd_decay_start(cfg, decay, warmup)
         return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.min_lr)
     ratio = (step - warmup) / max(1, decay - warmup)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
