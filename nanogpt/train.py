@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -88,6 +89,11 @@ class TrainConfig:
     # wsd: spends (budget_unit) where the run branches a decayed copy and reports that copy's val_loss (cooldown
     # rungs); the run then stays at the peak, ends with a branch too, and its budget pays for the branches
     cooldown_rungs: list[float] | None = None
+    # wall seconds the run may take from its start (or resume), evaluations and checkpoints included: the budget
+    # is its first plan, then its length in steps comes from its own speed, re-planned at each evaluation while
+    # the peak learning rate holds (wsd; cosine: once, in its warmup), so that it ends decayed by then; it also
+    # stops there (tune.search --final-budget auto). A seconds budget (budget_unit s) counts training time alone
+    fill_time_s: float | None = None
     # torch.compile the training forward and backward: on, off, or auto = only where the steps left repay the
     # compile time (nanogpt.compile); compile time is counted apart from training time, and in a seconds budget
     compile: Literal["auto", "on", "off"] = "off"
@@ -133,6 +139,12 @@ class TrainConfig:
             raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.fill_time_s is not None:
+            if not (self.fill_time_s > 0 and math.isfinite(self.fill_time_s)):
+                raise ValueError(f"fill_time_s must be > 0, got {self.fill_time_s}")
+            if self.budget_unit == "s" or self.cooldown_rungs is not None:
+                raise ValueError("fill_time_s plans the run's length itself: not with a seconds budget or cooldown "
+                                 "rungs")
         if self.train_loss_from not in ("eval", "steps"):
             raise ValueError(f"train_loss_from must be 'eval' or 'steps', got {self.train_loss_from!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
@@ -173,7 +185,8 @@ def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> floa
     and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
     are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it."""
     warmup = warmup_steps(cfg, planned_steps)
-    decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else planned_steps
+    # fill_time_s: the plan moves, and the decay with it (a steps budget's lr_decay_steps is its first plan)
+    decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None and cfg.fill_time_s is None else planned_steps
     if step < warmup:
         return cfg.learning_rate * (step + 1) / (warmup + 1)
     # cooldown rungs: the run holds the peak, its branches decay; length not known yet (seconds budget before
@@ -217,6 +230,7 @@ Callback = Callable[[dict, "Trainer"], None]
 
 
 PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
+FILL_MARGIN = 0.02  # fill_time_s: the share of its seconds a plan leaves for the speed to vary
 
 
 class Status(str, Enum):
@@ -270,6 +284,10 @@ class Trainer:
         if cfg.cooldown_rungs is not None and self.total_steps is not None:
             at = rung_steps(self.rungs, self.step_spend, self.eval_every, self.total_steps)
             self.planned_steps = plan_training_steps(self.total_steps, at, cfg.cooldown_frac)
+        self.config_plan = self.planned_steps  # what a continued run plans from (continue_from)
+        if cfg.fill_time_s is not None and cfg.warmup_steps is None:
+            # its plan moves; its warmup must not (a longer plan would take the run back into it)
+            self.cfg = cfg = dataclasses.replace(cfg, warmup_steps=warmup_steps(cfg, self.planned_steps))
         if self.planned_steps == 0:
             raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
                             f"({self.step_spend:g} {unit}); raise the budget")
@@ -298,6 +316,27 @@ class Trainer:
         if self.cfg.cooldown_rungs is not None:  # leave the end branch its share
             return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time + self.compiler.compile_s < self.budget
         return self.spend < self.budget
+
+    def _plan_to_fill(self, seconds: float, steps: int, train_s: float, evals: int) -> None:
+        """fill_time_s: the run's length in steps so that it ends by then, from this run's own speed so far
+        (`seconds` since it started, `steps` and `train_s` of training in them, `evals` evaluations): what is not
+        a training step (evaluations, checkpoints) is counted per evaluation, one more kept for the end. The plan
+        holds once the wsd decay has begun (and for cosine, once its warmup is over)."""
+        cfg = self.cfg
+        warmup = warmup_steps(cfg, self.planned_steps)
+        if steps < PROBE_STEPS or self.step >= (warmup if cfg.schedule == "cosine" else
+                                                wsd_decay_start(cfg, self.planned_steps, warmup)):
+            return
+        step_s = train_s / steps
+        per_eval = max(0.0, seconds - train_s) / max(evals, 1)
+        evals_per_step = self.step_spend / self.eval_every
+        deadline = cfg.fill_time_s * (1 - FILL_MARGIN)
+        left = int((deadline - seconds - per_eval) / (step_s + per_eval * evals_per_step))
+        planned = self.step + max(1, left)
+        if cfg.schedule == "wsd":  # a decay that would have begun already begins now instead
+            planned = max(planned, math.ceil(self.step / (1 - cfg.cooldown_frac)))
+        self.planned_steps = planned
+        self.budget = planned * self.step_spend
 
     def _plan_by_speed(self) -> None:
         """Seconds budget: the run's length in steps from the speed of its steps so far."""
@@ -359,6 +398,7 @@ class Trainer:
             "branch_s": self.branch_time,
             "compiled": self.compiler.compiled,
             "spend": self.spend,
+            "budget": self.budget,  # in the budget's unit: what the run plans to spend (fill_time_s moves it)
             "branch_spend": self.branch_spend,
             "total_spend": self.spend + self.branch_spend,
             "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
@@ -403,6 +443,8 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         compile_s_before = self.compiler.compile_s
+        # fill_time_s counts this run() alone (a continued or resumed run's earlier seconds are another budget's)
+        run_t0, step0, train0, evals = time.perf_counter(), self.step, self.train_time, 0
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
             loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps), self.batch_gen)
@@ -416,6 +458,8 @@ class Trainer:
             self.loss_count += 1
             if cfg.budget_unit == "s" and self.step == PROBE_STEPS:
                 self._plan_by_speed()
+            if cfg.fill_time_s is not None and self.step - step0 == PROBE_STEPS:
+                self._plan_to_fill(time.perf_counter() - run_t0, PROBE_STEPS, self.train_time - train0, evals)
 
             if not math.isfinite(loss_value):
                 self.status = Status.DIVERGED
@@ -426,11 +470,17 @@ class Trainer:
                     self.status = Status.FINISHED
                 elif cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s:
                     self.status = Status.OUT_OF_TIME
+                elif cfg.fill_time_s is not None and time.perf_counter() - run_t0 >= cfg.fill_time_s:
+                    self.status = Status.OUT_OF_TIME
                 if self.spend < next_eval - 1e-9 * self.eval_every and self.status is Status.RUNNING:
                     continue
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
                     self._plan_by_speed()
+                if cfg.fill_time_s is not None and self.status is Status.RUNNING:
+                    self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0,
+                                       evals)
+                evals += 1
                 metrics = self._evaluation(t_start)
             self.history.append(metrics)
             if callback is not None:
@@ -530,8 +580,10 @@ class Trainer:
         self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
         self.eval_time = sd.get("eval_time", 0.0)
         self.rungs_done = sd.get("rungs_done", 0)
-        if self.cfg.budget_unit == "s":
-            self.planned_steps = sd.get("planned_steps")
+        if self.cfg.budget_unit == "s" or self.cfg.fill_time_s is not None:  # planned by speed: the saved plan
+            self.planned_steps = sd.get("planned_steps") or self.planned_steps
+            if self.cfg.fill_time_s is not None:
+                self.budget = self.planned_steps * self.step_spend
         torch.set_rng_state(sd["rng_torch"])
         self.batch_gen.set_state(sd["rng_batch"])
         if self.device.type == "cuda" and sd["rng_cuda"]:
@@ -576,6 +628,8 @@ class Trainer:
         """Train on from another run's checkpoint of this model (a search trial's stable weights): its weights,
         optimizer, spend and random streams, under this trainer's configuration and larger budget."""
         self.restore(directory)
+        self.planned_steps = self.config_plan  # the other run's plan is not this one's
+        self.budget = float(self.cfg.max_steps if self.cfg.budget_unit == "steps" else self.cfg.budget)
         if not self._budget_left():
             raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "
                             f"of a budget of {self.budget:g} to continue it")

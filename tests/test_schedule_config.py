@@ -62,7 +62,8 @@ def test_auto_final_budget_from_the_winners_pace(tmp_path):
 
     c = config(tmp_path, "--time-budget", "15m", "--final-budget", "auto", "--schedule", "wsd", "--max-steps", "100")
     best = pd.Series({"train_spend": 80.0, "seconds": 40.0, "steps": 80})  # 2 steps a second
-    assert auto_final_budget(c, best, 150) == 80 + 200  # continued: its own 80 steps, then 100 s at its pace
+    # the first plan: continued, its own 80 steps, then the 150 s left at its pace (the training re-plans from its own)
+    assert auto_final_budget(c, best, 150) == 80 + 300
     assert auto_final_budget(c, best, 0) is None
 
 
@@ -74,5 +75,5 @@ def test_auto_final_budget_too_small_for_one_more_step_is_none(tmp_path):
     c = config(tmp_path, "--time-budget", "15m", "--final-budget", "auto", "--schedule", "wsd",
                "--trial-budget", "1e12flops")
     best = pd.Series({"train_spend": 9e11, "seconds": 30.0, "steps": 3})  # 3e11 FLOPs a step, 3e10 a second
-    assert auto_final_budget(c, best, 3) is None  # 6e10 FLOPs of time: a fifth of a step
-    assert auto_final_budget(c, best, 30) == pytest.approx(9e11 + 6e11)
+    assert auto_final_budget(c, best, 3) is None  # 9e10 FLOPs of time: less than a third of a step
+    assert auto_final_budget(c, best, 30) == pytest.approx(9e11 + 9e11)

@@ -109,6 +109,8 @@ def final_progress_line(m: dict, budget: float, unit: str) -> str:
     """One evaluation of the final training: spend (and its share of the budget), loss, speed, time left. The time
     left assumes the rest goes as fast as what came before (evaluations included)."""
     spend, elapsed = _num(m, "spend"), _num(m, "elapsed_s")
+    planned = _num(m, "budget")  # --final-budget auto re-plans it from the training's speed
+    budget = planned if math.isfinite(planned) else budget
     eta = elapsed * (budget - spend) / spend if spend > 0 else math.nan
     return (f"final  step {m.get('step')}  spent {spend:.3g}/{budget:.3g}{unit} ({100 * spend / budget:3.0f}%)  "
             f"val_loss {_num(m, 'val_loss'):.4f}  {_num(m, 'tokens_per_s') / 1e3:.1f}k tok/s  ETA {_duration(eta)}")

@@ -515,7 +515,10 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
     text = config.budget_text if config else (lambda a: f"{a:.4g}")
     meta = final_model[2] if final_model is not None else {}
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
-    budget = _num(train.get("budget")) or (config.final_budget if config else None)
+    history = meta.get("history") if isinstance(meta.get("history"), list) else []
+    last = history[-1] if history and isinstance(history[-1], dict) else {}
+    # what the final training planned last (--final-budget auto re-plans it from its speed), else its budget
+    budget = _num(last.get("budget")) or _num(train.get("budget")) or (config.final_budget if config else None)
     at = "the final budget"
     if not budget and config:
         budget, at = 4 * config.trial_budget, "4x the trial budget (no --final-budget)"

@@ -249,18 +249,15 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     )
 
 
-AUTO_FINAL_MARGIN = 2 / 3  # of the seconds left, what --final-budget auto plans to train at the winner's pace
-
-
 def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float | None:
-    """--final-budget auto: the final training's budget from the seconds left and the winner's trial's own pace
-    (its training spend over its whole run's seconds, evaluations and branches included), with a third kept for the
-    final task's start, its evaluations and a pace that differs on the whole node's threads; on top of the trial's
-    spend when it is continued. None: no time for one more of its steps. The final training also stops at
-    seconds_left whatever its spend."""
+    """--final-budget auto: the final training's first plan, from the seconds left and the winner's trial's own
+    pace (its training spend over its whole run's seconds, evaluations and branches included), on top of the
+    trial's spend when it is continued. The final training then plans its length from its own speed on the node's
+    threads so that it ends within seconds_left (TrainConfig.fill_time_s); the first plan sets its evaluations'
+    spacing. None: no time for one more of its steps."""
     pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9)
     start = float(best["train_spend"]) if config.final_from == "continue" else 0.0
-    budget = start + pace * seconds_left * AUTO_FINAL_MARGIN
+    budget = start + pace * seconds_left
     if config.budget_unit == "steps":
         budget = float(int(budget))
     step = float(best["train_spend"]) / max(int(best["steps"]), 1)  # one of its steps: the least a training adds
@@ -301,8 +298,9 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
         else:
             best, config = pick, dataclasses.replace(config, final_budget=budget)
     if config.final_auto:
-        print(f"final budget (auto): {config.budget_text(config.final_budget)}, from {seconds_left:.0f} s left and "
-              f"{best['trial_id']}'s pace")
+        print(f"final budget (auto): the final training fills the {seconds_left:.0f} s left, its length planned "
+              f"from its own speed (first plan {config.budget_text(config.final_budget)}, at {best['trial_id']}'s "
+              f"trial pace)")
     return best, config, choice
 
 

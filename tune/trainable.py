@@ -114,14 +114,15 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     metrics are put there for the driver to show.
     `start` ({"trial_id", "files": name -> bytes}): the trial's stable checkpoint to continue (--final-from
     continue), with the trial's warmup, so the result equals a run trained straight to the final budget.
-    `time_limit_s`: --final-budget auto's hard stop, so the command ends within its time budget."""
+    `time_limit_s`: --final-budget auto's seconds: the training plans its length to end within them
+    (TrainConfig.fill_time_s), so the command ends within its time budget."""
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     tok = tokenizer_from_dict(tokenizer)
     hp = Hparams.from_config(config)
     device = trial_device(search, resources.get("GPU", 0))
     warmup = json.loads(start["files"][CONFIG_FILE])["warmup_steps"] if start else None
-    cfg = dataclasses.replace(search.final_train_config(hp, device, warmup), time_budget_s=time_limit_s)
+    cfg = dataclasses.replace(search.final_train_config(hp, device, warmup), fill_time_s=time_limit_s)
     trainer = Trainer(hp.model_config(tok.vocab_size), cfg, data, tok)
     partial_dir = Path(partial)
     owner = {"config": config, "continued_from": start["trial_id"] if start else None}
