@@ -327,7 +327,7 @@ PRESETS: dict[str, Preset] = {
     # budget, measured: benchmarks/RESULTS.md, "Presets: why their sizes and budgets".
     "laptop": Preset(
         name="laptop",
-        description="small models on the built-in mixed corpus, 4.5e11 FLOPs a trial; under 2 minutes on 2 CPU cores",
+        description="small models on the built-in mixed corpus, 3e11 FLOPs a trial; under 2 minutes on 2 CPU cores",
         space={
             "n_layer": _int(2, 3),
             "n_head": _choice(2, 4),
@@ -342,9 +342,9 @@ PRESETS: dict[str, Preset] = {
             "optimizer": "muon",
         },
         num_samples=10,
-        trial_budget="4.5e11flops",
-        eval_every=4.5e10,
-        grace_period=4.5e10,  # a tenth: cooldown rungs rank that early (Preset.schedule)
+        trial_budget="3e11flops",
+        eval_every=3e10,
+        grace_period=3e10,  # a tenth: cooldown rungs rank that early (Preset.schedule)
     ),
     "shakespeare-cpu": Preset(
         name="shakespeare-cpu",
