@@ -230,7 +230,7 @@ Callback = Callable[[dict, "Trainer"], None]
 
 
 PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
-FILL_MARGIN = 0.02  # fill_time_s: the share of its seconds a plan leaves for the speed to vary
+FILL_MARGIN = 0.04  # fill_time_s: the share of its seconds a plan leaves for the speed to vary
 
 
 class Status(str, Enum):
