@@ -26,7 +26,7 @@ def test_bad_durations(text):
 
 def test_final_budget_auto_splits_the_time_budget(tmp_path):
     c = config(tmp_path, "--time-budget", "15m", "--final-budget", "auto", "--schedule", "wsd")
-    assert c.final_auto and c.total_time_s == 900 and c.time_budget_s == pytest.approx(630) and c.final_budget is None
+    assert c.final_auto and c.total_time_s == 900 and c.time_budget_s == pytest.approx(450) and c.final_budget is None
     with pytest.raises(UserError, match="--time-budget"):
         config(tmp_path, "--final-budget", "auto")
     assert config(tmp_path, "--time-budget", "1h").time_budget_s == 3600  # without auto: the search's alone

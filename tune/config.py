@@ -63,7 +63,9 @@ def parse_amount(text: str, flag: str, unit: str | None = None) -> tuple[float, 
 
 
 _DURATION = re.compile(r"^\s*([0-9.eE+-]+)\s*(s|m|h)?\s*$")
-FINAL_TIME_SHARE = 0.3  # --final-budget auto: the share of --time-budget kept for the final training
+FINAL_TIME_SHARE = 0.5  # --final-budget auto: the share of --time-budget kept for the final training; it continues
+# the winner, so the trial's spend is not lost, and the search's later trials mostly refine near-duplicates
+# (benchmarks/RESULTS.md, "Equal wall-clock")
 
 
 def parse_duration(text: str, flag: str = "--time-budget") -> float:
