@@ -675,14 +675,17 @@ def build_parser():
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help=f"built-in data set: {', '.join(DATASETS)} (default: mixed)")
     src.add_argument("--data-file", help="any UTF-8 text file (90%% train, last 10%% validation)")
-    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default=DEFAULT_TOKENIZER)
-    p.add_argument("--bpe-vocab-size", type=int, default=DEFAULT_BPE_VOCAB)
+    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default=DEFAULT_TOKENIZER,
+                   help=f"how text becomes tokens (default: {DEFAULT_TOKENIZER})")
+    p.add_argument("--bpe-vocab-size", type=int, default=DEFAULT_BPE_VOCAB,
+                   help=f"tokens of a BPE tokenizer (default: {DEFAULT_BPE_VOCAB})")
     p.add_argument("--out", default="results/train", help="checkpoint directory (default: results/train)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its own configuration")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--prompt", action="append", help="prompt for the before/after samples (repeatable)")
-    p.add_argument("--sample-tokens", type=int, default=120)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--prompt", action="append",
+                   help="prompt for the before/after samples, repeatable (default: the data set's own prompts)")
+    p.add_argument("--sample-tokens", type=int, default=120, help="tokens a sample generates (default: 120)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
     # --lr: tune.search's spelling too; --compile: auto from the command line (TrainConfig's own default is off);
     # cooldown_rungs: the search's (it knows the rungs)

@@ -63,3 +63,11 @@ def test_an_unknown_sampler_in_search_json_is_refused_not_replaced(tmp_path):
     config = SearchConfig.load(tmp_path / "old")
     with pytest.raises(UserError, match="cmaes-from-the-future"):
         config.make_sampler()
+
+
+def test_train_help_shows_every_default():
+    from nanogpt.train import build_parser as train_parser
+
+    for a in train_parser()._actions:
+        if a.option_strings and a.option_strings[0] not in ("-h", "--resume", "--data-file"):
+            assert a.help and "default" in a.help, a.option_strings
