@@ -28,7 +28,7 @@ from nanogpt.checkpoint import load_model
 from nanogpt.cli import run_main
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.tokenizer import UNK, BPETokenizer, CharTokenizer
+from nanogpt.tokenizer import UNK
 
 FORMATS = ("hf", "nanogpt")
 # GPT-2's Conv1D layers: their weight is (in_features, out_features)
@@ -89,22 +89,6 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_tokenizer_json(tokenizer) -> str:
-    """tokenizer.json for the `tokenizers` library: BPE is the library's own; characters become a word-level
-    vocabulary with our ids (<unk> at 0), every character its own piece, pieces joined back without spaces."""
-    if isinstance(tokenizer, BPETokenizer):
-        return json.dumps(tokenizer.to_dict()["tokenizer"], ensure_ascii=False)
-    if not isinstance(tokenizer, CharTokenizer):
-        raise ExportError(f"cannot export a {type(tokenizer).__name__} tokenizer")
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    tok = HFTokenizer(models.WordLevel({s: i for i, s in enumerate(tokenizer.itos)}, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")  # one piece per code point
-    tok.decoder = decoders.Fuse()
-    return tok.to_str()
-
-
 def hf_tokenizer_config(cfg: GPTConfig) -> dict:
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json alone, not GPT-2's vocab.json/merges.txt
@@ -120,7 +104,7 @@ def write_hf(model: GPT, tokenizer, meta: dict, out: Path, card: str) -> None:
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(model.config), indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": None, "eos_token_id": None}, indent=2))
-    (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer))
+    (out / "tokenizer.json").write_text(tokenizer.hf_tokenizer_json())
     (out / "tokenizer_config.json").write_text(json.dumps(hf_tokenizer_config(model.config), indent=2))
     (out / "README.md").write_text(card)
 
@@ -135,8 +119,9 @@ def nanogpt_dataset_name(meta: dict) -> str:
 
 
 def write_nanogpt(model: GPT, tokenizer, meta: dict, out: Path) -> None:
-    if not isinstance(tokenizer, CharTokenizer):
-        raise ExportError("nanoGPT's format cannot hold a BPE tokenizer (its meta.pkl maps characters): use --format hf")
+    if "nanogpt" not in tokenizer.exports:
+        raise ExportError(f"nanoGPT's format cannot hold a {tokenizer.kind} tokenizer (its meta.pkl maps characters): "
+                          f"use --format hf")
     ckpt = {
         "model": model.state_dict(),
         "model_args": model.config.to_dict(),

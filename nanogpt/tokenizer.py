@@ -94,12 +94,15 @@ class Tokenizer(Protocol):
 
     def to_dict(self) -> dict: ...
 
+    def hf_tokenizer_json(self) -> str: ...
+
 
 class CharTokenizer:
     """One token per character of the corpus; id 0 is <unk>, for characters never seen."""
 
     kind = "char"
     reads_characters = True  # build reads the characters the corpus holds
+    exports = ("hf", "nanogpt")  # nanoGPT's meta.pkl maps characters: it holds this one alone
 
     def __init__(self, chars: list[str]):
         if len(set(chars)) != len(chars) or UNK in chars:
@@ -159,6 +162,17 @@ class CharTokenizer:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": self.chars}
 
+    def hf_tokenizer_json(self) -> str:
+        """tokenizer.json for the `tokenizers` library (nanogpt.export): a word-level vocabulary with our ids
+        (<unk> at 0), every character its own piece, pieces joined back without spaces."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tok = HFTokenizer(models.WordLevel({s: i for i, s in enumerate(self.itos)}, unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")  # one piece per code point
+        tok.decoder = decoders.Fuse()
+        return tok.to_str()
+
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
         return cls(d["chars"])
@@ -185,6 +199,7 @@ class BPETokenizer:
 
     kind = "bpe"
     reads_characters = False
+    exports = ("hf",)
 
     def __init__(self, tok):
         self._tok = tok
@@ -281,6 +296,10 @@ class BPETokenizer:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": json.loads(self._tok.to_str())}
+
+    def hf_tokenizer_json(self) -> str:
+        """tokenizer.json for the `tokenizers` library (nanogpt.export): the library's own."""
+        return json.dumps(json.loads(self._tok.to_str()), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BPETokenizer":

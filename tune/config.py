@@ -24,7 +24,7 @@ from nanogpt.compile import COMPILE_MODES
 from nanogpt.dataset import DATASETS
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
-from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, CharTokenizer, bpe_vocab_problem
+from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, bpe_vocab_problem
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
@@ -575,7 +575,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
     values.update(_final(args, values, budget, unit))
-    if values["export"] == "nanogpt" and values["tokenizer"] != CharTokenizer.kind:
+    if values["export"] == "nanogpt" and "nanogpt" not in getattr(TOKENIZERS[values["tokenizer"]], "exports", ()):
         raise UserError(f"--export nanogpt cannot hold a {values['tokenizer']} tokenizer (nanoGPT's meta.pkl maps "
                         f"characters): use --export hf")
     # a URI pyarrow cannot open is an error now, before Ray
