@@ -204,6 +204,9 @@ def test_search_refuses_nanogpt_export_of_any_tokenizer_but_characters(monkeypat
     args.tokenizer = "bytes"  # the flag's choices were read from the table at import
     with pytest.raises(UserError, match="cannot hold a bytes tokenizer"):
         config_from_args(args)
+    args.export = "hf"  # nor to Hugging Face where the class has no conversion: refused before the search too
+    with pytest.raises(UserError, match="--export hf cannot hold a bytes tokenizer: leave --export off"):
+        config_from_args(args)
 
 
 @pytest.mark.slow

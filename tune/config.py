@@ -548,6 +548,16 @@ def _final(args: argparse.Namespace, values: dict, budget: float, unit: str) -> 
                 time_budget_s=total * (1 - FINAL_TIME_SHARE) if auto else total)
 
 
+def _check_export(fmt: str | None, tokenizer: str) -> None:
+    """--export FORMAT: refused now, before the search, where the tokenizer cannot go into that format."""
+    exports = getattr(TOKENIZERS[tokenizer], "exports", ())
+    if fmt is None or fmt in exports:
+        return
+    why = " (nanoGPT's meta.pkl maps characters)" if fmt == "nanogpt" else ""
+    instead = f"use --export {' or '.join(exports)}" if exports else "leave --export off"
+    raise UserError(f"--export {fmt} cannot hold a {tokenizer} tokenizer{why}: {instead}")
+
+
 def _space(args: argparse.Namespace, preset: Preset) -> dict:
     space = dict(preset.space)
     for f in FLAGS.values():
@@ -575,9 +585,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
     values.update(_final(args, values, budget, unit))
-    if values["export"] == "nanogpt" and "nanogpt" not in getattr(TOKENIZERS[values["tokenizer"]], "exports", ()):
-        raise UserError(f"--export nanogpt cannot hold a {values['tokenizer']} tokenizer (nanoGPT's meta.pkl maps "
-                        f"characters): use --export hf")
+    _check_export(values["export"], values["tokenizer"])
     # a URI pyarrow cannot open is an error now, before Ray
     local_copy = str(Mirror(f"{results_dir}/{name}").local) if is_uri(results_dir) else None
     return SearchConfig(
