@@ -19,16 +19,12 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import ROOT, md_table, shakespeare_file, stamp, write_section
+from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
 
 GOAL = 1.50
 RECIPE_FLOPS = 8.0e12
@@ -79,17 +75,10 @@ def main() -> None:
           f"(its own print: {own_val:.4f})", flush=True)
 
     # 2. the one command
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src),
-               "--final-budget", args.final_budget, "--time-budget", f"{args.time_budget:g}"]
-        t0 = time.time()
-        proc = subprocess.run([sys.executable, *cmd[1:], *smoke, "--results-dir", tmp, "--name", "one", "--seed", "0"],
-                              cwd=ROOT, capture_output=True, text=True)
-        search_wall = time.time() - t0
-        print(proc.stdout, flush=True)
-        if proc.returncode != 0:
-            sys.exit(proc.stderr)
-        exp = Path(tmp) / "one"
+    cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src),
+           "--final-budget", args.final_budget, "--time-budget", f"{args.time_budget:g}"]
+    with our_search([*cmd[3:], *smoke, "--seed", "0"], "one") as run:
+        search_wall, exp = run.wall_s, run.exp
         trials = report.load(exp)
         settings = json.loads((exp / "search.json").read_text())
         final_meta, _ = read_checkpoint(exp / "final")

@@ -1,12 +1,18 @@
-"""Shared by the benchmark scripts: data, machine description, fp32 peak, RESULTS.md sections."""
+"""Shared by the benchmark scripts: data, machine description, fp32 peak, our command run, RESULTS.md sections."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -64,6 +70,29 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
+
+
+@dataclass
+class OurRun:
+    exp: Path  # RESULTS_DIR/NAME of the search (gone when the with-block ends)
+    wall_s: float  # the whole command, Python's start included
+    stdout: str
+
+
+@contextmanager
+def our_search(args: list[str], name: str = "run", echo: bool = True) -> Iterator[OurRun]:
+    """`python -m tune.search ARGS` as a user runs it, into a temporary results directory, timed. Prints its output
+    (echo); a failed command ends the benchmark with its output's tail."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "tune.search", *args, "--results-dir", tmp, "--name", name],
+                              cwd=ROOT, capture_output=True, text=True)
+        wall = time.time() - t0
+        if echo:
+            print(proc.stdout, flush=True)
+        if proc.returncode != 0:
+            sys.exit(f"the search failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        yield OurRun(Path(tmp) / name, wall, proc.stdout)
 
 
 def stamp() -> str:

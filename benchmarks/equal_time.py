@@ -20,9 +20,6 @@ import argparse
 import os
 import shlex
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import ROOT, md_table, shakespeare_file, stamp, write_section
+from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
 
 RECIPE_EVAL_INTERVAL = 250  # nanoGPT's config/train_shakespeare_char.py, which the recipe keeps
 # --smoke-test: tiny trials, so that every part (search, final training, both scores) runs within a minute
@@ -83,22 +80,15 @@ def run_ours(cmd: list[str], extra: list[str], val) -> dict:
     from nanogpt.checkpoint import load_model, read_checkpoint
     from tune import report
 
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
-        proc = subprocess.run([sys.executable, *cmd[1:], *extra, "--results-dir", tmp, "--name", "eq", "--seed", "0"],
-                              cwd=ROOT, capture_output=True, text=True)
-        wall = time.time() - t0
-        print(proc.stdout, flush=True)
-        if proc.returncode != 0:
-            sys.exit(f"the search failed:\n{proc.stderr[-3000:]}")
-        exp = Path(tmp) / "eq"
+    with our_search([*cmd[3:], *extra, "--seed", "0"], "eq") as run:
+        exp = run.exp
         # its answer: final/, or best/ when no time was left for a final training (the command says which)
         scored = "final" if (exp / "final" / "model.pt").is_file() else "best"
         meta, _ = read_checkpoint(exp / scored)
         model, _, _ = load_model(exp / scored)
         trials = report.load(exp)
-        split = [ln for ln in proc.stdout.splitlines() if ln.startswith(("time budget", "final budget", "final model"))]
-        return {"wall_s": wall, "val": anchor.fixed_val_loss(model, val), "own": meta["history"][-1]["val_loss"],
+        split = [ln for ln in run.stdout.splitlines() if ln.startswith(("time budget", "final budget", "final model"))]
+        return {"wall_s": run.wall_s, "val": anchor.fixed_val_loss(model, val), "own": meta["history"][-1]["val_loss"],
                 "scored": scored, "steps": meta["history"][-1]["step"], "params": model.get_num_params(),
                 "continued_from": meta.get("continued_from"), "top": report.top_table(trials, 5),
                 "outcomes": trials["outcome"].value_counts().to_dict(), "split": split}

@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import ROOT, md_table, shakespeare_file, stamp, write_section
+from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
 
 SECTION = "GPU: the gpu preset against nanoGPT's baby GPT (benchmarks/gpu.py)"
 
@@ -64,19 +60,12 @@ def main() -> None:
     baby_val = anchor.fixed_val_loss(baby, val, id_offset=-1, block_size=256)
     budget = f"{flops:.4g}flops"
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["python", "-m", "tune.search", "--preset", "gpu", "--data-file", str(src), "--trial-budget", budget,
-               "--final-budget", budget, "--time-budget", f"{args.time_budget:g}"]
-        if args.num_samples:
-            cmd += ["--num-samples", str(args.num_samples)]
-        t0 = time.time()
-        proc = subprocess.run([sys.executable, *cmd[1:], "--results-dir", tmp, "--name", "gpu", "--seed", "0"],
-                              cwd=ROOT, capture_output=True, text=True)
-        search_wall = time.time() - t0
-        print(proc.stdout, flush=True)
-        if proc.returncode != 0:
-            sys.exit(proc.stderr)
-        exp = Path(tmp) / "gpu"
+    cmd = ["python", "-m", "tune.search", "--preset", "gpu", "--data-file", str(src), "--trial-budget", budget,
+           "--final-budget", budget, "--time-budget", f"{args.time_budget:g}"]
+    if args.num_samples:
+        cmd += ["--num-samples", str(args.num_samples)]
+    with our_search([*cmd[3:], "--seed", "0"], "gpu") as run:
+        search_wall, exp = run.wall_s, run.exp
         trials = report.load(exp)
         final, _, meta = load_model(exp / "final")
         final_val = anchor.fixed_val_loss(final, val, block_size=256)

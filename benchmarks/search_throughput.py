@@ -10,15 +10,12 @@ one process with 2 threads. Goal: the search >= 1.4x.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import NANOGPT_CPU, ROOT, matmul_peak_gflops, md_table, shakespeare_file, stamp, write_section
+from benchmarks.common import (NANOGPT_CPU, matmul_peak_gflops, md_table, our_search, shakespeare_file, stamp,
+                               write_section)
 from tune.experiment import read_trials
 from tune.space import PRESETS
 
@@ -56,16 +53,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     args = p.parse_args()
     one, fpt = single_run(args.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tune.search", "--preset", PRESET, "--data-file", str(shakespeare_file()),
-             "--n-layer", "4", "--n-head", "4", "--head-dim", "32", "--block-size", "64", "--batch-size", "12",
-             "--lr", "1e-3", "--dropout", "0", "--scheduler", "fifo", "--num-samples", str(args.trials),
-             "--max-steps", str(args.steps), "--eval-interval", str(EVAL_INTERVAL), "--results-dir", tmp, "--name", "tp", "--no-report"],
-            cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(proc.stdout + proc.stderr)
-        rows = [t.last_result for t in read_trials(Path(tmp, "tp")) if t.results]
+    with our_search(["--preset", PRESET, "--data-file", str(shakespeare_file()),
+                     "--n-layer", "4", "--n-head", "4", "--head-dim", "32", "--block-size", "64", "--batch-size", "12",
+                     "--lr", "1e-3", "--dropout", "0", "--scheduler", "fifo", "--num-samples", str(args.trials),
+                     "--max-steps", str(args.steps), "--eval-interval", str(EVAL_INTERVAL), "--no-report"], "tp",
+                    echo=False) as run:
+        rows = [t.last_result for t in read_trials(run.exp) if t.results]
     tokens = sum(r["tokens_seen"] for r in rows)
     begin = min(r["started_at"] for r in rows)
     end = max(r["started_at"] + r["time_total_s"] for r in rows)

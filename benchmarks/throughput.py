@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import ROOT, md_table, shakespeare_file, stamp, write_section
+from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
 
 WARMUP = 10
 SIZES = {  # name -> (model, batch, goal of ours / nanoGPT eager)
@@ -93,14 +90,9 @@ def ratio(a: list[float], b: list[float]) -> float:
 def default_search_vs_recipe(work) -> tuple[float, float, str]:
     """Wall seconds of `python -m tune.search` (the default search as `make search` runs it, report included, 2
     cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
-    with tempfile.TemporaryDirectory() as results:
-        t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "tune.search", "--results-dir", results, "--name", "bench"],
-                              cwd=ROOT, capture_output=True, text=True)
-        search_s = time.time() - t0
-        if proc.returncode != 0:
-            sys.exit(f"the default search failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    probes = proc.stdout.partition("what the best model learned (greedy):")[2].strip()
+    with our_search([], "bench", echo=False) as run:
+        search_s = run.wall_s
+    probes = run.stdout.partition("what the best model learned (greedy):")[2].strip()
     t0 = time.time()
     anchor.train(work, 2, **anchor.CPU_RECIPE)
     return search_s, time.time() - t0, probes
