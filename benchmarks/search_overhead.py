@@ -142,6 +142,9 @@ def slot_rows(exp: Path, fit_s: float) -> tuple[list[list], float, float, float]
 
 def main() -> None:
     args = sys.argv[1:]
+    if "-h" in args or "--help" in args:  # the rest are tune.search's flags: its own --help would run no search
+        print(__doc__)
+        return
     write = "--no-write" not in args
     extra = [a for a in args if a != "--no-write"]
     load_before = os.getloadavg()[0]
