@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 
 import optuna
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="print, do not write RESULTS.md")
     p.add_argument("--out", default="/tmp/rank_correlation.jsonl", help="one JSON line a trial, written as they finish")
     p.add_argument("--summarize", metavar="JSONL", help="no training: the tables of a run's --out file (a cut-short run too)")
+    argv = sys.argv[1:] if argv is None else argv  # the section shows the flags it ran with
     args = p.parse_args(argv)
     if args.summarize:
         with open(args.summarize) as f:
