@@ -90,20 +90,24 @@ def test_refused_where_the_length_is_planned_otherwise():
     assert lr_at(60, moving, planned_steps=100) == moving.learning_rate  # a steps budget's plan moves its decay too
 
 
-@pytest.mark.slow
-def test_final_training_fills_the_seconds_left(tmp_path):
+def test_final_training_fills_the_seconds_left(tmp_path, monkeypatch):
     """--final-budget auto: the final training's task gets the seconds left, re-plans its length from its own speed
-    on the node's threads, and ends decayed within them (the first plan, from a trial's pace, was far less)."""
+    on the node's threads, and ends decayed within them (the first plan, from a trial's pace, was far less). Called
+    as the Ray task's function, with the task's resources (one CPU) given, not a Ray of its own."""
     import time
 
-    import ray
-
+    import tune.trainable
     from conftest import TINY
     from nanogpt.token_cache import prepare
     from tune.config import build_parser, config_from_args
     from tune.space import Hparams
     from tune.trainable import train_final
 
+    class OneCPU:
+        def get_assigned_resources(self):
+            return {"CPU": 1.0}
+
+    monkeypatch.setattr(tune.trainable.ray, "get_runtime_context", lambda: OneCPU())
     config = config_from_args(build_parser().parse_args(
         [*TINY, "--max-steps", "10", "--final-budget", "20steps", "--schedule", "wsd", "--final-from", "scratch",
          "--results-dir", str(tmp_path), "--name", "f"]))
@@ -111,14 +115,9 @@ def test_final_training_fills_the_seconds_left(tmp_path):
     hp = {"n_layer": 1, "n_head": 2, "head_dim": 8, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 4,
           "block_size": 16, "weight_decay": 0.1, "optimizer": "adamw"}
     hp = {k: v for k, v in hp.items() if k in Hparams.__dataclass_fields__}
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        t0 = time.time()
-        out = ray.get(ray.remote(num_cpus=1)(train_final).remote(hp, data, tok.to_dict(), config,
-                                                                  str(tmp_path / "final.partial"), None, None, 4.0))
-        wall = time.time() - t0
-    finally:
-        ray.shutdown()
+    t0 = time.time()
+    out = train_final(hp, data, tok.to_dict(), config, str(tmp_path / "final.partial"), None, None, 4.0)
+    wall = time.time() - t0
     history = json.loads(out["files"]["config.json"])["history"]
     assert history[-1]["step"] > 20 and out["status"] in ("finished", "time_budget")
     assert out["wall_s"] < 4.0 + 2.0 < wall + 2.0  # its own clock: within the seconds it was given (and a margin)
