@@ -94,8 +94,6 @@ def test_final_training_fills_the_seconds_left(tmp_path, monkeypatch):
     """--final-budget auto: the final training's task gets the seconds left, re-plans its length from its own speed
     on the node's threads, and ends decayed within them (the first plan, from a trial's pace, was far less). Called
     as the Ray task's function, with the task's resources (one CPU) given, not a Ray of its own."""
-    import time
-
     import tune.trainable
     from conftest import TINY
     from nanogpt.token_cache import prepare
@@ -115,11 +113,10 @@ def test_final_training_fills_the_seconds_left(tmp_path, monkeypatch):
     hp = {"n_layer": 1, "n_head": 2, "head_dim": 8, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 4,
           "block_size": 16, "weight_decay": 0.1, "optimizer": "adamw"}
     hp = {k: v for k, v in hp.items() if k in Hparams.__dataclass_fields__}
-    t0 = time.time()
     out = train_final(hp, data, tok.to_dict(), config, str(tmp_path / "final.partial"), None, None, 4.0)
-    wall = time.time() - t0
     history = json.loads(out["files"]["config.json"])["history"]
     assert history[-1]["step"] > 20 and out["status"] in ("finished", "time_budget")
-    assert out["wall_s"] < 4.0 + 2.0 < wall + 2.0  # its own clock: within the seconds it was given (and a margin)
+    # it filled most of its 4 s (its first plan, 20 steps, takes a small part of one) and kept within them (a margin)
+    assert 2.0 < out["wall_s"] < 4.0 + 2.0
     if out["status"] == "finished":
         assert history[-1]["lr"] == pytest.approx(3e-4)
