@@ -110,3 +110,14 @@ def data():
     ds = load_dataset("counting")
     tok = CharTokenizer.from_text(ds.text)
     return tokenize(ds, tok), tok
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two on a loaded machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

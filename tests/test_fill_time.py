@@ -5,18 +5,12 @@ import json
 import math
 
 import pytest
-import torch
 
 from nanogpt.model import GPTConfig
 from nanogpt.train import Status, Trainer, TrainConfig, lr_at, wsd_decay_start
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
 
 def make(data, **kw):
