@@ -9,7 +9,9 @@ our Trainer with Muon, then nanoGPT's train.py (a subprocess on a copy of ../sha
 --compile=False and --compile=True, the same number of steps after the same warmup, on the same threads and tiny
 Shakespeare. Compile times are reported apart: ours as the trainer measures it (compile_s, first compile of the
 run; later rounds reuse it), nanoGPT's as its first iteration's time. Absolute tokens/s move between machines and
-with their load; the ratios, from the same run, are the figures.
+with their load; the ratios, from the same run, are the figures. Each round also profiles our eager step for its
+kernel floor: the time in the matmul and attention kernels that nanoGPT's model calls too, which bounds the ratio
+any step on these shapes can reach.
 With --search: the default search (`python -m tune.search`) against nanoGPT's CPU recipe (2000 iterations, 2
 threads), wall time, in the same run.
 Goals: ours / nanoGPT eager >= 1.5x at the laptop sizes and >= 1.3x at the recipe; Muon / AdamW >= 1/1.15 at 2 x 32
@@ -64,9 +66,36 @@ def nanogpt(work, model: dict, batch: int, steps: int, threads: int, compile: bo
     return batch * model["block_size"] * len(measured) / (sum(measured) / 1000), run.step_ms[0] / 1000
 
 
+# the kernels nanoGPT's model and ours both call, eager and compiled alike (Inductor calls them as extern kernels):
+# matmuls and attention, forward and backward
+KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_floor(model: dict, batch: int, data, tok, steps: int = 20) -> float:
+    """Seconds a training step spends in matmul and attention kernels alone (torch.profiler's self CPU time of
+    KERNELS, our eager step, after WARMUP steps): no step that calls these kernels on these shapes can be faster,
+    however little else it does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from nanogpt.model import GPTConfig
+    from nanogpt.train import Trainer, TrainConfig
+
+    trainer = Trainer(GPTConfig(vocab_size=tok.vocab_size, dropout=0.0, bias=False, **model),
+                      TrainConfig(max_steps=WARMUP + steps, batch_size=batch, learning_rate=1e-3, warmup_steps=1,
+                                  seed=1337), data, tok)
+    step = lambda: trainer.train_step(trainer.model, trainer.optimizers, 1e-3, trainer.batch_gen)  # noqa: E731
+    for _ in range(WARMUP):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS) / 1e6 / steps
+
+
 def measure_size(name: str, work, data, tok, args) -> dict:
     model, batch, _ = SIZES[name]
-    m = {k: [] for k in ("eager", "compiled", "muon", "ng", "ng_compiled")}
+    m = {k: [] for k in ("eager", "compiled", "muon", "ng", "ng_compiled", "floor_s")}
     compile_s = ng_compile_s = None
     for r in range(args.rounds):  # alternate, so a change in the machine's load hits all of them
         m["eager"].append(ours(model, batch, args.steps, data, tok)[0])
@@ -78,9 +107,15 @@ def measure_size(name: str, work, data, tok, args) -> dict:
         tps, cs = nanogpt(work, model, batch, args.steps, args.threads, compile=True)
         m["ng_compiled"].append(tps)
         ng_compile_s = cs if ng_compile_s is None else ng_compile_s
-        print(f"{name} round {r + 1}: " + ", ".join(f"{k} {v[-1] / 1e3:.1f}k" for k, v in m.items()) + " tok/s",
-              flush=True)
+        m["floor_s"].append(kernel_floor(model, batch, data, tok))
+        print(f"{name} round {r + 1}: " + ", ".join(f"{k} {v[-1] / 1e3:.1f}k" for k, v in m.items() if k != "floor_s")
+              + f" tok/s; kernel floor {m['floor_s'][-1] * 1e3:.1f} ms a step", flush=True)
     return {**m, "compile_s": compile_s, "ng_compile_s": ng_compile_s}
+
+
+def batch_tokens(name: str) -> int:
+    model, batch, _ = SIZES[name]
+    return batch * model["block_size"]
 
 
 def ratio(a: list[float], b: list[float]) -> float:
@@ -145,12 +180,18 @@ def main() -> None:
         goal = SIZES[name][2]
         best = [max(e, c) for e, c in zip(m["eager"], m["compiled"])]
         vs_ng, vs_ngc, muon = ratio(best, m["ng"]), ratio(best, m["ng_compiled"]), ratio(m["muon"], m["eager"])
+        tokens = batch_tokens(name)
+        # the most any step calling these kernels could reach against nanoGPT's: nanoGPT's step over the floor (a
+        # floor: load only adds to it, so the least of the rounds)
+        ceiling = tokens / statistics.median(m["ng"]) / min(m["floor_s"])
         rows.append([name, f"{statistics.median(m['eager']) / 1e3:.1f}k",
                      f"{statistics.median(m['compiled']) / 1e3:.1f}k ({m['compile_s']:.0f} s)",
                      f"{statistics.median(m['muon']) / 1e3:.1f}k", f"{statistics.median(m['ng']) / 1e3:.1f}k",
                      f"{statistics.median(m['ng_compiled']) / 1e3:.1f}k ({m['ng_compile_s']:.0f} s)",
-                     f"{ratio(m['eager'], m['ng']):.2f}x", f"**{vs_ng:.2f}x**", f"{vs_ngc:.2f}x", f"**{muon:.2f}x**"])
-        verdicts.append(f"{name}: ours / nanoGPT {vs_ng:.2f}x (goal {goal}x: {'met' if vs_ng >= goal else 'missed'})"
+                     f"{ratio(m['eager'], m['ng']):.2f}x", f"**{vs_ng:.2f}x**", f"{vs_ngc:.2f}x", f"**{muon:.2f}x**",
+                     f"{min(m['floor_s']) * 1e3:.1f} ms, {ceiling:.2f}x"])
+        verdicts.append(f"{name}: ours / nanoGPT {vs_ng:.2f}x (goal {goal}x: {'met' if vs_ng >= goal else 'missed'}; "
+                        f"the kernel floor allows at most {ceiling:.2f}x)"
                         + ("" if name.startswith("3L") else
                            f"; Muon / AdamW {muon:.2f}x (goal {MUON_GOAL:.2f}x: {'met' if muon >= MUON_GOAL else 'missed'})"))
     search_text = ""
@@ -168,10 +209,15 @@ training steps (after {WARMUP} warmup steps; evaluations and compiling not count
 tiny Shakespeare, dropout 0, no bias; medians over rounds, ratios per round then median. "ours" in the ratios is the
 faster of our eager and compiled step in each round. Compile seconds in brackets: ours the first compile of the run
 (Inductor's cache under NANOGPT_TUNE_CACHE may be warm from an earlier run), nanoGPT's its first iteration's time;
-{time.time() - t_start:.0f} s in all.
+{time.time() - t_start:.0f} s in all. The kernel floor: the seconds a step of ours spends in matmul and attention
+kernels alone (torch.profiler, self time of {", ".join(k.removeprefix("aten::") for k in KERNELS[:3])} and SDPA's
+flash kernels, forward and backward; the least over the rounds), the kernels nanoGPT's model calls too, eager or
+compiled; "the most it allows" is nanoGPT's step time (median) over that floor, the ratio a step would reach if
+everything else in it took no time.
 
 {md_table(["model", "ours eager", "ours compiled (compile)", "ours Muon eager", "nanoGPT", "nanoGPT compiled (compile)",
-           "ours eager / nanoGPT", "ours / nanoGPT", "ours / nanoGPT compiled", "Muon / AdamW"], rows)}
+           "ours eager / nanoGPT", "ours / nanoGPT", "ours / nanoGPT compiled", "Muon / AdamW",
+           "kernel floor, the most it allows"], rows)}
 
 {chr(10).join("- " + v for v in verdicts)}
 {search_text}"""
