@@ -9,7 +9,8 @@
 2. `python -m tune.search --preset gpu --trial-budget F --final-budget F` with F those FLOPs: four trials
    per GPU (0.25 each), the winner trained once more for F into final/.
 3. Both scored by one evaluator: the same 200 x 32 windows of 256 characters of the validation split.
-On a machine without CUDA it records "not run: no GPU" and exits.
+On a machine without CUDA it says so in one line and exits non-zero, leaving RESULTS.md as it was (a GPU's figures are
+not overwritten by a run that measured nothing).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import time
 
 import torch
@@ -34,10 +36,8 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=None, help="the search's trials (default: the preset's)")
     args = p.parse_args()
     if not torch.cuda.is_available():
-        body = f"{stamp()}\n\nnot run: no GPU (torch sees no CUDA device on this machine)."
-        print(body)
-        write_section(SECTION, body)
-        return
+        sys.exit("benchmarks.gpu: torch sees no CUDA device on this machine; run it where one is "
+                 "(benchmarks/RESULTS.md left as it was)")
 
     from nanogpt.checkpoint import load_model
     from nanogpt.batches import tokenize

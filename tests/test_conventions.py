@@ -82,3 +82,13 @@ def test_dry_run_prints_settings_and_first_trial_and_writes_nothing(tmp_path):
     assert saved["name"] == "dry" and saved["trial_budget"] == 40 and "--dry-run" in saved["command"]
     assert rest.startswith("first trial: n_layer=2 ") and " parameters, 40 steps of " in rest
     assert not results.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="with CUDA the benchmark would run")
+def test_gpu_benchmark_without_a_gpu_leaves_results_as_they_were():
+    """benchmarks.gpu on a machine without CUDA: one line, non-zero, RESULTS.md (a GPU's figures) untouched."""
+    results = REPO / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and results.read_bytes() == before
+    assert_one_line_error(proc, "no CUDA device", "RESULTS.md left as it was")
