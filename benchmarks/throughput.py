@@ -1,7 +1,7 @@
 """Our training step against nanoGPT's own train.py step, eager and compiled, and Muon's step against AdamW's,
 measured alternately in one run, as ratios.
 
-    python -m benchmarks.throughput [--steps 100] [--rounds 2] [--threads 1] [--search]
+    python -m benchmarks.throughput [--steps 100] [--rounds 2] [--threads 1] [--search] [--device cuda]
 
 Three sizes: the laptop sizes (2 layers x 32 embd at batch 16, 3 x 64 at batch 32) and nanoGPT's CPU recipe (4 x 128,
 batch 12), all block 64. Each round runs, per size: our Trainer eager (AdamW), our Trainer compiled (--compile on),
@@ -12,6 +12,9 @@ run; later rounds reuse it), nanoGPT's as its first iteration's time. Absolute t
 with their load; the ratios, from the same run, are the figures. Each round also profiles our eager step for its
 kernel floor: the time in the matmul and attention kernels that nanoGPT's model calls too, which bounds the ratio
 any step on these shapes can reach.
+With --device cuda (a GPU lent for minutes): nanoGPT's baby GPT (6 layers x 384, block 256, batch 64) instead,
+both sides in bf16 autocast as each does on CUDA, no kernel floor; goal: ours at least 1.0x nanoGPT's compiled step.
+Its own section of RESULTS.md, so the CPU figures stay.
 With --search: the default search (`python -m tune.search`) against nanoGPT's CPU recipe (2000 iterations, 2
 threads), wall time, in the same run.
 Goals: ours / nanoGPT eager >= 1.5x at the laptop sizes and >= 1.3x at the recipe; Muon / AdamW >= 1/1.15 at 2 x 32
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -36,11 +40,15 @@ SIZES = {  # name -> (model, batch, goal of ours / nanoGPT eager)
     "3L x 64, batch 32": (dict(n_layer=3, n_head=4, n_embd=64, block_size=64), 32, 1.5),
     "4L x 128, batch 12 (nanoGPT's CPU recipe)": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12, 1.3),
 }
+# on a GPU (--device cuda): nanoGPT's baby GPT; goal: ours / nanoGPT compiled
+GPU_SIZES = {"6L x 384, block 256, batch 64 (nanoGPT's baby GPT)":
+             (dict(n_layer=6, n_head=6, n_embd=384, block_size=256), 64, 1.0)}
 MUON_GOAL = 1 / 1.15
 SEARCH_GOAL = 0.7
 
 
-def ours(model: dict, batch: int, steps: int, data, tok, compile: str = "off", optimizer: str = "adamw"):
+def ours(model: dict, batch: int, steps: int, data, tok, compile: str = "off", optimizer: str = "adamw",
+         device: str = "cpu"):
     """Our Trainer's training tokens/s over `steps` steps after WARMUP (evaluations and compiling not counted),
     and its compile seconds."""
     from nanogpt.model import GPTConfig
@@ -49,17 +57,18 @@ def ours(model: dict, batch: int, steps: int, data, tok, compile: str = "off", o
     trainer = Trainer(GPTConfig(vocab_size=tok.vocab_size, dropout=0.0, bias=False, **model),
                       TrainConfig(max_steps=WARMUP + steps, batch_size=batch, learning_rate=1e-3, lr_decay_steps=2000,
                                   warmup_steps=100, eval_interval=WARMUP, eval_iters=1, seed=1337, compile=compile,
-                                  optimizer=optimizer), data, tok)
+                                  optimizer=optimizer, device=device), data, tok)
     marks = {}
     trainer.run(lambda m, t: marks.setdefault(t.step, (t.tokens_seen, t.train_time)))
     (tok0, t0), (tok1, t1) = marks[WARMUP], marks[WARMUP + steps]
     return (tok1 - tok0) / (t1 - t0), trainer.compiler.compile_s
 
 
-def nanogpt(work, model: dict, batch: int, steps: int, threads: int, compile: bool) -> tuple[float, float]:
+def nanogpt(work, model: dict, batch: int, steps: int, threads: int, compile: bool,
+            device: str = "cpu") -> tuple[float, float]:
     """nanoGPT's train.py: tokens/s from its printed per-iteration times for the same steps after WARMUP, and
     its first iteration's time (its compile, when compiling)."""
-    run = anchor.train(work, threads, device="cpu", compile=compile, eval_iters=1, eval_interval=10**6,
+    run = anchor.train(work, threads, device=device, compile=compile, eval_iters=1, eval_interval=10**6,
                        log_interval=1, always_save_checkpoint=False, batch_size=batch, max_iters=WARMUP + steps,
                        lr_decay_iters=2000, dropout=0.0, out_dir="out-throughput", **model)
     measured = run.step_ms[WARMUP + 1:WARMUP + 1 + steps]  # iter 0's time includes its evaluation
@@ -94,27 +103,34 @@ def kernel_floor(model: dict, batch: int, data, tok, steps: int = 20) -> float:
 
 
 def measure_size(name: str, work, data, tok, args) -> dict:
-    model, batch, _ = SIZES[name]
+    model, batch, _ = sizes(args.device)[name]
+    dev = args.device
     m = {k: [] for k in ("eager", "compiled", "muon", "ng", "ng_compiled", "floor_s")}
     compile_s = ng_compile_s = None
     for r in range(args.rounds):  # alternate, so a change in the machine's load hits all of them
-        m["eager"].append(ours(model, batch, args.steps, data, tok)[0])
-        tps, cs = ours(model, batch, args.steps, data, tok, compile="on")
+        m["eager"].append(ours(model, batch, args.steps, data, tok, device=dev)[0])
+        tps, cs = ours(model, batch, args.steps, data, tok, compile="on", device=dev)
         m["compiled"].append(tps)
         compile_s = cs if compile_s is None else compile_s
-        m["muon"].append(ours(model, batch, args.steps, data, tok, optimizer="muon")[0])
-        m["ng"].append(nanogpt(work, model, batch, args.steps, args.threads, compile=False)[0])
-        tps, cs = nanogpt(work, model, batch, args.steps, args.threads, compile=True)
+        m["muon"].append(ours(model, batch, args.steps, data, tok, optimizer="muon", device=dev)[0])
+        m["ng"].append(nanogpt(work, model, batch, args.steps, args.threads, compile=False, device=dev)[0])
+        tps, cs = nanogpt(work, model, batch, args.steps, args.threads, compile=True, device=dev)
         m["ng_compiled"].append(tps)
         ng_compile_s = cs if ng_compile_s is None else ng_compile_s
-        m["floor_s"].append(kernel_floor(model, batch, data, tok))
+        if dev == "cpu":  # profiled CPU time: on a GPU the kernels run elsewhere
+            m["floor_s"].append(kernel_floor(model, batch, data, tok))
         print(f"{name} round {r + 1}: " + ", ".join(f"{k} {v[-1] / 1e3:.1f}k" for k, v in m.items() if k != "floor_s")
-              + f" tok/s; kernel floor {m['floor_s'][-1] * 1e3:.1f} ms a step", flush=True)
+              + " tok/s" + (f"; kernel floor {m['floor_s'][-1] * 1e3:.1f} ms a step" if m["floor_s"] else ""),
+              flush=True)
     return {**m, "compile_s": compile_s, "ng_compile_s": ng_compile_s}
 
 
+def sizes(device: str) -> dict:
+    return GPU_SIZES if device == "cuda" else SIZES
+
+
 def batch_tokens(name: str) -> int:
-    model, batch, _ = SIZES[name]
+    model, batch, _ = {**SIZES, **GPU_SIZES}[name]
     return batch * model["block_size"]
 
 
@@ -153,14 +169,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--sizes", default=",".join(str(i) for i in range(len(SIZES))),
-                   help="which sizes, by index (0: 2L x 32, 1: 3L x 64, 2: the recipe)")
+    p.add_argument("--sizes", default=None,
+                   help="which sizes, by index (0: 2L x 32, 1: 3L x 64, 2: the recipe; with --device cuda 0: the "
+                        "baby GPT); default: all")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: nanoGPT's baby GPT on the GPU against nanoGPT compiled (its own section)")
     p.add_argument("--search", action="store_true", help="also the default search against nanoGPT's recipe")
     p.add_argument("--search-only", action="store_true",
                    help="only the default search against nanoGPT's recipe (its own section of RESULTS.md)")
     args = p.parse_args()
     if args.search_only:
         return search_only()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks.throughput: --device cuda but torch sees no CUDA device here (RESULTS.md left as it was)")
+    if args.device == "cuda" and args.search:
+        sys.exit("benchmarks.throughput: --search is the CPU search against nanoGPT's CPU recipe; leave out --device")
+    table = sizes(args.device)
 
     from nanogpt.batches import tokenize
     from nanogpt.dataset import load_dataset
@@ -173,25 +197,29 @@ def main() -> None:
     work = anchor.workdir()
     load_before = os.getloadavg()
     t_start = time.time()
-    names = [list(SIZES)[int(i)] for i in args.sizes.split(",")]
+    names = [list(table)[int(i)] for i in args.sizes.split(",")] if args.sizes else list(table)
     rows, verdicts = [], []
     for name in names:
         m = measure_size(name, work, data, tok, args)
-        goal = SIZES[name][2]
+        goal = table[name][2]
         best = [max(e, c) for e, c in zip(m["eager"], m["compiled"])]
         vs_ng, vs_ngc, muon = ratio(best, m["ng"]), ratio(best, m["ng_compiled"]), ratio(m["muon"], m["eager"])
         tokens = batch_tokens(name)
         # the most any step calling these kernels could reach against nanoGPT's: nanoGPT's step over the floor (a
         # floor: load only adds to it, so the least of the rounds)
-        ceiling = tokens / statistics.median(m["ng"]) / min(m["floor_s"])
+        ceiling = tokens / statistics.median(m["ng"]) / min(m["floor_s"]) if m["floor_s"] else None
         rows.append([name, f"{statistics.median(m['eager']) / 1e3:.1f}k",
                      f"{statistics.median(m['compiled']) / 1e3:.1f}k ({m['compile_s']:.0f} s)",
                      f"{statistics.median(m['muon']) / 1e3:.1f}k", f"{statistics.median(m['ng']) / 1e3:.1f}k",
                      f"{statistics.median(m['ng_compiled']) / 1e3:.1f}k ({m['ng_compile_s']:.0f} s)",
                      f"{ratio(m['eager'], m['ng']):.2f}x", f"**{vs_ng:.2f}x**", f"{vs_ngc:.2f}x", f"**{muon:.2f}x**",
-                     f"{min(m['floor_s']) * 1e3:.1f} ms, {ceiling:.2f}x"])
-        verdicts.append(f"{name}: ours / nanoGPT {vs_ng:.2f}x (goal {goal}x: {'met' if vs_ng >= goal else 'missed'}; "
-                        f"the kernel floor allows at most {ceiling:.2f}x)"
+                     f"{min(m['floor_s']) * 1e3:.1f} ms, {ceiling:.2f}x" if ceiling else "not measured (GPU)"])
+        if args.device == "cuda":
+            verdict = f"ours / nanoGPT compiled {vs_ngc:.2f}x (goal {goal}x: {'met' if vs_ngc >= goal else 'missed'})"
+        else:
+            verdict = (f"ours / nanoGPT {vs_ng:.2f}x (goal {goal}x: {'met' if vs_ng >= goal else 'missed'}; "
+                       f"the kernel floor allows at most {ceiling:.2f}x)")
+        verdicts.append(f"{name}: {verdict}"
                         + ("" if name.startswith("3L") else
                            f"; Muon / AdamW {muon:.2f}x (goal {MUON_GOAL:.2f}x: {'met' if muon >= MUON_GOAL else 'missed'})"))
     search_text = ""
@@ -201,19 +229,23 @@ def main() -> None:
                        f"(2000 iterations, 2 threads) {recipe_s:.0f} s: **{search_s / recipe_s:.2f}x** (goal <= "
                        f"{SEARCH_GOAL}x: {'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")
     load_after = os.getloadavg()
-    body = f"""{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared);
-{anchor.wait_policy_note()}.
-
-`python -m benchmarks.throughput --steps {args.steps} --rounds {args.rounds} --threads {args.threads}`: tokens/s of
-training steps (after {WARMUP} warmup steps; evaluations and compiling not counted), fp32, {args.threads} thread(s),
-tiny Shakespeare, dropout 0, no bias; medians over rounds, ratios per round then median. "ours" in the ratios is the
-faster of our eager and compiled step in each round. Compile seconds in brackets: ours the first compile of the run
-(Inductor's cache under NANOGPT_TUNE_CACHE may be warm from an earlier run), nanoGPT's its first iteration's time;
-{time.time() - t_start:.0f} s in all. The kernel floor: the seconds a step of ours spends in matmul and attention
+    gpu = args.device == "cuda"
+    where = (f"GPU: {torch.cuda.get_device_name(0)}, bf16 autocast on both sides" if gpu else
+             f"fp32, {args.threads} thread(s)")
+    floor_text = ("" if gpu else f""" The kernel floor: the seconds a step of ours spends in matmul and attention
 kernels alone (torch.profiler, self time of {", ".join(k.removeprefix("aten::") for k in KERNELS[:3])} and SDPA's
 flash kernels, forward and backward; the least over the rounds), the kernels nanoGPT's model calls too, eager or
 compiled; "the most it allows" is nanoGPT's step time (median) over that floor, the ratio a step would reach if
-everything else in it took no time.
+everything else in it took no time.""")
+    body = f"""{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared);
+{anchor.wait_policy_note()}.
+
+`python -m benchmarks.throughput --steps {args.steps} --rounds {args.rounds} --threads {args.threads}{" --device cuda" if gpu else ""}`: tokens/s of
+training steps (after {WARMUP} warmup steps; evaluations and compiling not counted), {where},
+tiny Shakespeare, dropout 0, no bias; medians over rounds, ratios per round then median. "ours" in the ratios is the
+faster of our eager and compiled step in each round. Compile seconds in brackets: ours the first compile of the run
+(Inductor's cache under NANOGPT_TUNE_CACHE may be warm from an earlier run), nanoGPT's its first iteration's time;
+{time.time() - t_start:.0f} s in all.{floor_text}
 
 {md_table(["model", "ours eager", "ours compiled (compile)", "ours Muon eager", "nanoGPT", "nanoGPT compiled (compile)",
            "ours eager / nanoGPT", "ours / nanoGPT", "ours / nanoGPT compiled", "Muon / AdamW",
@@ -222,7 +254,8 @@ everything else in it took no time.
 {chr(10).join("- " + v for v in verdicts)}
 {search_text}"""
     print(body)
-    write_section("Throughput (benchmarks/throughput.py)", body)
+    write_section("Throughput on a GPU (benchmarks/throughput.py --device cuda)" if gpu else
+                  "Throughput (benchmarks/throughput.py)", body)
 
 
 if __name__ == "__main__":
