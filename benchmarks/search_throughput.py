@@ -1,15 +1,20 @@
 """Total training tokens/s of a 2-slot CPU search against one 2-thread training run of the same config.
 
-    python -m benchmarks.search_throughput [--trials 4] [--steps 600]
+    python -m benchmarks.search_throughput [--trials 4] [--steps 600] [--device cuda]
 
 Every trial trains nanoGPT's CPU recipe (4 layers, 4 heads, 128 embd, block 64, batch 12), so the
 only difference is how the two cores are used: two 1-CPU trials side by side under Ray Tune, or
 one process with 2 threads. Goal: the search >= 1.4x.
+With --device cuda (a GPU lent for minutes): the gpu preset's packing instead. Every trial trains nanoGPT's baby
+GPT (6 layers x 384, block 256, batch 64), `--trials` of them at once on one GPU (1/trials of it each, as the
+preset's 0.25), against one run of the same model alone on that GPU. Goal (issue 16): the search >= 2x. Its own
+section of RESULTS.md, so the CPU figures stay.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -20,38 +25,95 @@ from tune.experiment import read_trials
 from tune.space import PRESETS
 
 GOAL = 1.4
+GPU_GOAL = 2.0
+BABY = dict(n_layer=6, n_head=6, head_dim=64, block_size=256, batch_size=64)  # nanoGPT's baby GPT (384 embd)
 PRESET = "shakespeare-cpu"
 EVAL_INTERVAL = 100  # steps, in the single run and in the search's trials
 
 
-def single_run(steps: int) -> tuple[float, int]:
+def single_run(steps: int, device: str = "cpu") -> tuple[float, int]:
     from nanogpt.batches import tokenize
     from nanogpt.dataset import load_dataset
     from nanogpt.model import GPTConfig
     from nanogpt.tokenizer import CharTokenizer
     from nanogpt.train import Trainer, TrainConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(2 if device == "cpu" else PRESETS["gpu"].cpus_per_trial)
     ds = load_dataset(data_file=shakespeare_file())
     tok = CharTokenizer.from_text(ds.text)
-    r, p = NANOGPT_CPU, PRESETS[PRESET]
+    r, p = NANOGPT_CPU, PRESETS[PRESET if device == "cpu" else "gpu"]
+    if device == "cuda":
+        b = BABY
+        model = GPTConfig(block_size=b["block_size"], vocab_size=tok.vocab_size, n_layer=b["n_layer"],
+                          n_head=b["n_head"], n_embd=b["n_head"] * b["head_dim"], bias=False)
+        r = {"batch_size": b["batch_size"]}
+    else:
+        model = GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_embd=128, bias=False)
     # evaluated exactly as the search's trials are (the preset's interval, batches and train_loss source),
     # bias-free like them; only the checkpoints are left out
-    trainer = Trainer(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_embd=128, bias=False),
+    trainer = Trainer(model,
                       TrainConfig(max_steps=steps, batch_size=r["batch_size"], learning_rate=1e-3,
                                   eval_interval=EVAL_INTERVAL, eval_iters=p.eval_iters,
-                                  eval_batch_size=p.eval_batch_size, train_loss_from=p.train_loss_from),
+                                  eval_batch_size=p.eval_batch_size, train_loss_from=p.train_loss_from,
+                                  device=device),
                       tokenize(ds, tok), tok)
     t0 = time.perf_counter()
     trainer.run()
     return trainer.tokens_seen / (time.perf_counter() - t0), trainer.model.flops_per_token()
 
 
+def search_tokens_per_s(rows: list[dict]) -> float:
+    """All trials' training tokens over the span from the first trial's start to the last report."""
+    begin = min(r["started_at"] for r in rows)
+    end = max(r["started_at"] + r["time_total_s"] for r in rows)
+    return sum(r["tokens_seen"] for r in rows) / (end - begin)
+
+
+def gpu_packing(args) -> None:
+    """--device cuda: `args.trials` baby GPTs at once on one GPU under Ray Tune against one alone."""
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.search_throughput: --device cuda but torch sees no CUDA device here "
+                 "(RESULTS.md left as it was)")
+    one, _ = single_run(args.steps, "cuda")
+    b = BABY
+    share = 1 / args.trials
+    with our_search(["--preset", "gpu", "--data-file", str(shakespeare_file()), "--device", "cuda",
+                     "--gpus-per-trial", f"{share:g}", "--max-concurrent", str(args.trials),
+                     *(f for k, v in b.items() for f in (f"--{k.replace('_', '-')}", str(v))),
+                     "--lr", "1e-3", "--dropout", "0", "--optimizer", "adamw", "--scheduler", "fifo",
+                     "--schedule", "cosine",  # as the single run: no cooldown branches, the same steps
+                     "--num-samples", str(args.trials), "--max-steps", str(args.steps),
+                     "--eval-interval", str(EVAL_INTERVAL), "--no-report"], "tp-gpu", echo=False) as run:
+        rows = [t.last_result for t in read_trials(run.exp) if t.results]
+    search = search_tokens_per_s(rows)
+    ratio = search / one
+    body = f"""{stamp()} GPU: {torch.cuda.get_device_name(0)}.
+
+`python -m benchmarks.search_throughput --device cuda --trials {args.trials} --steps {args.steps}`: every trial is
+nanoGPT's baby GPT (6 x 384, block 256, batch 64, AdamW, cosine, {args.steps} steps, evaluations every
+{EVAL_INTERVAL}),
+{args.trials} at once on one GPU ({share:g} of it each), against one run of the same model alone on it. The search's
+figure counts all its trials' tokens from the first trial's start to the last report (start-up, evaluations and
+checkpoints inside it); the single run's, its whole run with evaluations.
+
+{md_table(["setup", "training tokens/s"], [["one run alone on the GPU", f"{one / 1e3:.1f}k"],
+    [f"search, {len(rows)} trials at {share:g} GPU each", f"{search / 1e3:.1f}k"]])}
+
+Search / single run: **{ratio:.2f}x**. Goal: >= {GPU_GOAL}x: **{'met' if ratio >= GPU_GOAL else 'missed'}**.
+"""
+    print(body)
+    write_section("Search throughput on a GPU (benchmarks/search_throughput.py --device cuda)", body)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: trials packed on one GPU against one trial alone (its own section)")
     args = p.parse_args()
+    if args.device == "cuda":
+        return gpu_packing(args)
     one, fpt = single_run(args.steps)
     with our_search(["--preset", PRESET, "--data-file", str(shakespeare_file()),
                      "--n-layer", "4", "--n-head", "4", "--head-dim", "32", "--block-size", "64", "--batch-size", "12",
@@ -59,10 +121,7 @@ def main() -> None:
                      "--max-steps", str(args.steps), "--eval-interval", str(EVAL_INTERVAL), "--no-report"], "tp",
                     echo=False) as run:
         rows = [t.last_result for t in read_trials(run.exp) if t.results]
-    tokens = sum(r["tokens_seen"] for r in rows)
-    begin = min(r["started_at"] for r in rows)
-    end = max(r["started_at"] + r["time_total_s"] for r in rows)
-    search = tokens / (end - begin)
+    search = search_tokens_per_s(rows)
     peak2 = matmul_peak_gflops(2)
     ratio = search / one
     per_trial = sum(r["tokens_per_s"] for r in rows) / len(rows)
