@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch on disk here; `make TORCH_SPEC=` leaves the choice of torch to pip (e.g. for CUDA).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# tests run two at a time (pytest-xdist): a test's Ray search leaves a core idle much of the time (process and
+# Ray start-up, waits); each test's Ray cluster is its own, on ports picked free
+TEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast search dashboard clean
 
@@ -21,10 +24,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 search: $(STAMP)
 	$(PY) -m tune.search $(ARGS)

@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,14 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def free_port() -> int:
+    """A port nothing on 127.0.0.1 listens on now, for a test cluster's head: tests may run side by side
+    (pytest -n), so no fixed or pid-derived port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pids_under(temp: Path, name: str | None = None) -> set[int]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RAY, stop_processes_under
+from conftest import RAY, free_port, stop_processes_under
 from nanogpt import textfile, token_cache
 from nanogpt import tokenizer as T
 from nanogpt.batches import get_batch
@@ -237,7 +237,7 @@ def test_trainer_reads_prepared_tokens(cache):
 @pytest.fixture
 def two_nodes():
     """A head and a worker node (custom resource `worker_node`), both here, token authentication on."""
-    port = 6991 + os.getpid() % 500
+    port = free_port()
     temp = Path(f"/tmp/ngt-ds-{os.getpid()}")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     try:

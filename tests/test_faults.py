@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import RAY, REPO, TINY, pids_under, run_cli, stop_processes_under, terminated_trials
+from conftest import RAY, REPO, TINY, free_port, pids_under, run_cli, stop_processes_under, terminated_trials
 from tune.search import check_ray_state
 
 pytestmark = pytest.mark.slow
@@ -195,7 +195,7 @@ def test_diverging_trial_is_recorded_and_never_best(tmp_path):
 def two_node_cluster():
     """A head and a worker node, both on this machine, in a temp dir of their own so that the test
     stops exactly the processes it started (never `ray stop`, which would stop every Ray here)."""
-    port = 6391 + os.getpid() % 500
+    port = free_port()
     temp = Path(f"/tmp/ngt-ray-{os.getpid()}")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     try:

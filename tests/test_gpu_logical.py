@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import RAY, TINY, run_cli, stop_processes_under
+from conftest import RAY, TINY, free_port, run_cli, stop_processes_under
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def ray_with_one_logical_gpu():
     """A head node on 127.0.0.1 with 8 logical CPUs (so CPUs never limit) and 1 logical GPU, in a temp dir
     of its own: the test stops exactly the processes it started."""
-    port = 6891 + os.getpid() % 500
+    port = free_port()
     temp = Path(f"/tmp/ngt-gpu-{os.getpid()}")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     try:

@@ -227,7 +227,7 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     """--time-budget counts the search's running time over its runs, as Ray's does: a search stopped by Ctrl-C
     part-way gets the rest on --resume. The trials the budget stops end out_of_time, PRUNED in optuna.db with the
     evaluations they made, told by the callback and searcher restored from Ray's state."""
-    budget = 40  # room for Ray's start-up before two trials have reported three times, on a slow or busy machine
+    budget = 45  # room for Ray's start-up before a trial has reported twice, on a slow or busy machine (pytest -n)
     args = [*TINY, "--num-samples", "4", "--max-steps", "100000", "--eval-interval", "25", "--scheduler", "fifo",
             "--time-budget", str(budget), "--results-dir", str(tmp_path), "--name", "tb", "--no-report", "--seed", "3"]
     exp = tmp_path / "tb"
@@ -235,8 +235,8 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if len([d for d in exp.glob("trial_*") if (d / "result.json").is_file()
-                and len((d / "result.json").read_text().splitlines()) >= 3]) >= 2:
+        if any((d / "result.json").is_file() and len((d / "result.json").read_text().splitlines()) >= 2
+               for d in exp.glob("trial_*")):
             break
         time.sleep(0.3)
     assert proc.poll() is None, "the search ended before it could be interrupted"
