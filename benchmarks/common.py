@@ -34,6 +34,14 @@ def shakespeare_file() -> Path:
     return shakespeare_path()
 
 
+def require_cuda(command: str) -> None:
+    """A GPU benchmark on a machine without CUDA: one line and a non-zero exit, before anything is written (a GPU's
+    figures in RESULTS.md stay)."""
+    if not torch.cuda.is_available():
+        sys.exit(f"{command}: torch sees no CUDA device on this machine; run it where one is "
+                 f"(benchmarks/RESULTS.md left as it was)")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
+from benchmarks.common import md_table, our_search, require_cuda, shakespeare_file, stamp, write_section
 
 SECTION = "GPU: the gpu preset against nanoGPT's baby GPT (benchmarks/gpu.py)"
 
@@ -35,9 +34,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5000, help="nanoGPT's max_iters and lr_decay_iters (its config: 5000)")
     p.add_argument("--num-samples", type=int, default=None, help="the search's trials (default: the preset's)")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks.gpu: torch sees no CUDA device on this machine; run it where one is "
-                 "(benchmarks/RESULTS.md left as it was)")
+    require_cuda("benchmarks.gpu")
 
     from nanogpt.checkpoint import load_model
     from nanogpt.batches import tokenize

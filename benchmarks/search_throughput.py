@@ -14,20 +14,23 @@ section of RESULTS.md, so the CPU figures stay.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
-from benchmarks.common import (NANOGPT_CPU, matmul_peak_gflops, md_table, our_search, shakespeare_file, stamp,
-                               write_section)
+from benchmarks.common import (NANOGPT_CPU, matmul_peak_gflops, md_table, our_search, require_cuda, shakespeare_file,
+                               stamp, write_section)
 from tune.experiment import read_trials
 from tune.space import PRESETS
 
 GOAL = 1.4
 GPU_GOAL = 2.0
-BABY = dict(n_layer=6, n_head=6, head_dim=64, block_size=256, batch_size=64)  # nanoGPT's baby GPT (384 embd)
-PRESET = "shakespeare-cpu"
+# every trial's shape, and the single run's: nanoGPT's CPU recipe on the CPU, its baby GPT (384 embd) on a GPU
+SHAPES = {"cpu": dict(n_layer=NANOGPT_CPU["n_layer"], n_head=NANOGPT_CPU["n_head"],
+                      head_dim=NANOGPT_CPU["n_embd"] // NANOGPT_CPU["n_head"], block_size=NANOGPT_CPU["block_size"],
+                      batch_size=NANOGPT_CPU["batch_size"]),
+          "cuda": dict(n_layer=6, n_head=6, head_dim=64, block_size=256, batch_size=64)}
+PRESETS_BY_DEVICE = {"cpu": "shakespeare-cpu", "cuda": "gpu"}
 EVAL_INTERVAL = 100  # steps, in the single run and in the search's trials
 
 
@@ -38,21 +41,15 @@ def single_run(steps: int, device: str = "cpu") -> tuple[float, int]:
     from nanogpt.tokenizer import CharTokenizer
     from nanogpt.train import Trainer, TrainConfig
 
-    torch.set_num_threads(2 if device == "cpu" else PRESETS["gpu"].cpus_per_trial)
+    p, b = PRESETS[PRESETS_BY_DEVICE[device]], SHAPES[device]
+    torch.set_num_threads(2 if device == "cpu" else p.cpus_per_trial)
     ds = load_dataset(data_file=shakespeare_file())
     tok = CharTokenizer.from_text(ds.text)
-    r, p = NANOGPT_CPU, PRESETS[PRESET if device == "cpu" else "gpu"]
-    if device == "cuda":
-        b = BABY
-        model = GPTConfig(block_size=b["block_size"], vocab_size=tok.vocab_size, n_layer=b["n_layer"],
-                          n_head=b["n_head"], n_embd=b["n_head"] * b["head_dim"], bias=False)
-        r = {"batch_size": b["batch_size"]}
-    else:
-        model = GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_embd=128, bias=False)
     # evaluated exactly as the search's trials are (the preset's interval, batches and train_loss source),
     # bias-free like them; only the checkpoints are left out
-    trainer = Trainer(model,
-                      TrainConfig(max_steps=steps, batch_size=r["batch_size"], learning_rate=1e-3,
+    trainer = Trainer(GPTConfig(block_size=b["block_size"], vocab_size=tok.vocab_size, n_layer=b["n_layer"],
+                                n_head=b["n_head"], n_embd=b["n_head"] * b["head_dim"], bias=False),
+                      TrainConfig(max_steps=steps, batch_size=b["batch_size"], learning_rate=1e-3,
                                   eval_interval=EVAL_INTERVAL, eval_iters=p.eval_iters,
                                   eval_batch_size=p.eval_batch_size, train_loss_from=p.train_loss_from,
                                   device=device),
@@ -60,6 +57,17 @@ def single_run(steps: int, device: str = "cpu") -> tuple[float, int]:
     t0 = time.perf_counter()
     trainer.run()
     return trainer.tokens_seen / (time.perf_counter() - t0), trainer.model.flops_per_token()
+
+
+def trials(device: str, num: int, steps: int, extra: list[str]) -> list[dict]:
+    """A search of `num` trials of SHAPES[device] (the device's preset, fixed lr 1e-3, dropout 0, FIFO), each for
+    `steps` steps: each trial's last result."""
+    shape = [f for k, v in SHAPES[device].items() for f in (f"--{k.replace('_', '-')}", str(v))]
+    with our_search(["--preset", PRESETS_BY_DEVICE[device], "--data-file", str(shakespeare_file()), *shape,
+                     "--lr", "1e-3", "--dropout", "0", "--scheduler", "fifo", "--num-samples", str(num),
+                     "--max-steps", str(steps), "--eval-interval", str(EVAL_INTERVAL), "--no-report", *extra],
+                    f"tp-{device}", echo=False) as run:
+        return [t.last_result for t in read_trials(run.exp) if t.results]
 
 
 def search_tokens_per_s(rows: list[dict]) -> float:
@@ -71,20 +79,13 @@ def search_tokens_per_s(rows: list[dict]) -> float:
 
 def gpu_packing(args) -> None:
     """--device cuda: `args.trials` baby GPTs at once on one GPU under Ray Tune against one alone."""
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks.search_throughput: --device cuda but torch sees no CUDA device here "
-                 "(RESULTS.md left as it was)")
+    require_cuda("benchmarks.search_throughput --device cuda")
     one, _ = single_run(args.steps, "cuda")
-    b = BABY
     share = 1 / args.trials
-    with our_search(["--preset", "gpu", "--data-file", str(shakespeare_file()), "--device", "cuda",
-                     "--gpus-per-trial", f"{share:g}", "--max-concurrent", str(args.trials),
-                     *(f for k, v in b.items() for f in (f"--{k.replace('_', '-')}", str(v))),
-                     "--lr", "1e-3", "--dropout", "0", "--optimizer", "adamw", "--scheduler", "fifo",
-                     "--schedule", "cosine",  # as the single run: no cooldown branches, the same steps
-                     "--num-samples", str(args.trials), "--max-steps", str(args.steps),
-                     "--eval-interval", str(EVAL_INTERVAL), "--no-report"], "tp-gpu", echo=False) as run:
-        rows = [t.last_result for t in read_trials(run.exp) if t.results]
+    rows = trials("cuda", args.trials, args.steps,
+                  ["--device", "cuda", "--gpus-per-trial", f"{share:g}", "--max-concurrent", str(args.trials),
+                   "--optimizer", "adamw",
+                   "--schedule", "cosine"])  # as the single run: no cooldown branches, the same steps
     search = search_tokens_per_s(rows)
     ratio = search / one
     body = f"""{stamp()} GPU: {torch.cuda.get_device_name(0)}.
@@ -115,12 +116,7 @@ def main() -> None:
     if args.device == "cuda":
         return gpu_packing(args)
     one, fpt = single_run(args.steps)
-    with our_search(["--preset", PRESET, "--data-file", str(shakespeare_file()),
-                     "--n-layer", "4", "--n-head", "4", "--head-dim", "32", "--block-size", "64", "--batch-size", "12",
-                     "--lr", "1e-3", "--dropout", "0", "--scheduler", "fifo", "--num-samples", str(args.trials),
-                     "--max-steps", str(args.steps), "--eval-interval", str(EVAL_INTERVAL), "--no-report"], "tp",
-                    echo=False) as run:
-        rows = [t.last_result for t in read_trials(run.exp) if t.results]
+    rows = trials("cpu", args.trials, args.steps, [])
     search = search_tokens_per_s(rows)
     peak2 = matmul_peak_gflops(2)
     ratio = search / one

@@ -32,7 +32,7 @@ import time
 import torch
 
 from benchmarks import anchor
-from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
+from benchmarks.common import md_table, our_search, require_cuda, shakespeare_file, stamp, write_section
 
 WARMUP = 10
 SIZES = {  # name -> (model, batch, goal of ours / nanoGPT eager)
@@ -47,17 +47,22 @@ MUON_GOAL = 1 / 1.15
 SEARCH_GOAL = 0.7
 
 
+def trainer_for(model: dict, batch: int, steps: int, data, tok, **cfg):
+    """Our Trainer for WARMUP + `steps` steps of `model` at `batch` (dropout 0, no bias, evaluations every WARMUP);
+    `cfg`: the rest of its TrainConfig (compile, optimizer, device)."""
+    from nanogpt.model import GPTConfig
+    from nanogpt.train import Trainer, TrainConfig
+
+    return Trainer(GPTConfig(vocab_size=tok.vocab_size, dropout=0.0, bias=False, **model),
+                   TrainConfig(max_steps=WARMUP + steps, batch_size=batch, learning_rate=1e-3, lr_decay_steps=2000,
+                               warmup_steps=100, eval_interval=WARMUP, eval_iters=1, seed=1337, **cfg), data, tok)
+
+
 def ours(model: dict, batch: int, steps: int, data, tok, compile: str = "off", optimizer: str = "adamw",
          device: str = "cpu"):
     """Our Trainer's training tokens/s over `steps` steps after WARMUP (evaluations and compiling not counted),
     and its compile seconds."""
-    from nanogpt.model import GPTConfig
-    from nanogpt.train import Trainer, TrainConfig
-
-    trainer = Trainer(GPTConfig(vocab_size=tok.vocab_size, dropout=0.0, bias=False, **model),
-                      TrainConfig(max_steps=WARMUP + steps, batch_size=batch, learning_rate=1e-3, lr_decay_steps=2000,
-                                  warmup_steps=100, eval_interval=WARMUP, eval_iters=1, seed=1337, compile=compile,
-                                  optimizer=optimizer, device=device), data, tok)
+    trainer = trainer_for(model, batch, steps, data, tok, compile=compile, optimizer=optimizer, device=device)
     marks = {}
     trainer.run(lambda m, t: marks.setdefault(t.step, (t.tokens_seen, t.train_time)))
     (tok0, t0), (tok1, t1) = marks[WARMUP], marks[WARMUP + steps]
@@ -87,12 +92,7 @@ def kernel_floor(model: dict, batch: int, data, tok, steps: int = 20) -> float:
     however little else it does."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nanogpt.model import GPTConfig
-    from nanogpt.train import Trainer, TrainConfig
-
-    trainer = Trainer(GPTConfig(vocab_size=tok.vocab_size, dropout=0.0, bias=False, **model),
-                      TrainConfig(max_steps=WARMUP + steps, batch_size=batch, learning_rate=1e-3, warmup_steps=1,
-                                  seed=1337), data, tok)
+    trainer = trainer_for(model, batch, steps, data, tok)
     step = lambda: trainer.train_step(trainer.model, trainer.optimizers, 1e-3, trainer.batch_gen)  # noqa: E731
     for _ in range(WARMUP):
         step()
@@ -102,8 +102,7 @@ def kernel_floor(model: dict, batch: int, data, tok, steps: int = 20) -> float:
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS) / 1e6 / steps
 
 
-def measure_size(name: str, work, data, tok, args) -> dict:
-    model, batch, _ = sizes(args.device)[name]
+def measure_size(name: str, model: dict, batch: int, work, data, tok, args) -> dict:
     dev = args.device
     m = {k: [] for k in ("eager", "compiled", "muon", "ng", "ng_compiled", "floor_s")}
     compile_s = ng_compile_s = None
@@ -123,15 +122,6 @@ def measure_size(name: str, work, data, tok, args) -> dict:
               + " tok/s" + (f"; kernel floor {m['floor_s'][-1] * 1e3:.1f} ms a step" if m["floor_s"] else ""),
               flush=True)
     return {**m, "compile_s": compile_s, "ng_compile_s": ng_compile_s}
-
-
-def sizes(device: str) -> dict:
-    return GPU_SIZES if device == "cuda" else SIZES
-
-
-def batch_tokens(name: str) -> int:
-    model, batch, _ = {**SIZES, **GPU_SIZES}[name]
-    return batch * model["block_size"]
 
 
 def ratio(a: list[float], b: list[float]) -> float:
@@ -180,11 +170,12 @@ def main() -> None:
     args = p.parse_args()
     if args.search_only:
         return search_only()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmarks.throughput: --device cuda but torch sees no CUDA device here (RESULTS.md left as it was)")
-    if args.device == "cuda" and args.search:
+    gpu = args.device == "cuda"
+    if gpu and args.search:
         sys.exit("benchmarks.throughput: --search is the CPU search against nanoGPT's CPU recipe; leave out --device")
-    table = sizes(args.device)
+    if gpu:
+        require_cuda("benchmarks.throughput --device cuda")
+    table = GPU_SIZES if gpu else SIZES
 
     from nanogpt.batches import tokenize
     from nanogpt.dataset import load_dataset
@@ -200,21 +191,20 @@ def main() -> None:
     names = [list(table)[int(i)] for i in args.sizes.split(",")] if args.sizes else list(table)
     rows, verdicts = [], []
     for name in names:
-        m = measure_size(name, work, data, tok, args)
-        goal = table[name][2]
+        model, batch, goal = table[name]
+        m = measure_size(name, model, batch, work, data, tok, args)
         best = [max(e, c) for e, c in zip(m["eager"], m["compiled"])]
         vs_ng, vs_ngc, muon = ratio(best, m["ng"]), ratio(best, m["ng_compiled"]), ratio(m["muon"], m["eager"])
-        tokens = batch_tokens(name)
         # the most any step calling these kernels could reach against nanoGPT's: nanoGPT's step over the floor (a
         # floor: load only adds to it, so the least of the rounds)
-        ceiling = tokens / statistics.median(m["ng"]) / min(m["floor_s"]) if m["floor_s"] else None
+        ceiling = batch * model["block_size"] / statistics.median(m["ng"]) / min(m["floor_s"]) if m["floor_s"] else None
         rows.append([name, f"{statistics.median(m['eager']) / 1e3:.1f}k",
                      f"{statistics.median(m['compiled']) / 1e3:.1f}k ({m['compile_s']:.0f} s)",
                      f"{statistics.median(m['muon']) / 1e3:.1f}k", f"{statistics.median(m['ng']) / 1e3:.1f}k",
                      f"{statistics.median(m['ng_compiled']) / 1e3:.1f}k ({m['ng_compile_s']:.0f} s)",
                      f"{ratio(m['eager'], m['ng']):.2f}x", f"**{vs_ng:.2f}x**", f"{vs_ngc:.2f}x", f"**{muon:.2f}x**",
                      f"{min(m['floor_s']) * 1e3:.1f} ms, {ceiling:.2f}x" if ceiling else "not measured (GPU)"])
-        if args.device == "cuda":
+        if gpu:
             verdict = f"ours / nanoGPT compiled {vs_ngc:.2f}x (goal {goal}x: {'met' if vs_ngc >= goal else 'missed'})"
         else:
             verdict = (f"ours / nanoGPT {vs_ng:.2f}x (goal {goal}x: {'met' if vs_ng >= goal else 'missed'}; "
@@ -229,7 +219,6 @@ def main() -> None:
                        f"(2000 iterations, 2 threads) {recipe_s:.0f} s: **{search_s / recipe_s:.2f}x** (goal <= "
                        f"{SEARCH_GOAL}x: {'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")
     load_after = os.getloadavg()
-    gpu = args.device == "cuda"
     where = (f"GPU: {torch.cuda.get_device_name(0)}, bf16 autocast on both sides" if gpu else
              f"fp32, {args.threads} thread(s)")
     floor_text = ("" if gpu else f""" The kernel floor: the seconds a step of ours spends in matmul and attention
