@@ -263,6 +263,24 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     assert counts[optuna.trial.TrialState.RUNNING] == (df["outcome"] == "not_started").sum()
 
 
+def test_time_budget_is_spent_on_the_search_clock(tmp_path):
+    """The budget stops the search when the search clock (search_clock.json, over all its runs) reaches it. Ray's
+    TimeoutStopper left each run's start-up and its end after its last save uncounted (a 45 s budget ran 56 s over
+    one resume on a busy machine); the stopper Ray saves and restores holds only the budget."""
+    import pickle
+
+    from tune.outcomes import CLOCK_FILE
+    from tune.progress import OutcomeRecorder, TimeBudget
+
+    (tmp_path / CLOCK_FILE).write_text(json.dumps({"running_s": 9.7}))  # what the search's earlier runs spent
+    budget = pickle.loads(pickle.dumps(TimeBudget(10.0)))  # as Ray restores it from its experiment state
+    recorder = OutcomeRecorder(tmp_path, 10.0)
+    recorder.setup()
+    assert not budget.stop_all() and not budget("a trial", {"val_loss": 1.0})
+    time.sleep(0.4)
+    assert budget.stop_all()
+
+
 def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
     """No finished trial: one line at the end, and no final/ (no Ray needed to decide)."""
     from tune.config import build_parser, config_from_args

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
@@ -42,6 +43,26 @@ def evaluation_line(trial_id: str, r: dict, unit: str) -> str:
     """One evaluation of a trial (-v)."""
     return (f"{trial_id} eval    step {r.get('step')} spent {_num(r, 'spend'):.3g}{unit} val_loss {_num(r, 'val_loss'):.4f} "
             f"train_loss {_num(r, 'train_loss'):.4f} {_num(r, 'tokens_per_s') / 1e3:.1f}k tok/s")
+
+
+class TimeBudget(Stopper):
+    """--time-budget: stops every trial once the search clock (OutcomeRecorder's, over all the search's runs)
+    reaches the budget, so the budget spent is the time search_clock.json and the report show.
+
+    Ray's own time_budget_s counts from its first check in each run and resumes from the state it last saved, so
+    every run's start-up and its end after the last save go uncounted: on a busy machine a 45 s budget over one
+    resume ran 56 s on the search clock. Ray saves this stopper with its experiment state; it holds only the
+    budget and reads the running search's clock."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        clock = OutcomeRecorder.running
+        return clock is not None and clock.used_s() >= self.budget_s
 
 
 class Progress(Callback):
@@ -149,10 +170,13 @@ class MirrorSync(Callback):
 
 
 class OutcomeRecorder(Callback):
-    """Records each trial's outcome as it ends, into RESULTS_DIR/NAME/outcomes.json (written atomically).
+    """Records each trial's outcome as it ends, into RESULTS_DIR/NAME/outcomes.json (written atomically), and keeps
+    the search clock (search_clock.json) that --time-budget is spent on (TimeBudget).
 
     Must come before Ray's logger callbacks (user callbacks do), so the outcome written onto a result
     reaches result.json and the searcher."""
+
+    running: OutcomeRecorder | None = None  # the clock of the search this process runs (set up by Ray)
 
     def __init__(self, experiment_dir: str | Path, time_budget_s: float | None, searcher=None):
         self.experiment_dir = str(experiment_dir)
@@ -178,10 +202,11 @@ class OutcomeRecorder(Callback):
     def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
         self.__dict__.update(state, experiment_dir=str(bound_run().dir))
 
-    # Ray's time budget counts the search's running time across resumes (its TimeoutStopper is saved with the
-    # experiment state, the time between runs left out); the search clock here counts the same, in our own JSON
+    # the search clock: the search's running time over all its runs (the time between runs left out), from Ray's
+    # setting up the callbacks to the experiment's end in each; --time-budget is spent on it (TimeBudget)
     def setup(self, **info):
         self.used0, self.t0, self._written = read_clock(self.experiment_dir), time.time(), 0.0
+        OutcomeRecorder.running = self
 
     def used_s(self) -> float:
         return self.used0 + time.time() - self.t0

@@ -194,7 +194,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     from ray import tune
 
     from tune.checkpoints import CheckpointCheck
-    from tune.progress import MirrorSync, OutcomeRecorder, Progress
+    from tune.progress import MirrorSync, OutcomeRecorder, Progress, TimeBudget
     from tune.ray_state import StateCopy
     from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, bind_run, search_algorithm
     from tune.trainable import train_gpt
@@ -230,7 +230,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
         tune_config=tune.TuneConfig(
             metric=config.metric, mode=config.mode, search_alg=search_algorithm(searcher, config.max_concurrent),
             scheduler=scheduler, num_samples=config.num_samples,
-            time_budget_s=config.time_budget_s, reuse_actors=True, trial_dirname_creator=trial_dirname,
+            reuse_actors=True, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=config.name,
@@ -241,6 +241,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries; after a kill, see
             # tune.checkpoints)
             verbose=0,
+            stop=TimeBudget(config.time_budget_s) if config.time_budget_s else None,
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
                        Progress(config), CheckpointCheck()]
