@@ -266,14 +266,14 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
 def test_time_budget_is_spent_on_the_search_clock(tmp_path):
     """The budget stops the search when the search clock (search_clock.json, over all its runs) reaches it. Ray's
     TimeoutStopper left each run's start-up and its end after its last save uncounted (a 45 s budget ran 56 s over
-    one resume on a busy machine); the stopper Ray saves and restores holds only the budget."""
-    import pickle
+    one resume on a busy machine); the stopper Ray saves and restores holds nothing of its own."""
+    import copy
 
     from tune.outcomes import CLOCK_FILE
     from tune.progress import OutcomeRecorder, TimeBudget
 
     (tmp_path / CLOCK_FILE).write_text(json.dumps({"running_s": 9.7}))  # what the search's earlier runs spent
-    budget = pickle.loads(pickle.dumps(TimeBudget(10.0)))  # as Ray restores it from its experiment state
+    budget = copy.deepcopy(TimeBudget())  # a copy, as Ray restores it from its experiment state
     recorder = OutcomeRecorder(tmp_path, 10.0)
     recorder.setup()
     assert not budget.stop_all() and not budget("a trial", {"val_loss": 1.0})

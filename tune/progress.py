@@ -51,18 +51,15 @@ class TimeBudget(Stopper):
 
     Ray's own time_budget_s counts from its first check in each run and resumes from the state it last saved, so
     every run's start-up and its end after the last save go uncounted: on a busy machine a 45 s budget over one
-    resume ran 56 s on the search clock. Ray saves this stopper with its experiment state; it holds only the
-    budget and reads the running search's clock."""
-
-    def __init__(self, budget_s: float):
-        self.budget_s = budget_s
+    resume ran 56 s on the search clock. Ray saves this stopper with its experiment state: it holds nothing, and
+    reads the budget and the clock from the running search's recorder."""
 
     def __call__(self, trial_id, result) -> bool:
         return False
 
     def stop_all(self) -> bool:
         clock = OutcomeRecorder.running
-        return clock is not None and clock.used_s() >= self.budget_s
+        return clock is not None and bool(clock.time_budget_s) and clock.used_s() >= clock.time_budget_s
 
 
 class Progress(Callback):

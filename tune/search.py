@@ -241,7 +241,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries; after a kill, see
             # tune.checkpoints)
             verbose=0,
-            stop=TimeBudget(config.time_budget_s) if config.time_budget_s else None,
+            stop=TimeBudget() if config.time_budget_s else None,
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
                        Progress(config), CheckpointCheck()]
