@@ -1,19 +1,26 @@
 """torch.compile for the training step (forward, loss and backward; Inductor's C++ backend on CPU, Triton on CUDA):
-`on`, `off`, or `auto`, which compiles only where the run's remaining steps repay the compile time.
+`on`, `off`, or `auto`, which compiles only where this machine's own measurements say the run's remaining steps
+repay the compile.
 
 Compile time is measured apart from training time (the compiling warm-up runs before the step it precedes), and
 Inductor's artefacts are kept under NANOGPT_TUNE_CACHE, so the trials of one shape compile once per machine; later
 ones load the cache. What a compile cost and what it gained per step are written to NANOGPT_TUNE_CACHE/compile.json
-per shape: `auto` decides from that record, or, for a shape never compiled on this machine, from DEFAULT_COMPILE_S
-and DEFAULT_SPEEDUP. The optimizer step and gradient clipping stay eager: fused AdamW is one kernel already, and
-Muon's Newton-Schulz is a few large matmuls.
+per shape and machine (the key names the CPU): `auto` decides from that record. A shape this machine never measured
+is compiled only where even a slow cold compile (the slowest this machine has recorded, else UNKNOWN_COMPILE_S) is
+at most BLIND_SHARE of the run's remaining seconds, and that compile is then checked: a compiled step no faster than
+the eager one goes back to eager and is recorded, so auto never compiles that shape here again. No guess made on
+another CPU decides here (on 2026-12-07 a 30 s / 1.05x guess from another machine compiled a 3,696-parameter model
+for 86 s, and its compiled step ran at 0.7x eager). The optimizer step and gradient clipping stay eager: fused
+AdamW is one kernel already, and Muon's Newton-Schulz is a few large matmuls.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -24,10 +31,13 @@ from nanogpt.files import cache_dir, write_json
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
-# auto's guess for a shape this machine has never compiled: a cold compile on CPU and a compiled step's speedup,
-# on the low side of what was measured at the preset sizes (benchmarks/RESULTS.md, "Fast trials")
-DEFAULT_COMPILE_S = 30.0
-DEFAULT_SPEEDUP = 1.05
+# auto, for a shape this machine never measured: a cold compile is taken to cost the slowest compile this machine
+# has recorded, or UNKNOWN_COMPILE_S where it has none (the slowest seen on this project's machines: 86 s for a
+# 1 x 16 model on an Intel Xeon on 2026-12-07), and is tried only where that is at most BLIND_SHARE of the run's
+# remaining seconds; the compiled step is then timed over VERIFY_STEPS steps and kept only if it beats eager
+UNKNOWN_COMPILE_S = 120.0
+BLIND_SHARE = 0.05
+VERIFY_STEPS = 10
 RECORD_FILE = "compile.json"
 # the user's own cache directories, read before torch sets its defaults into the environment (building an
 # optimizer does), so that only a user's choice wins over NANOGPT_TUNE_CACHE
@@ -42,11 +52,27 @@ def use_cache_dir() -> Path:
     return root
 
 
+@functools.lru_cache(maxsize=None)
+def machine_id(device_type: str) -> str:
+    """The processor a record was measured on: a cache shared between machines (a network home) must not let one
+    machine's speeds decide for another's."""
+    if device_type == "cuda":
+        return torch.cuda.get_device_name().replace(" ", "_")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip().replace(" ", "_")
+    except OSError:
+        pass
+    return (platform.processor() or platform.machine()).replace(" ", "_")
+
+
 def shape_key(model_cfg, batch_size: int, device: torch.device) -> str:
-    """What a compiled step depends on: the model's shape, the batch, the device and torch's version."""
+    """What a compiled step depends on: the model's shape, the batch, the device, the machine and torch's version."""
     m = model_cfg
-    return (f"{device.type} torch{torch.__version__} L{m.n_layer} H{m.n_head} C{m.n_embd} T{m.block_size} "
-            f"V{m.vocab_size} B{batch_size} bias{int(m.bias)} drop{m.dropout:g} {torch.get_num_threads()}t")
+    return (f"{device.type} {machine_id(device.type)} torch{torch.__version__} L{m.n_layer} H{m.n_head} C{m.n_embd} "
+            f"T{m.block_size} V{m.vocab_size} B{batch_size} bias{int(m.bias)} drop{m.dropout:g} "
+            f"{torch.get_num_threads()}t")
 
 
 def read_records() -> dict:
@@ -69,21 +95,34 @@ def write_record(key: str, **fields) -> None:
         log.debug("compile record not written: %s", e)
 
 
-def expected(key: str) -> tuple[float, float]:
-    """(compile seconds, speedup of a compiled step) for this shape: measured on this machine, else the defaults."""
+def slowest_compile_s(key: str) -> float:
+    """What a cold compile of a shape never compiled here may cost: the slowest compile recorded on this machine
+    (same device, same processor), else UNKNOWN_COMPILE_S."""
+    here = " ".join(key.split(" ", 2)[:2]) + " "
+    seen = [r["compile_s"] for k, r in read_records().items()
+            if k.startswith(here) and isinstance(r, dict) and isinstance(r.get("compile_s"), (int, float))]
+    return max(seen, default=UNKNOWN_COMPILE_S)
+
+
+def worth_compiling(key: str, steps_left: int, eager_step_s: float, seconds_left: float | None = None) -> bool:
+    """auto: compile when this machine measured the shape and the seconds a compiled step saves over the steps left
+    exceed the compile time; for a shape it never timed compiled, only where even a slow cold compile is at most
+    BLIND_SHARE of the seconds left (the caller then times the compiled step and reverts where it is no faster).
+    `seconds_left` caps the run's remaining seconds where a wall-clock limit ends it sooner."""
     rec = read_records().get(key, {})
-    speedup = DEFAULT_SPEEDUP
+    remaining_s = steps_left * eager_step_s
+    if seconds_left is not None:
+        remaining_s = min(remaining_s, max(0.0, seconds_left))
     if rec.get("eager_step_s") and rec.get("compiled_step_s"):
         speedup = rec["eager_step_s"] / rec["compiled_step_s"]
-    return rec.get("compile_s", DEFAULT_COMPILE_S), speedup
-
-
-def worth_compiling(key: str, steps_left: int, eager_step_s: float) -> bool:
-    """auto: compile when the seconds a compiled step saves over the steps left exceed the compile time."""
-    compile_s, speedup = expected(key)
-    saved = steps_left * eager_step_s * (1 - 1 / speedup)
-    log.debug("compile %s? %d steps left would save %.1f s for %.1f s of compiling", key, steps_left, saved, compile_s)
-    return saved > compile_s
+        compile_s = rec.get("compile_s", slowest_compile_s(key))
+        saved = remaining_s * (1 - 1 / speedup)
+        log.debug("compile %s? measured %.2fx: %.1f s left would save %.1f s for %.1f s of compiling",
+                  key, speedup, remaining_s, saved, compile_s)
+        return saved > compile_s
+    compile_s = rec.get("compile_s", slowest_compile_s(key))
+    log.debug("compile %s? never timed here: %.1f s of compiling against %.1f s left", key, compile_s, remaining_s)
+    return compile_s <= BLIND_SHARE * remaining_s
 
 
 class StepCompiler:
@@ -129,6 +168,10 @@ class StepCompiler:
         seconds = time.perf_counter() - t0
         self.compile_s += seconds
         return seconds
+
+    def revert(self) -> None:
+        """Train eager from here on (auto found the compiled step no faster)."""
+        self.forward, self.compiled = self.model, False
 
     def record_speed(self, eager_step_s: float | None, compiled_step_s: float | None) -> None:
         """Keep the measured step times of this shape, for auto's next decision."""

@@ -22,7 +22,7 @@ import torch
 
 from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError,
                                 read_checkpoint, read_checkpoint_tokenizer)
-from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key, worth_compiling
+from nanogpt.compile import COMPILE_MODES, VERIFY_STEPS, StepCompiler, shape_key, worth_compiling
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
@@ -260,6 +260,7 @@ class Trainer:
         self.compiler = StepCompiler(self.model, cfg.compile, shape_key(model_cfg, cfg.batch_size, self.device))
         self._eager_step_s = None  # auto: the eager step's seconds it decided on
         self._compiled_from = None  # (step, train_time) where the compiled steps began
+        self._speed_checked = False  # auto: the compiled step has been timed against the eager one
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.tokens_seen = 0
@@ -345,18 +346,38 @@ class Trainer:
 
     def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Compile before this step: at the first step with compile on; with auto, after PROBE_STEPS eager steps,
-        where the steps left repay it. The compile's seconds count in compile_s, not in train_time."""
+        where this machine's record says the steps left repay it (nanogpt.compile.worth_compiling). The compile's
+        seconds count in compile_s, not in train_time."""
         c = self.compiler
         if c.mode == "auto":
             if self.step < PROBE_STEPS:
                 return
             self._eager_step_s = self.train_time / self.step
             steps_left = (self.planned_steps or self.step) - self.step
+            seconds_left = None
+            if self.cfg.budget_unit == "s":
+                seconds_left = self.budget - self.spend
+            if self.cfg.time_budget_s is not None:
+                seconds_left = min(seconds_left or math.inf, self.cfg.time_budget_s - self.elapsed)
             c.decided = True
-            if not worth_compiling(c.key, steps_left, self._eager_step_s):
+            if not worth_compiling(c.key, steps_left, self._eager_step_s, seconds_left):
                 return
         self._compiled_from = (self.step, self.train_time)
         c.compile(x, y)
+
+    def _check_compiled_speed(self) -> None:
+        """auto: once VERIFY_STEPS compiled steps have run, keep the compiled step only if it beats the eager one
+        measured before it; either way this machine's record gets both, so the next decision is measured."""
+        step0, time0 = self._compiled_from
+        if self.step - step0 < VERIFY_STEPS:
+            return
+        self._speed_checked = True
+        compiled_step_s = (self.train_time - time0) / (self.step - step0)
+        if compiled_step_s >= self._eager_step_s:
+            log.info("the compiled step (%.2f ms) is no faster than eager (%.2f ms) on this machine: training eager",
+                     compiled_step_s * 1e3, self._eager_step_s * 1e3)
+            self.compiler.record_speed(self._eager_step_s, compiled_step_s)
+            self.compiler.revert()
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -419,6 +440,8 @@ class Trainer:
         own = model is self.model  # the run's model may be compiled; a cooldown branch's copy trains eager
         if own and not self.compiler.decided:
             self._maybe_compile(x, y)
+        elif own and self.compiler.compiled and self.compiler.mode == "auto" and not self._speed_checked:
+            self._check_compiled_speed()
         with self.autocast():
             _, loss = (self.compiler.forward if own else model)(x, y)
         for opt in optimizers:

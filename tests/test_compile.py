@@ -71,6 +71,44 @@ def test_auto_compiles_only_where_the_steps_left_repay_it(data, monkeypatch):
     assert record["eager_step_s"] > 0 and record["compiled_step_s"] > 0
 
 
+def test_auto_never_compiles_blind_on_a_guess_from_another_machine(data):
+    """A shape this machine never timed compiled: auto compiles only where even a slow cold compile is a few percent
+    of the run. The old guess (30 s, 1.05x, measured on another CPU) compiled a 1,000 s run; on 2026-12-07 such a
+    guess cost a tiny model 86 s of compiling and a 0.7x step."""
+    key = make(data, compile="auto").compiler.key
+    assert not C.worth_compiling(key, steps_left=100_000, eager_step_s=0.01)  # 1,000 s left: 120 s is 12%
+    assert C.worth_compiling(key, steps_left=1_000_000, eager_step_s=0.01)  # 10,000 s left: at most 1.2%
+    assert not C.worth_compiling(key, steps_left=1_000_000, eager_step_s=0.01, seconds_left=45)  # a time limit
+    # the slowest compile this machine recorded (any shape) is what a cold compile may cost
+    C.write_record(key.replace(" L1 ", " L9 "), compile_s=900.0)
+    assert not C.worth_compiling(key, steps_left=1_000_000, eager_step_s=0.01)
+    # another machine's record decides nothing here
+    other = key.replace(C.machine_id("cpu"), "Some_Other_CPU")
+    assert other != key
+    C.write_record(other, compile_s=1e-6, eager_step_s=0.01, compiled_step_s=0.001)
+    assert not C.worth_compiling(key, steps_left=100_000, eager_step_s=0.01)
+
+
+def test_auto_goes_back_to_eager_where_the_compiled_step_is_slower(data, monkeypatch):
+    """A compile auto tried is timed against the eager step it replaced: slower, and the run trains eager again, the
+    record says so, and auto never compiles that shape on this machine again."""
+    def slow_step_compile(model, **kw):
+        def forward(*a, **k):
+            time.sleep(0.01)
+            return model(*a, **k)
+        return forward
+    monkeypatch.setattr(torch, "compile", slow_step_compile)
+    key = make(data, compile="auto").compiler.key
+    C.write_record(key, compile_s=1e-6)  # compiled here before, never timed: a blind try, cheap enough
+    t = make(data, compile="auto", max_steps=60, eval_interval=30)
+    history = t.run()
+    assert t._compiled_from is not None, "auto tried the compile"
+    assert not t.compiler.compiled and not history[-1]["compiled"], "and went back to eager"
+    record = json.loads((C.cache_dir() / "compile" / C.RECORD_FILE).read_text())[key]
+    assert record["compiled_step_s"] > record["eager_step_s"]
+    assert not C.worth_compiling(key, steps_left=10**9, eager_step_s=1.0)
+
+
 def test_a_failing_compile_trains_eager_with_one_log_line(data, monkeypatch, caplog):
     def broken(model, **kw):
         def fail(*a, **k):
