@@ -68,6 +68,16 @@ def terminated_trials(exp: Path) -> dict[str, float]:
     return done
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_token():
+    """One Ray token for every cluster the tests start, made before any of them: on a new machine, clusters started
+    side by side (pytest -n) each wrote their own ~/.ray/auth_token, and a worker node joining its head then read
+    the other's (a two-node test failed its setup in a fresh clone's CI)."""
+    from tune.search import ensure_token
+
+    ensure_token()
+
+
 # --- local Ray clusters that tests start themselves (they stop only what they started) --------------------
 
 

@@ -69,3 +69,29 @@ def test_token_auth_is_never_disabled():
         text = path.read_text()
         assert not re.search(r"RAY_AUTH_MODE[\"'\]]*\s*[=:,]\s*[\"']disabled", text), path
         assert "0.0.0.0" not in text, path
+
+
+def test_local_clusters_started_at_once_agree_on_one_private_token(tmp_path, monkeypatch):
+    """Ray writes a missing ~/.ray/auth_token with a plain open('w'): clusters started side by side on a new machine
+    each wrote their own and a joining node read the other's. ensure_token makes it once, exclusively, owner-only,
+    and never replaces one that exists."""
+    import stat
+    import threading
+
+    from tune.search import ensure_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    threads = [threading.Thread(target=ensure_token) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    token = tmp_path / ".ray" / "auth_token"
+    first = token.read_text()
+    assert len(first) == 64 and int(first, 16) >= 0
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert [p.name for p in token.parent.iterdir()] == ["auth_token"], "no temp files left"
+    ensure_token()
+    assert token.read_text() == first

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import pickletools
+import secrets
 import shlex
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,12 +160,37 @@ def forget_loopback() -> None:
         _loopback_set = False
 
 
+def ensure_token() -> None:
+    """The token a local cluster authenticates with, made once and agreed on. Ray writes ~/.ray/auth_token, where it
+    is missing, with a plain open('w'): two clusters started at once on a new machine (two searches, or tests side
+    by side) each write their own, and one's nodes then fail the other's check. Here the token is written to a
+    private file first and linked into place, which fails where another process got there first: the first
+    writer's token is everyone's, readable by its owner only."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth_token.")  # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # what Ray's own generator writes: 64 hex digits
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
 def init_ray(config: SearchConfig, address: str | None, dashboard: bool) -> None:
     import ray
 
     if address:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
+        ensure_token()
         ray.init(
             address="local",
             include_dashboard=dashboard,
