@@ -1,0 +1,100 @@
+"""`--compile auto` against the better of `on` and `off`, on a fresh cache, at a tiny size and the presets' sizes
+(issue 29's goal: auto never more than 5% behind).
+
+Each run is a whole `python -m nanogpt.train` process on one thread (a trial's CPU share), with a new, empty
+NANOGPT_TUNE_CACHE (Inductor's cache and compile.json inside it), as a first search on a new machine has: what a
+compile costs and gains is what this machine does, not what another one recorded. The three modes alternate within a
+round, each round in a new order. Wall seconds of the whole process are compared (start-up, data, evaluations and
+the compile included), so the figure is what a user waits.
+
+    python -m benchmarks.compile_auto [--rounds 2] [--sizes tiny,laptop,muon,recipe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.common import ROOT, shakespeare_file, stamp, write_section
+
+# (data, model, run) as nanogpt.train flags; each a trial of its size's typical length
+SIZES = {
+    # the 1 x 16 model that compiled for 86 s on 2026-12-07 (the time-budget test's trials), 3,000 steps
+    "tiny": ["--dataset", "counting", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+             "--batch-size", "8", "--max-steps", "3000", "--eval-interval", "500", "--learning-rate", "3e-3",
+             "--optimizer", "adamw"],
+    # the laptop preset's largest trial (3 x 4 x 16, batch 32, Muon) for its 3e11 FLOPs
+    "laptop": ["--dataset", "mixed", "--n-layer", "3", "--n-head", "4", "--n-embd", "64", "--block-size", "64",
+               "--batch-size", "32", "--budget-unit", "flops", "--budget", "3e11", "--eval-every", "3e10",
+               "--learning-rate", "8e-3", "--optimizer", "muon"],
+    # shakespeare-muon's middle trial (3 x 4 x 32, batch 32, Muon) for its 2e12 FLOPs
+    "muon": ["--data-file", "SHAKESPEARE", "--n-layer", "3", "--n-head", "4", "--n-embd", "128", "--block-size", "64",
+             "--batch-size", "32", "--budget-unit", "flops", "--budget", "2e12", "--eval-every", "2e11",
+             "--learning-rate", "1e-2", "--optimizer", "muon"],
+    # nanoGPT's CPU recipe: 4 x 4 x 128, block 64, batch 12, AdamW, 2,000 steps
+    "recipe": ["--data-file", "SHAKESPEARE", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size",
+               "64", "--batch-size", "12", "--max-steps", "2000", "--eval-interval", "250", "--learning-rate", "1e-3",
+               "--optimizer", "adamw"],
+}
+MODES = ("off", "on", "auto")
+GOAL = 1.05
+
+
+def run_once(size: str, mode: str, work: str) -> float:
+    args = [str(shakespeare_file()) if a == "SHAKESPEARE" else a for a in SIZES[size]]
+    with tempfile.TemporaryDirectory(dir=work) as fresh:
+        env = {**os.environ, "NANOGPT_TUNE_CACHE": os.path.join(fresh, "cache"), "PYTHONWARNINGS": "ignore"}
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "nanogpt.train", *args, "--compile", mode, "--threads", "1",
+                               "--eval-iters", "5", "--sample-tokens", "0", "--out", os.path.join(fresh, "out")],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{size} --compile {mode} failed:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--sizes", default=",".join(SIZES))
+    args = p.parse_args()
+    sizes = args.sizes.split(",")
+    load0 = os.getloadavg()[0]
+    times = {s: {m: [] for m in MODES} for s in sizes}
+    with tempfile.TemporaryDirectory() as work:
+        for r in range(args.rounds):
+            for size in sizes:
+                order = MODES[r % 3:] + MODES[:r % 3]
+                for mode in order:
+                    times[size][mode].append(run_once(size, mode, work))
+                    print(f"round {r + 1} {size} {mode}: {times[size][mode][-1]:.1f} s", flush=True)
+    load1 = os.getloadavg()[0]
+    rows, verdicts = [], []
+    for size in sizes:
+        med = {m: statistics.median(times[size][m]) for m in MODES}
+        best = min(med["on"], med["off"])
+        ratio = med["auto"] / best
+        rows.append(f"| {size} | {med['off']:.1f} | {med['on']:.1f} | {med['auto']:.1f} | {ratio:.3f} | "
+                    f"{'met' if ratio <= GOAL else 'missed'} |")
+        verdicts.append(ratio <= GOAL)
+    body = f"""{stamp()} Load average {load0:.1f} at the start, {load1:.1f} at the end.
+Whole `python -m nanogpt.train` processes, 1 thread, each on a new empty NANOGPT_TUNE_CACHE; median of
+{args.rounds} rounds, modes alternating. Goal (issue 29): auto at most {GOAL:.2f}x the better of on and off.
+
+| size | off s | on s | auto s | auto / best | goal |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    print(body)
+    write_section("Compile auto on a fresh cache (benchmarks/compile_auto.py)", body)
+
+
+if __name__ == "__main__":
+    main()
