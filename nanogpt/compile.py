@@ -16,6 +16,7 @@ AdamW is one kernel already, and Muon's Newton-Schulz is a few large matmuls.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -70,9 +71,18 @@ def machine_id(device_type: str) -> str:
 def shape_key(model_cfg, batch_size: int, device: torch.device) -> str:
     """What a compiled step depends on: the model's shape, the batch, the device, the machine and torch's version."""
     m = model_cfg
+    # the options only where they differ from nanoGPT's, so a default model keeps the key measured before them
+    options = "".join(f" {k}={v}" for k, v in _options(m).items())
     return (f"{device.type} {machine_id(device.type)} torch{torch.__version__} L{m.n_layer} H{m.n_head} C{m.n_embd} "
-            f"T{m.block_size} V{m.vocab_size} B{batch_size} bias{int(m.bias)} drop{m.dropout:g} "
+            f"T{m.block_size} V{m.vocab_size} B{batch_size} bias{int(m.bias)} drop{m.dropout:g}{options} "
             f"{torch.get_num_threads()}t")
+
+
+def _options(model_cfg) -> dict:
+    """The architecture options (GPTConfig's fields after the shape) that differ from their defaults."""
+    shape = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
+    return {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(model_cfg)
+            if f.name not in shape and getattr(model_cfg, f.name) != f.default}
 
 
 def read_records() -> dict:
