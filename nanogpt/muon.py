@@ -37,6 +37,15 @@ METHODS = ("float32", "bfloat16", "float32-gram")
 _measured: dict[tuple, str] = {}  # (device type, k, m, n) -> fastest method, for this process
 
 
+def newton_schulz_flops(shape: torch.Size, steps: int = NS_STEPS) -> int:
+    """FLOPs of one Newton-Schulz orthogonalization of a matrix of `shape`, as torch.optim.Muon runs it (m <= n):
+    each step X X^T (2 m^2 n), A A (2 m^3) and B X (2 m^2 n). What a budget counts is the method's, whichever of
+    the equivalent forms this machine runs fastest (the Gram form does fewer), so a budget means the same on every
+    machine."""
+    m, n = sorted(int(d) for d in shape[:2])
+    return steps * (4 * m * m * n + 2 * m**3)
+
+
 def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
     """torch.optim.Muon's learning-rate adjustment for a matrix of `shape`."""
     A, B = shape[:2]

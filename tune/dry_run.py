@@ -40,14 +40,14 @@ def describe_first_trial(config: SearchConfig) -> str:
     import torch
 
     from nanogpt.model import GPT
-    from nanogpt.train import step_spend
+    from nanogpt.train import optimizer_flops, step_spend
 
     hp = first_trial(config)
     vocab, exact = vocab_size(config)
     with torch.device("meta"):  # shapes only
         model = GPT(hp.model_config(vocab))
     tokens = hp.batch_size * hp.block_size
-    per_step = step_spend(config.budget_unit, tokens, model.flops_per_token())
+    per_step = step_spend(config.budget_unit, tokens, model.flops_per_token(), optimizer_flops(model, hp.optimizer))
     steps = (f"{math.floor(config.trial_budget / per_step + 1e-9):,} steps" if per_step
              else f"as many steps as fit in {config.trial_budget:g} s")
     assumed = "" if exact else f" (a vocabulary of {vocab} assumed: a dry run reads no data)"

@@ -54,12 +54,13 @@ def largest_step_spend(config: SearchConfig, vocab_size: int) -> float | None:
     import torch
 
     from nanogpt.model import GPT
-    from nanogpt.train import step_spend
+    from nanogpt.train import optimizer_flops, step_spend
 
     hp = largest(config.space_specs())
     with torch.device("meta"):  # shapes only, no memory
-        fpt = GPT(hp.model_config(vocab_size)).flops_per_token()
-    return step_spend(config.budget_unit, hp.batch_size * hp.block_size, fpt)
+        model = GPT(hp.model_config(vocab_size))
+    return step_spend(config.budget_unit, hp.batch_size * hp.block_size, model.flops_per_token(),
+                      optimizer_flops(model, hp.optimizer))
 
 
 def check_budget(config: SearchConfig, vocab_size: int) -> None:
