@@ -215,3 +215,14 @@ def test_address_of_a_port_that_is_not_ray_fails_within_30s(tmp_path, not_ray):
     assert proc.returncode == 2 and time.time() - t0 < 30
     assert_one_line_error(proc, "not a Ray cluster", not_ray)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("budget", ["1e15steps", "1e25flops"])
+def test_an_absurd_trial_budget_is_refused_before_the_search(budget, tmp_path, capsys):
+    """More steps than any trial could take (1e15 steps used to pass, then each trial walked its plan step by step
+    and never reported): one line naming the budget, before anything is written."""
+    results = tmp_path / "results"
+    code, lines = _search(["--dataset", "counting", "--trial-budget", budget, "--results-dir", str(results)], capsys)
+    assert code == 2 and len(lines) == 1 and f"--trial-budget {budget.replace('1e', '1e+')}" in lines[0], lines
+    assert "training steps of the space's largest model" in lines[0] and "lower it" in lines[0]
+    assert not results.exists()

@@ -60,13 +60,22 @@ def largest_step_spend(config: SearchConfig, vocab_size: int) -> float | None:
     return step_spend(config.budget_unit, hp.batch_size * hp.block_size, fpt)
 
 
+# more training steps than any trial could take: at a millisecond a step, 1e9 steps is over eleven days a trial
+MAX_TRIAL_STEPS = 1e9
+
+
 def check_budget(config: SearchConfig, vocab_size: int) -> None:
-    """A trial budget smaller than one step of the space's largest model trains nothing: refuse it."""
+    """A trial budget smaller than one step of the space's largest model trains nothing, and one of more than
+    MAX_TRIAL_STEPS steps of it never reaches its first evaluation: refuse both."""
     spend = largest_step_spend(config, vocab_size)
+    unit = config.budget_unit
     if spend is not None and spend > config.trial_budget:
-        unit = config.budget_unit
         raise UserError(f"--trial-budget {config.budget_text()} is less than one training step of the space's "
                         f"largest model ({format_amount(spend, unit)}); raise the budget or shrink the space")
+    if spend is not None and config.trial_budget / spend > MAX_TRIAL_STEPS:
+        raise UserError(f"--trial-budget {config.budget_text()} is {config.trial_budget / spend:.3g} training steps "
+                        f"of the space's largest model, more than {MAX_TRIAL_STEPS:.0e}: no trial would ever finish "
+                        f"or reach its first evaluation; lower it (or give it in seconds, e.g. 600s)")
 
 
 def check_address(address: str, timeout: float = 3.0, grpc_timeout: float = 10.0) -> None:
