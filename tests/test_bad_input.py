@@ -226,3 +226,29 @@ def test_an_absurd_trial_budget_is_refused_before_the_search(budget, tmp_path, c
     assert code == 2 and len(lines) == 1 and f"--trial-budget {budget.replace('1e', '1e+')}" in lines[0], lines
     assert "training steps of the space's largest model" in lines[0] and "lower it" in lines[0]
     assert not results.exists()
+
+
+@pytest.mark.parametrize("argv", [["--time-budget", "5x"], ["--time-budget", "-3"], ["--time-budget", "nan"],
+                                  ["--num-samples", "x"], ["--scheduler", "nope"], ["--no-such-flag"]],
+                         ids=lambda a: " ".join(a))
+def test_a_bad_flag_value_is_one_line_not_the_usage(argv, tmp_path, capsys):
+    """A value argparse refuses (a bad --time-budget printed its 31-line usage block): one line naming the flag and
+    pointing at --help, exit 2."""
+    code, lines = _search([*argv, "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and argv[0] in lines[0] and "--help" in lines[0], lines
+    if argv[0] == "--time-budget":
+        assert f"'{argv[1]}': give a duration > 0" in lines[0] and "parse_duration" not in lines[0], lines
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["caf\u00e9", "\u5b9f\u9a13", "_lead", "a b"])
+def test_name_message_says_what_the_rule_allows(name, tmp_path, capsys):
+    """--name allows ASCII letters only (it names directories and Ray's experiment): the message said 'letters' and
+    refused unicode ones; it says ASCII, and what the name may start with."""
+    code, lines = _search(["--name", name, "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1 and "ASCII letters" in lines[0] and "starting with a letter or digit" in lines[0]
+    assert not (tmp_path / "r").exists()
+    code, lines = _search(["--name", "Ok.name_2-x", "--dry-run", "--dataset", "counting",
+                           "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 0
