@@ -252,3 +252,37 @@ def test_name_message_says_what_the_rule_allows(name, tmp_path, capsys):
     code, lines = _search(["--name", "Ok.name_2-x", "--dry-run", "--dataset", "counting",
                            "--results-dir", str(tmp_path / "r")], capsys)
     assert code == 0
+
+
+DRY_RUN_CASES = [
+    (["--data-file", "{data}/missing.txt"], "does not exist"),
+    (["--data-file", "{data}/binary.bin"], "binary"),
+    (["--data-file", "{data}/short.txt"], "too short"),
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--dataset", "counting", "--trial-budget", "1e5flops"], "less than one training step"),
+    (["--dataset", "counting", "--name", "taken"], "already exists"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", DRY_RUN_CASES, ids=[" ".join(a) for a, _ in DRY_RUN_CASES])
+def test_dry_run_checks_what_a_run_checks(argv, needle, files, tmp_path, capsys):
+    """--dry-run refuses what the run would refuse before training (it used to exit 0 for a missing data file,
+    assuming a vocabulary of 256), with the run's own line, and writes nothing."""
+    results = tmp_path / "results"
+    (results / "taken").mkdir(parents=True)
+    (results / "taken" / "trials.csv").write_text("precious")
+    argv = [a.replace("{data}", str(files)) for a in argv]
+    code, lines = _search([*argv, "--dry-run", "--results-dir", str(results)], capsys)
+    assert code == 2 and len(lines) == 1 and needle.lower() in lines[0].lower(), lines
+    assert sorted(p.name for p in results.rglob("*")) == ["taken", "trials.csv"]
+
+
+def test_dry_run_of_a_data_file_gives_its_own_vocabulary(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog, again and again. " * 400)
+    with pytest.raises(SystemExit) as e:
+        run_main(search_main, ["--data-file", str(text), "--max-steps", "40", "--dry-run",
+                               "--results-dir", str(tmp_path / "results")])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "assumed" not in out and '"prompts": [' in out
+    assert "nothing was written to" in out and not (tmp_path / "results").exists()

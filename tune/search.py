@@ -437,10 +437,12 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         forget_loopback()
 
 
-def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool,
-                 top: int) -> Path:
-    """Pre-flight checks, then the search under the results directory's lock."""
-    _quiet_ray()
+def preflight(config: SearchConfig, resume: bool, address: str | None, dry_run: bool = False):
+    """What a run checks before anything is written (the cluster, the devices, the name, the data, the budget, the
+    results directory): (the config, with the report's prompts for a new search; the data; the tokenizer). A bad
+    value is a UserError. `dry_run`: the same checks (--dry-run), but a local results directory is checked without
+    a probe file (its nearest existing folder must be writable) and a URI's is not written to; the data is tokenized
+    into the token cache as a run would (the run reuses it)."""
     mirror = config.mirror
     if address:
         check_address(address)
@@ -466,10 +468,31 @@ def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashbo
     data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
     if not resume:  # the report's prompts travel with the results, not as a path to the data
         config = dataclasses.replace(config, prompts=default_prompts(data.dataset, data.head))
-    if not resume and mirror:
+    if not resume and dry_run and not mirror:
+        _check_writable_without_writing(Path(config.results_dir))
+    elif not resume and mirror and not dry_run:
         mirror.check_writable()
-    elif not resume:
+    elif not resume and not dry_run:
         _check_writable(Path(config.results_dir))
+    return config, data, tokenizer
+
+
+def _check_writable_without_writing(results_dir: Path) -> None:
+    """--dry-run: the results directory, or the folder it would be made in, is a writable folder."""
+    existing = results_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"results directory {results_dir} is not writable ({existing} is not a writable folder); "
+                        f"choose another with --results-dir")
+
+
+def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool,
+                 top: int) -> Path:
+    """Pre-flight checks, then the search under the results directory's lock."""
+    _quiet_ray()
+    mirror = config.mirror
+    config, data, tokenizer = preflight(config, resume, address)
     with hold(config):
         if not resume:
             _refuse_taken(config)  # another run of the name may have started and ended meanwhile
@@ -652,10 +675,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         argv = sys.argv[1:] if argv is None else argv
         config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *argv]))
-    if args.dry_run:
+    if args.dry_run:  # everything a run checks before it trains, then what it would do
         from tune.dry_run import dry_run
 
-        print(dry_run(config))
+        _quiet_ray()
+        if not args.address:
+            local_ray_on_loopback()
+        try:
+            config, _, tokenizer = preflight(config, args.resume, args.address, dry_run=True)
+        finally:
+            forget_loopback()
+        print(dry_run(config, tokenizer.vocab_size))
         return 0
     if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
         logging.getLogger("tune").setLevel(logging.DEBUG)
