@@ -286,3 +286,30 @@ def test_dry_run_of_a_data_file_gives_its_own_vocabulary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0 and "assumed" not in out and '"prompts": [' in out
     assert "nothing was written to" in out and not (tmp_path / "results").exists()
+
+
+def test_resume_of_a_spent_time_budget_says_so_and_exits_non_zero(tmp_path, capsys):
+    """A search whose --time-budget is spent has nothing left for --resume: one line saying so, where its results
+    are and how to search longer, exit 2, its files untouched (it used to start Ray, run nothing, exit 0 and ask for
+    another --resume)."""
+    from tune.config import build_parser, config_from_args
+
+    results = str(tmp_path / "results")
+    config = config_from_args(build_parser().parse_args(["--dataset", "counting", "--max-steps", "40", "--time-budget",
+                                                         "45", "--name", "spent", "--results-dir", results]))
+    exp = config.experiment_dir
+    exp.mkdir(parents=True)
+    config.save()
+    (exp / "tuner.pkl").write_bytes(b"Ray's saved tuner")
+    (exp / "search_clock.json").write_text('{"running_s": 45.2}')
+    before = {p.name: p.read_bytes() for p in exp.iterdir()}
+    code, lines = _search(["--resume", "--name", "spent", "--results-dir", results], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "spent its time budget (45 s of 45 s)" in lines[0] and "nothing left to run" in lines[0], lines
+    assert "--time-budget" in lines[0] and "another --name" in lines[0] and "continue it with" not in lines[0]
+    assert {p.name: p.read_bytes() for p in exp.iterdir()} == before
+    # with time left, the check lets the resume go on (it fails later here: the tuner.pkl above is not Ray's)
+    (exp / "search_clock.json").write_text('{"running_s": 30.0}')
+    from tune.search import _refuse_spent
+
+    _refuse_spent(config)

@@ -463,6 +463,7 @@ def preflight(config: SearchConfig, resume: bool, address: str | None, dry_run: 
         if not Tuner.can_restore(config.experiment_path):
             raise UserError(f"{config.experiment_path} cannot be resumed: Ray's experiment state is missing "
                             f"(the search never started)")
+        _refuse_spent(config)
     else:
         _refuse_taken(config)  # at once, before tokenizing; again under the lock
     data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
@@ -475,6 +476,25 @@ def preflight(config: SearchConfig, resume: bool, address: str | None, dry_run: 
     elif not resume and not dry_run:
         _check_writable(Path(config.results_dir))
     return config, data, tokenizer
+
+
+def budget_spent(config: SearchConfig) -> bool:
+    """Whether the search clock has reached --time-budget (as TimeBudget and OutcomeRecorder count it)."""
+    return bool(config.time_budget_s) and read_clock(config.experiment_dir) >= config.time_budget_s - 0.5
+
+
+def _refuse_spent(config: SearchConfig) -> None:
+    """--resume of a search whose time budget is spent, its final training (if any) done: nothing would run, so
+    refuse it (exit 2) with where its results are, instead of starting Ray to do nothing and asking for another
+    --resume. A time budget is a search setting: --resume cannot change it."""
+    exp = config.experiment_dir
+    final_left = (config.final_budget or config.final_auto) and not (exp / FINAL_DIR / "model.pt").is_file()
+    if budget_spent(config) and not final_left:
+        where = config.mirror.uri if config.mirror else exp
+        raise UserError(f"{config.name} has spent its time budget ({read_clock(exp):.0f} s of "
+                        f"{config.time_budget_s:g} s): --resume has nothing left to run; its results are in {where} "
+                        f"(python -m tune.report {exp}); to search longer, start a new search with another --name "
+                        f"and the --time-budget you want")
 
 
 def _check_writable_without_writing(results_dir: Path) -> None:
@@ -500,6 +520,7 @@ def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashbo
             if mirror:
                 mirror.pull()  # the search's files and Ray's results; checkpoints stay at the URI
             check_ray_state(config.experiment_dir)
+            _refuse_spent(config)  # a URI search's clock, as pulled
         try:
             return _search(config, resume, address, dashboard, report, top, data, tokenizer)
         except Exception as e:
@@ -647,7 +668,8 @@ def _finish(config: SearchConfig, df, wall: float, report: bool, top: int) -> No
     print(report_mod.top_table(df, top))
     counts = df["outcome"].value_counts()
     print("outcomes: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
-    if counts.get(Outcome.OUT_OF_TIME.value):
+    if counts.get(Outcome.OUT_OF_TIME.value) or budget_spent(config):
+        # spent, the budget leaves --resume nothing to run: no line asking for one
         print(f"\nthe time budget ({config.time_budget_s:g} s) ended the search after {len(df)} trials")
     elif counts.get(Outcome.INTERRUPTED.value) or counts.get(Outcome.NOT_STARTED.value) or len(df) < config.num_samples:
         print(f"\nthe search stopped before all {config.num_samples} trials finished; continue it with:\n"
