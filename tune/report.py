@@ -103,7 +103,9 @@ def _outcome(trial, recorded: dict) -> str:
         return Outcome.ERRORED.value
     if last.get("outcome") in {o.value for o in Outcome}:  # written onto the result as it ended (outcomes.json lost or older)
         return last["outcome"]
-    return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
+    # Ray saves a trial it had started as RUNNING (or PAUSED), whether or not it had reported yet
+    started = last.get("step") or trial.status in ("RUNNING", "PAUSED")
+    return Outcome.INTERRUPTED.value if started else Outcome.NOT_STARTED.value
 
 
 _UNREAD = object()

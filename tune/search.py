@@ -16,6 +16,7 @@ import os
 import pickletools
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -605,22 +606,95 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         _announce(config, data, tokenizer, resume)
         t0 = time.time()
         data_ref = ray.put(data)
-        grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
+        with stop_on_signals() as stop:
+            grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
+        if stop.signum is not None:
+            settle_interrupted(exp, config.name)
         if mirror:
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
         # trials.csv and best/ from the JSON reader `python -m tune.report` uses (not the grid): a report made
         # later, or by someone else, gives the same table
         df = report_mod.export(exp, mirror=mirror)
-        if config.final_budget or config.final_auto:
+        if (config.final_budget or config.final_auto) and stop.signum is None:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
             if train_winner(config, data_ref, tokenizer, df, left, grid) and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()
-    _finish(config, df, wall, report, top)
+    _finish(config, df, wall, report and stop.signum is None, top)
+    if stop.signum is not None:
+        raise SearchStopped(stop.signum, config)
     return exp
+
+
+class SearchStopped(Exception):
+    """The search was stopped by a signal (Ctrl-C, SIGTERM) and saved its state: `main` ends with the resume line
+    and exit 128 + the signal's number."""
+
+    def __init__(self, signum: int, config: SearchConfig):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.config = signum, config
+
+
+class _Stop:
+    signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[_Stop]:
+    """Ctrl-C and SIGTERM stop the search the way Ray Tune stops on Ctrl-C: the trials are stopped, Ray saves the
+    experiment's state and fit() returns, so --resume continues it. Ray's own SIGINT handler is kept off
+    (TUNE_DISABLE_SIGINT_HANDLER): ours records which signal came, then calls the handler Ray installs in fit() for
+    SIGUSR1, which is its Ctrl-C handler. SIGTERM used to kill the driver mid-write (Ray's C++ abort, exit 134). A
+    second signal, or one before Ray's handler is in place, stops at once (KeyboardInterrupt)."""
+    stop = _Stop()
+
+    def handler(signum, frame):
+        ray_stop = signal.getsignal(signal.SIGUSR1)
+        if stop.signum is not None or not callable(ray_stop):
+            stop.signum = stop.signum or signum
+            raise KeyboardInterrupt
+        stop.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping the search; Ray saves its state for --resume "
+              f"(again to stop at once)", file=sys.stderr, flush=True)
+        ray_stop(signal.SIGUSR1, frame)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env_before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for sig in before:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    except KeyboardInterrupt:
+        raise SearchStopped(stop.signum or signal.SIGINT, None) from None
+    finally:
+        for sig, h in before.items():
+            signal.signal(sig, h)
+        if env_before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env_before
+
+
+def settle_interrupted(exp: Path, name: str) -> None:
+    """After a signal: the study's trials Ray left running (stopped, or drawn and not started) are marked FAIL with
+    the user attribute `interrupted`, so optuna.db holds no RUNNING trial while nothing runs. On --resume the searcher
+    (tune.searcher) gives each of them a new RUNNING trial of the same parameters when Ray runs it again."""
+    import optuna
+
+    from tune.searcher import INTERRUPTED_ATTR
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(exp / OPTUNA_DB).resolve()}")
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no study yet
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _token_auth() -> None:
@@ -711,8 +785,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
         logging.getLogger("tune").setLevel(logging.DEBUG)
-    run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
-        report=not args.no_report, top=args.top)
+    try:
+        run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
+            report=not args.no_report, top=args.top)
+    except SearchStopped as e:  # Ctrl-C: 130, SIGTERM: 143, with the line that continues the search
+        print(f"{signal.Signals(e.signum).name}: the search stopped; continue it with: python -m tune.search --resume "
+              f"--name {config.name} --results-dir {config.results_dir}", file=sys.stderr, flush=True)
+        return 128 + e.signum
     return 0
 
 
