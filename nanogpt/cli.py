@@ -22,6 +22,26 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusals are one line (a UserError: `run_main` prints it and exits 2), naming the
+    flag and pointing at --help, instead of argparse's usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} ({self.prog} --help lists the flags)")
+
+
+def user_type(parse: Callable[[str], object], flag: str) -> Callable[[str], object]:
+    """A flag's argparse type from a parser that raises UserError: argparse shows the UserError's own words
+    (without repeating the flag) instead of 'invalid <function> value'."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag} ")) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
 def field_comments(cls) -> dict[str, str]:
     """Each field's comment in the class's source: the one after it on its line, else the block just above it.
     The field's documentation lives there once; `--help` shows it."""

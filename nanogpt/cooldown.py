@@ -30,32 +30,57 @@ def decay_lr(i: int, n: int, peak: float, min_lr: float) -> float:
     return peak + (min_lr - peak) * (i + 1) / n
 
 
+def _evaluates(step: int, step_spend: float, eval_every: float) -> bool:
+    """Whether Trainer.run evaluates after `step`: the step's spend reaches a multiple of eval_every that the
+    step before it had not reached."""
+    def reached(s: int) -> int:
+        return math.floor(s * step_spend / eval_every + 1e-9)
+    return step >= 1 and reached(step) > reached(step - 1)
+
+
+def _first_step_reaching(amount: float, step_spend: float, tol: float) -> int:
+    """The first step (at least 1) whose spend reaches `amount` (to `tol`)."""
+    s = max(1, math.ceil((amount - tol) / step_spend))
+    while s > 1 and (s - 1) * step_spend >= amount - tol:  # float rounding of the division, either way
+        s -= 1
+    while s * step_spend < amount - tol:
+        s += 1
+    return s
+
+
 def rung_steps(rungs: list[float], step_spend: float, eval_every: float, total_steps: int) -> list[int]:
     """The training steps whose evaluations branch: the run evaluates at the first step whose spend reaches
-    each multiple of eval_every (Trainer.run), and branches at the first evaluation at or past each rung."""
-    out, next_eval, i, tol = [], eval_every, 0, 1e-9 * eval_every
-    for step in range(1, total_steps + 1):
-        spend = step * step_spend
-        if spend < next_eval - tol:
-            continue
-        next_eval = (math.floor(spend / eval_every + 1e-9) + 1) * eval_every
-        if i < len(rungs) and spend >= rungs[i] - tol:
+    each multiple of eval_every (Trainer.run), and branches at the first evaluation at or past each rung.
+    Arithmetic per rung: a run of 1e15 steps is planned as fast as one of 100."""
+    out, tol = [], 1e-9 * eval_every
+    for rung in rungs:
+        step = _first_step_reaching(rung, step_spend, tol)
+        if not _evaluates(step, step_spend, eval_every):
+            # the next evaluation: the first step reaching the next multiple of eval_every past this step's spend
+            k = math.floor(step * step_spend / eval_every + 1e-9) + 1
+            step = _first_step_reaching(k * eval_every, step_spend, tol)
+        if step > total_steps:
+            break
+        if not out or step > out[-1]:
             out.append(step)
-        while i < len(rungs) and spend >= rungs[i] - tol:
-            i += 1
     return out
 
 
 def plan_training_steps(total_steps: int, rungs_at: list[int], cooldown_frac: float) -> int:
     """The most training steps T for which T, a branch at every rung before T and the end branch fit in
-    `total_steps`; 0 when not even one step does."""
+    `total_steps`; 0 when not even one step does. The cost grows with T: bisection, whatever the budget."""
     def cost(t: int) -> int:
         return t + sum(branch_steps(r, cooldown_frac) for r in rungs_at if r < t) + branch_steps(t, cooldown_frac)
 
-    t = int(total_steps / (1 + cooldown_frac))  # an upper bound: the end branch alone costs about frac * T
-    while t > 0 and cost(t) > total_steps:
-        t -= 1
-    return t
+    # T at most total / (1 + frac): the end branch alone costs about frac * T
+    lo, hi = 0, int(total_steps / (1 + cooldown_frac)) + 1
+    while hi - lo > 1:  # T = lo fits (0 always does); T >= hi does not, or is past the bound
+        mid = (lo + hi) // 2
+        if cost(mid) <= total_steps:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def cooldown_branch(trainer, n_steps: int, peak: float,

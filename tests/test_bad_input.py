@@ -215,3 +215,101 @@ def test_address_of_a_port_that_is_not_ray_fails_within_30s(tmp_path, not_ray):
     assert proc.returncode == 2 and time.time() - t0 < 30
     assert_one_line_error(proc, "not a Ray cluster", not_ray)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("budget", ["1e15steps", "1e25flops"])
+def test_an_absurd_trial_budget_is_refused_before_the_search(budget, tmp_path, capsys):
+    """More steps than any trial could take (1e15 steps used to pass, then each trial walked its plan step by step
+    and never reported): one line naming the budget, before anything is written."""
+    results = tmp_path / "results"
+    code, lines = _search(["--dataset", "counting", "--trial-budget", budget, "--results-dir", str(results)], capsys)
+    assert code == 2 and len(lines) == 1 and f"--trial-budget {budget.replace('1e', '1e+')}" in lines[0], lines
+    assert "training steps of the space's largest model" in lines[0] and "lower it" in lines[0]
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("argv", [["--time-budget", "5x"], ["--time-budget", "-3"], ["--time-budget", "nan"],
+                                  ["--num-samples", "x"], ["--scheduler", "nope"], ["--no-such-flag"]],
+                         ids=lambda a: " ".join(a))
+def test_a_bad_flag_value_is_one_line_not_the_usage(argv, tmp_path, capsys):
+    """A value argparse refuses (a bad --time-budget printed its 31-line usage block): one line naming the flag and
+    pointing at --help, exit 2."""
+    code, lines = _search([*argv, "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and argv[0] in lines[0] and "--help" in lines[0], lines
+    if argv[0] == "--time-budget":
+        assert f"'{argv[1]}': give a duration > 0" in lines[0] and "parse_duration" not in lines[0], lines
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["caf\u00e9", "\u5b9f\u9a13", "_lead", "a b"])
+def test_name_message_says_what_the_rule_allows(name, tmp_path, capsys):
+    """--name allows ASCII letters only (it names directories and Ray's experiment): the message said 'letters' and
+    refused unicode ones; it says ASCII, and what the name may start with."""
+    code, lines = _search(["--name", name, "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1 and "ASCII letters" in lines[0] and "starting with a letter or digit" in lines[0]
+    assert not (tmp_path / "r").exists()
+    code, lines = _search(["--name", "Ok.name_2-x", "--dry-run", "--dataset", "counting",
+                           "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 0
+
+
+DRY_RUN_CASES = [
+    (["--data-file", "{data}/missing.txt"], "does not exist"),
+    (["--data-file", "{data}/binary.bin"], "binary"),
+    (["--data-file", "{data}/short.txt"], "too short"),
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--dataset", "counting", "--trial-budget", "1e5flops"], "less than one training step"),
+    (["--dataset", "counting", "--name", "taken"], "already exists"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", DRY_RUN_CASES, ids=[" ".join(a) for a, _ in DRY_RUN_CASES])
+def test_dry_run_checks_what_a_run_checks(argv, needle, files, tmp_path, capsys):
+    """--dry-run refuses what the run would refuse before training (it used to exit 0 for a missing data file,
+    assuming a vocabulary of 256), with the run's own line, and writes nothing."""
+    results = tmp_path / "results"
+    (results / "taken").mkdir(parents=True)
+    (results / "taken" / "trials.csv").write_text("precious")
+    argv = [a.replace("{data}", str(files)) for a in argv]
+    code, lines = _search([*argv, "--dry-run", "--results-dir", str(results)], capsys)
+    assert code == 2 and len(lines) == 1 and needle.lower() in lines[0].lower(), lines
+    assert sorted(p.name for p in results.rglob("*")) == ["taken", "trials.csv"]
+
+
+def test_dry_run_of_a_data_file_gives_its_own_vocabulary(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog, again and again. " * 400)
+    with pytest.raises(SystemExit) as e:
+        run_main(search_main, ["--data-file", str(text), "--max-steps", "40", "--dry-run",
+                               "--results-dir", str(tmp_path / "results")])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "assumed" not in out and '"prompts": [' in out
+    assert "nothing was written to" in out and not (tmp_path / "results").exists()
+
+
+def test_resume_of_a_spent_time_budget_says_so_and_exits_non_zero(tmp_path, capsys):
+    """A search whose --time-budget is spent has nothing left for --resume: one line saying so, where its results
+    are and how to search longer, exit 2, its files untouched (it used to start Ray, run nothing, exit 0 and ask for
+    another --resume)."""
+    from tune.config import build_parser, config_from_args
+
+    results = str(tmp_path / "results")
+    config = config_from_args(build_parser().parse_args(["--dataset", "counting", "--max-steps", "40", "--time-budget",
+                                                         "45", "--name", "spent", "--results-dir", results]))
+    exp = config.experiment_dir
+    exp.mkdir(parents=True)
+    config.save()
+    (exp / "tuner.pkl").write_bytes(b"Ray's saved tuner")
+    (exp / "search_clock.json").write_text('{"running_s": 45.2}')
+    before = {p.name: p.read_bytes() for p in exp.iterdir()}
+    code, lines = _search(["--resume", "--name", "spent", "--results-dir", results], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "spent its time budget (45 s of 45 s)" in lines[0] and "nothing left to run" in lines[0], lines
+    assert "--time-budget" in lines[0] and "another --name" in lines[0] and "continue it with" not in lines[0]
+    assert {p.name: p.read_bytes() for p in exp.iterdir()} == before
+    # with time left, the check lets the resume go on (it fails later here: the tuner.pkl above is not Ray's)
+    (exp / "search_clock.json").write_text('{"running_s": 30.0}')
+    from tune.search import _refuse_spent
+
+    _refuse_spent(config)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nanogpt.train
-from nanogpt.cooldown import plan_training_steps, rung_steps
+from nanogpt.cooldown import branch_steps, plan_training_steps, rung_steps
 from nanogpt.model import GPTConfig
 from nanogpt.train import Trainer, TrainConfig, lr_at
 
@@ -154,3 +154,61 @@ def test_checkpoint_at_a_rung_samples_with_the_decayed_weights(data, tmp_path):
     for k, p in model.state_dict().items():
         torch.testing.assert_close(p, decayed[k], atol=0, rtol=0)
     assert any(not torch.equal(p, t.model.state_dict()[k]) for k, p in decayed.items())
+
+
+def test_a_huge_budget_is_planned_without_walking_its_steps(data):
+    """A run of 1e15 steps with cooldown rungs plans its rungs and training steps by arithmetic: it used to walk
+    every planned step (rung_steps, plan_training_steps) before training and never reported."""
+    import signal
+
+    def too_slow(*_):
+        raise TimeoutError("planning walked the steps")
+
+    before = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        t = make(data, max_steps=10**15, eval_interval=10**14, cooldown_rungs=[10**14, 3 * 10**14])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert t.total_steps == 10**15
+    at = rung_steps(t.rungs, 1.0, 10**14, 10**15)
+    assert len(at) == 2 and abs(at[0] - 10**14) <= 10**5 and abs(at[1] - 3 * 10**14) <= 10**5  # to eval_every's 1e-9
+
+    def cost(steps):  # training, branches at the two rungs and the end branch: the budget, to a step
+        return steps + sum(branch_steps(r, 0.2) for r in at if r < steps) + branch_steps(steps, 0.2)
+
+    assert cost(t.planned_steps) <= 10**15 < cost(t.planned_steps + 1)
+
+
+def test_rung_steps_by_arithmetic_match_the_evaluations_a_run_makes():
+    """The closed-form rung steps are the evaluations Trainer.run branches at: checked against a walk over every step
+    (the former implementation) on budgets in steps and FLOPs, evaluations that fall between steps included."""
+    import math
+    import random
+
+    def walked(rungs, step_spend, eval_every, total_steps):
+        out, next_eval, i, tol = [], eval_every, 0, 1e-9 * eval_every
+        for step in range(1, total_steps + 1):
+            spend = step * step_spend
+            if spend < next_eval - tol:
+                continue
+            next_eval = (math.floor(spend / eval_every + 1e-9) + 1) * eval_every
+            if i < len(rungs) and spend >= rungs[i] - tol:
+                out.append(step)
+            while i < len(rungs) and spend >= rungs[i] - tol:
+                i += 1
+        return out
+
+    rnd = random.Random(0)
+    for _ in range(2000):
+        if rnd.random() < 0.5:
+            sp, ee, budget = 1.0, float(rnd.randint(1, 30)), float(rnd.randint(1, 400))
+        else:
+            sp = rnd.choice([128.0, 3.7e5 * rnd.randint(1, 9), 1.234567e7])
+            budget = sp * rnd.uniform(1, 300)
+            ee = budget / rnd.choice([1, 3, 7, 10, 33]) if rnd.random() < 0.7 else sp * rnd.randint(1, 5)
+        total = int(budget // sp + 1e-9)
+        grace, rf = ee * rnd.randint(1, 4), rnd.choice([2, 3])
+        rungs = [grace * rf ** k for k in range(6) if grace * rf ** k <= budget]
+        assert rung_steps(rungs, sp, ee, total) == walked(rungs, sp, ee, total), (rungs, sp, ee, total)

@@ -225,11 +225,11 @@ def test_interrupt_then_resume_with_the_original_command(tmp_path):
 
 def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     """--time-budget counts the search's running time over its runs, as Ray's does: a search stopped by Ctrl-C
-    part-way gets the rest on --resume. The trials the budget stops end out_of_time, PRUNED in optuna.db with the
+    part-way (exit 130, the --resume line, no RUNNING trial left in optuna.db) gets the rest on --resume. The trials the budget stops end out_of_time, PRUNED in optuna.db with the
     evaluations they made, told by the callback and searcher restored from Ray's state."""
     budget = 45  # room for Ray's start-up before a trial has reported twice, on a slow or busy machine (pytest -n)
     args = [*TINY, "--num-samples", "4", "--max-steps", "100000", "--eval-interval", "25", "--scheduler", "fifo",
-            "--time-budget", str(budget), "--results-dir", str(tmp_path), "--name", "tb", "--no-report", "--seed", "3"]
+            "--compile", "off", "--time-budget", str(budget), "--results-dir", str(tmp_path), "--name", "tb", "--no-report", "--seed", "3"]
     exp = tmp_path / "tb"
     proc = subprocess.Popen([sys.executable, "-m", "tune.search", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -242,9 +242,12 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     assert proc.poll() is None, "the search ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and f"--resume --name tb --results-dir {tmp_path}" in out, out  # Ctrl-C: 130
     first = json.loads((exp / "search_clock.json").read_text())["running_s"]
     assert 0 < first < budget - 2, (first, out)
     assert "out_of_time" not in set(pd.read_csv(exp / "trials.csv")["outcome"]), out
+    stopped = optuna.load_study(study_name="tb", storage=f"sqlite:///{exp / 'optuna.db'}").trials
+    assert stopped and all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs["interrupted"] for t in stopped)
 
     t0 = time.time()
     resumed = run_cli("tune.search", *args, "--resume")
@@ -259,8 +262,13 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     counts = {state: [t.state for t in study.trials].count(state) for state in optuna.trial.TrialState}
     assert counts[optuna.trial.TrialState.PRUNED] == (df["outcome"] == "out_of_time").sum()
     assert all(t.intermediate_values for t in study.trials if t.state == optuna.trial.TrialState.PRUNED)
-    # a trial Ray had drawn but not started stays RUNNING in the study (Optuna has no "not started")
-    assert counts[optuna.trial.TrialState.RUNNING] == (df["outcome"] == "not_started").sum()
+    # the trials the Ctrl-C stopped stay FAIL (interrupted); each one the resumed run ran again got a new trial
+    resumed_from = {t.user_attrs.get("resumes") for t in study.trials}
+    waiting = [t for t in study.trials if t.user_attrs.get("interrupted") and t.number not in resumed_from]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.trials if t.user_attrs.get("interrupted"))
+    # a trial Ray had drawn but not started stays RUNNING in the study (Optuna has no "not started"), or FAIL
+    # (interrupted) when the Ctrl-C came while it waited
+    assert counts[optuna.trial.TrialState.RUNNING] + len(waiting) == (df["outcome"] == "not_started").sum()
 
 
 def test_time_budget_is_spent_on_the_search_clock(tmp_path):
@@ -368,3 +376,32 @@ def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):
     assert "no scaling fit" in meta["chosen_by"]["reason"] and "final choice: " in proc.stdout
     assert f"continued trial `{best['trial_id']}`" in (exp / "report.md").read_text()
     assert f"{best['trial_id']} continued from its stable checkpoint" in proc.stdout
+
+
+def test_sigterm_stops_the_search_for_resume_with_exit_143(tmp_path):
+    """SIGTERM to the driver stops the search as Ctrl-C does: Ray saves its state, the line that continues it, exit
+    143 (it ended in Ray's C++ abort, exit 134, with no line); no RUNNING trial is left in optuna.db, and a trial
+    that had started is recorded interrupted, not not_started, even before its first report."""
+    args = [*TINY, "--num-samples", "4", "--max-steps", "100000", "--eval-interval", "25", "--scheduler", "fifo",
+            "--max-concurrent", "2", "--compile", "off", "--results-dir", str(tmp_path), "--name", "term",
+            "--no-report", "--seed", "3"]
+    exp = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "tune.search", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 150
+    while time.time() < deadline and proc.poll() is None:
+        if any((d / "result.json").is_file() and (d / "result.json").read_text().strip() for d in exp.glob("trial_*")):
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, "the search ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 143, out + err
+    assert f"SIGTERM: the search stopped; continue it with: python -m tune.search --resume --name term " \
+           f"--results-dir {tmp_path}" in err, err
+    assert "Traceback" not in err, err
+    study = optuna.load_study(study_name="term", storage=f"sqlite:///{exp / 'optuna.db'}")
+    assert study.trials and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    df = pd.read_csv(exp / "trials.csv")
+    started = {d.name.removeprefix("trial_") for d in exp.glob("trial_*")}
+    assert set(df.loc[df["trial_id"].isin(started), "outcome"]) == {"interrupted"}, df[["trial_id", "outcome"]]

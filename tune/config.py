@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nanogpt.cli import OneLineParser, user_type
 from nanogpt.compile import COMPILE_MODES
 from nanogpt.dataset import DATASETS
 from nanogpt.errors import UserError
@@ -382,7 +383,7 @@ def _laptop_range(hparam: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The parser, generated from SearchConfig's settings and the Hparams fields. Settings default to None
     here: a flag the user gave is one that is not None (what --resume compares)."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m tune.search",
         description="Search small-GPT hyperparameters with Ray Tune (ASHA) and Optuna (TPE).",
     )
@@ -391,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in _setting_fields():
         meta = f.metadata
         into = source if f.name in ("dataset", "data_file") else groups[meta["group"]]
-        into.add_argument(meta["flag"], *meta["aliases"], dest=f.name, default=None, type=meta["type"], choices=meta["choices"],
+        kind = user_type(meta["type"], meta["flag"]) if meta["type"] is parse_duration else meta["type"]
+        into.add_argument(meta["flag"], *meta["aliases"], dest=f.name, default=None, type=kind, choices=meta["choices"],
                           metavar=meta["metavar"], help=_help(f))
         if f.name == "trial_budget":
             into.add_argument("--max-steps", type=int, default=None, help="same as --trial-budget Nsteps")
@@ -620,7 +622,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     uri = is_uri(args.results_dir)
     results_dir = args.results_dir.rstrip("/") if uri else str(Path(args.results_dir).expanduser().resolve())
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.name):
-        raise UserError(f"--name {args.name!r} must be letters, digits, '.', '_' or '-' (at most 100)")
+        raise UserError(f"--name {args.name!r} must be 1 to 100 ASCII letters (a-z, A-Z), digits, '.', '_' or '-', "
+                        f"starting with a letter or digit: it names the search's directory and Ray's experiment")
     if not args.resume:
         name = args.name or f"{args.preset or 'laptop'}-{time.strftime('%Y%m%d-%H%M%S')}"
         return resolve(args, results_dir, name)

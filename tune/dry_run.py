@@ -1,5 +1,7 @@
-"""`python -m tune.search --dry-run`: what a search would do, without doing it. Prints the resolved search.json
-and the first trial the sampler draws (its model size and steps); writes nothing, reads no data file."""
+"""`python -m tune.search --dry-run`: what a search would do, without doing it. tune.search first checks what a
+run checks before it trains (the data, the budget, the name, the results directory: tune.search.preflight); this
+prints the resolved search.json and the first trial the sampler draws (its model size and steps). Nothing is written
+to the results; the data is tokenized into the token cache, as the run would, which reuses it."""
 
 from __future__ import annotations
 
@@ -22,39 +24,25 @@ def first_trial(config: SearchConfig):
     return Hparams.from_config({**trial.params, **fixed})
 
 
-def vocab_size(config: SearchConfig) -> tuple[int, bool]:
-    """(vocabulary size, exact): exact for the corpora made in code; for a file or a download, which a dry run does
-    not read, the tokenizer's expected size (BPE's as asked, 256 characters assumed)."""
-    from nanogpt.corpora import BUILTIN_CORPORA
-    from nanogpt.dataset import load_dataset
-    from nanogpt.tokenizer import TOKENIZERS, TextInMemory
-
-    cls = TOKENIZERS[config.tokenizer]
-    settings = cls.settings(config.bpe_vocab_size)
-    if config.dataset in BUILTIN_CORPORA:
-        return cls.build(TextInMemory(load_dataset(config.dataset).text), **settings).vocab_size, True
-    return cls.expected_vocab_size(**settings), False
-
-
-def describe_first_trial(config: SearchConfig) -> str:
+def describe_first_trial(config: SearchConfig, vocab: int) -> str:
     import torch
 
     from nanogpt.model import GPT
     from nanogpt.train import optimizer_flops, step_spend
 
     hp = first_trial(config)
-    vocab, exact = vocab_size(config)
     with torch.device("meta"):  # shapes only
         model = GPT(hp.model_config(vocab))
     tokens = hp.batch_size * hp.block_size
     per_step = step_spend(config.budget_unit, tokens, model.flops_per_token(), optimizer_flops(model, hp.optimizer))
     steps = (f"{math.floor(config.trial_budget / per_step + 1e-9):,} steps" if per_step
              else f"as many steps as fit in {config.trial_budget:g} s")
-    assumed = "" if exact else f" (a vocabulary of {vocab} assumed: a dry run reads no data)"
     return (f"first trial: n_layer={hp.n_layer} n_head={hp.n_head} n_embd={hp.n_embd} batch_size={hp.batch_size} "
             f"block_size={hp.block_size} learning_rate={hp.learning_rate:.3g} optimizer={hp.optimizer}: "
-            f"{model.get_num_params():,} parameters{assumed}, {steps} of {tokens:,} tokens for {config.budget_text()}")
+            f"{model.get_num_params():,} parameters, {steps} of {tokens:,} tokens for {config.budget_text()}")
 
 
-def dry_run(config: SearchConfig) -> str:
-    return f"{json.dumps(asdict(config), indent=2)}\n{describe_first_trial(config)}\nnothing was written (--dry-run)"
+def dry_run(config: SearchConfig, vocab: int) -> str:
+    """The resolved settings and the first trial, for a search whose checks passed (`vocab`: its data's vocabulary)."""
+    return (f"{json.dumps(asdict(config), indent=2)}\n{describe_first_trial(config, vocab)}\n"
+            f"nothing was written to {config.results_dir} (--dry-run)")

@@ -47,14 +47,57 @@ class ReportError(UserError):
     pass
 
 
+def final_cut_short(meta: dict) -> str | None:
+    """Why a final training (final/config.json's record) did not reach its planned end, or None when it did."""
+    status = meta.get("status")
+    if status in (None, "finished"):
+        return None
+    why = "the time budget stopped it" if status == "time_budget" else f"it ended {status}"
+    return (f"{why} at step {meta.get('step')}, before its planned end: its learning rate had not finished "
+            f"decaying")
+
+
+def _last_val(meta: dict) -> float | None:
+    history = meta.get("history") if isinstance(meta.get("history"), list) else []
+    v = history[-1].get("val_loss") if history and isinstance(history[-1], dict) else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def final_or_best(path: str | Path) -> tuple[Path, str | None]:
+    """The model the search answers with: final/, unless its training was cut short or it scored worse than best/
+    (then best/); and why final/ is not used (None when it is, or there is none)."""
+    path = Path(path)
+    final, best = path / "final", path / "best"
+    if not (final / "model.pt").is_file():
+        return best, None
+    try:
+        meta = json.loads((final / "config.json").read_text())
+    except (OSError, ValueError):
+        return final, None
+    short = final_cut_short(meta)
+    try:
+        best_val = _last_val(json.loads((best / "config.json").read_text())) if (best / "model.pt").is_file() else None
+    except (OSError, ValueError):
+        best_val = None
+    final_val = _last_val(meta)
+    worse = best_val is not None and (final_val is None or final_val > best_val)
+    if not worse:  # the better one, cut short or not (said)
+        return final, short
+    scores = f"final/ {final_val:.4f} against best/'s {best_val:.4f}" if final_val is not None else "final/ has no loss"
+    return best, f"final/ is not used: {short + '; ' if short else ''}{scores}"
+
+
 def _final_origin(meta: dict) -> str:
     """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
     trial = meta.get("continued_from")
     if not trial:
         return "- trained from scratch with the winner's configuration"
     train = meta.get("train", {})
-    return (f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), "
-            f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})")
+    short = final_cut_short(meta)
+    decay = (f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})"
+             if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
+                                   f"budget ({train.get('schedule')}), but {short}")
+    return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
 
 
 def _config(path: Path) -> SearchConfig | None:
@@ -103,7 +146,9 @@ def _outcome(trial, recorded: dict) -> str:
         return Outcome.ERRORED.value
     if last.get("outcome") in {o.value for o in Outcome}:  # written onto the result as it ended (outcomes.json lost or older)
         return last["outcome"]
-    return Outcome.INTERRUPTED.value if last.get("step") else Outcome.NOT_STARTED.value
+    # Ray saves a trial it had started as RUNNING (or PAUSED), whether or not it had reported yet
+    started = last.get("step") or trial.status in ("RUNNING", "PAUSED")
+    return Outcome.INTERRUPTED.value if started else Outcome.NOT_STARTED.value
 
 
 _UNREAD = object()
@@ -265,7 +310,7 @@ def probe_lines(path: str | Path) -> list[str]:
     path = Path(path)
     config = _config(path)
     sets = _probe_sets(config.dataset or "") if config else {}
-    ckpt = path / "final" if (path / "final" / "model.pt").is_file() else path / "best"
+    ckpt, why = final_or_best(path)  # final/ unless cut short or worse than best/
     if not sets:
         return []
     try:
@@ -273,7 +318,8 @@ def probe_lines(path: str | Path) -> list[str]:
     except CheckpointError:
         return []
     with _one_thread():
-        return _probe_summary(model, tok, sets, ckpt.name)
+        return ([why + ": the probe uses best/"] if why and ckpt.name == "best" else []) + \
+            _probe_summary(model, tok, sets, ckpt.name)
 
 
 def _probe_summary(model, tok, sets: dict, label: str) -> list[str]:
@@ -500,6 +546,10 @@ def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, u
             f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
             f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}" + best,
             _final_origin(final_model[2]),
+            *([f"- **cut short**: {final_cut_short(final_model[2])}"]
+              if final_cut_short(final_model[2]) and not final_model[2].get("continued_from") else []),
+            *([f"- **{why}**: the search's answer is `best/`"] if (why := final_or_best(path)[1])
+              and final_or_best(path)[0].name == "best" else []),
             f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {path / 'final'}`)", ""]
 
 

@@ -17,6 +17,7 @@ import pickletools
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -63,13 +64,22 @@ def largest_step_spend(config: SearchConfig, vocab_size: int) -> float | None:
                       optimizer_flops(model, hp.optimizer))
 
 
+# more training steps than any trial could take: at a millisecond a step, 1e9 steps is over eleven days a trial
+MAX_TRIAL_STEPS = 1e9
+
+
 def check_budget(config: SearchConfig, vocab_size: int) -> None:
-    """A trial budget smaller than one step of the space's largest model trains nothing: refuse it."""
+    """A trial budget smaller than one step of the space's largest model trains nothing, and one of more than
+    MAX_TRIAL_STEPS steps of it never reaches its first evaluation: refuse both."""
     spend = largest_step_spend(config, vocab_size)
+    unit = config.budget_unit
     if spend is not None and spend > config.trial_budget:
-        unit = config.budget_unit
         raise UserError(f"--trial-budget {config.budget_text()} is less than one training step of the space's "
                         f"largest model ({format_amount(spend, unit)}); raise the budget or shrink the space")
+    if spend is not None and config.trial_budget / spend > MAX_TRIAL_STEPS:
+        raise UserError(f"--trial-budget {config.budget_text()} is {config.trial_budget / spend:.3g} training steps "
+                        f"of the space's largest model, more than {MAX_TRIAL_STEPS:.0e}: no trial would ever finish "
+                        f"or reach its first evaluation; lower it (or give it in seconds, e.g. 600s)")
 
 
 def check_address(address: str, timeout: float = 3.0, grpc_timeout: float = 10.0) -> None:
@@ -379,6 +389,14 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
+    from tune.report import final_cut_short, final_or_best
+
+    short = final_cut_short({"status": out.get("status"), "step": m.get("step")})
+    if short:
+        print(f"warning: the final training was cut short: {short}")
+    use, why = final_or_best(exp)
+    if why and use.name == "best":
+        print(f"warning: {why}: the search's answer is best/")
     return out
 
 
@@ -456,10 +474,12 @@ def run(config: SearchConfig, resume: bool, address: str | None = None, dashboar
         forget_loopback()
 
 
-def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool,
-                 top: int) -> Path:
-    """Pre-flight checks, then the search under the results directory's lock."""
-    _quiet_ray()
+def preflight(config: SearchConfig, resume: bool, address: str | None, dry_run: bool = False):
+    """What a run checks before anything is written (the cluster, the devices, the name, the data, the budget, the
+    results directory): (the config, with the report's prompts for a new search; the data; the tokenizer). A bad
+    value is a UserError. `dry_run`: the same checks (--dry-run), but a local results directory is checked without
+    a probe file (its nearest existing folder must be writable) and a URI's is not written to; the data is tokenized
+    into the token cache as a run would (the run reuses it)."""
     mirror = config.mirror
     if address:
         check_address(address)
@@ -480,15 +500,56 @@ def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashbo
         if not Tuner.can_restore(config.experiment_path):
             raise UserError(f"{config.experiment_path} cannot be resumed: Ray's experiment state is missing "
                             f"(the search never started)")
+        _refuse_spent(config)
     else:
         _refuse_taken(config)  # at once, before tokenizing; again under the lock
     data, tokenizer = prepare_data(config)  # data errors surface before Ray starts, and before anything is written
     if not resume:  # the report's prompts travel with the results, not as a path to the data
         config = dataclasses.replace(config, prompts=default_prompts(data.dataset, data.head))
-    if not resume and mirror:
+    if not resume and dry_run and not mirror:
+        _check_writable_without_writing(Path(config.results_dir))
+    elif not resume and mirror and not dry_run:
         mirror.check_writable()
-    elif not resume:
+    elif not resume and not dry_run:
         _check_writable(Path(config.results_dir))
+    return config, data, tokenizer
+
+
+def budget_spent(config: SearchConfig) -> bool:
+    """Whether the search clock has reached --time-budget (as TimeBudget and OutcomeRecorder count it)."""
+    return bool(config.time_budget_s) and read_clock(config.experiment_dir) >= config.time_budget_s - 0.5
+
+
+def _refuse_spent(config: SearchConfig) -> None:
+    """--resume of a search whose time budget is spent, its final training (if any) done: nothing would run, so
+    refuse it (exit 2) with where its results are, instead of starting Ray to do nothing and asking for another
+    --resume. A time budget is a search setting: --resume cannot change it."""
+    exp = config.experiment_dir
+    final_left = (config.final_budget or config.final_auto) and not (exp / FINAL_DIR / "model.pt").is_file()
+    if budget_spent(config) and not final_left:
+        where = config.mirror.uri if config.mirror else exp
+        raise UserError(f"{config.name} has spent its time budget ({read_clock(exp):.0f} s of "
+                        f"{config.time_budget_s:g} s): --resume has nothing left to run; its results are in {where} "
+                        f"(python -m tune.report {exp}); to search longer, start a new search with another --name "
+                        f"and the --time-budget you want")
+
+
+def _check_writable_without_writing(results_dir: Path) -> None:
+    """--dry-run: the results directory, or the folder it would be made in, is a writable folder."""
+    existing = results_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"results directory {results_dir} is not writable ({existing} is not a writable folder); "
+                        f"choose another with --results-dir")
+
+
+def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool,
+                 top: int) -> Path:
+    """Pre-flight checks, then the search under the results directory's lock."""
+    _quiet_ray()
+    mirror = config.mirror
+    config, data, tokenizer = preflight(config, resume, address)
     with hold(config):
         if not resume:
             _refuse_taken(config)  # another run of the name may have started and ended meanwhile
@@ -496,6 +557,7 @@ def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashbo
             if mirror:
                 mirror.pull()  # the search's files and Ray's results; checkpoints stay at the URI
             check_ray_state(config.experiment_dir)
+            _refuse_spent(config)  # a URI search's clock, as pulled
         try:
             return _search(config, resume, address, dashboard, report, top, data, tokenizer)
         except Exception as e:
@@ -580,22 +642,95 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         _announce(config, data, tokenizer, resume)
         t0 = time.time()
         data_ref = ray.put(data)
-        grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
+        with stop_on_signals() as stop:
+            grid = make_tuner(config, data_ref, tokenizer, restore=resume).fit()
         wall = time.time() - t0
+        if stop.signum is not None:
+            settle_interrupted(exp, config.name)
         if mirror:
             mirror.push(OPTUNA_DB, OUTCOMES_FILE, CLOCK_FILE)
             mirror.pull()  # Ray's results, for the report: they were written at the URI
         # trials.csv and best/ from the JSON reader `python -m tune.report` uses (not the grid): a report made
         # later, or by someone else, gives the same table
         df = report_mod.export(exp, mirror=mirror)
-        if config.final_budget or config.final_auto:
+        if (config.final_budget or config.final_auto) and stop.signum is None:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
             if train_winner(config, data_ref, tokenizer, df, left, grid) and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()
-    _finish(config, df, wall, report, top)
+    _finish(config, df, wall, report and stop.signum is None, top)
+    if stop.signum is not None:
+        raise SearchStopped(stop.signum, config)
     return exp
+
+
+class SearchStopped(Exception):
+    """The search was stopped by a signal (Ctrl-C, SIGTERM) and saved its state: `main` ends with the resume line
+    and exit 128 + the signal's number."""
+
+    def __init__(self, signum: int, config: SearchConfig):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.config = signum, config
+
+
+class _Stop:
+    signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[_Stop]:
+    """Ctrl-C and SIGTERM stop the search the way Ray Tune stops on Ctrl-C: the trials are stopped, Ray saves the
+    experiment's state and fit() returns, so --resume continues it. Ray's own SIGINT handler is kept off
+    (TUNE_DISABLE_SIGINT_HANDLER): ours records which signal came, then calls the handler Ray installs in fit() for
+    SIGUSR1, which is its Ctrl-C handler. SIGTERM used to kill the driver mid-write (Ray's C++ abort, exit 134). A
+    second signal, or one before Ray's handler is in place, stops at once (KeyboardInterrupt)."""
+    stop = _Stop()
+
+    def handler(signum, frame):
+        ray_stop = signal.getsignal(signal.SIGUSR1)
+        if stop.signum is not None or not callable(ray_stop):
+            stop.signum = stop.signum or signum
+            raise KeyboardInterrupt
+        stop.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping the search; Ray saves its state for --resume "
+              f"(again to stop at once)", file=sys.stderr, flush=True)
+        ray_stop(signal.SIGUSR1, frame)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env_before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for sig in before:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    except KeyboardInterrupt:
+        raise SearchStopped(stop.signum or signal.SIGINT, None) from None
+    finally:
+        for sig, h in before.items():
+            signal.signal(sig, h)
+        if env_before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env_before
+
+
+def settle_interrupted(exp: Path, name: str) -> None:
+    """After a signal: the study's trials Ray left running (stopped, or drawn and not started) are marked FAIL with
+    the user attribute `interrupted`, so optuna.db holds no RUNNING trial while nothing runs. On --resume the searcher
+    (tune.searcher) gives each of them a new RUNNING trial of the same parameters when Ray runs it again."""
+    import optuna
+
+    from tune.searcher import INTERRUPTED_ATTR
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(exp / OPTUNA_DB).resolve()}")
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no study yet
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _token_auth() -> None:
@@ -643,7 +778,8 @@ def _finish(config: SearchConfig, df, wall: float, report: bool, top: int) -> No
     print(report_mod.top_table(df, top))
     counts = df["outcome"].value_counts()
     print("outcomes: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
-    if counts.get(Outcome.OUT_OF_TIME.value):
+    if counts.get(Outcome.OUT_OF_TIME.value) or budget_spent(config):
+        # spent, the budget leaves --resume nothing to run: no line asking for one
         print(f"\nthe time budget ({config.time_budget_s:g} s) ended the search after {len(df)} trials")
     elif counts.get(Outcome.INTERRUPTED.value) or counts.get(Outcome.NOT_STARTED.value) or len(df) < config.num_samples:
         print(f"\nthe search stopped before all {config.num_samples} trials finished; continue it with:\n"
@@ -671,15 +807,27 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         argv = sys.argv[1:] if argv is None else argv
         config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *argv]))
-    if args.dry_run:
+    if args.dry_run:  # everything a run checks before it trains, then what it would do
         from tune.dry_run import dry_run
 
-        print(dry_run(config))
+        _quiet_ray()
+        if not args.address:
+            local_ray_on_loopback()
+        try:
+            config, _, tokenizer = preflight(config, args.resume, args.address, dry_run=True)
+        finally:
+            forget_loopback()
+        print(dry_run(config, tokenizer.vocab_size))
         return 0
     if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
         logging.getLogger("tune").setLevel(logging.DEBUG)
-    run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
-        report=not args.no_report, top=args.top)
+    try:
+        run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
+            report=not args.no_report, top=args.top)
+    except SearchStopped as e:  # Ctrl-C: 130, SIGTERM: 143, with the line that continues the search
+        print(f"{signal.Signals(e.signum).name}: the search stopped; continue it with: python -m tune.search --resume "
+              f"--name {config.name} --results-dir {config.results_dir}", file=sys.stderr, flush=True)
+        return 128 + e.signum
     return 0
 
 

@@ -27,6 +27,10 @@ from tune.outcomes import OPTUNA_DB, Outcome
 
 log = logging.getLogger(__name__)
 
+# a study trial Ray's run was stopped in by a signal (tune.search.settle_interrupted): marked FAIL with this user
+# attribute so that optuna.db holds no RUNNING trial while nothing runs; a resumed run gives it a new trial
+INTERRUPTED_ATTR = "interrupted"
+
 # The search this driver process runs, where its directory is now (bind_run). Ray's saved state (tuner.pkl,
 # searcher-state-*.pkl) holds the searcher and callbacks as they were made, paths included; ours take theirs
 # from here when unpickled, so a results directory that was moved or copied resumes against its own files.
@@ -104,9 +108,28 @@ class ResumableOptunaSearch(OptunaSearch):
         return config
 
     def _study_trial(self, trial_id: str):
-        """The study's record of the trial (one read of the storage), or None for a trial it does not hold."""
+        """The study's record of the trial (one read of the storage), or None for a trial it does not hold. A trial
+        marked interrupted when the search was stopped is given a new RUNNING trial first (_revive)."""
         ot_trial = self._ot_trials.get(trial_id)
-        return None if ot_trial is None else ot_trial.storage.get_trial(ot_trial._trial_id)
+        frozen = None if ot_trial is None else ot_trial.storage.get_trial(ot_trial._trial_id)
+        if (frozen is not None and frozen.state == optuna.trial.TrialState.FAIL
+                and frozen.user_attrs.get(INTERRUPTED_ATTR)):
+            frozen = self._revive(trial_id, frozen)
+        return frozen
+
+    def _revive(self, trial_id: str, frozen):
+        """Ray runs again a trial whose study trial was marked interrupted: the study gets a RUNNING trial of the same
+        parameters and the reports it had, and this Ray trial is told through it from now on."""
+        template = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING, params=frozen.params, distributions=frozen.distributions,
+            intermediate_values=frozen.intermediate_values,
+            user_attrs={k: v for k, v in frozen.user_attrs.items() if k != INTERRUPTED_ATTR} | {"resumes": frozen.number})
+        storage = self._ot_study._storage
+        new_id = storage.create_new_trial(self._ot_study._study_id, template_trial=template)
+        self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, new_id)
+        self._completed_trials.discard(trial_id)
+        log.debug("trial %s: interrupted study trial %d continues as a new one", trial_id, frozen.number)
+        return storage.get_trial(new_id)
 
     def _finished_in_study(self, trial_id: str, frozen=None) -> bool:
         frozen = frozen or self._study_trial(trial_id)
