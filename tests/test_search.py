@@ -254,7 +254,8 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"the time budget ({budget} s) ended the search" in resumed.stdout, resumed.stdout
     total = json.loads((exp / "search_clock.json").read_text())["running_s"]
-    assert budget - 1 <= total < budget + 10 and time.time() - t0 < budget + 60, (first, total)
+    # the stop lands on a trial's report: on a loaded machine (load 12-14 on 2 cores seen) reports come seconds apart
+    assert budget - 1 <= total < budget + 15 and time.time() - t0 < budget + 60, (first, total)
     df = pd.read_csv(exp / "trials.csv")
     assert (df["outcome"] == "out_of_time").sum() >= 1, df[["trial_id", "outcome"]]
     assert set(df["outcome"]) <= {"out_of_time", "not_started"}, df[["trial_id", "outcome"]]
