@@ -15,25 +15,35 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pickle
 import re
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from nanogpt.checkpoint import load_model
+from nanogpt.checkpoint import load_model, read_meta
 from nanogpt.cli import run_main
 from nanogpt.errors import UserError
+from nanogpt.files import DISK_ERRNOS, write_failed
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizer import UNK
 
 FORMATS = ("hf", "nanogpt")
 # GPT-2's Conv1D layers: their weight is (in_features, out_features)
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# every file an export writes, in either format
+EXPORT_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "README.md", "ckpt.pt", "meta.pkl"}
 _SEARCH_FILE = "search.json"  # tune's settings file, beside best/ and final/ (read for the model card only)
+
+
+def fmt_name(fmt: str) -> str:
+    return {"hf": "Hugging Face's format", "nanogpt": "nanoGPT's format"}[fmt]
 
 
 class ExportError(UserError):
@@ -104,9 +114,9 @@ def write_hf(model: GPT, tokenizer, meta: dict, out: Path, card: str) -> None:
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(model.config), indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": None, "eos_token_id": None}, indent=2))
-    (out / "tokenizer.json").write_text(tokenizer.hf_tokenizer_json())
+    (out / "tokenizer.json").write_text(tokenizer.hf_tokenizer_json(), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(hf_tokenizer_config(model.config), indent=2))
-    (out / "README.md").write_text(card)
+    (out / "README.md").write_text(card, encoding="utf-8")
 
 
 # --- nanoGPT -----------------------------------------------------------------------------------
@@ -119,9 +129,6 @@ def nanogpt_dataset_name(meta: dict) -> str:
 
 
 def write_nanogpt(model: GPT, tokenizer, meta: dict, out: Path) -> None:
-    if "nanogpt" not in tokenizer.exports:
-        raise ExportError(f"nanoGPT's format cannot hold a {tokenizer.kind} tokenizer (its meta.pkl maps characters): "
-                          f"use --format hf")
     ckpt = {
         "model": model.state_dict(),
         "model_args": model.config.to_dict(),
@@ -147,20 +154,23 @@ def _made_by(checkpoint: Path) -> str:
     """The command that made the checkpoint, when it is a search's best/ or final/ (search.json beside it)."""
     settings = checkpoint.resolve().parent / _SEARCH_FILE
     try:
-        saved = json.loads(settings.read_text())
+        saved = json.loads(settings.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):  # none, or not tune's
         return f"a nanogpt-tune checkpoint ({checkpoint})"
     role = {"best": "the best trial of", "final": "the final training of"}.get(checkpoint.resolve().name, "")
-    command = saved.get("command") or f"python -m tune.search --preset {saved.get('preset')} --name {saved.get('name')}"
+    command = saved.get("command") if isinstance(saved.get("command"), str) else None
+    command = command or f"python -m tune.search --preset {saved.get('preset')} --name {saved.get('name')}"
     return f"{role} the search `{command}`".replace("  ", " ")
 
 
 def model_card(model: GPT, tokenizer, meta: dict, checkpoint: Path, fmt_command: str) -> str:
     cfg, train = model.config, meta.get("train", {})
-    history = meta.get("history", [])
+    history = [h for h in meta.get("history", []) if "val_loss" in h]  # config.json's types: checkpoint.read_meta
     best = min(history, key=lambda h: h["val_loss"]) if history else {}
     unit = train.get("budget_unit", "steps")
-    budget = f"{train.get('max_steps')} steps" if unit == "steps" else f"{train.get('budget', math.nan):g} {unit}"
+    budget = f"{train.get('max_steps')} steps" if unit == "steps" else f"{train.get('budget') or math.nan:g} {unit}"
     n_params = model.get_num_params()
     return f"""---
 library_name: transformers
@@ -192,30 +202,107 @@ The model has seen at most {cfg.block_size} tokens of context: prompt plus gener
 # --- the export ---------------------------------------------------------------------------------
 
 
-def export(checkpoint: str | Path, out: str | Path, fmt: str, command: str | None = None) -> Path:
-    """Write the checkpoint's model in format `fmt` into `out` (a new directory; an existing non-empty one is refused).
-    Written into a temporary directory first: an export that fails leaves nothing behind."""
+def _destination(out: Path, replace: bool) -> Path:
+    """The directory the export becomes: OUT, or the directory a symbolic link OUT points to.
+    It must not exist yet, or be an empty directory; with `replace`, it may hold a previous export (files of
+    ours alone, see _ours), which is swapped for the new one. Anything else is refused before the checkpoint is read."""
+    try:
+        if out.is_symlink():
+            target = out.resolve()
+            if not target.exists():
+                raise ExportError(f"{out} is a symbolic link to {target}, which does not exist: create that directory "
+                                  f"or choose a new output directory")
+            out = target
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            return out
+        if replace and out.is_dir() and _ours(out):
+            return out
+    except (OSError, RuntimeError) as e:  # unreadable, or a loop of links (RuntimeError before Python 3.13)
+        raise ExportError(f"cannot use {out} as the output directory ({getattr(e, 'strerror', None) or e}): "
+                          f"choose another") from None
+    raise ExportError(f"{out} already exists and is not empty: choose a new output directory")
+
+
+def _ours(d: Path) -> bool:
+    """d holds only files an export writes (a previous export, made again by tune.search --export)."""
+    return all(p.is_file() and not p.is_symlink() and p.name in EXPORT_FILES for p in d.iterdir())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(dest: Path, write, replace: bool = False) -> None:
+    """Call write(tmp) on a new directory of our own beside `dest` (tempfile.mkdtemp: unique, never one that was
+    there), then rename it to `dest`. Whatever fails, the directory is removed again, with any parent made for it:
+    nothing is left behind. With `replace`, a previous export at `dest` is removed only once the new one is in place."""
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
+    except OSError as e:
+        _remove_empty(made)
+        raise ExportError(f"cannot write beside {dest} ({e.strerror or e}): choose another output directory") from None
+    old = None
+    try:
+        try:
+            write(tmp)
+        except OSError as e:
+            if e.errno in DISK_ERRNOS:
+                raise write_failed(e.filename or dest, e) from None
+            raise
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's directory is private; the export gets a new directory's mode
+        if replace and dest.is_dir() and any(dest.iterdir()):
+            holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.previous-", dir=dest.parent))
+            try:
+                os.rename(dest, holder)  # over holder, an empty directory of ours
+            except OSError:
+                holder.rmdir()
+                raise
+            old = holder
+        try:
+            os.rename(tmp, dest)  # over an empty directory, if dest is one
+        except OSError as e:
+            raise ExportError(f"{dest} appeared while exporting ({e.strerror}): choose a new output directory") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            os.rename(old, dest)
+        _remove_empty(made)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:  # innermost first
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def export(checkpoint: str | Path, out: str | Path, fmt: str, command: str | None = None, replace: bool = False) -> Path:
+    """Write the checkpoint's model in format `fmt` into `out` (a new or empty directory, or a symbolic link to one;
+    `replace`: or a previous export, which is swapped for the new one). Written into a new temporary directory first:
+    an export that fails leaves nothing behind."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists and is not empty: choose a new output directory")
+    dest = _destination(out, replace)
     model, tokenizer, meta = load_model(checkpoint, device="cpu")
+    if fmt not in tokenizer.exports:
+        raise ExportError(f"{fmt_name(fmt)} cannot hold a {tokenizer.kind} tokenizer"
+                          f"{' (its meta.pkl maps characters)' if fmt == 'nanogpt' else ''}: "
+                          f"use --format {' or '.join(tokenizer.exports)}")
     command = command or f"python -m nanogpt.export {shlex.quote(str(checkpoint))} {shlex.quote(str(out))} --format {fmt}"
-    tmp = out.with_name(out.name + ".export-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        if fmt == "hf":
-            write_hf(model, tokenizer, meta, tmp, model_card(model, tokenizer, meta, checkpoint, command))
-        else:
-            write_nanogpt(model, tokenizer, meta, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    tmp.rename(out)
+    if fmt == "hf":
+        card = model_card(model, tokenizer, meta, checkpoint, command)
+        write_atomically(dest, lambda tmp: write_hf(model, tokenizer, meta, tmp, card), replace)
+    else:
+        write_atomically(dest, lambda tmp: write_nanogpt(model, tokenizer, meta, tmp), replace)
     return out
 
 
@@ -224,7 +311,7 @@ def usage(out: Path, fmt: str, checkpoint: Path | None = None) -> str:
     if fmt == "hf":
         return (f"Hugging Face model in {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) and "
                 f"AutoTokenizer.from_pretrained({str(out)!r})")
-    meta = json.loads((checkpoint / "config.json").read_text()) if checkpoint else {}
+    meta = read_meta(checkpoint) if checkpoint else {}
     name = nanogpt_dataset_name(meta)
     return (f"nanoGPT checkpoint in {out}; from nanoGPT's folder: mkdir -p data/{name} && cp {out}/meta.pkl "
             f"data/{name}/ && python sample.py --out_dir={out}")
