@@ -121,10 +121,14 @@ def check_shapes(d: Path, cfg: GPTConfig, sd: dict) -> None:
     crafted config.json says."""
     shapes = {k: tuple(v.shape) for k, v in sd["model"].items() if isinstance(v, torch.Tensor)}
     layers = {k.split(".")[2] for k in shapes if k.startswith("transformer.h.")}
-    wte, wpe = shapes.get("transformer.wte.weight", (None, None)), shapes.get("transformer.wpe.weight", (None, None))
-    weights = {"vocab_size": wte[0], "n_embd": wte[1], "block_size": wpe[0], "n_layer": len(layers)}
-    if None in wte or None in wpe or wpe[1] != wte[1]:
+    wte, wpe = shapes.get("transformer.wte.weight"), shapes.get("transformer.wpe.weight")
+    if wte is None or len(wte) != 2 or (wpe is not None and (len(wpe) != 2 or wpe[1] != wte[1])):
         raise CheckpointError(f"checkpoint {d}: {MODEL_FILE} holds no GPT weights this project reads")
+    # rope has no position table: its block_size sizes nothing
+    weights = {"vocab_size": wte[0], "n_embd": wte[1], "n_layer": len(layers),
+               "pos_emb": "rope" if wpe is None else "learned"}
+    if wpe is not None:
+        weights["block_size"] = wpe[0]
     for field, size in weights.items():
         if getattr(cfg, field) != size:
             raise CheckpointError(f"checkpoint {d}: {CONFIG_FILE} says {field}={getattr(cfg, field)} but {MODEL_FILE} "

@@ -11,6 +11,7 @@ Muon's Newton-Schulz is a few large matmuls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,8 +46,17 @@ def use_cache_dir() -> Path:
 def shape_key(model_cfg, batch_size: int, device: torch.device) -> str:
     """What a compiled step depends on: the model's shape, the batch, the device and torch's version."""
     m = model_cfg
+    # the options only where they differ from nanoGPT's, so a default model keeps the key measured before them
+    options = "".join(f" {k}={v}" for k, v in _options(m).items())
     return (f"{device.type} torch{torch.__version__} L{m.n_layer} H{m.n_head} C{m.n_embd} T{m.block_size} "
-            f"V{m.vocab_size} B{batch_size} bias{int(m.bias)} drop{m.dropout:g} {torch.get_num_threads()}t")
+            f"V{m.vocab_size} B{batch_size} bias{int(m.bias)} drop{m.dropout:g}{options} {torch.get_num_threads()}t")
+
+
+def _options(model_cfg) -> dict:
+    """The architecture options (GPTConfig's fields after the shape) that differ from their defaults."""
+    shape = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
+    return {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(model_cfg)
+            if f.name not in shape and getattr(model_cfg, f.name) != f.default}
 
 
 def read_records() -> dict:

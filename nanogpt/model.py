@@ -2,14 +2,17 @@
 
 A state_dict saved by nanoGPT's model.py loads here with strict=True and gives the same
 logits: the module tree (transformer.wte, transformer.h.N.attn.c_attn, lm_head, ...) and
-the initialisation follow nanoGPT exactly. What is added: config checks, FLOPs per token
-and per-head attention maps for teaching.
+the initialisation follow nanoGPT exactly. What is added: config checks, FLOPs per token,
+per-head attention maps for teaching, and today's options (rotary positions, RMSNorm, ReLU^2 or SwiGLU
+MLPs, QK-norm, an untied lm_head, logit soft-capping, zero-init output projections), each off by default:
+a default GPTConfig is nanoGPT's model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -18,9 +21,21 @@ from torch.nn import functional as F
 from nanogpt.errors import UserError
 
 
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+NORM_EPS = 1e-6  # RMSNorm's epsilon (ln_*, qk_norm), Llama's and Qwen3's
+
+
+def swiglu_hidden(n_embd: int) -> int:
+    """SwiGLU's hidden width: 8/3 n_embd (three matrices with the parameters of the 4 n_embd MLP's two),
+    rounded up to a multiple of 8."""
+    return -(-int(8 * n_embd / 3) // 8) * 8
+
+
 @dataclass
 class GPTConfig:
-    """Shape of the network. Field names are nanoGPT's."""
+    """Shape of the network. Field names are nanoGPT's; the options after bias default to nanoGPT's model."""
 
     block_size: int = 1024  # longest context, in tokens
     vocab_size: int = 50304
@@ -29,6 +44,18 @@ class GPTConfig:
     n_embd: int = 768  # must be a multiple of n_head; head size = n_embd // n_head
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2
+    # positions: learned = nanoGPT's wpe table; rope = rotary embeddings on q and k (no wpe), Llama's rotate-half form
+    pos_emb: Literal["learned", "rope"] = "learned"
+    rope_theta: float = 10000.0  # rope: the base of the rotary frequencies
+    # layernorm = nanoGPT's (a weight, and a bias with bias); rmsnorm = parameter-free RMSNorm, for ln_1, ln_2, ln_f
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    # the MLP: gelu = nanoGPT's; relu2 = ReLU squared (4 n_embd hidden); swiglu = SiLU-gated, 8/3 n_embd hidden
+    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
+    qk_norm: bool = False  # parameter-free RMSNorm of each head's q and k (before rope), as Qwen3
+    tie_embeddings: bool = True  # lm_head shares wte's weight (nanoGPT); false: lm_head has its own
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2); 0 = off
+    # output projections (every c_proj, and an untied lm_head) start at zero, as modded-nanogpt and nanochat
+    zero_init: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -42,6 +69,24 @@ class GPTConfig:
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, choices in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        for name in ("bias", "qk_norm", "tie_embeddings", "zero_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("rope_theta", "logit_softcap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
+        head_size = self.n_embd // self.n_head
+        if self.pos_emb == "rope" and head_size % 2:
+            raise ValueError(f"rope rotates pairs of channels: the head size n_embd // n_head ({head_size}) must be "
+                             f"even; try n_embd={self.n_head * (head_size + 1)}, or pos_emb learned")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +104,48 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm without parameters: x / rms(x) over the last dim."""
+
+    def __init__(self, ndim: int):
+        super().__init__()
+        self.ndim = ndim
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(input, (self.ndim,), eps=NORM_EPS)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    return LayerNorm(config.n_embd, bias=config.bias) if config.norm == "layernorm" else RMSNorm(config.n_embd)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim (Hugging Face's Llama and Qwen3)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (B, nh, T, hs) by the angles of cos, sin (T, hs)."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """cos and sin of the rotary angles for the first t positions, in float32 as Hugging Face computes them."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hs = config.n_embd // config.n_head
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.int64).float() / hs))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived: not in the state_dict
+
+    def forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(t, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.float())  # (t, hs / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (t, hs): each angle on both halves, as rotate_half pairs them
+        return emb.cos(), emb.sin()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -70,29 +157,34 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
 
-    def _qkv(self, x: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:  # per head, before the rotation (Qwen3's order)
+            q, k = F.rms_norm(q, (hs,), eps=NORM_EPS), F.rms_norm(k, (hs,), eps=NORM_EPS)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         return q, k, v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, rope)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+    def attention_weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Softmax attention probabilities (B, nh, T, T), computed explicitly for inspection."""
         T = x.size(1)
-        q, k, _ = self._qkv(x)
+        q, k, _ = self._qkv(x, rope)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~mask, float("-inf"))
@@ -102,25 +194,38 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        C = config.n_embd
+        hidden = swiglu_hidden(C) if self.kind == "swiglu" else 4 * C
+        # swiglu: one matrix gives gate and up side by side (c_fc keeps nanoGPT's name)
+        self.c_fc = nn.Linear(C, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
+        if self.kind == "gelu":
+            self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = self.gelu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -129,23 +234,31 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **modules,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config),
             )
         )
+        self.rotary = Rotary(config) if config.pos_emb == "rope" else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the output projection is the token embedding (saves vocab*n_embd params)
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # weight tying: the output projection is the token embedding (saves vocab*n_embd params)
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections: the residual stream sums 2*n_layer of them
         for pn, p in self.named_parameters():
             if pn.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init:  # every block starts as the identity, and an untied lm_head predicts uniformly
+            for pn, p in self.named_parameters():
+                if pn.endswith("c_proj.weight") or (pn == "lm_head.weight" and not config.tie_embeddings):
+                    torch.nn.init.zeros_(p)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -156,11 +269,14 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count. Position embeddings are left out by default, as in nanoGPT;
-        token embeddings stay in because they are tied to lm_head."""
+        """Parameter count. Embedding lookups are left out by default, as in nanoGPT: the position table,
+        and the token table unless it is tied to lm_head (then it is a matmul too)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n_params -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n_params -= self.transformer.wte.weight.numel()
         return n_params
 
     def flops_per_token(self) -> int:
@@ -170,27 +286,37 @@ class GPT(nn.Module):
         return 6 * self.get_num_params() + 12 * L * H * Q * T
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        device = idx.device
         b, t = idx.size()
         if t > self.config.block_size:
             raise ValueError(f"sequence of length {t} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(0, t, dtype=torch.long, device=device)  # (t)
-
-        tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
-        pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
-        x = self.transformer.drop(tok_emb + pos_emb)
+        x, rope = self._embed(idx)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         x = self.transformer.ln_f(x)
 
         if targets is not None:
-            logits = self.lm_head(x)  # (b, t, vocab_size)
+            logits = self._softcap(self.lm_head(x))  # (b, t, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
             # inference-time mini-optimization: only forward the lm_head on the very last position
-            logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab_size); list index keeps the time dim
+            logits = self._softcap(self.lm_head(x[:, [-1], :]))  # (b, 1, vocab_size); list index keeps the time dim
             loss = None
         return logits, loss
+
+    def _embed(self, idx: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token (plus learned position) embeddings of idx (b, t), and rope's (cos, sin) or None."""
+        t = idx.size(1)
+        tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
+        if self.rotary is not None:
+            return tok_emb, self.rotary(t)
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t)
+        pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
+        return tok_emb + pos_emb, None
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
     @torch.no_grad()
     def generate(
@@ -241,12 +367,11 @@ class GPT(nn.Module):
             t = self.config.block_size
         was_training = self.training
         self.eval()
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x, rope = self._embed(idx)
         maps = []
         for block in self.transformer.h:
-            maps.append(block.attn.attention_weights(block.ln_1(x))[0])  # (nh, t, t)
-            x = block(x)
+            maps.append(block.attn.attention_weights(block.ln_1(x), rope)[0])  # (nh, t, t)
+            x = block(x, rope)
         self.train(was_training)
         return torch.stack(maps)  # (n_layer, nh, t, t)
 

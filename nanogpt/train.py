@@ -80,7 +80,7 @@ class TrainConfig:
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = CUDA when available; mps = Apple GPUs
     # adamw: AdamW on every parameter; muon: Muon (nanogpt.muon: torch.optim.Muon's rule, batched) on the 2-D weights
-    # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied to wte), norms, biases
+    # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied or not), norms, biases
     optimizer: Literal["adamw", "muon"] = "adamw"
     # cosine: warmup, then cosine decay to min_lr; wsd (warmup-stable-decay): warmup, the peak learning rate,
     # then a linear decay to min_lr over the last cooldown_frac of the planned steps
@@ -619,7 +619,7 @@ class Trainer:
         """Continue from a checkpoint written by save() for the same model and data.
         `checkpoint`: what read_checkpoint(directory) returned, when the caller has read it already."""
         meta, sd = checkpoint or read_checkpoint(directory)
-        if meta["model"] != self.model_cfg.to_dict():
+        if GPTConfig(**meta["model"]) != self.model_cfg:  # an older config.json: the options it lacks at their defaults
             raise CheckpointError(f"checkpoint {directory} holds a different model config: {meta['model']}")
         self.load_state_dict(sd)
         self.history = list(meta.get("history", []))

@@ -19,12 +19,23 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path / "cache"))
 
 
-def make(data, dropout=0.0, **kw):
+def make(data, dropout=0.0, model: dict | None = None, **kw):
     td, tok = data
     cfg = TrainConfig(**{"max_steps": 20, "batch_size": 4, "learning_rate": 3e-3, "eval_interval": 10,
                          "eval_iters": 2, **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout),
-                   cfg, td, tok)
+    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
+                             **(model or {})), cfg, td, tok)
+
+
+def test_the_shape_key_holds_the_model_options():
+    cpu = torch.device("cpu")
+    plain = C.shape_key(GPTConfig(n_layer=1, n_head=2, n_embd=16), 4, cpu)
+    assert "=" not in plain  # a default model keeps the key its records were measured under
+    keys = {C.shape_key(GPTConfig(n_layer=1, n_head=2, n_embd=16, **kw), 4, cpu) for kw in
+            [dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"), dict(mlp="swiglu"), dict(qk_norm=True),
+             dict(tie_embeddings=False), dict(logit_softcap=30.0), dict(zero_init=True), dict(rope_theta=500.0)]}
+    assert len(keys) == 9 and plain not in keys
+    assert "mlp=swiglu" in C.shape_key(GPTConfig(n_layer=1, n_head=2, n_embd=16, mlp="swiglu"), 4, cpu)
 
 
 def slow_identity_compile(seconds):
@@ -133,3 +144,16 @@ def test_compiled_losses_equal_eager_and_checkpoints_move_between_them(data, tmp
     assert resumed_compiled.history[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], abs=1e-5)
     for (k, p), q in zip(eager_trainer.model.state_dict().items(), resumed_compiled.model.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_compiled_model_options_give_eager_losses(data):
+    options = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False,
+                   logit_softcap=15.0, zero_init=True)
+    eager = make(data, model=options).run()
+    compiled_trainer = make(data, model=options, compile="on")
+    compiled = compiled_trainer.run()
+    assert compiled_trainer.compiler.compiled
+    for a, b in zip(eager, compiled):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)

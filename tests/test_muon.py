@@ -9,12 +9,12 @@ from nanogpt.model import GPTConfig
 from nanogpt.train import Trainer, TrainConfig
 
 
-def make(data, **kw):
+def make(data, model: dict | None = None, **kw):
     td, tok = data
     cfg = TrainConfig(**{"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "eval_interval": 10,
                          "eval_iters": 2, "optimizer": "muon", **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16, dropout=0.1),
-                   cfg, td, tok)
+    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16, dropout=0.1,
+                             **(model or {})), cfg, td, tok)
 
 
 def test_muon_takes_the_block_matrices_adamw_the_rest(data):
@@ -29,6 +29,18 @@ def test_muon_takes_the_block_matrices_adamw_the_rest(data):
     assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
     assert type(muon).__module__ == "nanogpt.muon"
     assert len(make(data, optimizer="adamw").optimizers) == 1
+
+
+def test_muon_with_the_model_options_keeps_embeddings_and_an_untied_head_in_adamw(data):
+    t = make(data, model=dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False, bias=False))
+    adamw, muon = t.optimizers
+    names = {id(p): n for n, p in t.model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_adamw == {"transformer.wte.weight", "lm_head.weight"}  # no wpe, no norm weights, no biases
+    assert in_muon == {f"transformer.h.{i}.{m}.weight" for i in range(2)
+                       for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert t.model.transformer.h[0].mlp.c_fc.weight.shape == (96, 16)  # gate and up: one matrix to Muon
 
 
 def test_muon_learns_and_differs_from_adamw(data):

@@ -13,11 +13,16 @@ from nanogpt.train import Trainer, TrainConfig, lr_at
 METRICS = {"step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "n_params", "elapsed_s"}
 
 
-def make(data, dropout=0.0, **kw):
+# every GPTConfig option away from nanoGPT's
+ALL_OPTIONS = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False,
+                   logit_softcap=15.0, zero_init=True)
+
+
+def make(data, dropout=0.0, model: dict | None = None, **kw):
     td, tok = data
     cfg = TrainConfig(**{"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "eval_interval": 10, "eval_iters": 2, **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout),
-                   cfg, td, tok)
+    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
+                             **(model or {})), cfg, td, tok)
 
 
 @pytest.mark.parametrize("kw", [dict(learning_rate=0), dict(max_steps=0), dict(min_lr=1.0), dict(device="tpu"),
@@ -79,9 +84,12 @@ def test_train_loss_from_steps_evaluates_val_only(data):
     assert [m["val_loss"] for m in history] == [m["val_loss"] for m in make(data).run()]
 
 
-@pytest.mark.parametrize("train_loss_from", ["eval", "steps"])
-def test_resume_equals_uninterrupted(data, tmp_path, train_loss_from):
-    opts = dict(dropout=0.1, train_loss_from=train_loss_from)
+@pytest.mark.parametrize("opts", [dict(train_loss_from="eval"), dict(train_loss_from="steps"),
+                                  # every model option, under Muon and wsd with cooldown branches
+                                  dict(model=ALL_OPTIONS, optimizer="muon", schedule="wsd", cooldown_rungs=[20.0])],
+                         ids=["eval", "steps", "all-options"])
+def test_resume_equals_uninterrupted(data, tmp_path, opts):
+    opts = dict(dropout=0.1, **opts)
     straight = make(data, **opts).run()
     class Killed(Exception):
         pass
@@ -96,7 +104,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, train_loss_from):
     second = make(data, **opts)
     second.restore(tmp_path / "ckpt")
     resumed = second.run()
-    assert len(resumed) == len(straight) == 4
+    assert len(resumed) == len(straight) == (3 if "cooldown_rungs" in opts else 4)  # branches take their steps
     for a, b in zip(straight, resumed):
         assert a["step"] == b["step"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
@@ -153,6 +161,64 @@ def test_checkpoint_files_and_errors(data, tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(CheckpointError, match="missing"):
         load_model(tmp_path / "half")
+
+
+@pytest.mark.parametrize("option", [dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"), dict(mlp="swiglu"),
+                                    dict(qk_norm=True), dict(tie_embeddings=False), dict(logit_softcap=3.0),
+                                    dict(zero_init=True)], ids=lambda kw: "-".join(map(str, kw.values())))
+def test_each_option_saves_and_loads(data, tmp_path, option):
+    t = make(data, model=option, max_steps=10)
+    t.run()
+    model, _, meta = load_model(t.save(tmp_path / "c"))
+    assert GPTConfig(**meta["model"]) == t.model_cfg and all(meta["model"][k] == v for k, v in option.items())
+    x = torch.randint(0, data[1].vocab_size, (2, 16))
+    t.model.eval()
+    torch.testing.assert_close(model(x, x)[0], t.model(x, x)[0])
+    if not option.get("tie_embeddings", True):  # loaded untied, not tied to whichever of the two came last
+        assert model.lm_head.weight is not model.transformer.wte.weight
+        torch.testing.assert_close(model.lm_head.weight, t.model.lm_head.weight)
+
+
+def test_a_config_json_from_before_the_options_loads_and_resumes(data, tmp_path):
+    import json
+
+    t = make(data, max_steps=20)
+    t.run(lambda m, tr: tr.save(tmp_path / "c") if m["step"] == 10 else None)
+    meta = json.loads((tmp_path / "c" / "config.json").read_text())
+    for key in ALL_OPTIONS | {"rope_theta": 0}:
+        del meta["model"][key]
+    (tmp_path / "c" / "config.json").write_text(json.dumps(meta))
+    assert load_model(tmp_path / "c")[2]["model"].keys().isdisjoint(ALL_OPTIONS)
+    resumed = make(data, max_steps=20)
+    resumed.restore(tmp_path / "c")
+    assert [m["val_loss"] for m in resumed.run()] == [m["val_loss"] for m in t.history]
+
+
+def test_a_rope_config_does_not_load_learned_weights(data, tmp_path):
+    import json
+
+    d = make(data, max_steps=10).save(tmp_path / "c")
+    meta = json.loads((d / "config.json").read_text())
+    meta["model"]["pos_emb"] = "rope"
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="pos_emb=rope but model.pt holds weights for pos_emb=learned"):
+        load_model(d)
+
+
+def test_train_cli_takes_the_model_options(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("nanogpt.train", "--dataset", "counting", "--max-steps", "4", "--eval-interval", "4",
+                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+                   "--eval-iters", "1", "--out", str(out), "--sample-tokens", "3", "--compile", "off",
+                   "--pos-emb", "rope", "--norm", "rmsnorm", "--mlp", "relu2", "--qk-norm", "true",
+                   "--tie-embeddings", "false", "--logit-softcap", "30", "--zero-init", "true", "--rope-theta", "500")
+    assert proc.returncode == 0, proc.stderr
+    _, _, meta = load_model(out)
+    assert {k: meta["model"][k] for k in ALL_OPTIONS | {"rope_theta": 0}} == dict(
+        pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, logit_softcap=30.0,
+        zero_init=True, rope_theta=500.0)
+    assert_one_line_error(run_cli("nanogpt.train", "--dataset", "counting", "--pos-emb", "rope", "--n-head", "2",
+                                  "--n-embd", "6", "--out", str(tmp_path / "odd")), "even")
 
 
 @pytest.fixture(scope="module")
