@@ -81,7 +81,7 @@ class Hparams:
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
-                         bias=False)  # nanoGPT: a little better and faster without biases
+                         bias=MODEL_BIAS)
 
     def train_config(self, *, budget_unit: str, budget: float, eval_every: float, device: str = "cpu",
                      **shared: Any) -> TrainConfig:
@@ -96,6 +96,7 @@ class Hparams:
                            device=device, **shared)
 
 
+MODEL_BIAS = False  # every trial's model (nanoGPT: a little better and faster without biases)
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
 # the columns a trial is shown by: the hyperparameters, with the model's width n_embd for head_dim
 SHOWN = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
