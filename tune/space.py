@@ -117,6 +117,7 @@ class Hparams:
 
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
+HPARAM_DEFAULTS = {f.name: f.default for f in fields(Hparams) if f.default is not MISSING}  # the fields added later
 ARCHITECTURE = ("pos_emb", "norm", "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "zero_init")  # GPTConfig's
 # the columns a trial is shown by: the hyperparameters, with the model's width n_embd for head_dim
 SHOWN = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
@@ -149,8 +150,7 @@ def is_bool(name: str) -> bool:
 
 def with_defaults(space: dict) -> dict:
     """A space (specs or their JSON) with the fields added since it was saved at their defaults."""
-    added = {f.name: f.default for f in fields(Hparams) if f.name not in space and f.default is not MISSING}
-    return {**space, **added}
+    return {**space, **{k: v for k, v in HPARAM_DEFAULTS.items() if k not in space}}
 
 
 # --- specs: distributions and constants ---------------------------------------------------------
