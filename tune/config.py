@@ -28,8 +28,8 @@ from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, 
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
-from tune.space import (FLAGS, HPARAMS, MODEL_BIAS, PRESETS, Hparams, Preset, SpaceSampler, check_spec, describe,
-                        describe_space, parse_range, space_from_json, space_to_json, spec_values)
+from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_space, check_spec, describe,
+                        describe_space, parse_range, space_from_json, space_to_json, spec_values, with_defaults)
 from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
@@ -250,7 +250,7 @@ class SearchConfig:
     # --- what it derives
 
     def space_specs(self) -> dict:
-        return space_from_json(self.space)
+        return with_defaults(space_from_json(self.space))  # a search saved before a field was added: its default
 
     def space_sampler(self) -> SpaceSampler:
         return SpaceSampler(self.space)
@@ -562,18 +562,19 @@ def _check_export(fmt: str | None, tokenizer: str, space: dict | None = None) ->
         instead = f"use --export {' or '.join(exports)}" if exports else "leave --export off"
         raise UserError(f"--export {fmt} cannot hold a {tokenizer} tokenizer{why}: {instead}")
     choices = {name: spec_values(spec) for name, spec in (space or {}).items() if name in (*NANOGPT_ARCH, "bias")}
-    choices.setdefault("bias", [MODEL_BIAS])  # Hparams.model_config's
+    choices.setdefault("bias", [False])  # Hparams.model_config's
     if problem := choices_problem(choices, fmt):
         raise UserError(f"--export {fmt}: {problem}")
 
 
 def _space(args: argparse.Namespace, preset: Preset) -> dict:
-    space = dict(preset.space)
+    space = with_defaults(preset.space)  # a preset that leaves the architecture out keeps nanoGPT's, saved whole
     for f in FLAGS.values():
         if getattr(args, f.name) is not None:
             space[f.name] = parse_range(f.metadata["flag"], getattr(args, f.name))
     for hparam, spec in space.items():
         check_spec(hparam, spec)  # a preset's own values too (muon where torch lacks it)
+    check_space(space)
     return space
 
 
