@@ -33,15 +33,76 @@ def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (d / name).is_file():
             raise CheckpointError(f"{d} is not a checkpoint: {name} is missing")
-    try:
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        GPTConfig(**meta["model"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {d} has a corrupt {CONFIG_FILE} ({e})") from None
+    meta = read_meta(d)
     # mapped, not read: the tensors' shapes cost no memory, and the config is checked against them before
     # anything the config asks for is allocated
     check_shapes(d, GPTConfig(**meta["model"]), _load(d, mmap=True))
     return meta, _load(d)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# config.json's fields that are read besides "model" (exports, model cards, resuming), and the JSON each must be
+# when present: a crafted file fails here, in one line, not deep in what reads it
+_META_FIELDS = {"train": (dict, "an object"), "history": (list, "a list"), "dataset": (str, "a string"),
+                "step": (_integer, "an integer")}
+_TRAIN_FIELDS = {"max_steps": (_integer, "an integer"), "budget_unit": (str, "a string"),
+                 "budget": (lambda x: x is None or _number(x), "a number or null")}
+_HISTORY_FIELDS = {"step": (_integer, "an integer"), "val_loss": (_number, "a number"), "val_bpc": (_number, "a number")}
+
+
+def _problem(obj: dict, fields: dict, where: str) -> str | None:
+    for key, (kind, what) in fields.items():
+        if key in obj and not (isinstance(obj[key], kind) if isinstance(kind, type) else kind(obj[key])):
+            return f"{where}{key} must be {what}, not {json.dumps(obj[key])[:40]}"
+    return None
+
+
+def meta_problem(meta) -> str | None:
+    """What is wrong with config.json's contents, or None: the model config GPTConfig takes, and the other
+    fields' JSON types."""
+    if not isinstance(meta, dict):
+        return "it holds no JSON object"
+    if not isinstance(meta.get("model"), dict):
+        return '"model" must be an object (the model config)'
+    try:
+        GPTConfig(**meta["model"])
+    except (ValueError, TypeError) as e:
+        return f"model: {e}"
+    problem = _problem(meta, _META_FIELDS, "")
+    if problem is None and "train" in meta:
+        problem = _problem(meta["train"], _TRAIN_FIELDS, "train.")
+    for i, h in enumerate(meta.get("history", []) if problem is None else []):
+        problem = f"history[{i}] must be an object" if not isinstance(h, dict) else _problem(h, _HISTORY_FIELDS,
+                                                                                          f"history[{i}].")
+        if problem:
+            break
+    return problem
+
+
+def read_meta(directory: str | Path) -> dict:
+    """config.json of a checkpoint directory, checked (meta_problem); a bad one is a CheckpointError naming it."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"checkpoint {directory} has a corrupt {CONFIG_FILE} ({_first_line(e)}): "
+                              f"retrain or pick another checkpoint") from None
+    if problem := meta_problem(meta):
+        raise CheckpointError(f"checkpoint {directory} has a corrupt {CONFIG_FILE} ({problem}): "
+                              f"retrain or pick another checkpoint")
+    return meta
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _load(d: Path, mmap: bool = False) -> dict:
@@ -81,7 +142,8 @@ def read_checkpoint_tokenizer(directory: str | Path):
     try:
         return load_tokenizer(d / TOKENIZER_FILE)
     except Exception as e:  # JSON, key and tokenizers-library errors all mean the same to the user
-        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"checkpoint {d} has a corrupt {TOKENIZER_FILE} ({_first_line(e)}): "
+                              f"retrain or pick another checkpoint") from None
 
 
 def load_model(directory: str | Path, device: str = "cpu"):

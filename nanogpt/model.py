@@ -91,6 +91,15 @@ class GPTConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def architecture(self) -> str:
+        """The options in words, e.g. 'rope, rmsnorm, relu2 MLP, qk_norm, untied lm_head, zero init'."""
+        parts = ["learned positions" if self.pos_emb == "learned" else
+                 "rope" + (f" (theta {self.rope_theta:g})" if self.rope_theta != 10000.0 else ""),
+                 self.norm, f"{self.mlp} MLP"]
+        parts += ["qk_norm"] * self.qk_norm + ["tied lm_head" if self.tie_embeddings else "untied lm_head"]
+        parts += [f"logit softcap {self.logit_softcap:g}"] * (self.logit_softcap > 0) + ["zero init"] * self.zero_init
+        return ", ".join(parts)
+
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""

@@ -105,6 +105,12 @@ class CharTokenizer:
     exports = ("hf", "nanogpt")  # nanoGPT's meta.pkl maps characters: it holds this one alone
 
     def __init__(self, chars: list[str]):
+        if not isinstance(chars, list):
+            raise ValueError(f"CharTokenizer needs a list of characters, not {type(chars).__name__}")
+        for ch in chars:
+            if not (isinstance(ch, str) and len(ch) == 1) or "\ud800" <= ch <= "\udfff":
+                raise ValueError(f"CharTokenizer's characters must each be one Unicode character (no lone "
+                                 f"surrogate), not {json.dumps(ch)[:40]}")
         if len(set(chars)) != len(chars) or UNK in chars:
             raise ValueError("CharTokenizer needs distinct characters, without <unk>")
         self.chars = list(chars)
@@ -175,7 +181,7 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
-        return cls(d["chars"])
+        return cls(d.get("chars"))
 
 
 class _CharStream:
@@ -305,6 +311,8 @@ class BPETokenizer:
     def from_dict(cls, d: dict) -> "BPETokenizer":
         from tokenizers import Tokenizer as HFTokenizer
 
+        if not isinstance(d.get("tokenizer"), dict):
+            raise ValueError('a BPE tokenizer needs "tokenizer": the tokenizers library\'s JSON object')
         return cls(HFTokenizer.from_str(json.dumps(d["tokenizer"])))
 
 
@@ -434,8 +442,12 @@ TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 
 def tokenizer_from_dict(d: dict) -> CharTokenizer | BPETokenizer:
+    """The tokenizer a saved JSON object describes; one that is not a tokenizer of ours is a ValueError saying why
+    (checked here, where every saved tokenizer is read: nothing built from it fails later)."""
+    if not isinstance(d, dict):
+        raise ValueError("a tokenizer is a JSON object")
     kind = d.get("kind")
-    if kind not in TOKENIZERS:
+    if not isinstance(kind, str) or kind not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer kind {kind!r} (expected one of {', '.join(TOKENIZERS)})")
     return TOKENIZERS[kind].from_dict(d)
 
@@ -445,4 +457,4 @@ def save_tokenizer(tok, path: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
-    return tokenizer_from_dict(json.loads(Path(path).read_text()))
+    return tokenizer_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -774,7 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     data, tokenizer, cfg = trainer.data, trainer.tokenizer, trainer.cfg
     prompts = args.prompt or default_prompts(data.dataset, data.head)
     print(f"data: {data.describe()}; {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
-    print(f"model: {trainer.model.get_num_params():,} parameters on {trainer.device}, {torch.get_num_threads()} threads")
+    print(f"model: {trainer.model.get_num_params():,} parameters ({trainer.model_cfg.architecture()}) on {trainer.device}, "
+          f"{torch.get_num_threads()} threads")
 
     def show_samples(when: str) -> None:
         print(f"\n--- samples {when} (temperature {args.temperature}) ---")

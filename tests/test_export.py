@@ -232,3 +232,138 @@ def test_a_searchs_best_model_loads_in_transformers_and_nanogpt(tiny_search, tmp
         meta = pickle.load(f)
     y = model.generate(torch.tensor([[meta["stoi"][c] for c in prompt]]), 8, temperature=1.0, top_k=1)
     assert "".join(meta["itos"][i] for i in y[0].tolist()) == want
+
+
+# --- where the export goes (issue 29) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint trained two steps: for tests of where files go and what is refused, not of what a model says."""
+    ds = load_dataset("counting")
+    tok = CharTokenizer.from_text(ds.text)
+    cfg = GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8)
+    t = Trainer(cfg, TrainConfig(max_steps=2, batch_size=2, eval_interval=2, eval_iters=1, device="cpu"),
+                tokenize(ds, tok), tok)
+    t.run()
+    return t.save(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+def _tree(d: Path) -> dict:
+    """Every path under d (links not followed) -> its bytes, its link target, or None for a directory."""
+    out = {}
+    for p in sorted(d.rglob("*")):
+        out[str(p.relative_to(d))] = (os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None)
+    return out
+
+
+def test_export_into_a_symlink_to_an_empty_directory_writes_there_and_leaves_no_temporary(tiny_ckpt, tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "target")
+    proc = run_cli("nanogpt.export", str(tiny_ckpt), str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "target" / "model.safetensors").is_file()
+
+
+def test_export_to_a_dangling_symlink_is_one_line_and_writes_nothing(tiny_ckpt, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    assert_one_line_error(run_cli("nanogpt.export", str(tiny_ckpt), str(tmp_path / "out")), "symbolic link", "nowhere")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not (tmp_path / "nowhere").exists()
+
+
+def test_export_leaves_an_existing_export_tmp_directory_or_link_as_it_was(tiny_ckpt, tmp_path):
+    (tmp_path / "a.export-tmp").mkdir()
+    (tmp_path / "a.export-tmp" / "keep.txt").write_text("someone else's")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "b.export-tmp").symlink_to(tmp_path / "elsewhere")
+    before = _tree(tmp_path)
+    export(tiny_ckpt, tmp_path / "a", "hf")
+    export(tiny_ckpt, tmp_path / "b", "nanogpt")
+    after = _tree(tmp_path)
+    assert {k: v for k, v in after.items() if k.split("/")[0] not in ("a", "b")} == before
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["ckpt.pt", "meta.pkl"]
+
+
+def test_export_that_fails_while_writing_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypatch):
+    from nanogpt import export as export_mod
+
+    def fail(model, tokenizer, meta, out, card):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("a bug while writing")
+
+    monkeypatch.setattr(export_mod, "write_hf", fail)
+    with pytest.raises(RuntimeError, match="a bug while writing"):
+        export(tiny_ckpt, tmp_path / "new" / "out", "hf")
+    assert list(tmp_path.iterdir()) == []  # neither the temporary directory nor the parent made for it
+
+
+def test_search_export_replaces_a_previous_export_but_not_a_folder_of_other_files(tiny_ckpt, tmp_path):
+    """tune.search --export makes best-FORMAT/ again on every run through the same writer: the previous export is
+    swapped for the new one once it is whole; a directory holding anything an export does not write is refused."""
+    export(tiny_ckpt, tmp_path / "best-nanogpt", "nanogpt")
+    (tmp_path / "best-nanogpt" / "meta.pkl").write_bytes(b"stale")
+    export(tiny_ckpt, tmp_path / "best-nanogpt", "nanogpt", replace=True)
+    assert (tmp_path / "best-nanogpt" / "meta.pkl").read_bytes() != b"stale"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-nanogpt"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export(tiny_ckpt, tmp_path / "mine", "nanogpt", replace=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+# --- crafted checkpoints (issue 29) --------------------------------------------------------------------------
+
+
+def _craft(ckpt: Path, dest: Path, file: str, change) -> Path:
+    import json
+
+    shutil.copytree(ckpt, dest)
+    d = json.loads((dest / file).read_text())
+    change(d)
+    (dest / file).write_text(json.dumps(d))
+    return dest
+
+
+CRAFTED = {
+    "int-character": ("tokenizer.json", lambda d: d["chars"].__setitem__(5, 5), "tokenizer.json"),
+    "lone-surrogate": ("tokenizer.json", lambda d: d["chars"].__setitem__(5, "\ud800"), "tokenizer.json"),
+    "train-a-list": ("config.json", lambda d: d.__setitem__("train", [1, 2]), "config.json"),
+}
+COMMANDS = {
+    "export-hf": lambda ck, out: ("nanogpt.export", str(ck), str(out), "--format", "hf"),
+    "export-nanogpt": lambda ck, out: ("nanogpt.export", str(ck), str(out), "--format", "nanogpt"),
+    "sample": lambda ck, out: ("nanogpt.sample", "--checkpoint", str(ck), "--max-new-tokens", "20"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("crafted", CRAFTED)
+def test_crafted_checkpoint_is_one_line_naming_its_file_for_export_and_sample(tiny_ckpt, tmp_path, crafted, command):
+    file, change, needle = CRAFTED[crafted]
+    ck = _craft(tiny_ckpt, tmp_path / "ck", file, change)
+    proc = run_cli(*COMMANDS[command](ck, tmp_path / "out"))
+    assert_one_line_error(proc, needle, "corrupt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+@pytest.mark.parametrize("file, change, needle", [
+    ("tokenizer.json", lambda d: d.__setitem__("chars", "abc"), "list of characters"),
+    ("tokenizer.json", lambda d: d["chars"].__setitem__(5, "ab"), "one Unicode character"),
+    ("tokenizer.json", lambda d: d.__setitem__("kind", ["char"]), "unknown tokenizer kind"),
+    ("tokenizer.json", lambda d: d.update(kind="bpe", tokenizer=[1]), "JSON object"),
+    ("config.json", lambda d: d["history"].append(7), "history[1] must be an object"),
+    ("config.json", lambda d: d["history"][0].__setitem__("val_loss", "low"), "history[0].val_loss must be a number"),
+    ("config.json", lambda d: d["train"].__setitem__("budget", "x"), "train.budget"),
+    ("config.json", lambda d: d.__setitem__("step", [3]), "step must be an integer"),
+    ("config.json", lambda d: d.__setitem__("model", [3]), '"model" must be an object'),
+], ids=["chars-a-string", "two-characters", "kind-a-list", "bpe-not-an-object", "history-not-objects",
+        "val-loss-a-string", "budget-a-string", "step-a-list", "model-a-list"])
+def test_crafted_checkpoint_is_refused_on_load_naming_its_file(tiny_ckpt, tmp_path, file, change, needle):
+    from nanogpt.checkpoint import CheckpointError
+
+    ck = _craft(tiny_ckpt, tmp_path / "ck", file, change)
+    with pytest.raises(CheckpointError) as e:
+        load_model(ck)
+    assert file in str(e.value) and needle in str(e.value) and "\n" not in str(e.value)

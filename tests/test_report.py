@@ -3,6 +3,7 @@
 import shutil
 import struct
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -101,6 +102,16 @@ def test_report_cli_rebuilds_with_custom_prompt(exp):
     text = (exp / "report.md").read_text()
     assert "### Prompt 'Number 42 comes'" in text
     assert (exp / "plots" / "learning_curves.png").exists()
+
+
+def test_the_summary_names_the_best_trials_architecture():
+    from tune.report import _architecture
+    from tune.space import HPARAM_DEFAULTS
+
+    assert _architecture(pd.Series(HPARAM_DEFAULTS)) == "learned positions, layernorm, gelu MLP, tied lm_head"
+    modern = pd.Series({**HPARAM_DEFAULTS, "pos_emb": "rope", "mlp": "relu2", "qk_norm": np.bool_(True),
+                        "zero_init": True, "tie_embeddings": False, "logit_softcap": np.float64(30)})
+    assert _architecture(modern) == "rope, layernorm, relu2 MLP, qk_norm, untied lm_head, logit softcap 30, zero init"
 
 
 def test_pareto_front():

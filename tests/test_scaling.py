@@ -44,6 +44,12 @@ def test_non_embedding_params_match_the_model():
     assert non_embedding_params({"n_layer": 2, "n_head": 2, "head_dim": 12}) == \
         sum(p.numel() for p in model.parameters()) - embeddings
     assert non_embedding_params({"n_layer": 2, "n_head": "2", "head_dim": 12}) is None
+    for options in (dict(mlp="swiglu"), dict(mlp="relu2", norm="rmsnorm", pos_emb="rope", tie_embeddings=False)):
+        model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=24, bias=False, **options))
+        embeddings = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("wte.weight", "wpe.weight")))
+        head = 0 if model.config.tie_embeddings else model.lm_head.weight.numel()
+        assert non_embedding_params({"n_layer": 2, "n_head": 2, "head_dim": 12, **options}) == \
+            sum(p.numel() for p in model.parameters()) - embeddings - head
 
 
 def test_fit_recovers_known_parameters():

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
 from tune.config import SearchConfig, build_parser, config_from_args, parse_amount
-from tune.space import HPARAMS, PRESETS, Hparams, SpaceSampler, parse_range, space_to_json
+from tune.space import HPARAMS, PRESETS, Hparams, SpaceSampler, largest, parse_range, space_to_json, with_defaults
 
 
 @pytest.mark.parametrize("flag,text,expected", [
@@ -22,6 +22,11 @@ from tune.space import HPARAMS, PRESETS, Hparams, SpaceSampler, parse_range, spa
     ("lr", "1e-4:3e-3", FloatDistribution(1e-4, 3e-3, log=True)),
     ("batch-size", "8,16,32", CategoricalDistribution((8, 16, 32))),
     ("n-layer", "3", 3),
+    ("pos-emb", "learned,rope", CategoricalDistribution(("learned", "rope"))),
+    ("mlp", "swiglu", "swiglu"),
+    ("qk-norm", "true,false", CategoricalDistribution((True, False))),
+    ("tie-embeddings", "false", False),
+    ("logit-softcap", "0,15,30", CategoricalDistribution((0.0, 15.0, 30.0))),
 ])
 def test_parse_range(flag, text, expected):
     assert parse_range(flag, text) == expected
@@ -40,6 +45,10 @@ def test_parse_range(flag, text, expected):
     ("batch-size", "a,b", "not a number"),
     ("dropout", "0:0.1:0.05", "not a range"),
     ("n-layer", "1:6:2", "multiple of the step"),
+    ("pos-emb", "learned,alibi", "learned or rope"),
+    ("norm", "1", "layernorm or rmsnorm"),
+    ("qk-norm", "maybe", "not true or false"),
+    ("logit-softcap", "-1", ">= 0"),
 ])
 def test_parse_range_rejects(flag, text, needle):
     with pytest.raises(UserError) as e:
@@ -83,7 +92,7 @@ def test_presets_exist_and_are_sane():
     assert {"laptop", "shakespeare-cpu", "gpu"} <= set(PRESETS)
     assert PRESETS["laptop"].dataset == "mixed" and PRESETS["gpu"].gpus_per_trial == 0.25
     for p in PRESETS.values():
-        assert set(p.space) == set(HPARAMS)
+        assert set(p.space) <= set(HPARAMS) and set(with_defaults(p.space)) == set(HPARAMS)
         budget, unit = parse_amount(p.trial_budget, "preset")
         assert p.grace_period <= budget and (p.grace_period / p.eval_every).is_integer()
 
@@ -173,3 +182,55 @@ def test_search_config_is_frozen(tmp_path):
     cfg = _config(tmp_path=tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.num_samples = 3
+
+
+def test_the_architecture_is_searched_or_fixed_like_the_optimizer(tmp_path):
+    cfg = _config("--pos-emb", "learned,rope", "--mlp", "gelu,swiglu", "--qk-norm", "true,false", "--norm", "rmsnorm",
+                  "--zero-init", "true", tmp_path=tmp_path)
+    specs = cfg.space_specs()
+    assert specs["pos_emb"] == CategoricalDistribution(("learned", "rope")) and specs["norm"] == "rmsnorm"
+    assert specs["qk_norm"] == CategoricalDistribution((True, False)) and specs["zero_init"] is True
+    assert cfg.space["tie_embeddings"] is True and cfg.space["logit_softcap"] == 0.0  # recorded in search.json
+    sampler = SpaceSampler(cfg.space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        constants = sampler(trial)  # samples first: trial.params fills as it does
+        hp = Hparams.from_config({**trial.params, **constants})
+        model = hp.model_config(vocab_size=65)
+        assert (model.norm, model.zero_init, model.tie_embeddings) == ("rmsnorm", True, True)
+        seen.add((model.pos_emb, model.mlp, model.qk_norm))
+        study.tell(trial, 1.0)
+    assert {s[0] for s in seen} == {"learned", "rope"} and {s[2] for s in seen} == {True, False}
+    assert largest(specs).mlp == "swiglu"
+    with pytest.raises(UserError, match="every --head-dim must be even"):
+        _config("--pos-emb", "rope", "--head-dim", "15,16", tmp_path=tmp_path)
+
+
+def test_the_default_preset_keeps_nanogpts_architecture_and_the_modern_one_fixes_its_own(tmp_path):
+    hp = Hparams.from_config(SpaceSampler(_config(tmp_path=tmp_path).space)(optuna.create_study().ask()) | dict(
+        n_layer=2, n_head=2, learning_rate=1e-3, batch_size=16))
+    assert hp.model_config(65) == GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=2, n_embd=32, bias=False)
+    assert "rope" not in hp.line()
+    modern = _config("--preset", "shakespeare-modern", tmp_path=tmp_path).space
+    assert {k: modern[k] for k in ("pos_emb", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init")} == dict(
+        pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, zero_init=True)
+    line = Hparams.from_config({**modern, "n_layer": 2, "head_dim": 32, "learning_rate": 1e-2, "batch_size": 32}).line()
+    assert line.endswith("muon rope rmsnorm relu2 qk_norm=True tied=False zero_init=True")
+
+
+def test_a_trial_config_from_before_the_architecture_takes_nanogpts():
+    old = dict(n_layer=2, n_head=2, head_dim=16, dropout=0.0, learning_rate=1e-3, batch_size=16, block_size=64,
+               weight_decay=0.1, optimizer="adamw")
+    assert Hparams.from_config(old).model_config(65).architecture() == \
+        GPTConfig().architecture() == "learned positions, layernorm, gelu MLP, tied lm_head"
+
+
+def test_dry_run_shows_the_searched_architecture(run, tmp_path):
+    proc = run("tune.search", "--dry-run", "--pos-emb", "learned,rope", "--mlp", "relu2", "--results-dir",
+               str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert '"pos_emb": {' in proc.stdout and '"mlp": "relu2"' in proc.stdout
+    assert "relu2 MLP" in proc.stdout  # the first trial's architecture
+    assert not any(tmp_path.iterdir())

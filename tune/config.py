@@ -29,8 +29,8 @@ from nanogpt.tokenizer import DEFAULT_BPE_VOCAB, DEFAULT_TOKENIZER, TOKENIZERS, 
 from nanogpt.train import UNITS, default_eval_every
 from optuna.distributions import json_to_distribution
 
-from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_spec, describe, describe_space,
-                        parse_range, space_from_json, space_to_json)
+from tune.space import (FLAGS, HPARAMS, PRESETS, Hparams, Preset, SpaceSampler, check_space, check_spec, describe,
+                        describe_space, parse_range, space_from_json, space_to_json, spec_values, with_defaults)
 from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
@@ -251,7 +251,7 @@ class SearchConfig:
     # --- what it derives
 
     def space_specs(self) -> dict:
-        return space_from_json(self.space)
+        return with_defaults(space_from_json(self.space))  # a search saved before a field was added: its default
 
     def space_sampler(self) -> SpaceSampler:
         return SpaceSampler(self.space)
@@ -550,23 +550,33 @@ def _final(args: argparse.Namespace, values: dict, budget: float, unit: str) -> 
                 time_budget_s=total * (1 - FINAL_TIME_SHARE) if auto else total)
 
 
-def _check_export(fmt: str | None, tokenizer: str) -> None:
-    """--export FORMAT: refused now, before the search, where the tokenizer cannot go into that format."""
-    exports = getattr(TOKENIZERS[tokenizer], "exports", ())
-    if fmt is None or fmt in exports:
+def _check_export(fmt: str | None, tokenizer: str, space: dict | None = None) -> None:
+    """--export FORMAT: refused now, before the search, where the tokenizer cannot go into that format, or where a
+    model the space can draw has an architecture option the format has no equivalent of (every combination of the
+    space's values for GPTConfig's options: any may win)."""
+    from nanogpt.export import NANOGPT_ARCH, choices_problem
+
+    if fmt is None:
         return
-    why = " (nanoGPT's meta.pkl maps characters)" if fmt == "nanogpt" else ""
-    instead = f"use --export {' or '.join(exports)}" if exports else "leave --export off"
-    raise UserError(f"--export {fmt} cannot hold a {tokenizer} tokenizer{why}: {instead}")
+    exports = getattr(TOKENIZERS[tokenizer], "exports", ())
+    if fmt not in exports:
+        why = " (nanoGPT's meta.pkl maps characters)" if fmt == "nanogpt" else ""
+        instead = f"use --export {' or '.join(exports)}" if exports else "leave --export off"
+        raise UserError(f"--export {fmt} cannot hold a {tokenizer} tokenizer{why}: {instead}")
+    choices = {name: spec_values(spec) for name, spec in (space or {}).items() if name in (*NANOGPT_ARCH, "bias")}
+    choices.setdefault("bias", [False])  # Hparams.model_config's
+    if problem := choices_problem(choices, fmt):
+        raise UserError(f"--export {fmt}: {problem}")
 
 
 def _space(args: argparse.Namespace, preset: Preset) -> dict:
-    space = dict(preset.space)
+    space = with_defaults(preset.space)  # a preset that leaves the architecture out keeps nanoGPT's, saved whole
     for f in FLAGS.values():
         if getattr(args, f.name) is not None:
             space[f.name] = parse_range(f.metadata["flag"], getattr(args, f.name))
     for hparam, spec in space.items():
         check_spec(hparam, spec)  # a preset's own values too (muon where torch lacks it)
+    check_space(space)
     return space
 
 
@@ -587,14 +597,15 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
     eval_every = _eval_every(args, preset, budget, unit)
     _check_resources(values["gpus_per_trial"], values["device"])
     values.update(_final(args, values, budget, unit))
-    _check_export(values["export"], values["tokenizer"])
+    space = _space(args, preset)
+    _check_export(values["export"], values["tokenizer"], space)
     # a URI pyarrow cannot open is an error now, before Ray
     local_copy = str(Mirror(f"{results_dir}/{name}").local) if is_uri(results_dir) else None
     return SearchConfig(
         **values, name=name, results_dir=results_dir,
         dataset=None if args.data_file else args.dataset or preset.dataset,
         data_file=str(Path(args.data_file).expanduser().resolve()) if args.data_file else None,
-        space=space_to_json(_space(args, preset)), budget_unit=unit, trial_budget=budget, eval_every=eval_every,
+        space=space_to_json(space), budget_unit=unit, trial_budget=budget, eval_every=eval_every,
         grace_period=_grace(args, preset, budget, unit, eval_every, values["schedule"]),
         eval_iters=preset.eval_iters, eval_batch_size=preset.eval_batch_size, train_loss_from=preset.train_loss_from,
         sampler=sampler_options(values["searcher"], values["seed"], preset),

@@ -31,14 +31,16 @@ def describe_first_trial(config: SearchConfig, vocab: int) -> str:
     from nanogpt.train import optimizer_flops, step_spend
 
     hp = first_trial(config)
+    model_cfg = hp.model_config(vocab)
     with torch.device("meta"):  # shapes only
-        model = GPT(hp.model_config(vocab))
+        model = GPT(model_cfg)
     tokens = hp.batch_size * hp.block_size
     per_step = step_spend(config.budget_unit, tokens, model.flops_per_token(), optimizer_flops(model, hp.optimizer))
     steps = (f"{math.floor(config.trial_budget / per_step + 1e-9):,} steps" if per_step
              else f"as many steps as fit in {config.trial_budget:g} s")
     return (f"first trial: n_layer={hp.n_layer} n_head={hp.n_head} n_embd={hp.n_embd} batch_size={hp.batch_size} "
-            f"block_size={hp.block_size} learning_rate={hp.learning_rate:.3g} optimizer={hp.optimizer}: "
+            f"block_size={hp.block_size} learning_rate={hp.learning_rate:.3g} optimizer={hp.optimizer} "
+            f"({model_cfg.architecture()}): "
             f"{model.get_num_params():,} parameters, {steps} of {tokens:,} tokens for {config.budget_text()}")
 
 

@@ -31,7 +31,7 @@ from tune import plots, scaling
 from tune.experiment import best_checkpoint, finite, inside, read_trials
 from tune.outcomes import Outcome, error_line, read_outcomes
 from tune.outcomes import describe as describe_outcome
-from tune.space import HPARAMS, TABLE, derived
+from tune.space import ARCHITECTURE, HPARAM_DEFAULTS, HPARAMS, TABLE, derived
 from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
         cfg = trial.config or {}
         row = {c: None for c in COLUMNS}
         row["trial_id"] = trial.trial_id
+        row.update(HPARAM_DEFAULTS)  # a trial of a search made before a field was added ran with its default
         row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
         row.update(derived(cfg))
         row["sampler"] = cfg.get("sampler")
@@ -421,13 +422,24 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
                          for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
     md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "
            f"({best['val_bpc']:.3f} bits/char) at step {best['best_step']}, {int(best['n_params']):,} parameters",
-           f"- best config: {cfg_text}"]
+           f"- best config: {cfg_text}", f"- architecture: {_architecture(best)}"]
     if not finished.empty:
         median = float(finished["best_val_loss"].median())
         md.append(f"- median trial that finished its budget: val_loss {median:.4f}; the best is "
                   f"{median - best['best_val_loss']:.4f} nats/token lower")
     md += [f"- checkpoint: `best/` (`python -m nanogpt.sample --checkpoint {path / 'best'}`)", ""]
     return md
+
+
+def _architecture(best: pd.Series) -> str:
+    """The best trial's model options in words (nanogpt.model.GPTConfig.architecture)."""
+    from nanogpt.model import GPTConfig
+
+    options = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in ARCHITECTURE}
+    try:
+        return GPTConfig(**options).architecture()
+    except (ValueError, TypeError):  # a trials table made elsewhere
+        return "unknown"
 
 
 def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 5, temperature: float = 0.8,

@@ -28,6 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
+from nanogpt.model import swiglu_hidden
+
 HUBER_DELTA = 0.01  # nats: residuals past this count linearly, so one noisy evaluation cannot bend the fit
 EXPONENTS = (0.05, 2.0)  # the grid's bounds for alpha and beta
 MIN_SIZES = 3  # distinct model sizes a fit needs (with two, alpha and A are not told apart)
@@ -76,13 +78,15 @@ class Law:
 
 def non_embedding_params(config: dict) -> int | None:
     """Parameters outside the embeddings of a trial's model (nanogpt.model.GPT without biases: per block the
-    attention's 4 d^2 and the MLP's 8 d^2 plus two LayerNorm weights, and the final LayerNorm); None when the
-    configuration does not say."""
+    attention's 4 d^2 and the MLP's 8 d^2 (swiglu: 3 d times its hidden width) plus two LayerNorm weights, and
+    the final LayerNorm; rmsnorm has none); None when the configuration does not say."""
     layers, heads, head_dim = (config.get(k) for k in ("n_layer", "n_head", "head_dim"))
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (layers, heads, head_dim)):
         return None
     d = heads * head_dim
-    return layers * (12 * d * d + 2 * d) + d
+    mlp = 3 * d * swiglu_hidden(d) if config.get("mlp") == "swiglu" else 8 * d * d
+    norm = 0 if config.get("norm") == "rmsnorm" else d
+    return layers * (4 * d * d + mlp + 2 * norm) + norm
 
 
 def _number(v) -> float | None:

@@ -454,8 +454,7 @@ def export_models(config: SearchConfig) -> list[str]:
         if not (exp / name / "model.pt").is_file():
             continue
         out = exp / f"{name}-{config.export}"
-        shutil.rmtree(out, ignore_errors=True)
-        export(exp / name, out, config.export)
+        export(exp / name, out, config.export, replace=True)  # the previous run's, swapped once the new one is whole
         if config.mirror:
             config.mirror.push(out.name)
         lines.append(usage(out, config.export, exp / name))

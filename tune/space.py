@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Union
 
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
                                   distribution_to_json, json_to_distribution)
 
 from nanogpt.errors import UserError
-from nanogpt.model import GPTConfig
+from nanogpt.model import MLPS, NORMS, POS_EMBS, GPTConfig
 from nanogpt.train import OPTIMIZERS, TrainConfig
 
 Spec = Union[BaseDistribution, int, float, str]
@@ -53,6 +53,21 @@ class Hparams:
     weight_decay: float = _hp("weight-decay", "AdamW weight decay on 2-D weights", "nonneg", table=False)
     optimizer: str = _hp("optimizer", "adamw, or muon (torch.optim.Muon's rule, nanogpt.muon, on the blocks' 2-D "
                          "weights, AdamW on the rest, one learning rate)", "choice", choices=OPTIMIZERS, default="adamw")
+    # the architecture (GPTConfig's options), nanoGPT's by default; a search.json without them resumes at these
+    pos_emb: str = _hp("pos-emb", "positions: learned (nanoGPT's table) or rope (rotary, on q and k)", "choice",
+                       choices=POS_EMBS, default="learned", table=False)
+    norm: str = _hp("norm", "layernorm (nanoGPT's) or rmsnorm (parameter-free)", "choice", choices=NORMS,
+                    default="layernorm", table=False)
+    mlp: str = _hp("mlp", "gelu (nanoGPT's), relu2 (ReLU squared) or swiglu (8/3 n_embd hidden)", "choice",
+                   choices=MLPS, default="gelu", table=False)
+    qk_norm: bool = _hp("qk-norm", "RMSNorm of each head's q and k: true or false", "choice", choices=(False, True),
+                        short="qk_norm", default=False, table=False)
+    tie_embeddings: bool = _hp("tie-embeddings", "lm_head shares wte's weight (nanoGPT): true or false", "choice",
+                               choices=(True, False), short="tied", default=True, table=False)
+    logit_softcap: float = _hp("logit-softcap", "logits = cap * tanh(logits / cap); 0 = off", "nonneg",
+                               short="softcap", fmt="g", default=0.0, table=False)
+    zero_init: bool = _hp("zero-init", "output projections (and an untied lm_head) start at zero: true or false",
+                          "choice", choices=(False, True), short="zero_init", default=False, table=False)
 
     @property
     def n_embd(self) -> int:
@@ -60,18 +75,22 @@ class Hparams:
 
     @classmethod
     def from_config(cls, config: dict) -> "Hparams":
-        """From a Ray trial config (sampled values plus constants); other keys are ignored."""
-        return cls(**{f.name: config[f.name] for f in fields(cls)})
+        """From a Ray trial config (sampled values plus constants); other keys are ignored. A field added later
+        takes its default where the config (a trial of an older search) does not hold it."""
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config or f.default is MISSING})
 
     def to_dict(self) -> dict:
         return {**asdict(self), "n_embd": self.n_embd}
 
     def line(self) -> str:
         """One short line, e.g. 'L=2 H=4 embd=64 drop=0.05 lr=3.0e-03 B=16 T=64 adamw' (labelled fields only,
-        n_embd for head_dim as the model is built; a choice shows its value alone)."""
+        n_embd for head_dim as the model is built; a choice shows its value alone; the architecture only where
+        it is not nanoGPT's)."""
         parts = []
         for f in fields(self):
             value = self.n_embd if f.name == "head_dim" else getattr(self, f.name)
+            if f.name in ARCHITECTURE and value == f.default:
+                continue
             if f.metadata["short"]:
                 parts.append(f"{f.metadata['short']}={value:{f.metadata['fmt']}}")
             elif f.metadata["check"] == "choice":
@@ -81,7 +100,8 @@ class Hparams:
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
-                         bias=False)  # nanoGPT: a little better and faster without biases
+                         bias=False,  # nanoGPT: a little better and faster without biases
+                         **{name: getattr(self, name) for name in ARCHITECTURE})
 
     def train_config(self, *, budget_unit: str, budget: float, eval_every: float, device: str = "cpu",
                      **shared: Any) -> TrainConfig:
@@ -97,6 +117,8 @@ class Hparams:
 
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
+HPARAM_DEFAULTS = {f.name: f.default for f in fields(Hparams) if f.default is not MISSING}  # the fields added later
+ARCHITECTURE = ("pos_emb", "norm", "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "zero_init")  # GPTConfig's
 # the columns a trial is shown by: the hyperparameters, with the model's width n_embd for head_dim
 SHOWN = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
 TABLE = [("n_embd" if f.name == "head_dim" else f.name) for f in fields(Hparams) if f.metadata["table"]]
@@ -122,6 +144,15 @@ def is_str(name: str) -> bool:
     return Hparams.__dataclass_fields__[name].type in ("str", str)
 
 
+def is_bool(name: str) -> bool:
+    return Hparams.__dataclass_fields__[name].type in ("bool", bool)
+
+
+def with_defaults(space: dict) -> dict:
+    """A space (specs or their JSON) with the fields added since it was saved at their defaults."""
+    return {**space, **{k: v for k, v in HPARAM_DEFAULTS.items() if k not in space}}
+
+
 # --- specs: distributions and constants ---------------------------------------------------------
 
 
@@ -138,14 +169,18 @@ def max_value(spec: Spec):
     return max(spec_values(spec))
 
 
+def _word(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def describe(spec: Spec) -> str:
     if isinstance(spec, IntDistribution):
         return f"{spec.low}:{spec.high}" + (f":{spec.step}" if spec.step != 1 else "")
     if isinstance(spec, FloatDistribution):
         return f"{spec.low:g}:{spec.high:g}" + (" (log)" if spec.log else "")
     if isinstance(spec, CategoricalDistribution):
-        return ",".join(str(c) for c in spec.choices)
-    return f"{spec:g}" if isinstance(spec, float) else str(spec)
+        return ",".join(_word(c) for c in spec.choices)
+    return f"{spec:g}" if isinstance(spec, float) else _word(spec)
 
 
 def check_spec(name: str, spec: Spec) -> None:
@@ -154,8 +189,11 @@ def check_spec(name: str, spec: Spec) -> None:
     flag, check, values = "--" + f.metadata["flag"], f.metadata["check"], spec_values(spec)
     if check == "choice":
         allowed = f.metadata["choices"]
-        if isinstance(spec, (IntDistribution, FloatDistribution)) or any(v not in allowed for v in values):
-            raise UserError(f"{flag}: {name} takes {' or '.join(allowed)} (one, or several separated by commas), "
+        # bool is an int: True would pass as 1, and 1 as True
+        if isinstance(spec, (IntDistribution, FloatDistribution)) or any(
+                v not in allowed or type(v) is not type(allowed[0]) for v in values):
+            shown = [str(a).lower() if isinstance(a, bool) else a for a in allowed]
+            raise UserError(f"{flag}: {name} takes {' or '.join(shown)} (one, or several separated by commas), "
                             f"got {describe(spec)}")
         return
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
@@ -183,6 +221,14 @@ def _number(text: str, flag: str, integer: bool) -> int | float:
     return value
 
 
+def _bool(text: str, flag: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise UserError(f"--{flag}: {text!r} is not true or false (give true, false, or true,false to search both)")
+
+
 def parse_range(flag: str, text: str) -> Spec:
     """A range flag's text -> a spec: 'LOW:HIGH' (ints may add ':STEP'), 'A,B,C' choices, or one value."""
     f = FLAGS[flag]
@@ -190,8 +236,10 @@ def parse_range(flag: str, text: str) -> Spec:
     text = text.strip()
     if not text:
         raise UserError(f"--{flag} is empty: give a range like 2:6, choices like 2,4,8, or a value")
-    if is_str(name):  # words: 'A,B' choices or one value, never a range
+    if is_str(name) or is_bool(name):  # words: 'A,B' choices or one value, never a range
         words = tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
+        if is_bool(name):
+            words = tuple(dict.fromkeys(_bool(w, flag) for w in words))
         spec = CategoricalDistribution(words) if len(words) > 1 else (words[0] if words else text)
         check_spec(name, spec)
         return spec
@@ -236,8 +284,22 @@ def describe_space(space: dict[str, Spec]) -> dict[str, str]:
 
 
 def largest(space: dict[str, Spec]) -> Hparams:
-    """The most expensive trial the space allows (each field at its largest): to check budgets before Ray."""
-    return Hparams(**{name: max_value(space[name]) for name in HPARAMS})
+    """The most expensive trial the space allows (each field at its largest): to check budgets before Ray.
+    Of the architecture's choices, the costliest per token: swiglu (its hidden width rounds up), untied."""
+    space = with_defaults(space)
+    costliest = {"mlp": "swiglu", "tie_embeddings": False}
+    pick = {name: costliest[name] if costliest.get(name) in spec_values(space[name]) else max_value(space[name])
+            for name in HPARAMS}
+    return Hparams(**pick)
+
+
+def check_space(space: dict[str, Spec]) -> None:
+    """What no single field's check can see: rope needs an even head size."""
+    space = with_defaults(space)
+    odd = [d for d in spec_values(space["head_dim"]) if d % 2]
+    if "rope" in spec_values(space["pos_emb"]) and odd:
+        raise UserError(f"--pos-emb rope rotates pairs of channels: every --head-dim must be even, got "
+                        f"{describe(space['head_dim'])}")
 
 
 # --- define-by-run ------------------------------------------------------------------------------
@@ -259,10 +321,11 @@ class SpaceSampler:
     A class holding the space as JSON (not a closure) so Ray can pickle it with the searcher state."""
 
     def __init__(self, space_json: dict):
+        space_json = with_defaults(space_json)  # a space saved before a field was added: its default
         unknown = set(space_json) ^ set(HPARAMS)
         if unknown:
             raise ValueError(f"a space must give every hyperparameter exactly once; off: {sorted(unknown)}")
-        self.space_json = dict(space_json)
+        self.space_json = space_json
 
     def __call__(self, trial) -> dict:
         fixed = {}
@@ -385,6 +448,38 @@ PRESETS: dict[str, Preset] = {
             "block_size": 64,
             "weight_decay": 0.1,
             "optimizer": "muon",
+        },
+        dataset="shakespeare",
+        num_samples=40,
+        trial_budget="2e12flops",
+        eval_every=2e11,
+        grace_period=2e11,  # a tenth: cooldown rungs rank that early (Preset.schedule)
+        eval_iters=20,
+        n_startup_trials=6,
+    ),
+    # shakespeare-muon's search with today's architecture fixed: rotary positions, parameter-free RMSNorm, ReLU^2,
+    # QK-norm, an untied lm_head, zero-init output projections (issue 27; to be settled by the ablation's measurement)
+    "shakespeare-modern": Preset(
+        name="shakespeare-modern",
+        description="shakespeare-muon's search on a modern GPT: rope, rmsnorm, relu2, qk_norm, untied lm_head, "
+                    "zero init",
+        space={
+            "n_layer": _int(2, 3),
+            "n_head": 4,
+            "head_dim": _choice(24, 32, 48),
+            "dropout": 0.0,
+            "learning_rate": _float(5e-3, 2e-2, log=True),
+            "batch_size": _choice(16, 32, 64),
+            "block_size": 64,
+            "weight_decay": 0.1,
+            "optimizer": "muon",
+            "pos_emb": "rope",
+            "norm": "rmsnorm",
+            "mlp": "relu2",
+            "qk_norm": True,
+            "tie_embeddings": False,
+            "logit_softcap": 0.0,
+            "zero_init": True,
         },
         dataset="shakespeare",
         num_samples=40,
