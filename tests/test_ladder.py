@@ -224,17 +224,17 @@ def test_search_with_a_ladder_records_it_in_final_and_the_report(tmp_path):
 
 
 def test_a_ladder_under_a_time_budget_meets_it(tmp_path):
-    budget = 80
-    t0 = time.time()
+    """--time-budget T --final-budget auto: the trials get half of T; the ladder, planned from their pace, and its last
+    run fit what is left (on the search's clock: Ray's start and end and the report are the command's own)."""
+    budget = 150
     proc = run_cli("tune.search", *LADDER_SEARCH, "--num-samples", "6", "--time-budget", str(budget),
                    "--final-budget", "auto", "--no-report", "--results-dir", str(tmp_path), "--name", "t")
-    wall = time.time() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "t"
+    assert (exp / "final" / "model.pt").is_file(), proc.stdout
     meta = json.loads((exp / "final" / "config.json").read_text())
-    assert "ladder" in meta and "horizon_lr" in meta
-    assert "ladder:" in proc.stdout
-    # the search, the ladder and the final run within the budget (the command's own start-up and end aside)
-    clock = json.loads((exp / "search_clock.json").read_text())
-    assert wall < budget + 45, proc.stdout
-    assert clock is not None
+    assert meta["chosen_by"]["by"] == "ladder" and "horizon_lr" in meta
+    state = json.loads((exp / "ladder.json").read_text())
+    (run,) = state["runs"]
+    assert 0 < run["given_s"] <= budget / 2 and run["took_s"] <= run["given_s"] + 5, proc.stdout
+    assert "ladder: the best" in proc.stdout

@@ -338,7 +338,11 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
         print(f"\nfinal/ is already trained: {exp / 'final'}")
         return None
     slots = _slots(config)
+    given, t_given = seconds_left, time.time()
     state = load_state(exp)
+    if state is None or any(s["kept"] is None for s in state["steps"]):
+        warm = _warm_workers(config, slots)  # measured before planning: the plan counts from after it
+        seconds_left = seconds_left - warm if seconds_left is not None else None
     if state is None:
         state = new_state(config, trials, seconds_left, slots)
         if state is None:
@@ -374,16 +378,43 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
             out = ray.get(ready[0])
             on_result(refs[ready[0]], out["val_loss"])
 
-    start_t = time.time()
-
     def replan(state: dict, seconds: float) -> None:
         if not config.final_auto:
             return
         _replan(state, seconds_left - (time.time() - start_t), config.cooldown_frac)
 
+    start_t = time.time()
     winner = climb(exp, state, run_level, replan)
     left = seconds_left - (time.time() - start_t) if seconds_left is not None else None
-    return _train_final(config, data_ref, tokenizer, state, winner, left, trial_files)
+    out = _train_final(config, data_ref, tokenizer, state, winner, left, trial_files)
+    # what this run of the ladder was given and took, start-up, levels and last run together (--final-budget auto)
+    state["runs"] = state.get("runs", []) + [{"given_s": given, "took_s": time.time() - t_given}]
+    save_state(exp, state)
+    return out
+
+
+def _warm(seconds: float) -> int:
+    """A no-op run that imports what a ladder run imports, holding its worker a moment so that each lands on its
+    own worker."""
+    import os
+
+    import tune.trainable  # noqa: F401  torch, Ray Tune, nanogpt: a Ray worker's start-up
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _warm_workers(config: SearchConfig, slots: int) -> float:
+    """Start the Ray workers the ladder's runs will use (Tune's trial actors went with their trials): a worker's
+    start-up (seconds on a loaded machine) is paid here, measured, not inside the first level's plan. Seconds."""
+    import ray
+
+    t0 = time.time()
+    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(_warm)
+    pids = ray.get([task.remote(0.5) for _ in range(slots)])
+    seconds = time.time() - t0
+    print(f"\nladder: {len(set(pids))} Ray workers started in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def _warmup(start: dict | None, own: Path) -> int:
@@ -577,6 +608,11 @@ def plot(state: dict, meta: dict | None, path: Path) -> None:
         ax.plot(xs, ys, marker="o", label=t, alpha=0.8)
     if meta:
         last = (meta.get("history") or [{}])[-1]
+        won = meta.get("continued_from")
+        if "spend" in last and won in state["entrants"]:  # the winner's last ladder point to final/
+            at = [(s["spend"], s["losses"][won]) for s in state["steps"] if won in s["losses"]]
+            x0, y0 = at[-1] if at else (state["entrants"][won]["spend"], state["entrants"][won]["val_loss"])
+            ax.plot([x0, last["spend"]], [y0, last["val_loss"]], ls="--", color="black", alpha=0.6)
         if "spend" in last:
             ax.scatter([last["spend"]], [last["val_loss"]], marker="*", s=250, color="black", zorder=5,
                        label=f"final/ ({meta.get('continued_from')})")
