@@ -13,7 +13,7 @@ from tune import ladder
 from tune.config import build_parser, config_from_args
 
 
-def test_levels_are_a_factor_apart_and_end_at_a_tenth_or_less_below_the_final_budget():
+def test_levels_are_a_factor_apart_the_last_at_the_final_budget_over_rf():
     # as many levels as the finished trials fill, the highest ones: the last comparison at final / rf
     assert ladder.levels(100, 14, 2, 4, "steps") == [(25.0, 4), (50.0, 2)]
     assert ladder.levels(9e9, 1e8, 3, 9, "flops") == [(1e9, 9), (3e9, 3)]

@@ -390,6 +390,8 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
     # what this run of the ladder was given and took, start-up, levels and last run together (--final-budget auto)
     state["runs"] = state.get("runs", []) + [{"given_s": given, "took_s": time.time() - t_given}]
     save_state(exp, state)
+    if config.mirror:  # the record at the URI too (ladder/'s checkpoints stay local: a URI resume climbs again)
+        config.mirror.push(LADDER_FILE)
     return out
 
 
