@@ -504,7 +504,7 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    at = json.loads(files[CONFIG_FILE]).get("history", [{}])[-1].get("spend", e["spend"])
+    at = (json.loads(files[CONFIG_FILE]).get("history") or [{}])[-1].get("spend", e["spend"])
     print(f"\nfinal training: ladder winner {winner} (trial winner {state['raw_winner']}) continued from "
           f"{config.budget_text(at)} to {config.budget_text(state['final_budget'])} at lr {e['lr']:.2e}"
           + (f", filling the {seconds_left:.0f} s left" if seconds_left is not None else "")
