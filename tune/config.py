@@ -228,6 +228,16 @@ class SearchConfig:
     # whose budget is sized from the winner's own pace when the search ends
     final_auto: bool = setting(saved_default=False)
     total_time_s: float | None = setting(saved_default=None)
+    # the ladder (tune.ladder): the best trials' stable phases continued to growing spends, the best 1/rf kept at each
+    ladder: str = setting(
+        "--ladder", "--final-budget under wsd: on = continue the best reduction-factor^k finished trials to growing "
+        "spends (a factor --reduction-factor apart), keeping the best 1/--reduction-factor by their cooldown-branch "
+        "loss at each, until one reaches the final budget (final/); off = continue the winner alone",
+        default="off", choices=["on", "off"], group="budget", saved_default="off")
+    horizon_lr_beta: float = setting(
+        "--horizon-lr-beta", "a continued trial's peak learning rate follows its new horizon: lr x (final budget / the "
+        "trial's spend)^-beta (0.125: DeepSeek LLM's lr ~ compute^-0.125; 0 keeps the trial's); with --ladder on",
+        default=0.125, type=float, check=nonneg, group="budget", saved_default=0.125)
 
     # --- where things are
 
@@ -546,8 +556,23 @@ def _final(args: argparse.Namespace, values: dict, budget: float, unit: str) -> 
     if final_from == "continue" and final is not None and final <= budget:
         raise UserError(f"--final-budget {format_amount(final, unit)} is not more than the trial budget "
                         f"{format_amount(budget, unit)}: continuing the winner needs a larger one (or --final-from scratch)")
+    if values["ladder"] == "on":
+        _check_ladder(values, final is not None or auto, final_from, unit)
     return dict(final_budget=final, final_from=final_from, final_auto=auto, total_time_s=total if auto else None,
                 time_budget_s=total * (1 - FINAL_TIME_SHARE) if auto else total)
+
+
+def _check_ladder(values: dict, final: bool, final_from: str, unit: str) -> None:
+    """--ladder on continues trials' stable phases (tune.ladder): wsd, --final-from continue, a final budget, and a
+    budget the ladder can place spends in before training (not seconds)."""
+    if values["schedule"] != "wsd" or final_from != "continue":
+        raise UserError("--ladder on continues trials' stable phases: it needs --schedule wsd and --final-from continue "
+                        "(a cosine trial ends decayed); leave --ladder off to train the winner alone")
+    if not final:
+        raise UserError("--ladder on climbs to the final budget: give --final-budget AMOUNT (or auto with --time-budget)")
+    if unit == "s":
+        raise UserError("--ladder on needs a trial budget in steps, tokens or flops (its spends are placed before "
+                        "training; a seconds budget is measured as it runs)")
 
 
 def _check_export(fmt: str | None, tokenizer: str, space: dict | None = None) -> None:

@@ -490,6 +490,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     if final_model is not None:
         md += _final_section(final_model, df, config, unit, path)
     md += _scaling_section(path, config, df, final_model, plot_dir, missing)
+    from tune.ladder import report_section  # --ladder on: its levels and plot (ladder.json)
+
+    md += report_section(path, plot_dir, missing)
     prompts, note = _prompts(config, prompts)
     if note:
         missing.append(note)

@@ -654,7 +654,13 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
         df = report_mod.export(exp, mirror=mirror)
         if (config.final_budget or config.final_auto) and stop.signum is None:
             left = config.total_time_s - max(time.time() - t_start, read_clock(exp)) if config.final_auto else None
-            if train_winner(config, data_ref, tokenizer, df, left, grid) and mirror:
+            if config.ladder == "on":  # the best trials climb to the final budget (tune.ladder)
+                from tune import ladder
+
+                done = ladder.run(config, data_ref, tokenizer, df, left, lambda t: stable_checkpoint(grid, t))
+            else:
+                done = train_winner(config, data_ref, tokenizer, df, left, grid)
+            if done and mirror:
                 mirror.push(FINAL_DIR)
     finally:
         ray.shutdown()
@@ -766,6 +772,10 @@ def _announce(config: SearchConfig, data: TokenData, tokenizer, resume: bool) ->
         print(f"time budget {config.total_time_s:.0f} s for the whole command: {config.time_budget_s:.0f} s for the "
               f"search, then what is left (at least {config.total_time_s - config.time_budget_s:.0f} s) for the "
               f"final training of the winner")
+    if config.ladder == "on" and not resume:
+        from tune.ladder import announce
+
+        print(announce(config))
 
 
 def _finish(config: SearchConfig, df, wall: float, report: bool, top: int) -> None:
