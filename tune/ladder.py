@@ -155,7 +155,8 @@ def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: i
     pool = [{"trial_id": r["trial_id"], "spend": float(r["train_spend"]),
              "pace": float(r["train_spend"]) / max(float(r["seconds"]), 1e-9),
              "step": float(r["train_spend"]) / max(int(r["steps"]), 1), "val_loss": float(r["last_val_loss"]),
-             "hp": {k: r[k].item() if hasattr(r[k], "item") else r[k] for k in HPARAMS}}
+             # a column trials.csv lacks (a field added after the search) takes its default in Hparams.from_config
+             "hp": {k: r[k].item() if hasattr(r[k], "item") else r[k] for k in HPARAMS if k in r}}
             for _, r in finished.iterrows()]
     if config.final_auto:
         final = auto_final(seconds_left or 0.0, pool, rf, frac, slots, unit)
