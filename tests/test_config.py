@@ -32,6 +32,13 @@ def test_search_json_written_before_the_redesign_still_resumes(tmp_path):
     for key, value in saved.items():
         assert getattr(config, key) == value, key
     assert type(config.make_sampler()).__name__ == "TPESampler"
+    # the architecture it never recorded is nanoGPT's: saying so is no change, asking for another is
+    config_from_args(build_parser().parse_args([*OLD, "--pos-emb", "learned", "--qk-norm", "false", "--resume",
+                                                "--results-dir", str(tmp_path)]))
+    with pytest.raises(UserError, match="--pos-emb: old was searched with learned, this command says rope"):
+        config_from_args(build_parser().parse_args([*OLD, "--pos-emb", "rope", "--resume", "--results-dir",
+                                                    str(tmp_path)]))
+    assert set(config.space_sampler().space_json) >= {"pos_emb", "mlp", "qk_norm", "zero_init"}
     # a changed setting is still refused, naming its flag
     with pytest.raises(UserError, match="--seed: old was searched with 3, this command says 4"):
         config_from_args(build_parser().parse_args([*OLD[:-4], "--seed", "4", "--resume", "--results-dir",

@@ -448,8 +448,8 @@ def _flag(dest: str) -> str:
 
 
 def _field_value(config: SearchConfig, name: str) -> Any:
-    if name.startswith("space."):
-        return config.space.get(name.split(".", 1)[1])
+    if name.startswith("space."):  # a search saved before a field was added ran with its default
+        return with_defaults(config.space).get(name.split(".", 1)[1])
     return getattr(config, name)
 
 
