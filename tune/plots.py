@@ -10,8 +10,7 @@ import matplotlib.colors
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
-from tune.experiment import finite
-from tune.outcomes import STOPPED_EARLY, Outcome
+from tune.outcomes import STOPPED_EARLY, Outcome, rankable
 from tune.space import SHOWN, is_log
 
 
@@ -37,7 +36,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
         raise PlotSkipped("no trial reported an evaluation")
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
-    best_id = finite(trials)["trial_id"].iloc[0] if not finite(trials).empty else None
+    best_id = rankable(trials)["trial_id"].iloc[0] if not rankable(trials).empty else None
     stopped = set(trials.loc[trials["outcome"].isin(STOPPED_EARLY), "trial_id"])
     fig, ax = _subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
@@ -59,7 +58,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
 
 def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that no smaller model beats: sorted by size, each lower in loss than all before it."""
-    d = finite(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
+    d = rankable(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
     keep, best = [], math.inf
     for idx, row in d.iterrows():
         if row["best_val_loss"] < best:
@@ -70,7 +69,7 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
 
 def _at_equal_spend(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that spent their whole budget (the same for all): the only fair comparison."""
-    return finite(df[df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
+    return rankable(df[df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
 
 
 def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
@@ -80,7 +79,7 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     if d.empty:
         raise PlotSkipped("no trial finished its budget: no comparison at equal spend")
     front = pareto_front(d)
-    others = finite(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
+    others = rankable(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
     fig, ax = _subplots(figsize=(7, 5))
     ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
     if not others.empty:
