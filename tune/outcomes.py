@@ -105,7 +105,8 @@ def rankable(df):
     import pandas as pd
 
     vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
-    return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf]) & ~df["outcome"].eq(Outcome.DIVERGED.value)]
+    ok = vals.notna() & ~vals.isin([math.inf, -math.inf])
+    return df.loc[ok & ~df["outcome"].eq(Outcome.DIVERGED.value) if "outcome" in df else ok]
 
 
 def diverged_text(best_loss, vocab_size) -> str:
