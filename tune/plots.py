@@ -192,7 +192,8 @@ def importance(experiment: Path, config, path: Path) -> None:
 
 def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> None:
     """Cooldown-rung losses against the decayed copy's spend, coloured by model size, with the fitted law for each
-    size (thin) and the predictions for the raw winner and the fit's pick (bold) out to the final budget."""
+    size (thin) and the predictions for the raw winner and the fit's pick out to the final budget: the one the
+    final budget takes solid; an untrusted fit's pick faint and dotted, and the title says it is not trusted."""
     import numpy as np
 
     from tune.scaling import Law, predict
@@ -211,17 +212,26 @@ def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> 
     for n in sizes:
         per_spend = float(np.median([p.per_spend for p in points if p.n == n]))
         ax.plot(grid, law.loss(n, grid * per_spend), color=cmap(norm(n)), lw=0.8, alpha=0.6)
-    for tid, style, label in ((choice["raw_winner"], "--", "raw winner"), (choice.get("pick"), "-", "fit's pick")):
+    # the configuration the final budget takes is the solid line; the other is dashed. An untrusted fit's pick is
+    # drawn faint and dotted: the fit's prediction, not a choice
+    trusted = bool(choice.get("trusted"))
+    raw, pick = choice["raw_winner"], choice.get("pick")
+    curves = [(raw, dict(ls="--" if trusted else "-", lw=2, alpha=1.0), "raw winner" + ("" if trusted else ", kept"))]
+    if pick != raw:
+        curves.append((pick, dict(ls="-", lw=2, alpha=1.0) if trusted else dict(ls=":", lw=1.5, alpha=0.6),
+                       "fit's pick" if trusted else "fit's pick, not trusted: not trained"))
+    for tid, style, label in curves:
         if tid is None or tid not in choice.get("predicted", {}):
             continue
         mine = [p for p in points if p.trial_id == tid]
-        ax.plot(grid, [predict(law, mine, tid, g * mine[0].per_spend) for g in grid], style, color="black", lw=2,
+        ax.plot(grid, [predict(law, mine, tid, g * mine[0].per_spend) for g in grid], color="black", **style,
                 label=f"{label}: {tid} ({int(mine[0].n):,} params)")
     ax.axvline(choice["final_budget"], color="grey", ls=":", label="final budget")
     ax.set_xscale("log")
     ax.set_xlabel(f"spend of the decayed copy ({unit})")
     ax.set_ylabel("cooldown-rung validation loss (nats/token)")
-    ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)")
+    ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)"
+                 + ("" if trusted else "\nthe fit is NOT trusted: the raw winner is kept"))
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="non-embedding parameters")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

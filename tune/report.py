@@ -532,25 +532,27 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     unit = config.budget_unit if config else "steps"
+    # what a reader reads first comes first: the results (the best trial, the final model, every trial), what the
+    # models write, then the diagnostics (plots, the scaling law's fit)
     md: list[str] = [f"# Search report: {path.name}", ""] + _summary(config, df, curves, path, missing)
-    plot_md = _plots_section(path, config, df, curves, unit, plot_dir, missing)
-    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", "",
-           _md_table(all_trials_view(df, config, unit)), ""]
     final_model = _final_model(path, missing)
     if final_model is not None:
         md += _final_section(final_model, df, config, unit, path)
-    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
+    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", "",
+           _md_table(all_trials_view(df, config, unit)), ""]
     prompts, note = _prompts(config, prompts)
     if note:
         missing.append(note)
     models = _models(df, top, mirror, final_model, missing)
+    attention: list[str] = []
     if models:
         untrained, section = _generations_section(models, prompts, temperature, seed, max_new_tokens)
         md += section + _probes_section(untrained, models, (config.dataset if config else None) or "")
-        plot_md += _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
+        attention = _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
     else:
         missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
-    md += plot_md
+    md += _plots_section(path, config, df, curves, unit, plot_dir, missing) + attention
+    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
     if missing:
         md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
     out = path / "report.md"
@@ -634,7 +636,10 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
         missing.append("scaling law: no final budget known (search.json unreadable): no prediction")
         return []
     choice = scaling.choose(points, kept, raw, float(budget))
-    md = ["## Scaling law: which configuration for the final budget", "",
+    verdict = ("**The fit is trusted: its pick is the configuration for the final budget.**" if choice.get("trusted")
+               else "**The fit is not trusted (a diagnostic only): the raw winner is the configuration for the final "
+                    "budget.**")
+    md = ["## Scaling law: which configuration for the final budget", "", verdict, "",
           "Every cooldown rung is the loss of a copy decayed at that spend. Fitted over all of them: "
           "L(N, D) = E + A N^-alpha + B D^-beta, with N the non-embedding parameters and D the tokens the decayed "
           "copy trained on; a trial's prediction adds its own offset from the law at its last rung. The fit's pick "
