@@ -226,3 +226,18 @@ def test_the_uniform_baseline_margin_spares_an_untrained_model():
     loss = model(x, y)[1].item()
     assert abs(loss - math.log(VOCAB)) < 0.2 and not loss_diverged(loss, VOCAB)
     assert loss_diverged(1052.0, VOCAB) and loss_diverged(float("nan"), None) and not loss_diverged(1052.0, None)
+
+
+def test_learning_curves_of_a_diverged_trial_do_not_flatten_the_others(tmp_path, monkeypatch):
+    from tune import plots
+
+    curves = pd.DataFrame([{"trial_id": t, "spend": s, "step": s, "val_loss": v}
+                           for t, vals in (("a", [4.0, 3.1]), ("b", [4.2, 3.3]), ("c", [1052.0, 300.0]))
+                           for s, v in zip((10, 20), vals)])
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "best_val_loss": [3.1, 3.3, 300.0],
+                           "outcome": ["finished", "finished", "diverged"]})
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig))
+    plots.learning_curves(curves, trials, tmp_path / "lc.png")
+    ax = figs[0].axes[0]
+    assert ax.get_ylim()[1] < 5 and plots.DIVERGED_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]

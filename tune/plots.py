@@ -29,18 +29,27 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+DIVERGED_LABEL = "diverged (the axis stops above the other trials)"
+
+
 def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit: str = "steps") -> None:
     """val_loss against spend (the budget's unit) for every trial; pruned and out-of-time ones end where they
-    were stopped (marked x), the best is bold."""
+    were stopped (marked x), the best is bold. Diverged trials are thin red dotted lines, and the axis stops above
+    the others' losses: a blown-up loss (thousands of nats) would flatten every other curve."""
     if curves.empty:
         raise PlotSkipped("no trial reported an evaluation")
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
     best_id = rankable(trials)["trial_id"].iloc[0] if not rankable(trials).empty else None
     stopped = set(trials.loc[trials["outcome"].isin(STOPPED_EARLY), "trial_id"])
+    gone = set(trials.loc[trials["outcome"].eq(Outcome.DIVERGED.value), "trial_id"])
     fig, ax = _subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
         if tid == best_id:
+            continue
+        if tid in gone:
+            ax.plot(g[x], g["val_loss"], ":", color="tab:red", alpha=0.6, lw=1,
+                    label=DIVERGED_LABEL if not any(h.get_label() == DIVERGED_LABEL for h in ax.get_lines()) else None)
             continue
         line, = ax.plot(g[x], g["val_loss"], alpha=0.45, lw=1)
         if tid in stopped:
@@ -48,6 +57,11 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
     if best_id is not None:
         g = curves[curves["trial_id"] == best_id]
         ax.plot(g[x], g["val_loss"], color="black", lw=2.5, label=f"best: {best_id}")
+    kept = curves[~curves["trial_id"].isin(gone)]
+    if gone and not kept.empty:
+        low, high = kept["val_loss"].min(), kept["val_loss"].max()
+        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    if best_id is not None or gone:
         ax.legend()
     ax.set_xlabel(f"spend ({unit})" if x == "spend" else "step")
     ax.set_ylabel("validation loss (nats/token)")
