@@ -30,7 +30,7 @@ from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_faile
 from nanogpt.token_cache import prepare
 from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
 from tune import scaling
-from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, rankable, read_clock
+from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
 
 FINAL_DIR = "final"
@@ -270,8 +270,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
     says it can be trusted. None (and one line) when there is nothing to train."""
     final = config.experiment_dir / FINAL_DIR
-    finished = rankable(trials)
-    finished = finished[finished["outcome"].eq(Outcome.FINISHED)]
+    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.report)
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
         print(f"\nno trial finished its budget: no final training (--final-budget {asked})")
