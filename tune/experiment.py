@@ -201,10 +201,3 @@ def _is_plain_name(name) -> bool:
 def _is_finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-
-def finite(df):
-    """The trials (a pandas table) with a finite best val_loss (a boolean mask, so an empty table stays a table)."""
-    import pandas as pd
-
-    vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
-    return df.loc[vals.notna() & ~vals.isin([math.inf, -math.inf])]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from enum import Enum
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class Outcome(str, Enum):
     FINISHED = "finished"  # spent its whole budget
     PRUNED = "pruned"  # stopped by the scheduler (ASHA) at a rung
     OUT_OF_TIME = "out_of_time"  # the search's --time-budget ended it
-    DIVERGED = "diverged"  # loss became NaN or infinite
+    DIVERGED = "diverged"  # loss became NaN or infinite, or never got below the uniform baseline (see `diverged`)
     ERRORED = "errored"  # raised (after its retries)
     INTERRUPTED = "interrupted"  # the search was stopped (Ctrl-C, a crash) while it ran: --resume continues it
     NOT_STARTED = "not_started"  # the search ended before it ran
@@ -64,6 +65,58 @@ def outcome_of_result(result: dict) -> Outcome | None:
     if status is Status.RUNNING:
         return Outcome.PRUNED if result.get("done") else None
     return _ENDED[status]
+
+
+# A model that knows nothing, every token equally likely, scores ln(vocab_size) nats a token: the uniform baseline.
+# A freshly initialised GPT (weights of std 0.02) scores within a few hundredths of a nat of it (0.01 at a vocabulary
+# of 65, 0.06 at 4096), and any sane run is below it by its first evaluation. A loss above it by more than this
+# margin means the model is confidently wrong (1 nat: e = 2.7 times more surprised than guessing uniformly), i.e.
+# its weights blew up: blown-up runs score tens to thousands of nats (1052 where uniform is 3.2 in issue 29).
+DIVERGED_MARGIN = 1.0  # nats above ln(vocab_size)
+
+
+def uniform_loss(vocab_size) -> float | None:
+    """ln(vocab_size): the loss of predicting every token equally likely; None when the vocabulary is unknown."""
+    ok = isinstance(vocab_size, (int, float)) and not isinstance(vocab_size, bool) and 1 < vocab_size < 1e12
+    return math.log(vocab_size) if ok else None
+
+
+def loss_diverged(loss, vocab_size) -> bool:
+    """Whether a trial's best validation loss says it diverged: not a finite number, or more than DIVERGED_MARGIN
+    above the uniform baseline (with the vocabulary unknown, only the first)."""
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return True
+    uniform = uniform_loss(vocab_size)
+    return uniform is not None and loss > uniform + DIVERGED_MARGIN
+
+
+def diverged(outcome: str | None, best_loss, vocab_size) -> bool:
+    """Whether a trial diverged: it ended as diverged (its loss became NaN or infinite), or its best validation
+    loss says so (`loss_diverged`). A diverged trial is never the best: not best/, not exported, not "best so far"
+    in the progress lines, not trained for the final budget; the report and trials.csv give it that outcome."""
+    return outcome == Outcome.DIVERGED.value or loss_diverged(best_loss, vocab_size)
+
+
+def rankable(df):
+    """The trials of a trials table (tune.report's) that can be the best, in its order (best first): a finite best
+    val_loss and not diverged. A boolean mask, so an empty table stays a table. The report's table gives every
+    diverged trial that outcome (tune.report), so best/, the report, the plots, the scaling law and the final
+    training all choose among the same trials."""
+    import pandas as pd
+
+    vals = pd.to_numeric(df["best_val_loss"], errors="coerce")
+    ok = vals.notna() & ~vals.isin([math.inf, -math.inf])
+    return df.loc[ok & ~df["outcome"].eq(Outcome.DIVERGED.value) if "outcome" in df else ok]
+
+
+def diverged_text(best_loss, vocab_size) -> str:
+    """Why a trial's loss counts as diverged, e.g. 'best val_loss 1052 is above the uniform baseline ln(25) = 3.22
+    by more than 1 nat'."""
+    uniform = uniform_loss(vocab_size)
+    if isinstance(best_loss, (int, float)) and math.isfinite(best_loss) and uniform is not None:
+        return (f"best val_loss {best_loss:.4g} is above the uniform baseline ln({int(vocab_size)}) = {uniform:.2f} "
+                f"by more than {DIVERGED_MARGIN:g} nat")
+    return "its loss became NaN or infinite"
 
 
 def describe(outcome: Outcome | str, row: dict, scheduler: str | None = None) -> str:

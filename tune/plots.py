@@ -10,8 +10,7 @@ import matplotlib.colors
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
-from tune.experiment import finite
-from tune.outcomes import STOPPED_EARLY, Outcome
+from tune.outcomes import STOPPED_EARLY, Outcome, rankable
 from tune.space import SHOWN, is_log
 
 
@@ -30,18 +29,27 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+DIVERGED_LABEL = "diverged (the axis stops above the other trials)"
+
+
 def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit: str = "steps") -> None:
     """val_loss against spend (the budget's unit) for every trial; pruned and out-of-time ones end where they
-    were stopped (marked x), the best is bold."""
+    were stopped (marked x), the best is bold. Diverged trials are thin red dotted lines, and the axis stops above
+    the others' losses: a blown-up loss (thousands of nats) would flatten every other curve."""
     if curves.empty:
         raise PlotSkipped("no trial reported an evaluation")
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
-    best_id = finite(trials)["trial_id"].iloc[0] if not finite(trials).empty else None
+    best_id = rankable(trials)["trial_id"].iloc[0] if not rankable(trials).empty else None
     stopped = set(trials.loc[trials["outcome"].isin(STOPPED_EARLY), "trial_id"])
+    gone = set(trials.loc[trials["outcome"].eq(Outcome.DIVERGED.value), "trial_id"])
     fig, ax = _subplots(figsize=(8, 5))
     for tid, g in curves.groupby("trial_id"):
         if tid == best_id:
+            continue
+        if tid in gone:
+            ax.plot(g[x], g["val_loss"], ":", color="tab:red", alpha=0.6, lw=1,
+                    label=DIVERGED_LABEL if not any(h.get_label() == DIVERGED_LABEL for h in ax.get_lines()) else None)
             continue
         line, = ax.plot(g[x], g["val_loss"], alpha=0.45, lw=1)
         if tid in stopped:
@@ -49,6 +57,11 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
     if best_id is not None:
         g = curves[curves["trial_id"] == best_id]
         ax.plot(g[x], g["val_loss"], color="black", lw=2.5, label=f"best: {best_id}")
+    kept = curves[~curves["trial_id"].isin(gone)]
+    if gone and not kept.empty:
+        low, high = kept["val_loss"].min(), kept["val_loss"].max()
+        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    if best_id is not None or gone:
         ax.legend()
     ax.set_xlabel(f"spend ({unit})" if x == "spend" else "step")
     ax.set_ylabel("validation loss (nats/token)")
@@ -59,7 +72,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
 
 def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that no smaller model beats: sorted by size, each lower in loss than all before it."""
-    d = finite(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
+    d = rankable(df).dropna(subset=["n_params"]).sort_values(["n_params", "best_val_loss"])
     keep, best = [], math.inf
     for idx, row in d.iterrows():
         if row["best_val_loss"] < best:
@@ -70,7 +83,7 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
 
 def _at_equal_spend(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that spent their whole budget (the same for all): the only fair comparison."""
-    return finite(df[df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
+    return rankable(df[df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
 
 
 def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
@@ -80,7 +93,7 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     if d.empty:
         raise PlotSkipped("no trial finished its budget: no comparison at equal spend")
     front = pareto_front(d)
-    others = finite(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
+    others = rankable(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
     fig, ax = _subplots(figsize=(7, 5))
     ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
     if not others.empty:
@@ -193,7 +206,8 @@ def importance(experiment: Path, config, path: Path) -> None:
 
 def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> None:
     """Cooldown-rung losses against the decayed copy's spend, coloured by model size, with the fitted law for each
-    size (thin) and the predictions for the raw winner and the fit's pick (bold) out to the final budget."""
+    size (thin) and the predictions for the raw winner and the fit's pick out to the final budget: the one the
+    final budget takes solid; an untrusted fit's pick faint and dotted, and the title says it is not trusted."""
     import numpy as np
 
     from tune.scaling import Law, predict
@@ -212,17 +226,26 @@ def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> 
     for n in sizes:
         per_spend = float(np.median([p.per_spend for p in points if p.n == n]))
         ax.plot(grid, law.loss(n, grid * per_spend), color=cmap(norm(n)), lw=0.8, alpha=0.6)
-    for tid, style, label in ((choice["raw_winner"], "--", "raw winner"), (choice.get("pick"), "-", "fit's pick")):
+    # the configuration the final budget takes is the solid line; the other is dashed. An untrusted fit's pick is
+    # drawn faint and dotted: the fit's prediction, not a choice
+    trusted = bool(choice.get("trusted"))
+    raw, pick = choice["raw_winner"], choice.get("pick")
+    curves = [(raw, dict(ls="--" if trusted else "-", lw=2, alpha=1.0), "raw winner" + ("" if trusted else ", kept"))]
+    if pick != raw:
+        curves.append((pick, dict(ls="-", lw=2, alpha=1.0) if trusted else dict(ls=":", lw=1.5, alpha=0.6),
+                       "fit's pick" if trusted else "fit's pick, not trusted: not trained"))
+    for tid, style, label in curves:
         if tid is None or tid not in choice.get("predicted", {}):
             continue
         mine = [p for p in points if p.trial_id == tid]
-        ax.plot(grid, [predict(law, mine, tid, g * mine[0].per_spend) for g in grid], style, color="black", lw=2,
+        ax.plot(grid, [predict(law, mine, tid, g * mine[0].per_spend) for g in grid], color="black", **style,
                 label=f"{label}: {tid} ({int(mine[0].n):,} params)")
     ax.axvline(choice["final_budget"], color="grey", ls=":", label="final budget")
     ax.set_xscale("log")
     ax.set_xlabel(f"spend of the decayed copy ({unit})")
     ax.set_ylabel("cooldown-rung validation loss (nats/token)")
-    ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)")
+    ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)"
+                 + ("" if trusted else "\nthe fit is NOT trusted: the raw winner is kept"))
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="non-embedding parameters")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

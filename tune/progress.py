@@ -14,7 +14,8 @@ from ray.tune.stopper import Stopper
 
 from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
-from tune.outcomes import CLOCK_FILE, OUTCOMES_FILE, Outcome, error_line, outcome_of_result, read_clock, read_outcomes
+from tune.outcomes import (CLOCK_FILE, OUTCOMES_FILE, Outcome, diverged, error_line, outcome_of_result, read_clock,
+                           read_outcomes)
 from tune.searcher import bound_run
 from tune.space import Hparams
 
@@ -63,16 +64,33 @@ class TimeBudget(Stopper):
 
 
 class Progress(Callback):
-    """One line per trial start and end: its outcome, val_loss, step and spend in the budget's unit."""
+    """One line per trial start and end: its outcome, val_loss, step and spend in the budget's unit, and the best
+    so far among the trials that have not diverged (tune.outcomes.diverged, as the report chooses best/)."""
 
     def __init__(self, config):
         self.num_samples = config.num_samples
         self.unit = config.budget_unit
         self.t0 = None
         self.done = 0
-        self.best: tuple[float, str] | None = None
+        self.losses: dict[str, float] = {}  # trial -> its best comparable val_loss so far
+        self.ended_diverged: set[str] = set()  # trials whose loss became NaN or infinite
+        self.vocab_size: int | None = None  # from the trials' results: the uniform baseline's vocabulary
         # under wsd only the cooldown rungs are comparable; the evaluations between them are at the peak learning rate
         self.rungs_only = config.schedule == "wsd"
+
+    def __setstate__(self, state: dict) -> None:  # restored by Ray, maybe from a search saved before these fields
+        state.pop("best", None)
+        self.__dict__.update({"losses": {}, "ended_diverged": set(), "vocab_size": None, **state})
+
+    def _diverged(self, trial_id: str) -> bool:
+        outcome = Outcome.DIVERGED.value if trial_id in self.ended_diverged else None
+        return trial_id in self.losses and diverged(outcome, self.losses[trial_id], self.vocab_size)
+
+    @property
+    def best(self) -> tuple[float, str] | None:
+        """(val_loss, trial) of the best trial so far that has not diverged."""
+        ok = [(v, t) for t, v in self.losses.items() if not self._diverged(t)]
+        return min(ok) if ok else None
 
     def _stamp(self) -> str:
         if self.t0 is None:
@@ -85,19 +103,24 @@ class Progress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self._stamp(), evaluation_line(trial.trial_id, result, self.unit))
+        self.vocab_size = result.get("vocab_size") or self.vocab_size
         val = result.get("val_loss")
         if self.rungs_only and not result.get("cooldown_steps"):
             return
-        if val is not None and math.isfinite(val) and (self.best is None or val < self.best[0]):
-            self.best = (val, trial.trial_id)
+        if isinstance(val, (int, float)) and not math.isnan(val):
+            self.losses[trial.trial_id] = min(val, self.losses.get(trial.trial_id, math.inf))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         r = trial.last_result or {}
-        best = f" | best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        if r.get("outcome") == Outcome.DIVERGED.value:
+            self.ended_diverged.add(trial.trial_id)
+        outcome = Outcome.DIVERGED.value if self._diverged(trial.trial_id) else r.get("outcome", "?")
+        best = self.best
+        best = f" | best so far {best[0]:.4f} ({best[1]})" if best else ""
         spend = r.get("spend")
         spent = f"{spend:.3g}{self.unit}" if spend is not None else "?"
-        print(f"{self._stamp()} {trial.trial_id} {r.get('outcome', '?'):<9} val_loss {r.get('val_loss', float('nan')):.4f} "
+        print(f"{self._stamp()} {trial.trial_id} {outcome:<9} val_loss {r.get('val_loss', float('nan')):.4f} "
               f"step {r.get('step')} spent {spent} | {self.done}/{self.num_samples} done{best}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -24,12 +24,12 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.errors import UserError
-from nanogpt.files import write_bytes
+from nanogpt.files import DISK_ERROR_TEXT, WriteFailed, write_bytes
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
 from tune import plots, scaling
-from tune.experiment import best_checkpoint, finite, inside, read_trials
-from tune.outcomes import Outcome, error_line, read_outcomes
+from tune.experiment import best_checkpoint, inside, read_trials
+from tune.outcomes import Outcome, diverged, diverged_text, error_line, rankable, read_outcomes
 from tune.outcomes import describe as describe_outcome
 from tune.space import ARCHITECTURE, HPARAM_DEFAULTS, HPARAMS, TABLE, derived
 from tune.storage import Mirror, is_uri
@@ -154,6 +154,27 @@ def _outcome(trial, recorded: dict) -> str:
 _UNREAD = object()
 
 
+def vocab_size(trials) -> int | None:
+    """The search's vocabulary size (one tokenizer for every trial): from the trials' results (`vocab_size`, which
+    the trainable reports), else from a checkpoint's config.json on this disk; None when neither says."""
+    from nanogpt.checkpoint import CONFIG_FILE
+
+    for trial in trials:
+        for r in reversed(trial.results):
+            v = r.get("vocab_size")
+            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+                return v
+    for trial in trials:  # a search made before results carried it
+        for name in trial.checkpoints:
+            try:
+                v = json.loads(inside(trial.path / name, CONFIG_FILE, "file").read_text())["model"]["vocab_size"]
+            except (OSError, ValueError, KeyError, TypeError, UserError):
+                continue
+            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+                return v
+    return None
+
+
 def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The trials table and the long learning-curve table, from one read of the experiment.
     `config`: search.json's contents when the caller has read them already."""
@@ -166,6 +187,7 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
         raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
     config = _config(path) if config is _UNREAD else config
     recorded = read_outcomes(path)
+    vocab = vocab_size(trials)
     rows, frames = [], []
     for trial in trials:
         cfg = trial.config or {}
@@ -198,13 +220,19 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
             frames.append(part)
         row["outcome"] = _outcome(trial, recorded)
         row["status"] = describe_outcome(row["outcome"], row, config.scheduler if config else None)
+        if evals and row["outcome"] != Outcome.ERRORED.value and diverged(row["outcome"], row["best_val_loss"], vocab):
+            if row["outcome"] != Outcome.DIVERGED.value:  # it ended (or runs) above the uniform baseline
+                row["status"] = f"diverged ({diverged_text(row['best_val_loss'], vocab)}); {row['status']}"
+            row["outcome"] = Outcome.DIVERGED.value
         if trial.error:
             row["error"] = error_line(trial.error)
         ckpt = best_checkpoint(trial)
         row["checkpoint"] = str(ckpt) if ckpt else None
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df = df.sort_values("best_val_loss", na_position="last", kind="stable").reset_index(drop=True)
+    df = df.sort_values("best_val_loss", na_position="last", kind="stable")
+    # the trials that can be the best first (tune.outcomes.rankable), diverged ones after them
+    df = df.sort_values("outcome", key=lambda o: o.eq(Outcome.DIVERGED.value), kind="stable").reset_index(drop=True)
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trial_id", *CURVE_COLS])
     return df, curves
 
@@ -223,15 +251,14 @@ def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     """Write trials.csv and best/ (the best trial's best checkpoint); return the trials table.
     `mirror`: the local copy `path` is of, when the search lives at a URI."""
     path, mirror = _local(path, mirror)
-    df = _read(path, mirror)[0]
-    _write_exports(path, df, mirror)
-    return df
+    return _write_exports(path, _read(path, mirror)[0], mirror, lambda: _read(path, mirror)[0])[0]
 
 
 # what a report writes into a results directory; each is checked before writing (see _check_outputs)
-OUTPUTS = ("trials.csv", "best", "best.tmp", "report.md", "plots", "plots/learning_curves.png",
+OUTPUTS = ("trials.csv", "best", "best.tmp", "best.old", "report.md", "plots", "plots/learning_curves.png",
            "plots/val_loss_vs_params.png", "plots/val_loss_vs_hparams.png", "plots/importance.png",
            "plots/attention.png", "plots/scaling_law.png")
+COPY_TRIES = 3  # reads of the trials for a best checkpoint that stays put while it is copied (see _write_exports)
 
 
 def _check_outputs(path: Path) -> None:
@@ -241,23 +268,98 @@ def _check_outputs(path: Path) -> None:
         inside(path, name, "output")
 
 
-def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None = None) -> None:
+class _Vanished(Exception):
+    """The checkpoint being copied into best/ was deleted while it was copied."""
+
+
+def _write_exports(path: Path, df: pd.DataFrame, mirror: Mirror | None, reread) -> tuple[pd.DataFrame, list[str]]:
+    """best/ and trials.csv; returns (the table written, notes for the report).
+
+    On a search that is running, Ray deletes a trial's best checkpoint as soon as it registers a better one, which
+    may be while it is copied: then the trials are read again (`reread()`) and the then-best checkpoint copied, up to
+    COPY_TRIES reads, each vanished checkpoint skipped with a note. best/ is replaced whole or not at all: the copy
+    goes to best.tmp and is renamed into place once it is complete. trials.csv is the table best/ was chosen from."""
     _check_outputs(path)
+    notes: list[str] = []
+    for _ in range(COPY_TRIES):
+        try:
+            _write_best(path, df, mirror, notes)
+            break
+        except _Vanished as e:
+            notes.append(str(e))
+            log.warning("%s", e)
+            df = reread()
+    else:
+        note = f"best/ was left as it was: the best checkpoint vanished while copied on each of {COPY_TRIES} tries"
+        notes.append(note)
+        log.warning("%s", note)
     write_bytes(path / "trials.csv", df.to_csv(index=False).encode())
-    ok = finite(df)
-    ok = ok[ok["checkpoint"].notna()]
-    if not ok.empty:
-        best = ok.iloc[0]
-        tmp = path / "best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(mirror.fetch(best["checkpoint"]) if mirror else best["checkpoint"], tmp)
-        write_bytes(tmp / "trial.json", json.dumps(
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.to_dict().items()}, indent=2,
-            default=str).encode())
-        shutil.rmtree(path / "best", ignore_errors=True)
-        tmp.rename(path / "best")
     if mirror:
         mirror.push("trials.csv", "best")
+    return df, notes
+
+
+def _write_best(path: Path, df: pd.DataFrame, mirror: Mirror | None, notes: list[str]) -> None:
+    """best/: a copy of the best trial's best checkpoint (tune.outcomes.rankable: never a diverged trial) with its
+    row as trial.json. With no trial to copy, a best/ left by a trial that has since diverged is removed."""
+    ok = rankable(df)
+    ok = ok[ok["checkpoint"].notna()]
+    if ok.empty:
+        _drop_diverged_best(path, df, notes)
+        return
+    best = ok.iloc[0]
+    tmp = path / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not _copy_checkpoint(Path(best["checkpoint"]), tmp, mirror):
+        raise _Vanished(f"trial {best['trial_id']}'s checkpoint {Path(best['checkpoint']).name} vanished while it was "
+                        f"copied into best/ (Ray replaces a running trial's checkpoints): skipped, the trials read again")
+    write_bytes(tmp / "trial.json", json.dumps(
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.to_dict().items()}, indent=2,
+        default=str).encode())
+    old = path / "best.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (path / "best").exists():
+        (path / "best").rename(old)
+    tmp.rename(path / "best")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_checkpoint(src: Path, dst: Path, mirror: Mirror | None) -> bool:
+    """Copy a trial's checkpoint directory to `dst`; False (and nothing at `dst`) when it vanished, wholly or in
+    part, while it was copied. A copy that fails with the checkpoint still there is an error (disk full: one line)."""
+    from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
+
+    needed = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE)
+
+    def present() -> bool:
+        return mirror.has(src / MODEL_FILE) if mirror else all((src / f).is_file() for f in needed)
+
+    try:
+        shutil.copytree(mirror.fetch(src) if mirror else src, dst)
+    except OSError as e:  # shutil.Error (a file of it failed) is one too
+        shutil.rmtree(dst, ignore_errors=True)
+        if present():
+            if DISK_ERROR_TEXT.search(str(e)):
+                first = e.args[0][0][2] if isinstance(e, shutil.Error) and e.args and e.args[0] else e.strerror
+                raise WriteFailed(f"could not copy the best checkpoint {src} into {dst.parent / 'best'}: "
+                                  f"{first or e}") from None
+            raise
+        return False
+    if all((dst / f).is_file() for f in needed):  # deleted before the copy listed them: no error, files missing
+        return True
+    shutil.rmtree(dst, ignore_errors=True)
+    return False
+
+
+def _drop_diverged_best(path: Path, df: pd.DataFrame, notes: list[str]) -> None:
+    """A best/ that an earlier report copied from a trial that has diverged since is no best: removed, with a note."""
+    try:
+        tid = json.loads(inside(path / "best", "trial.json", "file").read_text()).get("trial_id")
+    except (OSError, ValueError, AttributeError):
+        return
+    if tid in set(df.loc[df["outcome"].eq(Outcome.DIVERGED.value), "trial_id"]):
+        shutil.rmtree(path / "best")
+        notes.append(f"best/ held trial {tid}, which has diverged since: removed, and no other trial has a checkpoint")
 
 
 def top_table(df: pd.DataFrame, n: int = 5) -> str:
@@ -412,12 +514,17 @@ def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame
     md.append("- trials: " + ", ".join(f"{int(counts.get(o.value, 0))} {o.value}" for o in Outcome))
     if not curves.empty and "elapsed_s" in curves:
         md.append(f"- training time summed over trials: {curves.groupby('trial_id')['elapsed_s'].max().sum():.0f} s")
-    fin = finite(df)
+    gone = df[df["outcome"].eq(Outcome.DIVERGED.value)]
+    if not gone.empty:
+        md.append(f"- diverged, never the best (not best/, not exported, not trained for the final budget): "
+                  + "; ".join(f"`{r.trial_id}` {r.status}" for r in gone.head(5).itertuples())
+                  + (f"; and {len(gone) - 5} more (trials.csv)" if len(gone) > 5 else ""))
+    fin = rankable(df)
     if fin.empty:
-        missing.append("no trial reported a finite validation loss: no best trial")
+        missing.append("no trial reported a finite validation loss without diverging: no best trial")
         return md + [""]
     best = fin.iloc[0]
-    finished = finite(df[df["outcome"].eq(Outcome.FINISHED)])
+    finished = rankable(df[df["outcome"].eq(Outcome.FINISHED)])
     cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
                          for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
     md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "
@@ -473,37 +580,40 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     """report.md and plots/, section by section; whatever a section cannot show goes to "Missing"."""
     _check_outputs(path)
     config = _config(path)
+    missing: list[str] = []
     if trials is None:
         df, curves = _read(path, mirror, config)
-        _write_exports(path, df, mirror)
+        df, notes = _write_exports(path, df, mirror, lambda: _read(path, mirror, config)[0])
+        missing += notes
     else:
         df, curves = trials, _read(path, mirror, config)[1]
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     unit = config.budget_unit if config else "steps"
-    missing: list[str] = []
+    # what a reader reads first comes first: the results (the best trial, the final model, every trial), what the
+    # models write, then the diagnostics (plots, the scaling law's fit)
     md: list[str] = [f"# Search report: {path.name}", ""] + _summary(config, df, curves, path, missing)
-    plot_md = _plots_section(path, config, df, curves, unit, plot_dir, missing)
-    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", "",
-           _md_table(all_trials_view(df, config, unit)), ""]
     final_model = _final_model(path, missing)
     if final_model is not None:
         md += _final_section(final_model, df, config, unit, path)
-    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
-    from tune.ladder import report_section  # --ladder on: its levels and plot (ladder.json)
+    from tune.ladder import report_section  # --ladder on: how the final model was chosen (ladder.json)
 
     md += report_section(path, plot_dir, missing)
+    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", "",
+           _md_table(all_trials_view(df, config, unit)), ""]
     prompts, note = _prompts(config, prompts)
     if note:
         missing.append(note)
     models = _models(df, top, mirror, final_model, missing)
+    attention: list[str] = []
     if models:
         untrained, section = _generations_section(models, prompts, temperature, seed, max_new_tokens)
         md += section + _probes_section(untrained, models, (config.dataset if config else None) or "")
-        plot_md += _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
+        attention = _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
     else:
         missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
-    md += plot_md
+    md += _plots_section(path, config, df, curves, unit, plot_dir, missing) + attention
+    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
     if missing:
         md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
     out = path / "report.md"
@@ -555,8 +665,8 @@ def _final_model(path: Path, missing: list[str]):
 def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
     """The final model, trained for the user's budget."""
     m = (final_model[2].get("history") or [{}])[-1]
-    best = (f" (the search's best trial: {finite(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
-            if config and not finite(df).empty else "")
+    best = (f" (the search's best trial: {rankable(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
+            if config and not rankable(df).empty else "")
     return ["## Final model (the winner trained for the final budget)", "",
             f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
             f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}" + best,
@@ -591,7 +701,10 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
         missing.append("scaling law: no final budget known (search.json unreadable): no prediction")
         return []
     choice = scaling.choose(points, kept, raw, float(budget))
-    md = ["## Scaling law: which configuration for the final budget", "",
+    verdict = ("**The fit is trusted: its pick is the configuration for the final budget.**" if choice.get("trusted")
+               else "**The fit is not trusted (a diagnostic only): the raw winner is the configuration for the final "
+                    "budget.**")
+    md = ["## Scaling law: which configuration for the final budget", "", verdict, "",
           "Every cooldown rung is the loss of a copy decayed at that spend. Fitted over all of them: "
           "L(N, D) = E + A N^-alpha + B D^-beta, with N the non-embedding parameters and D the tokens the decayed "
           "copy trained on; a trial's prediction adds its own offset from the law at its last rung. The fit's pick "
@@ -635,7 +748,7 @@ def _models(df: pd.DataFrame, top: int, mirror: Mirror | None, final_model, miss
     from nanogpt.checkpoint import CheckpointError, load_model
 
     models = []
-    for _, row in finite(df).head(top).iterrows():  # diverged trials have nothing to say
+    for _, row in rankable(df).head(top).iterrows():  # diverged trials have nothing to say
         if pd.isna(row["checkpoint"]):
             missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
             continue

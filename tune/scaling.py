@@ -313,10 +313,9 @@ def candidates(trials) -> tuple[str | None, list[str]]:
     """(the raw winner, the candidates) of a search's trials table (tune.report's, sorted by best val_loss): the
     best finished trial (None when none finished), and the trials that finished or were pruned and kept a
     checkpoint to continue from."""
-    from tune.experiment import finite
-    from tune.outcomes import Outcome
+    from tune.outcomes import Outcome, rankable
 
-    ok = finite(trials)
+    ok = rankable(trials)
     finished = ok[ok["outcome"].eq(Outcome.FINISHED.value)]
     kept = ok[ok["outcome"].isin([Outcome.FINISHED.value, Outcome.PRUNED.value]) & ok["checkpoint"].notna()]
     return (None if finished.empty else str(finished.iloc[0]["trial_id"])), [str(t) for t in kept["trial_id"]]

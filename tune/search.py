@@ -308,7 +308,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
     says it can be trusted. None (and one line) when there is nothing to train."""
     final = config.experiment_dir / FINAL_DIR
-    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]
+    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.report)
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
         print(f"\nno trial finished its budget: no final training (--final-budget {asked})")
@@ -451,9 +451,11 @@ def export_models(config: SearchConfig) -> list[str]:
 
     exp, lines = config.experiment_dir, []
     for name in ("best", FINAL_DIR):
-        if not (exp / name / "model.pt").is_file():
-            continue
         out = exp / f"{name}-{config.export}"
+        if not (exp / name / "model.pt").is_file():
+            # one made from a best/ since removed (its trial diverged) goes too
+            shutil.rmtree(out, ignore_errors=True)
+            continue
         export(exp / name, out, config.export, replace=True)  # the previous run's, swapped once the new one is whole
         if config.mirror:
             config.mirror.push(out.name)

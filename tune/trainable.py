@@ -63,16 +63,18 @@ def train_gpt(config: dict, data: list, tokenizer: dict, search: SearchConfig) -
     node_id = ray.get_runtime_context().get_node_id()  # which machine: node_ip is the same for nodes on one host
     # start cost, for benchmarks/search_overhead.py: when this worker began and how long set-up took
     timing = {"started_at": started_at, "setup_s": time.time() - started_at}
+    # the vocabulary: its uniform baseline ln(vocab_size) tells a diverged loss (tune.outcomes.diverged)
+    extra = {"node_id": node_id, "vocab_size": tok.vocab_size, **timing}
     if trainer.status != "running" and trainer.history:
         # restored from a checkpoint taken as the trial ended (the search stopped before Ray's state recorded the
         # end): its last result once more, so that Ray, the scheduler and the outcome recorder see how it ended
-        tune.report({**trainer.history[-1], "node_id": node_id, **timing})
+        tune.report({**trainer.history[-1], **extra})
         return
 
     def report(metrics: dict, t: Trainer) -> None:
         with tempfile.TemporaryDirectory() as d:
             t.save(d)
-            tune.report({**metrics, "node_id": node_id, **timing}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(d))
 
     trainer.run(report)
 
