@@ -28,7 +28,7 @@ from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
 from nanogpt.token_cache import prepare
-from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
+from tune.config import SETTINGS_FILE, SearchConfig, config_from_args, format_amount
 from tune import scaling
 from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
@@ -417,9 +417,11 @@ def export_models(config: SearchConfig) -> list[str]:
 
 
 def run(config: SearchConfig, resume: bool, address: str | None = None, dashboard: bool = False,
-        report: bool = True, top: int = 5) -> Path:
+        report: bool | None = None, top: int = 5) -> Path:
     """Run (or resume) a search; returns the experiment directory. Everything is checked before anything is
-    written; the run holds the results directory's lock for the name from then on (tune.lock)."""
+    written; the run holds the results directory's lock for the name from then on (tune.lock). `report`: write
+    report.md and plots (default: the configuration's, False after --no-report)."""
+    report = config.report if report is None else report
     if not address:
         local_ray_on_loopback()
     try:
@@ -637,21 +639,35 @@ def _finish(config: SearchConfig, df, wall: float, report: bool, top: int) -> No
         print("\n".join(probes))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def execute(args, command: list[str]) -> Path | None:
+    """What `python -m tune.search` does with its settings (an argparse Namespace of build_parser's flags): the
+    command line and tune.api.search both come here. `command`: the flags, recorded in search.json. Returns the
+    experiment directory; None after --dry-run."""
     config = config_from_args(args)
     if not args.resume:
-        argv = sys.argv[1:] if argv is None else argv
-        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *argv]))
+        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *command]))
     if args.dry_run:
         from tune.dry_run import dry_run
 
         print(dry_run(config))
-        return 0
+        return None
     if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
         logging.getLogger("tune").setLevel(logging.DEBUG)
-    run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
-        report=not args.no_report, top=args.top)
+    return run(config, resume=args.resume, address=args.address, dashboard=args.dashboard, top=args.top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tune.options import attributed, from_command_line
+
+    argv = sys.argv[1:] if argv is None else argv
+    args, origin = from_command_line(argv)  # --config FILE: its settings, the flags over them
+    try:
+        execute(args, argv)
+    except UserError as e:
+        named = attributed(e, origin)
+        if named is e:
+            raise
+        raise named from None
     return 0
 
 
