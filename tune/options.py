@@ -33,11 +33,24 @@ def parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
     where.add_argument("--config", metavar="FILE", default=None,
                        help="read settings from a search file (.yaml, .toml or .json; keys are the flags' names with "
                             "underscores, e.g. num_samples: 8, n_layer: '1:4'); flags given here override it")
+    for action in p._actions:  # a flag's own check (parse_duration) says what is wrong, not 'invalid value'
+        if callable(action.type) and action.type not in (int, float, str):
+            action.type = _typed(action.type)
     if not exit_on_error:
         def error(message: str):
             raise UserError(message)
         p.error = error
     return p
+
+
+def _typed(convert):
+    def typed(text):
+        try:
+            return convert(text)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    typed.__name__ = getattr(convert, "__name__", "value")
+    return typed
 
 
 def _keys(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -118,7 +131,7 @@ class Settings:
             try:
                 _given(self.parser, part)
             except UserError as e:
-                raise UserError(f"{label(key)}: {_strip_argument(str(e))}") from None
+                raise UserError(_named(str(e), label(key), keys[key])) from None
             argv += part
             origin[keys[key].dest] = label(key)
         try:
@@ -133,6 +146,14 @@ class Settings:
 
 def _strip_argument(message: str) -> str:
     return re.sub(r"^argument [^:]+: ", "", message)
+
+
+def _named(message: str, label: str, action: argparse.Action) -> str:
+    """argparse's 'argument --time-budget: --time-budget '3x': give a duration...' as 'search.yaml: time_budget
+    '3x': give a duration...'."""
+    message = _strip_argument(message)
+    m = re.match(r"--[a-z0-9-]+", message)
+    return label + message[m.end():] if m and m.group(0) in action.option_strings else f"{label}: {message}"
 
 
 def _together(message: str) -> str:
@@ -205,9 +226,24 @@ def _parse(path: Path, suffix: str, text: str) -> Any:
     except ImportError:
         raise UserError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as .toml or .json") from None
     try:
-        return yaml.safe_load(text) or {}
+        return yaml.load(text, Loader=_yaml_loader(yaml)) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
+def _yaml_loader(yaml):
+    """YAML's safe loader, its scalars kept as written except true, false and null: every value becomes a flag's
+    text anyway, and YAML 1.1 would read `n_layer: 1:4` as the number 64 (base 60) and `compile: off` as false."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    typed = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in typed]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return Loader
 
 
 def _file_layer(settings: Settings, path: str | Path) -> None:
