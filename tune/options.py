@@ -215,8 +215,10 @@ def _parse(path: Path, suffix: str, text: str) -> Any:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e})") from None
     if suffix == ".toml":
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the same parser, as a package
+            import tomli as tomllib
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

@@ -241,9 +241,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries; after a kill, see
             # tune.checkpoints)
             verbose=0,
-            # what Ray picks in a terminal, idle at verbose=0; in a notebook Ray's own pick clears the cell's output
-            # (tune.api's live view) to draw an empty table
-            progress_reporter=tune.CLIReporter(),
+            progress_reporter=tune.CLIReporter(),  # Ray's pick in a terminal; its notebook one clears tune.api's view
             stop=TimeBudget() if config.time_budget_s else None,
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
