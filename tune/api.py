@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import re
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -119,6 +120,10 @@ def search(config: str | Path | None = None, **settings: Any) -> SearchResult | 
     from tune.search import execute
 
     args, origin = from_keywords(settings, config)
+    if args.verbose and not logging.getLogger("tune").handlers:  # the command's -v lines, on stderr as it shows them
+        from nanogpt.cli import configure_logging
+
+        configure_logging()
     with _progress() as shown:
         try:
             path = execute(args, command_line(args, settings))
