@@ -147,3 +147,10 @@ def test_command_line_bad_file_is_one_line(tmp_path, name, text, needle):
 def test_missing_file_is_one_line(tmp_path):
     proc = run_cli("tune.search", "--config", str(tmp_path / "none.yaml"), "--results-dir", str(tmp_path))
     assert_one_line_error(proc, "none.yaml: no such file")
+
+
+def test_report_false_in_a_file_is_no_report(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("dataset: counting\nreport: false\n")
+    args, _ = from_command_line(["--config", str(path), "--results-dir", str(tmp_path)])
+    assert args.no_report is True and config_from_args(args).report is False

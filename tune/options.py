@@ -123,6 +123,12 @@ class Settings:
         parsed on its own, so a bad one is named; then all of them together (flags that exclude each other)."""
         keys = _keys(self.parser)
         argv, origin = [], {}
+        if "report" in settings:  # report: false is --no-report
+            settings = dict(settings)
+            report = settings.pop("report")
+            if not isinstance(report, bool):
+                raise UserError(f"{label('report')}: true or false, got {report!r}")
+            settings["no_report"] = not report
         for key, value in settings.items():
             if key not in keys:
                 raise UserError(f"{label(key)}: unknown setting{_suggest(key, keys)}; the settings are "
@@ -275,11 +281,6 @@ def from_keywords(keywords: dict[str, Any], config: str | Path | None = None) ->
     if config is not None:
         _file_layer(settings, config)
     keywords = dict(keywords)
-    if "report" in keywords:
-        report = keywords.pop("report")
-        if not isinstance(report, bool):
-            raise UserError(f"report: true or false, got {report!r}")
-        keywords["no_report"] = not report
     for key in ("config", "help"):
         if key in keywords:
             raise UserError(f"{key}: not a setting (unknown keyword)")
