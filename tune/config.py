@@ -238,6 +238,9 @@ class SearchConfig:
         "--horizon-lr-beta", "a continued trial's peak learning rate follows its new horizon: lr x (final budget / the "
         "trial's spend)^-beta (0.125: DeepSeek LLM's lr ~ compute^-0.125; 0 keeps the trial's); with --ladder on",
         default=0.125, type=float, check=nonneg, group="budget", saved_default=0.125)
+    # how the run ends, not what the search is (not compared on --resume): report.md and plots, or not (--no-report);
+    # here so that `run(config_from_args(args))` honours --no-report as the command does
+    report: bool = setting(saved_default=True)
 
     # --- where things are
 
@@ -635,6 +638,7 @@ def resolve(args: argparse.Namespace, results_dir: str, name: str) -> SearchConf
         eval_iters=preset.eval_iters, eval_batch_size=preset.eval_batch_size, train_loss_from=preset.train_loss_from,
         sampler=sampler_options(values["searcher"], values["seed"], preset),
         metric="val_loss", mode="min", created=time.strftime("%Y-%m-%d %H:%M:%S"), local_copy=local_copy,
+        report=not getattr(args, "no_report", False),
     )
 
 
@@ -690,4 +694,5 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
                         f"directory keeps its name when copied or moved: copy or move it as {saved.name!r}")
     check_same(args, saved, results_dir)
     # a local search's files are where its directory is now, whatever search.json says
-    return dataclasses.replace(saved, results_dir=results_dir, local_copy=saved.local_copy if uri else None)
+    return dataclasses.replace(saved, results_dir=results_dir, local_copy=saved.local_copy if uri else None,
+                               report=not getattr(args, "no_report", False))

@@ -31,7 +31,7 @@ from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
 from nanogpt.token_cache import prepare
-from tune.config import SETTINGS_FILE, SearchConfig, build_parser, config_from_args, format_amount
+from tune.config import SETTINGS_FILE, SearchConfig, config_from_args, format_amount
 from tune import scaling
 from tune.outcomes import CLOCK_FILE, OPTUNA_DB, OUTCOMES_FILE, Outcome, read_clock
 from tune.space import largest, max_value
@@ -279,6 +279,7 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
             ),  # the best checkpoint by val_loss; Ray always keeps the latest too (for retries; after a kill, see
             # tune.checkpoints)
             verbose=0,
+            progress_reporter=tune.CLIReporter(),  # Ray's pick in a terminal; its notebook one clears tune.api's view
             stop=TimeBudget() if config.time_budget_s else None,
             # the recorder first: it writes each trial's outcome onto its result before Ray logs it
             callbacks=[OutcomeRecorder(exp, config.time_budget_s, searcher if config.tell_optuna == "truth" else None),
@@ -464,9 +465,11 @@ def export_models(config: SearchConfig) -> list[str]:
 
 
 def run(config: SearchConfig, resume: bool, address: str | None = None, dashboard: bool = False,
-        report: bool = True, top: int = 5) -> Path:
+        report: bool | None = None, top: int = 5) -> Path:
     """Run (or resume) a search; returns the experiment directory. Everything is checked before anything is
-    written; the run holds the results directory's lock for the name from then on (tune.lock)."""
+    written; the run holds the results directory's lock for the name from then on (tune.lock). `report`: write
+    report.md and plots (default: the configuration's, False after --no-report)."""
+    report = config.report if report is None else report
     if not address:
         local_ray_on_loopback()
     try:
@@ -812,12 +815,13 @@ def _finish(config: SearchConfig, df, wall: float, report: bool, top: int) -> No
         print("\n".join(probes))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def execute(args, command: list[str]) -> Path | None:
+    """What `python -m tune.search` does with its settings (an argparse Namespace of build_parser's flags): the
+    command line and tune.api.search both come here. `command`: the flags, recorded in search.json. Returns the
+    experiment directory; None after --dry-run."""
     config = config_from_args(args)
     if not args.resume:
-        argv = sys.argv[1:] if argv is None else argv
-        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *argv]))
+        config = dataclasses.replace(config, command=shlex.join(["python", "-m", "tune.search", *command]))
     if args.dry_run:  # everything a run checks before it trains, then what it would do
         from tune.dry_run import dry_run
 
@@ -829,15 +833,31 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             forget_loopback()
         print(dry_run(config, tokenizer.vocab_size))
-        return 0
+        return None
     if args.verbose:  # each evaluation (tune.progress) and ASHA's decisions (tune.asha), as they happen
         logging.getLogger("tune").setLevel(logging.DEBUG)
     try:
-        run(config, resume=args.resume, address=args.address, dashboard=args.dashboard,
-            report=not args.no_report, top=args.top)
+        return run(config, resume=args.resume, address=args.address, dashboard=args.dashboard, top=args.top)
+    except SearchStopped as e:
+        e.config = e.config or config  # stopped before run had its configuration: the one it was given
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tune.options import attributed, from_command_line
+
+    argv = sys.argv[1:] if argv is None else argv
+    args, origin = from_command_line(argv)  # --config FILE: its settings, the flags over them
+    try:
+        execute(args, argv)
+    except UserError as e:
+        named = attributed(e, origin)
+        if named is e:
+            raise
+        raise named from None
     except SearchStopped as e:  # Ctrl-C: 130, SIGTERM: 143, with the line that continues the search
         print(f"{signal.Signals(e.signum).name}: the search stopped; continue it with: python -m tune.search --resume "
-              f"--name {config.name} --results-dir {config.results_dir}", file=sys.stderr, flush=True)
+              f"--name {e.config.name} --results-dir {e.config.results_dir}", file=sys.stderr, flush=True)
         return 128 + e.signum
     return 0
 
