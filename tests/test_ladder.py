@@ -236,5 +236,6 @@ def test_a_ladder_under_a_time_budget_meets_it(tmp_path):
     assert meta["chosen_by"]["by"] == "ladder" and "horizon_lr" in meta
     state = json.loads((exp / "ladder.json").read_text())
     (run,) = state["runs"]
-    assert 0 < run["given_s"] <= budget / 2 and run["took_s"] <= run["given_s"] + 5, proc.stdout
+    # the ladder gets what the search left: at least the final share (half), more where the trials ended early
+    assert 0 < run["given_s"] <= budget and run["took_s"] <= run["given_s"] + 5, proc.stdout
     assert "ladder: the best" in proc.stdout
