@@ -73,7 +73,7 @@ class TrainConfig:
 
     max_steps: int = 2000  # optimizer steps (the budget when budget_unit is "steps")
     # what the training budget counts: optimizer steps, tokens, training FLOPs (GPT.flops_per_token() per
-    # token, nanoGPT's formula) or seconds of training steps (evaluations not counted)
+    # token, nanoGPT's formula, plus Muon's Newton-Schulz per step) or seconds of training steps (evaluations not counted)
     budget_unit: Literal["steps", "tokens", "flops", "s"] = "steps"
     budget: float | None = None  # the budget in budget_unit (unused for steps: max_steps); tokens/flops: train while the next step fits
     eval_every: float | None = None  # evaluate each time the spend passes a multiple of this (budget_unit); None = eval_interval steps, or budget / 10
