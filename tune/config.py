@@ -153,8 +153,8 @@ class SearchConfig:
                                group="budget")
     budget_unit: str = setting()  # steps | tokens | flops | s: the unit of --trial-budget (or steps, --max-steps)
     trial_budget: float = setting(
-        "--trial-budget", "what every trial may spend: a number with a unit, steps, tokens, flops (training FLOPs: forward, backward and Muon's Newton-Schulz) "
-        "or s (seconds of training), e.g. 500steps, 8e12flops, 120s", default=FROM_PRESET, metavar="AMOUNT",
+        "--trial-budget", "what every trial may spend: a number with a unit, steps, tokens, flops (training FLOPs: "
+        "forward, backward and Muon's Newton-Schulz) or s (seconds of training), e.g. 500steps, 8e12flops, 120s", default=FROM_PRESET, metavar="AMOUNT",
         group="budget")
     # an evaluation (one report to Tune) each time a trial's spend passes a multiple of this
     eval_every: float = setting("--eval-every", "spend between evaluations (one report to Tune each), in the "
