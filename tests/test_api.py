@@ -101,7 +101,7 @@ def test_bad_settings_raise_user_error_naming_them(tmp_path, settings, needle):
 def test_dry_run_prints_and_returns_none(tmp_path, capsys):
     assert search(dataset="counting", max_steps=30, compile="off", dry_run=True, results_dir=str(tmp_path)) is None
     out = capsys.readouterr().out
-    assert '"trial_budget": 30.0' in out and "nothing was written (--dry-run)" in out
+    assert '"trial_budget": 30.0' in out and "nothing was written to" in out and "(--dry-run)" in out
     assert not list(tmp_path.iterdir())
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, TINY, run_cli, terminated_trials
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.train import optimizer_flops
 from tune.report import COLUMNS
 from tune.space import HPARAMS
 
@@ -129,7 +130,8 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     vocab = json.loads((exp / "best" / "config.json").read_text())["model"]["vocab_size"]
     for row in df.itertuples():
         model = GPT(GPTConfig(block_size=16, vocab_size=vocab, n_layer=row.n_layer, n_head=2, n_embd=16, bias=False))
-        step_flops = model.flops_per_token() * row.batch_size * 16
+        # forward and backward, and Muon's Newton-Schulz (the laptop preset's optimizer)
+        step_flops = model.flops_per_token() * row.batch_size * 16 + optimizer_flops(model, row.optimizer)
         assert row.train_spend == pytest.approx(row.steps * step_flops)
         if row.outcome == "finished":  # training and cooldown branches together: the budget, to a step
             assert budget - step_flops < row.spend <= budget
