@@ -8,7 +8,8 @@ the validation split). The default row is nanoGPT's architecture, which matches 
 logit (tests/test_model.py), so its figure is nanoGPT's own.
 
 Plan, per (row, optimizer):
-1. 2e12: a learning-rate sweep (three values) at seed 0; the best then at seeds 1 and 2.
+1. 2e12: a learning-rate sweep (three values, a factor 2 apart; one more past the edge where the best is at an
+   edge) at seed 0; the best then at seeds 1 and 2.
 2. 8e12 (`--big-rows`: the default, the full set and the exportable set): the best 2e12 learning rate and the
    next lower one (the best learning rate falls as the horizon grows) at seed 0; the better at seeds 1 and 2.
 Losses do not depend on the machine's load; seconds per step do, so each run's seconds per step are shown beside
@@ -127,10 +128,21 @@ def best_lr(row: str, opt: str, budget: float) -> float | None:
     return min(seed0, key=lambda lr: seed0[lr] if math.isfinite(seed0[lr]) else math.inf) if seed0 else None
 
 
+def past_edge(row: str, opt: str, budget: float) -> float | None:
+    """The learning rate one factor of 2 past the sweep's edge, where the best is at that edge."""
+    tried = sorted(results(row, opt, budget))
+    best = best_lr(row, opt, budget)
+    if best is None or len(tried) < 2:
+        return None
+    return best * 2 if best == tried[-1] else best / 2 if best == tried[0] else None
+
+
 def plan(rows: list[str], big_rows: list[str], opts: list[str], budgets: list[float], workers: int) -> None:
     small, big = min(budgets), max(budgets)
     job = lambda row, opt, budget, lr, seed: dict(row=row, optimizer=opt, budget=budget, lr=lr, seed=seed)
     run_jobs([job(r, o, small, lr, 0) for r in rows for o in opts for lr in LRS[o]], workers)
+    # a best learning rate at the sweep's edge: one more step past it (twice, or half, the edge)
+    run_jobs([job(r, o, small, x, 0) for r in rows for o in opts for x in [past_edge(r, o, small)] if x], workers)
     run_jobs([job(r, o, small, best_lr(r, o, small), s) for r in rows for o in opts for s in SEEDS[1:]], workers)
     if big == small:
         return
