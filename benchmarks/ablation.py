@@ -137,13 +137,14 @@ def past_edge(row: str, opt: str, budget: float) -> float | None:
     return best * 2 if best == tried[-1] else best / 2 if best == tried[0] else None
 
 
-def plan(rows: list[str], big_rows: list[str], opts: list[str], budgets: list[float], workers: int) -> None:
+def plan(rows: list[str], big_rows: list[str], opts: list[str], budgets: list[float], workers: int,
+         seeds: tuple[int, ...] = SEEDS) -> None:
     small, big = min(budgets), max(budgets)
     job = lambda row, opt, budget, lr, seed: dict(row=row, optimizer=opt, budget=budget, lr=lr, seed=seed)
     run_jobs([job(r, o, small, lr, 0) for r in rows for o in opts for lr in LRS[o]], workers)
     # a best learning rate at the sweep's edge: one more step past it (twice, or half, the edge)
     run_jobs([job(r, o, small, x, 0) for r in rows for o in opts for x in [past_edge(r, o, small)] if x], workers)
-    run_jobs([job(r, o, small, best_lr(r, o, small), s) for r in rows for o in opts for s in SEEDS[1:]], workers)
+    run_jobs([job(r, o, small, best_lr(r, o, small), s) for r in rows for o in opts for s in seeds[1:]], workers)
     if big == small:
         return
     jobs = []
@@ -153,7 +154,7 @@ def plan(rows: list[str], big_rows: list[str], opts: list[str], budgets: list[fl
             lower = [x for x in LRS[o] if x < lr]
             jobs += [job(r, o, big, x, 0) for x in [lr] + lower[-1:]]
     run_jobs(jobs, workers)
-    run_jobs([job(r, o, big, best_lr(r, o, big), s) for r in big_rows for o in opts for s in SEEDS[1:]], workers)
+    run_jobs([job(r, o, big, best_lr(r, o, big), s) for r in big_rows for o in opts for s in seeds[1:]], workers)
 
 
 def speed(rows: list[str], steps: int = 150, rounds: int = 3) -> dict[str, float]:
@@ -229,6 +230,7 @@ def main() -> None:
     p.add_argument("--budgets", default="2e12,8e12")
     p.add_argument("--big-rows", default="baseline,modern,qwen3", help="the rows also run at the larger budget")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds at the best learning rate (the sweep is seed 0)")
     p.add_argument("--speed", action="store_true", help="also time every row's step (needs a quiet machine)")
     p.add_argument("--report-only", action="store_true", help="write RESULTS.md from ablation.json, train nothing")
     args = p.parse_args()
@@ -238,7 +240,7 @@ def main() -> None:
         raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     budgets = [float(b) for b in args.budgets.split(",")]
     if not args.report_only:
-        plan(rows, args.big_rows.split(","), opts, budgets, args.workers)
+        plan(rows, args.big_rows.split(","), opts, budgets, args.workers, SEEDS[:args.seeds])
     report(rows, opts, budgets, speed(rows) if args.speed else None)
 
 
