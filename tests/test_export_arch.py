@@ -127,17 +127,15 @@ def test_search_export_refuses_a_space_that_can_draw_an_option_without_an_equiva
         _check_export("nanogpt", "char", rope)
 
 
-def test_search_export_hf_of_a_preset_with_relu2_is_refused_before_the_search():
-    """shakespeare-modern fixes --mlp relu2: --export hf is refused when the search is set up, not after it."""
+def test_search_export_hf_of_a_space_with_relu2_is_refused_before_the_search():
+    """A search that fixes --mlp relu2: --export hf is refused when the search is set up, not after it; the
+    shakespeare-modern preset (a Qwen3) exports."""
     from nanogpt.errors import UserError
     from tune.config import build_parser, config_from_args
-    from tune.space import PRESETS
 
-    if PRESETS.get("shakespeare-modern") is None or "relu2" not in str(PRESETS["shakespeare-modern"].space.get("mlp")):
-        pytest.skip("no preset fixes relu2")
-    args = build_parser().parse_args(["--preset", "shakespeare-modern", "--export", "hf", "--results-dir", "/nonexistent/x"])
+    args = build_parser().parse_args(["--preset", "shakespeare-modern", "--mlp", "relu2", "--export", "hf",
+                                      "--results-dir", "/nonexistent/x"])
     with pytest.raises(UserError, match="--export hf: mlp=relu2 has no Hugging Face architecture"):
         config_from_args(args)
-    args = build_parser().parse_args(["--preset", "shakespeare-modern", "--mlp", "swiglu", "--norm", "rmsnorm",
-                                      "--export", "hf", "--results-dir", "/nonexistent/x"])
+    args = build_parser().parse_args(["--preset", "shakespeare-modern", "--export", "hf", "--results-dir", "/nonexistent/x"])
     config_from_args(args)  # rope, rmsnorm, swiglu, qk_norm, no biases: a Qwen3

@@ -215,9 +215,9 @@ def test_the_default_preset_keeps_nanogpts_architecture_and_the_modern_one_fixes
     assert "rope" not in hp.line()
     modern = _config("--preset", "shakespeare-modern", tmp_path=tmp_path).space
     assert {k: modern[k] for k in ("pos_emb", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init")} == dict(
-        pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, zero_init=True)
+        pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False, zero_init=True)
     line = Hparams.from_config({**modern, "n_layer": 2, "head_dim": 32, "learning_rate": 1e-2, "batch_size": 32}).line()
-    assert line.endswith("muon rope rmsnorm relu2 qk_norm=True tied=False zero_init=True")
+    assert line.endswith("muon rope rmsnorm swiglu qk_norm=True tied=False zero_init=True")
 
 
 def test_a_trial_config_from_before_the_architecture_takes_nanogpts():
