@@ -316,7 +316,8 @@ class Trainer:
     @property
     def spend(self) -> float:
         """What the run's training steps have spent, in the budget's unit (cooldown branches not counted)."""
-        return {"steps": self.step, "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token + self.step * self.optimizer_flops,
+        return {"steps": self.step, "tokens": self.tokens_seen,
+                "flops": self.tokens_seen * self.flops_per_token + self.step * self.optimizer_flops,
                 "s": self.train_time + self.compiler.compile_s}[self.cfg.budget_unit]
 
     @property
@@ -373,7 +374,8 @@ class Trainer:
             if self.cfg.budget_unit == "s":
                 seconds_left = self.budget - self.spend
             if self.cfg.time_budget_s is not None:
-                seconds_left = min(seconds_left or math.inf, self.cfg.time_budget_s - self.elapsed)
+                seconds_left = min(math.inf if seconds_left is None else seconds_left,
+                                   self.cfg.time_budget_s - self.elapsed)
             c.decided = True
             if not worth_compiling(c.key, steps_left, self._eager_step_s, seconds_left):
                 return
