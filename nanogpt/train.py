@@ -196,10 +196,16 @@ def wsd_decay_start(cfg: TrainConfig, decay_steps: int, warmup: int) -> int:
     return max(warmup, decay_steps - round(cfg.cooldown_frac * decay_steps))
 
 
-def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None) -> float:
+def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None,
+          anchor: tuple[int, float] | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr, or (wsd) the peak
     and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
-    are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it."""
+    are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it.
+    `anchor` (step, lr): fill_time_s shortened the plan during the decay; from that step the lr falls linearly
+    from lr (the step before's) to min_lr at the new last step, so the decay still ends by the deadline."""
+    if anchor is not None and planned_steps is not None and step >= anchor[0]:
+        return cfg.min_lr if step >= planned_steps else decay_lr(step - anchor[0], planned_steps - anchor[0],
+                                                                  anchor[1], cfg.min_lr)
     warmup = warmup_steps(cfg, planned_steps)
     # fill_time_s: the plan moves, and the decay with it (a steps budget's lr_decay_steps is its first plan)
     decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None and cfg.fill_time_s is None else planned_steps
@@ -288,6 +294,7 @@ class Trainer:
         self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
         self.eval_time = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
         self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
+        self.decay_anchor: tuple[int, float] | None = None  # fill_time_s: where a shortened plan's decay restarted
         # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
         tokens_per_step = cfg.batch_size * model_cfg.block_size
         unit = cfg.budget_unit
@@ -334,26 +341,39 @@ class Trainer:
             return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time + self.compiler.compile_s < self.budget
         return self.spend < self.budget
 
-    def _plan_to_fill(self, seconds: float, steps: int, train_s: float, evals: int) -> None:
+    def _plan_to_fill(self, seconds: float, steps: int, train_s: float, evals: int, recent_step_s: float = 0.0) -> None:
         """fill_time_s: the run's length in steps so that it ends by then, from this run's own speed so far
-        (`seconds` since it started, `steps` and `train_s` of training in them, `evals` evaluations): what is not
+        (`seconds` since it started, `steps` and `train_s` of training in them, `evals` evaluations; a step's
+        seconds since the last check, `recent_step_s`, where slower than the average): what is not
         a training step (evaluations, checkpoints) is counted per evaluation, one more kept for the end. The plan
-        holds once the wsd decay has begun (and for cosine, once its warmup is over)."""
+        moves both ways while the wsd peak holds (for cosine, during its warmup); once the decay has begun it only
+        shortens, the rest of the decay squeezed into the steps that fit (decay_anchor), so that a run whose steps
+        slowed still ends decayed by the deadline rather than being stopped in the middle of its decay."""
         cfg = self.cfg
-        warmup = warmup_steps(cfg, self.planned_steps)
-        if steps < PROBE_STEPS or self.step >= (warmup if cfg.schedule == "cosine" else
-                                                wsd_decay_start(cfg, self.planned_steps, warmup)):
+        if steps < PROBE_STEPS:
             return
-        step_s = train_s / steps
+        decaying = self._decaying()
+        step_s = max(train_s / steps, recent_step_s)
         per_eval = max(0.0, seconds - train_s) / max(evals, 1)
         evals_per_step = self.step_spend / self.eval_every
         deadline = cfg.fill_time_s * (1 - FILL_MARGIN)
         left = int((deadline - seconds - per_eval) / (step_s + per_eval * evals_per_step))
         planned = self.step + max(1, left)
-        if cfg.schedule == "wsd":  # a decay that would have begun already begins now instead
+        if decaying:
+            if planned >= self.planned_steps:
+                return
+            # the lr of the step before, in the plan it was taken under, is where the squeezed decay starts
+            self.decay_anchor = (self.step, lr_at(self.step - 1, cfg, self.planned_steps, self.decay_anchor))
+        elif cfg.schedule == "wsd":  # a decay that would have begun already begins now instead
             planned = max(planned, math.ceil(self.step / (1 - cfg.cooldown_frac)))
         self.planned_steps = planned
         self.budget = planned * self.step_spend
+
+    def _decaying(self) -> bool:
+        """The schedule has left its peak (wsd) or its warmup (cosine): fill_time_s's plan only shortens now."""
+        warmup = warmup_steps(self.cfg, self.planned_steps)
+        return self.step >= (warmup if self.cfg.schedule == "cosine" else
+                             wsd_decay_start(self.cfg, self.planned_steps, warmup))
 
     def _plan_by_speed(self) -> None:
         """Seconds budget: the run's length in steps from the speed of its steps so far."""
@@ -439,7 +459,7 @@ class Trainer:
             "budget": self.budget,  # in the budget's unit: what the run plans to spend (fill_time_s moves it)
             "branch_spend": self.branch_spend,
             "total_spend": self.spend + self.branch_spend,
-            "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps),
+            "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps, self.decay_anchor),
             "status": self.status.value,
         }
 
@@ -485,9 +505,11 @@ class Trainer:
         compile_s_before = self.compiler.compile_s
         # fill_time_s counts this run() alone (a continued or resumed run's earlier seconds are another budget's)
         run_t0, step0, train0, evals = time.perf_counter(), self.step, self.train_time, 0
+        mark = (self.step, self.train_time)  # fill_time_s: the steps since the last check, for their recent speed
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
-            loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps), self.batch_gen)
+            loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps, self.decay_anchor),
+                                         self.batch_gen)
             t0 += self.compiler.compile_s - compile_s_before  # a compile inside the step counts in compile_s alone
             compile_s_before = self.compiler.compile_s
             self.step += 1
@@ -498,8 +520,12 @@ class Trainer:
             self.loss_count += 1
             if cfg.budget_unit == "s" and self.step == PROBE_STEPS:
                 self._plan_by_speed()
-            if cfg.fill_time_s is not None and self.step - step0 == PROBE_STEPS:
-                self._plan_to_fill(time.perf_counter() - run_t0, PROBE_STEPS, self.train_time - train0, evals)
+            if cfg.fill_time_s is not None and (self.step - step0) % PROBE_STEPS == 0 and (
+                    self.step - step0 == PROBE_STEPS or self._decaying()):  # the decay's plan: checked often
+                recent = (self.train_time - mark[1]) / max(1, self.step - mark[0])
+                self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0, evals,
+                                   recent if self.step - step0 > PROBE_STEPS else 0.0)
+                mark = (self.step, self.train_time)
 
             if not math.isfinite(loss_value):
                 self.status = Status.DIVERGED
@@ -566,7 +592,7 @@ class Trainer:
 
     def _branch(self, n_steps: int) -> float:
         t0 = time.perf_counter()
-        peak = lr_at(max(0, self.step - 1), self.cfg, self.planned_steps)  # where the run's own schedule stands
+        peak = lr_at(max(0, self.step - 1), self.cfg, self.planned_steps, self.decay_anchor)  # where the run's own schedule stands
         val, self.decayed = cooldown_branch(self, n_steps, peak,
                                             lambda model: configure_optimizer(model, self.cfg, self.device))
         self.branch_steps += n_steps
@@ -594,6 +620,7 @@ class Trainer:
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "planned_steps": self.planned_steps,
+            "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,
             "branch_steps": self.branch_steps,
             "branch_time": self.branch_time,
             "eval_time": self.eval_time,
@@ -622,6 +649,8 @@ class Trainer:
         self.rungs_done = sd.get("rungs_done", 0)
         if self.cfg.budget_unit == "s" or self.cfg.fill_time_s is not None:  # planned by speed: the saved plan
             self.planned_steps = sd.get("planned_steps") or self.planned_steps
+            anchor = sd.get("decay_anchor")
+            self.decay_anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
             if self.cfg.fill_time_s is not None:
                 self.budget = self.planned_steps * self.step_spend
         torch.set_rng_state(sd["rng_torch"])
@@ -648,6 +677,7 @@ class Trainer:
             "step": self.step,
             "status": self.status.value,
             "warmup_steps": warmup_steps(self.cfg, self.planned_steps),  # what a continuation must repeat
+            "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,  # (step, lr) a squeezed decay began
             "history": self.history,
         }
         write_json(d / CONFIG_FILE, meta, indent=2)
@@ -669,6 +699,7 @@ class Trainer:
         optimizer, spend and random streams, under this trainer's configuration and larger budget."""
         self.restore(directory)
         self.planned_steps = self.config_plan  # the other run's plan is not this one's
+        self.decay_anchor = None
         self.budget = float(self.cfg.max_steps if self.cfg.budget_unit == "steps" else self.cfg.budget)
         if not self._budget_left():
             raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "

@@ -1,5 +1,6 @@
 """fill_time_s (tune.search --final-budget auto): a run plans its length from its own speed so that it ends by a
-wall-clock time, re-plans while the wsd peak holds, keeps its plan once the decay begins, and resumes with it."""
+wall-clock time, re-plans while the wsd peak holds, only shortens (squeezing the rest of the decay) once the decay
+begins, and resumes with it."""
 
 import json
 import math
@@ -33,7 +34,7 @@ def test_plan_from_the_run_speed(data):
     assert lr_at(t.step, t.cfg, t.planned_steps) == pytest.approx(3e-3)  # still at the peak
 
 
-def test_plan_holds_once_the_decay_began(data):
+def test_plan_never_lengthens_once_the_decay_began(data):
     t = make(data)
     t.step = wsd_decay_start(t.cfg, t.planned_steps, t.cfg.warmup_steps)
     t._plan_to_fill(seconds=1.0, steps=30, train_s=0.5, evals=1)
@@ -114,3 +115,40 @@ def test_final_training_fills_the_seconds_left(tmp_path, monkeypatch):
     assert 2.0 < out["wall_s"] < 4.0 + 2.0
     if out["status"] == "finished":
         assert history[-1]["lr"] == pytest.approx(3e-4)
+
+
+def test_steps_that_slow_in_the_decay_still_end_decayed_by_the_deadline(data):
+    """Issue 29's second breakage: a final training planned 714 steps, re-planned to 290 and was stopped by its time
+    at 270, in the middle of its decay. Now the plan keeps shortening during the decay (checked every few steps, at
+    the recent speed), the rest of the decay squeezed in from where the lr stands: it ends decayed, in time."""
+    import time
+
+    t = make(data, fill_time_s=6.0)
+    lrs, step = [], Trainer.train_step
+
+    def slowing(self, model, optimizers, lr, gen):
+        lrs.append(lr)
+        if self._decaying():
+            time.sleep(0.01)  # after the decay begins a step takes several times longer (another job on the machine)
+        return step(self, model, optimizers, lr, gen)
+
+    t.train_step = slowing.__get__(t)
+    t0 = time.perf_counter()
+    history = t.run()
+    assert time.perf_counter() - t0 < 6.0
+    assert t.status is Status.FINISHED and t.decay_anchor is not None  # squeezed, not stopped
+    assert history[-1]["lr"] == pytest.approx(t.cfg.min_lr) and lrs[-1] == pytest.approx(t.cfg.min_lr)
+    peak = lrs.index(max(lrs))
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # never back up
+
+
+def test_a_squeezed_decay_resumes_where_it_stood(data, tmp_path):
+    t = make(data)
+    t.step = 36  # in the decay of a 40-step plan
+    t._plan_to_fill(seconds=88.0, steps=36, train_s=80.0, evals=5)  # 2.5 s a step, evaluations counted: 2 fit
+    assert t.planned_steps == 38 and t.decay_anchor[0] == 36
+    assert lr_at(36, t.cfg, 38, t.decay_anchor) < t.decay_anchor[1] and lr_at(37, t.cfg, 38, t.decay_anchor) == pytest.approx(t.cfg.min_lr)
+    t.save(tmp_path)
+    resumed = make(data)
+    resumed.restore(tmp_path)
+    assert resumed.decay_anchor == t.decay_anchor and resumed.planned_steps == 38

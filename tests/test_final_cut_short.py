@@ -40,3 +40,15 @@ def test_a_final_training_cut_short_says_so_even_when_it_scores_better(tmp_path)
     _checkpoint(tmp_path / "final", "time_budget", 270, 0.55)
     use, why = final_or_best(tmp_path)
     assert use == tmp_path / "final" and "before its planned end" in why
+
+
+def test_a_squeezed_decay_is_said_in_the_report(tmp_path):
+    """A final training whose steps slowed in its decay ends decayed (nanogpt.train squeezes the rest of the decay):
+    it is the answer, and the report says where its decay was squeezed rather than 'the last 20%' alone."""
+    _checkpoint(tmp_path / "best", "finished", 217, 0.5385)
+    _checkpoint(tmp_path / "final", "finished", 290, 0.52, continued_from="abc")
+    meta = json.loads((tmp_path / "final" / "config.json").read_text())
+    (tmp_path / "final" / "config.json").write_text(json.dumps({**meta, "decay_anchor": [260, 0.004]}))
+    assert final_or_best(tmp_path) == (tmp_path / "final", None)
+    origin = _final_origin(json.loads((tmp_path / "final" / "config.json").read_text()))
+    assert "squeezed from step 260 to step 290 to end within the time budget" in origin

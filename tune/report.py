@@ -94,8 +94,11 @@ def _final_origin(meta: dict) -> str:
         return "- trained from scratch with the winner's configuration"
     train = meta.get("train", {})
     short = final_cut_short(meta)
+    anchor = meta.get("decay_anchor")
+    squeezed = (f", the rest of its decay squeezed from step {anchor[0]} to step {meta.get('step')} to end within "
+                f"the time budget (its steps slowed)" if isinstance(anchor, list) and len(anchor) == 2 else "")
     decay = (f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})"
-             if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
+             f"{squeezed}" if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
                                    f"budget ({train.get('schedule')}), but {short}")
     return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
 
