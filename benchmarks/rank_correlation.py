@@ -32,7 +32,7 @@ SPACE = ["--n-layer", "2:3", "--n-head", "2,4", "--head-dim", "16,32", "--batch-
 
 def search_config(data_args: list[str], budget: float, schedule: str, cooldown_frac: float):
     """The search's configuration of a FIFO search: ten evaluations a trial, ASHA's rungs at a tenth (rf 3)."""
-    argv = [*data_args, *SPACE, "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{budget / 10:g}",
+    argv = [*data_args, *SPACE, "--trial-budget", f"{budget:g}flops", "--eval-every", f"{budget / 10:g}",
             "--grace-period", f"{budget / 10:g}", "--reduction-factor", "3", "--scheduler", "fifo",
             "--searcher", "random", "--schedule", schedule, "--cooldown-frac", str(cooldown_frac),
             "--results-dir", "/tmp/rank-correlation-unused", "--name", "bench"]

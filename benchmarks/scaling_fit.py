@@ -33,7 +33,7 @@ from tune.config import build_parser, config_from_args
 
 def search_config(preset: str, budget: float, final: float):
     argv = ["--preset", preset, "--data-file", str(shakespeare_file()), "--trial-budget", f"{budget:g}flops",
-            "--final-budget", f"{final:g}flops", "--final-from", "scratch", "--eval-interval", f"{budget / 10:g}",
+            "--final-budget", f"{final:g}flops", "--final-from", "scratch", "--eval-every", f"{budget / 10:g}",
             "--grace-period", f"{budget / 10:g}", "--reduction-factor", "3", "--scheduler", "fifo",
             "--searcher", "random", "--schedule", "wsd", "--results-dir", "/tmp/scaling-fit-unused", "--name", "bench"]
     return config_from_args(build_parser().parse_args(argv))

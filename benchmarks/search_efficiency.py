@@ -1,7 +1,7 @@
 """Does TPE + ASHA find good configs faster than random search, and what is telling Optuna the truth worth?
 
     python -m benchmarks.search_efficiency [--budget 200] [--seeds 0 1 2] [--preset laptop]
-                                           [--trial-budget 4e11flops] [--eval-interval A] [--grace-period A]
+                                           [--trial-budget 4e11flops] [--eval-every A] [--grace-period A]
 
 Runs `python -m tune.search --time-budget BUDGET` for
 - TPE + ASHA, Optuna told the truth (pruned trials PRUNED, with intermediate values by spend),
@@ -59,14 +59,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--preset", default="laptop")
     p.add_argument("--trial-budget", default=None, help="every trial's budget (default: the preset's)")
-    p.add_argument("--eval-interval", help="spend between evaluations (default: a tenth of the trial budget)")
+    p.add_argument("--eval-every", help="spend between evaluations (default: a tenth of the trial budget)")
     p.add_argument("--grace-period", help="ASHA's first rung (default: about a quarter of the trial budget)")
     p.add_argument("--without-ray-telling", action="store_true",
                    help=f"leave out {RAY_TELLING!r}: a third fewer searches (it ran the very trials of the truth row "
                         "on every seed measured so far, RESULTS.md)")
     args = p.parse_args()
     methods = {m: v for m, v in METHODS.items() if not (args.without_ray_telling and m == RAY_TELLING)}
-    shape = [x for flag in ("trial_budget", "eval_interval", "grace_period") if getattr(args, flag) is not None
+    shape = [x for flag in ("trial_budget", "eval_every", "grace_period") if getattr(args, flag) is not None
         for x in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
 
     curves: dict[str, list] = {m: [] for m in methods}

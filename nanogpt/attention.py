@@ -66,16 +66,20 @@ def plot_attention(tokens: list[str], att: torch.Tensor, path: str | Path, title
     return Path(path)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nanogpt.attention", description="Attention heatmap of a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. results/NAME/best)")
+    p.add_argument("--text", required=True, help="the text whose attention is drawn (one row and column a token)")
+    p.add_argument("--layer", type=int, default=0, help="transformer block, from 0 (default: 0)")
+    p.add_argument("--head", type=int, default=0, help="attention head, from 0; -1 = mean over the heads (default: 0)")
+    p.add_argument("--out", default="attention.png", help="where the heatmap PNG goes (default: attention.png)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     from nanogpt.checkpoint import load_model
 
-    p = argparse.ArgumentParser(prog="python -m nanogpt.attention", description="Attention heatmap of a checkpoint.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--text", required=True)
-    p.add_argument("--layer", type=int, default=0)
-    p.add_argument("--head", type=int, default=0, help="-1 = mean over the heads")
-    p.add_argument("--out", default="attention.png")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     model, tokenizer, _ = load_model(args.checkpoint)
     tokens, att = attention_matrix(model, tokenizer, args.text, args.layer, args.head)
     head = "mean of heads" if args.head == -1 else f"head {args.head}"

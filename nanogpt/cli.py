@@ -65,9 +65,12 @@ def field_comments(cls) -> dict[str, str]:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | None = None, skip=(),
-                       aliases: dict[str, list[str]] | None = None) -> None:
+                       aliases: dict[str, list[str]] | None = None, names: dict[str, str] | None = None,
+                       types: dict[str, Callable] | None = None, metavars: dict[str, str] | None = None) -> None:
     """One flag per field (`--n-layer` for n_layer), typed from the field's annotation, its help the field's
-    comment in the source. `aliases`: more spellings of a field's flag (another command's, e.g. --lr)."""
+    comment in the source. `aliases`: more spellings of a field's flag (another command's, e.g. --lr, or the
+    field's own older one); `names`: a flag spelled otherwise than its field (--time-budget for time_budget_s);
+    `types`: a parser for a field's text (a duration), in place of its annotation's type."""
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
     docs = field_comments(cls)
@@ -86,9 +89,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults: dict | No
             kwargs["type"] = args[0]
         else:
             kwargs["type"] = hint
+        if f.name in (metavars or {}):
+            kwargs["metavar"] = metavars[f.name]
+        if f.name in (types or {}):
+            kwargs["type"] = user_type(types[f.name], (names or {}).get(f.name, "--" + f.name.replace("_", "-")))
         default = defaults.get(f.name, f.default)
         group.add_argument(
-            "--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, []), dest=f.name, default=default,
+            (names or {}).get(f.name, "--" + f.name.replace("_", "-")), *(aliases or {}).get(f.name, []),
+            dest=f.name, default=default,
             help=(docs[f.name].replace("%", "%%") + " " if f.name in docs else "") + f"(default: {default})", **kwargs
         )
 

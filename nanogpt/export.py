@@ -428,7 +428,11 @@ def write_atomically(dest: Path, write, replace: bool = False) -> None:
             if e.errno in DISK_ERRNOS:
                 raise write_failed(e.filename or dest, e) from None
             raise
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's directory is private; the export gets a new directory's mode
+        mask = _umask()
+        tmp.chmod(0o777 & ~mask)  # mkdtemp's directory is private; the export gets a new directory's mode
+        for f in tmp.iterdir():  # and its files a new file's (safetensors writes 0600)
+            if f.is_file() and not f.is_symlink():
+                f.chmod(0o666 & ~mask)
         if replace and dest.is_dir() and any(dest.iterdir()):
             holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.previous-", dir=dest.parent))
             try:
@@ -494,7 +498,7 @@ def usage(out: Path, fmt: str, checkpoint: Path | None = None) -> str:
             f"data/{name}/ && python sample.py --out_dir={out}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nanogpt.export",
         description="Export a checkpoint (weights and tokenizer) for Hugging Face transformers or nanoGPT.")
@@ -503,7 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="hf", choices=FORMATS,
                    help="hf: transformers (GPT-2 config, model.safetensors, tokenizer.json, model card); "
                         "nanogpt: ckpt.pt and meta.pkl for nanoGPT's sample.py (character tokenizers only) (default: hf)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     command = "python -m nanogpt.export " + shlex.join(sys.argv[1:] if argv is None else argv)
     out = export(args.checkpoint, args.out, args.format, command)
     print(usage(out, args.format, Path(args.checkpoint)))

@@ -38,11 +38,11 @@ class GPTConfig:
     """Shape of the network. Field names are nanoGPT's; the options after bias default to nanoGPT's model."""
 
     block_size: int = 1024  # longest context, in tokens
-    vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 12
+    vocab_size: int = 50304  # tokens the model knows (the tokenizer's)
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
     n_embd: int = 768  # must be a multiple of n_head; head size = n_embd // n_head
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout probability (attention, residual and embedding dropout, as nanoGPT)
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2
     # positions: learned = nanoGPT's wpe table; rope = rotary embeddings on q and k (no wpe), Llama's rotate-half form
     pos_emb: Literal["learned", "rope"] = "learned"

@@ -122,19 +122,25 @@ def check_args(args) -> None:
                         f"got {args.seed}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from nanogpt.checkpoint import load_model
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nanogpt.sample", description="Generate text from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. results/NAME/best)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to generate after the prompt (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random (default: 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"])
-    args = p.parse_args(argv)
+    p.add_argument("--num-samples", type=int, default=1, help="samples to generate, seeds SEED, SEED+1, ... (default: 1)")
+    p.add_argument("--seed", type=int, default=1337, help="random seed: the same seed gives the same text (default: 1337)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"],
+                   help="where the model runs; auto = CUDA when available (default: cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nanogpt.checkpoint import load_model
+
+    args = build_parser().parse_args(argv)
     check_args(args)
     model, tokenizer, _ = load_model(args.checkpoint, device=args.device)
     for i in range(args.num_samples):

@@ -24,6 +24,7 @@ from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER
                                 read_checkpoint, read_checkpoint_tokenizer)
 from nanogpt.compile import COMPILE_MODES, VERIFY_STEPS, StepCompiler, shape_key, worth_compiling
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
+from nanogpt.amounts import UNITS, parse_amount, parse_duration
 from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.files import replace_atomically, write_json
@@ -37,7 +38,6 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
 
 
-UNITS = ("steps", "tokens", "flops", "s")  # what a budget can count
 
 
 def default_eval_every(budget: float, unit: str) -> float:
@@ -76,15 +76,17 @@ class TrainConfig:
     # token, nanoGPT's formula, plus Muon's Newton-Schulz per step) or seconds of training steps (evaluations not counted)
     budget_unit: Literal["steps", "tokens", "flops", "s"] = "steps"
     budget: float | None = None  # the budget in budget_unit (unused for steps: max_steps); tokens/flops: train while the next step fits
-    eval_every: float | None = None  # evaluate each time the spend passes a multiple of this (budget_unit); None = eval_interval steps, or budget / 10
+    # evaluate each time the spend passes a multiple of this: an amount in the budget's unit (3e10flops; a bare
+    # number is in budget_unit); for a steps budget the same as --eval-interval; None = eval_interval steps, or budget / 10
+    eval_every: float | None = None
     batch_size: int = 12  # sequences per step
     learning_rate: float = 1e-3  # peak learning rate, after warmup
     min_lr: float | None = None  # floor of the cosine decay; None = learning_rate / 10
     warmup_steps: int | None = None  # linear warmup to learning_rate; None = min(100, planned steps // 10)
     lr_decay_steps: int | None = None  # step where the cosine reaches min_lr; None = the planned steps (for seconds: by a speed probe)
     weight_decay: float = 0.1  # on 2-D weights only (matmuls, embeddings)
-    beta1: float = 0.9
-    beta2: float = 0.99
+    beta1: float = 0.9  # AdamW's first-moment decay (nanoGPT's CPU recipe: 0.9)
+    beta2: float = 0.99  # AdamW's second-moment decay (nanoGPT's CPU recipe: 0.99)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250  # evaluate every this many steps (and at the last step), when budget_unit is "steps"
     eval_iters: int = 20  # batches per split per evaluation
@@ -92,8 +94,9 @@ class TrainConfig:
     # train_loss at an evaluation: "eval" = mean over eval_iters fixed train batches in eval mode, as
     # nanoGPT; "steps" = mean loss of the training steps since the last evaluation (free: searches use it)
     train_loss_from: Literal["eval", "steps"] = "eval"
-    time_budget_s: float | None = None  # stop (with a final evaluation) after this many seconds of wall time
-    seed: int = 1337
+    # stop (with a final evaluation) after this long in wall time: 900, 900s, 15m, 1h (as tune.search's --time-budget)
+    time_budget_s: float | None = None
+    seed: int = 1337  # model initialisation, batches and dropout: the same seed trains the same model (nanoGPT's 1337)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = CUDA when available; mps = Apple GPUs
     # adamw: AdamW on every parameter; muon: Muon (nanogpt.muon: torch.optim.Muon's rule, batched) on the 2-D weights
     # inside the blocks (same lr, adjust_lr_fn="match_rms_adamw"), AdamW on embeddings, lm_head (tied or not), norms, biases
@@ -755,13 +758,32 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--prompt", action="append",
                    help="prompt for the before/after samples, repeatable (default: the data set's own prompts)")
-    p.add_argument("--sample-tokens", type=int, default=120, help="tokens a sample generates (default: 120)")
+    p.add_argument("--max-new-tokens", "--sample-tokens", dest="sample_tokens", type=int, default=120, metavar="N",
+                   help="tokens a before/after sample generates, as nanogpt.sample's (default: 120)")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
     add_dataclass_args(p, GPTConfig, CLI_MODEL_DEFAULTS, skip={"vocab_size"})
     # --lr: tune.search's spelling too; --compile: auto from the command line (TrainConfig's own default is off);
     # cooldown_rungs: the search's (it knows the rungs)
-    add_dataclass_args(p, TrainConfig, {"compile": "auto"}, skip={"cooldown_rungs"}, aliases={"learning_rate": ["--lr"]})
+    # --time-budget and --fill-time take durations (15m), as tune.search's --time-budget; their older spellings in
+    # seconds stay; --eval-every takes an amount with its unit (3e10flops), as tune.search's
+    add_dataclass_args(p, TrainConfig, {"compile": "auto"}, skip={"cooldown_rungs"},
+                       aliases={"learning_rate": ["--lr"], "time_budget_s": ["--time-budget-s"],
+                                "fill_time_s": ["--fill-time-s"]},
+                       names={"time_budget_s": "--time-budget", "fill_time_s": "--fill-time"},
+                       types={"time_budget_s": parse_duration, "fill_time_s": parse_duration, "eval_every": str},
+                       metavars={"time_budget_s": "DURATION", "fill_time_s": "DURATION", "eval_every": "AMOUNT"})
     return p
+
+
+def _eval_every_from_args(args) -> None:
+    """--eval-every AMOUNT in the budget's unit (a bare number is in it): for a steps budget, eval_interval."""
+    if args.eval_every is None:
+        return
+    amount, unit = parse_amount(args.eval_every, "--eval-every", args.budget_unit, what="the budget")
+    if unit == "steps":
+        args.eval_interval, args.eval_every = int(amount), None
+    else:
+        args.eval_every = amount
 
 
 def _trainer_from_args(args, out: Path) -> Trainer:
@@ -776,6 +798,7 @@ def _trainer_from_args(args, out: Path) -> Trainer:
     if args.resume and not has_ckpt:
         raise UserError(f"nothing to resume: {out} holds no checkpoint")
     if not args.resume:
+        _eval_every_from_args(args)
         data, tokenizer = prepare(args.dataset, args.data_file, args.tokenizer, args.bpe_vocab_size)
         return Trainer(dataclass_from_args(GPTConfig, args, vocab_size=tokenizer.vocab_size),
                        dataclass_from_args(TrainConfig, args), data, tokenizer)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli
+from nanogpt.amounts import format_amount, parse_amount
 from nanogpt.cli import run_main
 from tune.search import main as search_main
 
@@ -48,11 +49,12 @@ CASES = [
     (["--head-dim", "abc"], "not a number"),
     (["--batch-size", "-8"], "positive"),
     (["--reduction-factor", "1"], "--reduction-factor"),
-    (["--eval-interval", "10", "--grace-period", "15"], "multiple of --eval-every"),
+    (["--eval-every", "10", "--grace-period", "15"], "multiple of --eval-every"),
+    (["--trial-budget", "3e11flops", "--eval-interval", "10"], "--eval-interval counts steps"),
     (["--trial-budget", "5parsecs"], "unit"),
     (["--trial-budget", "1e5flops"], "less than one training step"),
     (["--max-steps", "100", "--grace-period", "200"], "above the trial budget"),
-    (["--trial-budget", "100s", "--eval-interval", "200"], "never be evaluated"),
+    (["--trial-budget", "100s", "--eval-every", "200"], "never be evaluated"),
     (["--trial-budget", "1e12flops", "--final-budget", "100steps"], "one unit"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
     # limits of the libraries the flags reach (Optuna's and numpy's seeds, Ray's ASHA, float()) are checks too
@@ -223,7 +225,8 @@ def test_an_absurd_trial_budget_is_refused_before_the_search(budget, tmp_path, c
     and never reported): one line naming the budget, before anything is written."""
     results = tmp_path / "results"
     code, lines = _search(["--dataset", "counting", "--trial-budget", budget, "--results-dir", str(results)], capsys)
-    assert code == 2 and len(lines) == 1 and f"--trial-budget {budget.replace('1e', '1e+')}" in lines[0], lines
+    assert code == 2 and len(lines) == 1 and f"--trial-budget {format_amount(*parse_amount(budget, 'x'))}" in lines[0], lines
+    assert "e+" not in lines[0]  # issue 30: amounts as people write them
     assert "training steps of the space's largest model" in lines[0] and "lower it" in lines[0]
     assert not results.exists()
 

@@ -21,10 +21,60 @@ def _pyproject() -> dict:
 
 def test_search_and_train_share_flag_spellings():
     search = build_parser()
-    for a, b in [("--lr", "--learning-rate"), ("--eval-interval", "--eval-every")]:
-        assert search.parse_args([a, "5"]) == search.parse_args([b, "5"])
+    assert search.parse_args(["--lr", "5"]) == search.parse_args(["--learning-rate", "5"])
     proc = run_cli("nanogpt.train", "--help")
     assert "--learning-rate LEARNING_RATE, --lr LEARNING_RATE" in proc.stdout and "--eval-every" in proc.stdout
+    for flag in ("--time-budget DURATION", "--max-new-tokens N", "--eval-every AMOUNT", "--eval-interval"):
+        assert flag in proc.stdout, flag
+
+
+def test_one_meaning_a_flag_across_commands(tmp_path):
+    """Issue 30: --eval-interval was spend in tune.search and steps in nanogpt.train; --seed defaulted to 0 and 1337;
+    --max-new-tokens and --sample-tokens, --time-budget 15m and --time-budget-s, named one idea twice. Now each idea has
+    one spelling and one meaning (the older spellings stay as aliases)."""
+    from nanogpt.train import TrainConfig, _eval_every_from_args, build_parser as train_parser
+    from tune.config import config_from_args
+
+    def search(*argv):
+        return config_from_args(build_parser().parse_args([*argv, "--results-dir", str(tmp_path)]))
+
+    # --eval-interval counts steps in both; in a search whose budget is not in steps it is refused in one line
+    assert search("--max-steps", "100", "--eval-interval", "10").eval_every == 10
+    assert search("--max-steps", "100", "--eval-every", "10steps").eval_every == 10
+    with pytest.raises(UserError, match="--eval-interval counts steps .* give --eval-every in FLOPs"):
+        search("--trial-budget", "3e11flops", "--eval-interval", "10")
+    train = train_parser()
+    args = train.parse_args(["--max-steps", "100", "--eval-every", "10steps"])
+    _eval_every_from_args(args)
+    assert (args.eval_interval, args.eval_every) == (10, None)
+    args = train.parse_args(["--budget-unit", "flops", "--budget", "1e12", "--eval-every", "1e11 FLOPs"])
+    _eval_every_from_args(args)
+    assert args.eval_every == 1e11
+    # one default seed: nanoGPT's
+    assert search().seed == TrainConfig().seed == 1337 == train.parse_args([]).seed
+    # durations as the search takes them; the older spellings still work
+    assert train.parse_args(["--time-budget", "15m"]).time_budget_s == 900
+    assert train.parse_args(["--time-budget-s", "900"]).time_budget_s == 900
+    assert train.parse_args(["--max-new-tokens", "7"]).sample_tokens == train.parse_args(["--sample-tokens", "7"]).sample_tokens
+
+
+@pytest.mark.parametrize("module", ["tune.search", "tune.report", "nanogpt.train", "nanogpt.sample", "nanogpt.export",
+                                    "nanogpt.attention"])
+def test_every_flag_of_every_command_has_help(module):
+    """Issue 30: `nanogpt.attention --help` explained one flag of five; nanogpt.train's --n-layer said only its default."""
+    import re
+
+    parser = _parser(module)
+    for action in parser._actions:
+        text = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip()
+        assert text and text != "==SUPPRESS==", f"{module} {'/'.join(action.option_strings) or action.dest} has no help"
+
+
+def _parser(module: str):
+    if module == "tune.search":
+        return build_parser()
+    mod = importlib.import_module(module)
+    return mod.build_parser()
 
 
 def test_installed_commands_clash_with_nothing_and_resolve():

@@ -367,3 +367,18 @@ def test_crafted_checkpoint_is_refused_on_load_naming_its_file(tiny_ckpt, tmp_pa
     with pytest.raises(CheckpointError) as e:
         load_model(ck)
     assert file in str(e.value) and needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_export_files_take_the_users_umask(tmp_path, umask):
+    """Issue 30: model.safetensors was written 0600 whatever the umask (safetensors' own mode); an export is the
+    user's files, with the modes any new file of theirs gets."""
+    ckpt = _train(tmp_path / "ckpt", "char", False)
+    old = os.umask(umask)
+    try:
+        out = export(ckpt, tmp_path / "hf", "hf")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
+    assert modes and all(m == 0o666 & ~umask for m in modes.values()), modes

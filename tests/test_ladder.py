@@ -46,7 +46,7 @@ def test_ladder_flags_are_checked_before_anything(tmp_path):
         config("--ladder", "on", "--schedule", "wsd")
     c = config("--ladder", "on", "--schedule", "wsd", "--final-budget", "100steps", "--horizon-lr-beta", "0.2")
     assert c.ladder == "on" and c.horizon_lr_beta == 0.2
-    assert ladder.announce(c).startswith("ladder: the best 3 to 34steps, then the best to 100steps")
+    assert ladder.announce(c).startswith("ladder: the best 3 to 34 steps, then the best to 100 steps")
 
 
 def _state(losses_at_trial: dict[str, float]) -> dict:
@@ -190,7 +190,7 @@ def test_search_with_a_ladder_records_it_in_final_and_the_report(tmp_path):
                    "--name", "lad")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "lad"
-    assert "ladder: the best 4 to 25steps, then the best 2 to 50steps, then the best to 100steps" in proc.stdout
+    assert "ladder: the best 4 to 25 steps, then the best 2 to 50 steps, then the best to 100 steps" in proc.stdout
     state = json.loads((exp / "ladder.json").read_text())
     meta = json.loads((exp / "final" / "config.json").read_text())
     assert [s["spend"] for s in meta["ladder"]] == [25.0, 50.0]
@@ -239,3 +239,7 @@ def test_a_ladder_under_a_time_budget_meets_it(tmp_path):
     # the ladder gets what the search left: at least the final share (half), more where the trials ended early
     assert 0 < run["given_s"] <= budget and run["took_s"] <= run["given_s"] + 5, proc.stdout
     assert "ladder: the best" in proc.stdout
+    # issue 30: what the time budget covers is said before the search starts: the command from its start (the
+    # tokenizer too), and the report outside it
+    assert "for the whole command from its start (the data and tokenizer took" in proc.stdout
+    assert "the report after it is not counted" in proc.stdout

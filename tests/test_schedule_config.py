@@ -45,7 +45,7 @@ def test_schedule_errors(tmp_path, argv, message):
 def test_wsd_trials_branch_at_ashas_rungs(tmp_path):
     from ray.tune.schedulers import ASHAScheduler
 
-    c = config(tmp_path, "--schedule", "wsd", "--trial-budget", "1e12flops", "--eval-interval", "1e11",
+    c = config(tmp_path, "--schedule", "wsd", "--trial-budget", "1e12flops", "--eval-every", "1e11",
                "--grace-period", "1e11", "--reduction-factor", "3")
     asha = ASHAScheduler(time_attr="spend", max_t=c.trial_budget, grace_period=c.grace_period,
                          reduction_factor=c.reduction_factor, metric="val_loss", mode="min")

@@ -117,13 +117,13 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     budget, every = 4e8, 1e8
     proc = run_cli("tune.search", "--dataset", "counting", "--n-layer", "1:2", "--n-head", "2", "--head-dim", "8",
                    "--block-size", "16", "--batch-size", "4,8,16", "--lr", "3e-3:3e-2", "--num-samples", "6",
-                   "--trial-budget", f"{budget:g}flops", "--eval-interval", f"{every:g}", "--grace-period", f"{every:g}",
+                   "--trial-budget", f"{budget:g}flops", "--eval-every", f"{every:g}", "--grace-period", f"{every:g}",
                    "--reduction-factor", "2", "--final-budget", "2e8flops", "--seed", "1", "--schedule", "cosine",
                    "--results-dir", str(tmp_path), "--name", "fl", "--top", "2", "-v")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "fl"
     # -v: every evaluation and ASHA's decisions, on stderr; stdout stays compact
-    assert " eval    step " in proc.stderr and " ASHA rung 1e+08flops: val_loss " in proc.stderr
+    assert " eval    step " in proc.stderr and " ASHA rung at 1e8 FLOPs trained: val_loss " in proc.stderr
     assert " eval    step " not in proc.stdout
     df = pd.read_csv(exp / "trials.csv")
     assert set(df["budget_unit"]) == {"flops"}
@@ -146,7 +146,7 @@ def test_flops_budget_equal_spend_and_final_training(tmp_path):
     best = df[df["outcome"] == "finished"].iloc[0]
     assert meta["model"]["n_layer"] == best["n_layer"] and meta["train"]["batch_size"] == best["batch_size"]
     assert "final model: val_loss" in proc.stdout
-    assert proc.stdout.count("final  step ") == 10 and "/2e+08flops" in proc.stdout  # one line an evaluation, as it trains
+    assert proc.stdout.count("final  step ") == 10 and " of 2e8 FLOPs (" in proc.stdout  # one line an evaluation, as it trains
     sample = run_cli("nanogpt.sample", "--checkpoint", str(exp / "final"), "--prompt", "Number 3", "--max-new-tokens", "8")
     assert sample.returncode == 0 and sample.stdout.startswith("Number 3"), sample.stderr
     text = (exp / "report.md").read_text()
@@ -301,7 +301,7 @@ def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
                                                          "--results-dir", str(tmp_path)]))
     trials = pd.DataFrame({"outcome": ["pruned", "errored"], "trial_id": ["a", "b"]})
     assert train_winner(config, None, None, trials) is None
-    assert capsys.readouterr().out.strip() == "no trial finished its budget: no final training (--final-budget 100steps)"
+    assert capsys.readouterr().out.strip() == "no trial finished its budget: no final training (--final-budget 100 steps)"
     assert not (config.experiment_dir / "final").exists()
 
 

@@ -16,13 +16,13 @@ from tune.progress import evaluation_line, final_progress_line
 def test_final_progress_line_says_spend_loss_speed_and_time_left():
     line = final_progress_line({"step": 100, "spend": 2e12, "elapsed_s": 30.0, "val_loss": 1.91234,
                                 "tokens_per_s": 14200.0}, budget=8e12, unit="flops")
-    assert line == "final  step 100  spent 2e+12/8e+12flops ( 25%)  val_loss 1.9123  14.2k tok/s  ETA 1m30s"
+    assert line == "final  step 100  spent 2e12 of 8e12 FLOPs ( 25%)  val_loss 1.9123  14.2k tok/s  ETA 1m30s"
 
 
 def test_evaluation_line():
     line = evaluation_line("a1b2_00003", {"step": 40, "spend": 2e8, "val_loss": 2.1, "train_loss": 2.2,
                                           "tokens_per_s": 9000.0}, "flops")
-    assert line == "a1b2_00003 eval    step 40 spent 2e+08flops val_loss 2.1000 train_loss 2.2000 9.0k tok/s"
+    assert line == "a1b2_00003 eval    step 40 spent 2e8 FLOPs val_loss 2.1000 train_loss 2.2000 9.0k tok/s"
 
 
 class _Trial:
@@ -63,9 +63,9 @@ def test_asha_says_why_it_stops_or_continues_a_trial(asha_log):
     assert asha.on_trial_result(None, c, {"spend": 1, "val_loss": 0.5}) == TrialScheduler.CONTINUE
     assert asha.on_trial_result(None, c, {"spend": 1.5, "val_loss": 0.4}) == TrialScheduler.CONTINUE  # no new rung
     assert captured.messages == [
-        "a ASHA rung 1steps: val_loss 1.0000, first to reach it: continues",
-        "b ASHA rung 1steps: val_loss 2.0000 vs cutoff 1.0000 (the best 1/2 of 1 trials there): stopped",
-        "c ASHA rung 1steps: val_loss 0.5000 vs cutoff 1.5000 (the best 1/2 of 2 trials there): continues",
+        "a ASHA rung at 1 step trained: val_loss 1.0000, first to reach it: continues",
+        "b ASHA rung at 1 step trained: val_loss 2.0000 vs cutoff 1.0000 (the best 1/2 of 1 trials there): stopped",
+        "c ASHA rung at 1 step trained: val_loss 0.5000 vs cutoff 1.5000 (the best 1/2 of 2 trials there): continues",
     ]
 
 
@@ -94,7 +94,7 @@ def test_all_trials_table_keeps_about_nine_columns():
     df = _trials()
     view = report.all_trials_view(df, None, "steps")  # no search.json: the hyperparameters that vary
     assert list(view.columns) == ["trial_id", "outcome", "n_layer", "lr", "optimizer", "n_params", "val_loss",
-                                  "spend (steps)"]
+                                  "spend (steps, training + cooldown)"]
     config = config_from_args(build_parser().parse_args(["--n-layer", "2:4", "--head-dim", "8,16", "--lr", "1e-3:1e-2",
                                                          "--batch-size", "8", "--results-dir", "/nonexistent"]))
     searched = report.all_trials_view(df, config, "steps").columns

@@ -7,6 +7,8 @@ import logging
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from nanogpt.amounts import format_amount
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,8 @@ class ExplainedASHA(ASHAScheduler):
         if rung is not None:
             milestone, cutoff, n = rung
             value, verdict = result[self._metric], "stopped" if action == TrialScheduler.STOP else "continues"
-            where = f"{trial.trial_id} ASHA rung {milestone:.3g}{self.unit}: {self._metric} {value:.4f}"
+            where = (f"{trial.trial_id} ASHA rung at {format_amount(milestone, self.unit)} trained: {self._metric} "
+                     f"{value:.4f}")
             if cutoff is None:
                 log.debug("%s, first to reach it: %s", where, verdict)
             else:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nanogpt.amounts import UNIT_NAMES, format_amount, number, parse_amount, parse_duration
 from nanogpt.cli import OneLineParser, user_type
 from nanogpt.compile import COMPILE_MODES
 from nanogpt.dataset import DATASETS
@@ -35,54 +36,9 @@ from tune.algorithms import SCHEDULERS, SEARCHERS, make_sampler, sampler_options
 from tune.storage import Mirror, is_uri
 
 SETTINGS_FILE = "search.json"
-_UNIT_ALIASES = {"step": "steps", "token": "tokens", "flop": "flops", "sec": "s", "second": "s", "seconds": "s"}
-_AMOUNT = re.compile(r"^\s*([0-9.eE+-]+)\s*(%s)?\s*$" % "|".join([*UNITS, *_UNIT_ALIASES]))
-
-
-def parse_amount(text: str, flag: str, unit: str | None = None) -> tuple[float, str]:
-    """'8e12flops' -> (8e12, 'flops'). A bare number takes `unit` (the budget's); a unit that differs
-    from `unit` is refused."""
-    m = _AMOUNT.match(str(text))
-    if not m:
-        raise UserError(f"{flag} {text!r}: write a number with a unit, one of {', '.join(UNITS)} (e.g. 8e12flops, 120s)")
-    try:
-        amount = float(m.group(1))
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: {m.group(1)!r} is not a number") from None
-    given = _UNIT_ALIASES.get(m.group(2), m.group(2))
-    if given is None:
-        if unit is None:
-            raise UserError(f"{flag} {text!r} needs a unit: {', '.join(UNITS)} (e.g. 8e12flops, 120s)")
-        given = unit
-    if unit is not None and given != unit:
-        raise UserError(f"{flag} {text!r} is in {given}, but the trial budget is in {unit}: use one unit")
-    if not (amount > 0 and math.isfinite(amount)):
-        raise UserError(f"{flag} must be > 0, got {text!r}")
-    if given == "steps" and not amount.is_integer():
-        raise UserError(f"{flag} {text!r}: steps are whole numbers")
-    return amount, given
-
-
-_DURATION = re.compile(r"^\s*([0-9.eE+-]+)\s*(s|m|h)?\s*$")
 FINAL_TIME_SHARE = 0.5  # --final-budget auto: the share of --time-budget kept for the final training; it continues
 # the winner, so the trial's spend is not lost, and the search's later trials mostly refine near-duplicates
 # (benchmarks/RESULTS.md, "Equal wall-clock")
-
-
-def parse_duration(text: str, flag: str = "--time-budget") -> float:
-    """'900', '900s', '15m', '1h' -> seconds."""
-    m = _DURATION.match(str(text))
-    try:
-        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)] if m else math.nan
-    except ValueError:
-        seconds = math.nan
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise UserError(f"{flag} {text!r}: give a duration > 0 in seconds, minutes or hours, e.g. 900, 900s, 15m, 1h")
-    return seconds
-
-
-def format_amount(amount: float, unit: str) -> str:
-    return f"{amount:g}{unit}"
 
 
 class _FromPreset:
@@ -159,7 +115,7 @@ class SearchConfig:
     # an evaluation (one report to Tune) each time a trial's spend passes a multiple of this
     eval_every: float = setting("--eval-every", "spend between evaluations (one report to Tune each), in the "
                                 "budget's unit (nanogpt.train's --eval-every)", default=FROM_PRESET, metavar="AMOUNT",
-                                group="budget", aliases=("--eval-interval",))
+                                group="budget")
     final_budget: float | None = setting(
         "--final-budget", "after the search, train the best configuration once more for this (same unit) into final/ "
         "(under wsd: continue it); auto (with --time-budget): as much as the time budget leaves after the search",
@@ -177,7 +133,8 @@ class SearchConfig:
                                     default=FROM_PRESET, type=float, check=nonneg, group="budget")
     max_concurrent: int | None = setting("--max-concurrent", "trials at once (unset: as many as resources allow)",
                                          type=int, check=positive, group="budget")
-    seed: int = setting("--seed", "the sampler's and every trial's seed", default=0, type=int, check=seed_range)
+    seed: int = setting("--seed", "the sampler's and every trial's seed (1337, as nanogpt.train's and nanoGPT's)",
+                        default=1337, type=int, check=seed_range)
     searcher: str = setting("--searcher", "who proposes trials: " + "; ".join(
         f"{k}: {v.help}" for k, v in SEARCHERS.items()), default="optuna", choices=list(SEARCHERS))
     sampler: dict = setting()  # the Optuna sampler's options, all explicit (from the searcher's table entry)
@@ -382,6 +339,8 @@ def _help(f) -> str:
     if default is FROM_PRESET:
         laptop = PRESETS["laptop"]
         shown = getattr(laptop, f.name, None)
+        if meta.get("metavar") == "AMOUNT" and isinstance(shown, (int, float)):
+            shown = format_amount(shown, parse_amount(laptop.trial_budget, "--trial-budget")[1])
         tail = f"default: the preset's (laptop: {shown})" if shown is not None else "default: the preset's"
     else:
         tail = "default: unset" if default is None else f"default: {default}"
@@ -410,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar=meta["metavar"], help=_help(f))
         if f.name == "trial_budget":
             into.add_argument("--max-steps", type=int, default=None, help="same as --trial-budget Nsteps")
+        if f.name == "eval_every":  # nanogpt.train's (and nanoGPT's) meaning: steps, whatever the budget's unit
+            into.add_argument("--eval-interval", type=int, default=None, metavar="STEPS",
+                              help="evaluate every this many steps, as nanogpt.train's --eval-interval: the same as "
+                                   "--eval-every Nsteps (a trial budget in steps only) (default: unset)")
     for flag, f in FLAGS.items():
         # nanogpt.train's spelling (the field's name) first; a short one stays an alias (--lr)
         groups["what to search"].add_argument(
@@ -506,6 +469,15 @@ def _budget(args: argparse.Namespace, preset: Preset) -> tuple[float, str]:
 
 def _eval_every(args: argparse.Namespace, preset: Preset, budget: float, unit: str) -> float:
     preset_budget, preset_unit = parse_amount(preset.trial_budget, "preset budget")
+    steps = getattr(args, "eval_interval", None)
+    if steps is not None:
+        if args.eval_every is not None:
+            raise UserError("give --eval-every or --eval-interval, not both: --eval-interval N is --eval-every Nsteps")
+        if unit != "steps":
+            raise UserError(f"--eval-interval counts steps (as nanogpt.train's), but the trial budget is in "
+                            f"{UNIT_NAMES[unit]}: give --eval-every in {UNIT_NAMES[unit]} instead "
+                            f"(e.g. --eval-every {number(budget / 10)}{unit})")
+        args.eval_every = f"{steps}steps"
     if args.eval_every is not None:
         eval_every = parse_amount(args.eval_every, "--eval-every", unit)[0]
     elif unit == preset_unit:  # the preset's number of evaluations a trial, whatever the budget

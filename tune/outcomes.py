@@ -20,6 +20,7 @@ import math
 from enum import Enum
 from pathlib import Path
 
+from nanogpt.amounts import format_amount
 from nanogpt.train import Status
 
 OUTCOMES_FILE = "outcomes.json"
@@ -120,8 +121,8 @@ def diverged_text(best_loss, vocab_size) -> str:
 
 
 def describe(outcome: Outcome | str, row: dict, scheduler: str | None = None) -> str:
-    """The human line for a trial (a trials-table row: spend, budget_unit, steps), e.g. 'pruned by ASHA at 3e+11flops'."""
-    spend = "" if row.get("spend") is None else f"{row['spend']:.3g}{row.get('budget_unit') or ''}"
+    """The human line for a trial (a trials-table row: spend, budget_unit, steps), e.g. 'pruned by ASHA at 3e11 FLOPs'."""
+    spend = "" if row.get("spend") is None else format_amount(row["spend"], row.get("budget_unit") or "")
     return _TEXT[Outcome(outcome)].format(spend=spend, steps=row.get("steps"),
                                           scheduler=scheduler.upper() if scheduler else "the scheduler")
 

@@ -10,7 +10,8 @@ import matplotlib.colors
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
-from tune.outcomes import STOPPED_EARLY, Outcome, rankable
+from nanogpt.amounts import UNIT_NAMES
+from tune.outcomes import Outcome, rankable
 from tune.space import SHOWN, is_log
 
 
@@ -32,18 +33,27 @@ def _save(fig, path: Path) -> None:
 DIVERGED_LABEL = "diverged (the axis stops above the other trials)"
 
 
-def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit: str = "steps") -> None:
-    """val_loss against spend (the budget's unit) for every trial; pruned and out-of-time ones end where they
-    were stopped (marked x), the best is bold. Diverged trials are thin red dotted lines, and the axis stops above
-    the others' losses: a blown-up loss (thousands of nats) would flatten every other curve."""
+# how each way a trial can end early is marked, wherever trials are drawn
+ENDED = {Outcome.PRUNED.value: ("x", "pruned by ASHA"), Outcome.OUT_OF_TIME.value: ("s", "stopped by the time budget"),
+         Outcome.INTERRUPTED.value: ("v", "interrupted")}
+
+
+def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit: str = "steps",
+                    final: list[dict] | None = None) -> None:
+    """val_loss against spend (the budget's unit, training and cooldown) for every trial; a trial that ended early
+    ends in its outcome's marker (x pruned, square out of time, triangle interrupted), the best is bold, and the
+    final model's training (`final`: final/'s history) is the red line. Diverged trials are thin red dotted lines,
+    and the axis stops above the others' losses: a blown-up loss (thousands of nats) would flatten every other
+    curve."""
     if curves.empty:
         raise PlotSkipped("no trial reported an evaluation")
     curves = curves[curves["val_loss"].apply(math.isfinite)]
     x = "spend" if "spend" in curves and curves["spend"].notna().all() else "step"
     best_id = rankable(trials)["trial_id"].iloc[0] if not rankable(trials).empty else None
-    stopped = set(trials.loc[trials["outcome"].isin(STOPPED_EARLY), "trial_id"])
-    gone = set(trials.loc[trials["outcome"].eq(Outcome.DIVERGED.value), "trial_id"])
+    ended = dict(zip(trials["trial_id"], trials["outcome"]))
+    gone = {t for t, o in ended.items() if o == Outcome.DIVERGED.value}
     fig, ax = _subplots(figsize=(8, 5))
+    marked: set[str] = set()
     for tid, g in curves.groupby("trial_id"):
         if tid == best_id:
             continue
@@ -52,20 +62,30 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
                     label=DIVERGED_LABEL if not any(h.get_label() == DIVERGED_LABEL for h in ax.get_lines()) else None)
             continue
         line, = ax.plot(g[x], g["val_loss"], alpha=0.45, lw=1)
-        if tid in stopped:
-            ax.plot(g[x].iloc[-1], g["val_loss"].iloc[-1], "x", color=line.get_color())
+        if ended.get(tid) in ENDED:
+            marker, text = ENDED[ended[tid]]
+            ax.plot(g[x].iloc[-1], g["val_loss"].iloc[-1], marker, color=line.get_color(), mfc="none", ms=7,
+                    label=None if text in marked else text)
+            marked.add(text)
     if best_id is not None:
         g = curves[curves["trial_id"] == best_id]
         ax.plot(g[x], g["val_loss"], color="black", lw=2.5, label=f"best: {best_id}")
+    history = [h for h in final or [] if isinstance(h, dict) and isinstance(h.get("val_loss"), (int, float))
+               and math.isfinite(h["val_loss"]) and isinstance(h.get(x), (int, float))]
+    if history:
+        ax.plot([h[x] for h in history], [h["val_loss"] for h in history], color="tab:red", lw=2,
+                label="final/ (the winner trained for the final budget)")
     kept = curves[~curves["trial_id"].isin(gone)]
     if gone and not kept.empty:
         low, high = kept["val_loss"].min(), kept["val_loss"].max()
         ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
-    if best_id is not None or gone:
-        ax.legend()
-    ax.set_xlabel(f"spend ({unit})" if x == "spend" else "step")
+    if history and x == "spend":
+        ax.set_xscale("log")  # the final budget is several times the trials': a log axis keeps both readable
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"spend ({UNIT_NAMES.get(unit, unit)}, training + cooldown)" if x == "spend" else "step")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("learning curves (x = pruned or out of time)")
+    ax.set_title("learning curves of every trial" + (" and the final model" if history else ""))
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -96,10 +116,17 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     others = rankable(df[~df["outcome"].eq(Outcome.FINISHED)]).dropna(subset=["n_params"])
     fig, ax = _subplots(figsize=(7, 5))
     ax.scatter(d["n_params"], d["best_val_loss"], label=f"finished its budget ({len(d)})", alpha=0.8)
-    if not others.empty:
-        ax.scatter(others["n_params"], others["best_val_loss"], marker="x", color="grey", alpha=0.4,
-                   label=f"stopped early ({len(others)}; spent less, not on the front)")
-    ax.step(front["n_params"], front["best_val_loss"], where="post", color="black", lw=1.5, label="Pareto front (equal spend)")
+    for outcome, (marker, text) in ENDED.items():
+        o = others[others["outcome"].eq(outcome)]
+        if not o.empty:
+            ax.scatter(o["n_params"], o["best_val_loss"], marker=marker, color="grey", alpha=0.5,
+                       facecolors="none" if marker != "x" else None,
+                       label=f"{text} ({len(o)}; spent less, not on the front)")
+    # the front: its trials ringed, and a step line carried to the largest model (one trial is a front too)
+    xs = [*front["n_params"], d["n_params"].max()]
+    ax.step(xs, [*front["best_val_loss"], front["best_val_loss"].iloc[-1]], where="post", color="black", lw=1.5)
+    ax.scatter(front["n_params"], front["best_val_loss"], s=90, facecolors="none", edgecolors="black", lw=1.5,
+               label=f"Pareto front at equal spend ({len(front)}: no smaller model beats them)")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("best validation loss")
@@ -119,14 +146,7 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
     nrows = math.ceil(n / ncols)
     fig, axes = _subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
     for ax, c in zip(axes.flat, cols):
-        if not pd.api.types.is_numeric_dtype(d[c]):  # a categorical choice (optimizer): one column of points per value
-            names = sorted(d[c].dropna().unique())
-            ax.scatter(d[c].map({v: i for i, v in enumerate(names)}), d["best_val_loss"], alpha=0.8)
-            ax.set_xticks(range(len(names)), names)
-        else:
-            ax.scatter(d[c].astype(float), d["best_val_loss"], alpha=0.8)
-        if is_log(c):
-            ax.set_xscale("log")
+        _hparam_axis(ax, d[c], d["best_val_loss"], c)
         ax.set_xlabel(c)
         ax.set_ylabel("best val_loss")
         ax.grid(alpha=0.3)
@@ -134,6 +154,42 @@ def loss_vs_hparams(df: pd.DataFrame, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"{len(d)} trials that finished their budget (equal spend)")
     _save(fig, path)
+
+
+def _hparam_axis(ax, values: pd.Series, loss: pd.Series, name: str) -> None:
+    """One hyperparameter against the loss, on the axis its kind calls for: a choice (optimizer, true/false) or an
+    integer with few values (n_layer, batch_size) one column of points per value, ticked with the values
+    themselves; a continuous one on its own scale (log for a log-sampled one, ticks as plain numbers, no minor
+    labels to overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    integer = pd.api.types.is_integer_dtype(values) or (pd.api.types.is_numeric_dtype(values)
+                                                        and values.dropna().map(float.is_integer).all())
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values) or (
+            integer and values.nunique(dropna=True) <= 8):
+        names = sorted(values.dropna().unique(), key=lambda v: (isinstance(v, str), v))
+        ax.scatter(values.map({v: i for i, v in enumerate(names)}), loss, alpha=0.8)
+        ax.set_xticks(range(len(names)), [_tick(v) for v in names])
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        return
+    ax.scatter(values.astype(float), loss, alpha=0.8)
+    if is_log(name):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
+    ax.tick_params(axis="x", labelrotation=30)
+
+
+def _tick(v) -> str:
+    """A tick's label: 16, 0.003, 3e-05, True."""
+    if isinstance(v, str) or "bool" in type(v).__name__:
+        return str(v)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.3g}"
 
 
 def _unit_axis(values: pd.Series, log: bool) -> tuple[pd.Series, str, str]:
@@ -197,10 +253,10 @@ def importance(experiment: Path, config, path: Path) -> None:
     if not imp:
         raise PlotSkipped("no sampled hyperparameter varied")
     names = list(imp)[::-1]
-    fig, ax = _subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    fig, ax = _subplots(figsize=(7, 0.5 * len(names) + 1.8))
     ax.barh(names, [imp[n] for n in names])
     ax.set_xlabel("importance for val_loss (PED-ANOVA)")
-    ax.set_title(f"hyperparameter importance ({len(done)} COMPLETE trials: finished their budget)")
+    ax.set_title(f"hyperparameter importance\nover {len(done)} COMPLETE trials (finished their budget)", fontsize=11)
     _save(fig, path)
 
 

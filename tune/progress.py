@@ -12,6 +12,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
+from nanogpt.amounts import format_amount, number
 from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
 from tune.outcomes import (CLOCK_FILE, OUTCOMES_FILE, Outcome, diverged, error_line, outcome_of_result, read_clock,
@@ -40,9 +41,16 @@ def _num(r: dict, key: str) -> float:
     return math.nan if v is None else float(v)
 
 
+def _spent(r: dict) -> float:
+    """What a trial has spent of its budget: training and cooldown branches together (the budget counts both;
+    trials.csv's `spend`); `train_spend` there is training alone."""
+    return _num(r, "total_spend") if r.get("total_spend") is not None else _num(r, "spend")
+
+
 def evaluation_line(trial_id: str, r: dict, unit: str) -> str:
     """One evaluation of a trial (-v)."""
-    return (f"{trial_id} eval    step {r.get('step')} spent {_num(r, 'spend'):.3g}{unit} val_loss {_num(r, 'val_loss'):.4f} "
+    return (f"{trial_id} eval    step {r.get('step')} spent {format_amount(_spent(r), unit)} "
+            f"val_loss {_num(r, 'val_loss'):.4f} "
             f"train_loss {_num(r, 'train_loss'):.4f} {_num(r, 'tokens_per_s') / 1e3:.1f}k tok/s")
 
 
@@ -118,8 +126,7 @@ class Progress(Callback):
         outcome = Outcome.DIVERGED.value if self._diverged(trial.trial_id) else r.get("outcome", "?")
         best = self.best
         best = f" | best so far {best[0]:.4f} ({best[1]})" if best else ""
-        spend = r.get("spend")
-        spent = f"{spend:.3g}{self.unit}" if spend is not None else "?"
+        spent = format_amount(_spent(r), self.unit) if r.get("spend") is not None else "?"
         print(f"{self._stamp()} {trial.trial_id} {outcome:<9} val_loss {r.get('val_loss', float('nan')):.4f} "
               f"step {r.get('step')} spent {spent} | {self.done}/{self.num_samples} done{best}", flush=True)
 
@@ -153,7 +160,8 @@ def final_progress_line(m: dict, budget: float, unit: str) -> str:
     planned = _num(m, "budget")  # --final-budget auto re-plans it from the training's speed
     budget = planned if math.isfinite(planned) else budget
     eta = elapsed * (budget - spend) / spend if spend > 0 else math.nan
-    return (f"final  step {m.get('step')}  spent {spend:.3g}/{budget:.3g}{unit} ({100 * spend / budget:3.0f}%)  "
+    return (f"final  step {m.get('step')}  spent {number(spend)} of {format_amount(budget, unit)} "
+            f"({100 * spend / budget:3.0f}%)  "
             f"val_loss {_num(m, 'val_loss'):.4f}  {_num(m, 'tokens_per_s') / 1e3:.1f}k tok/s  ETA {_duration(eta)}")
 
 
@@ -244,7 +252,8 @@ class OutcomeRecorder(Callback):
     def _record(self, trial, outcome: Outcome) -> None:
         last = trial.last_result or {}
         outcomes = read_outcomes(self.experiment_dir)
-        outcomes[trial.trial_id] = {"outcome": outcome.value, "spend": last.get("spend"), "step": last.get("step")}
+        outcomes[trial.trial_id] = {"outcome": outcome.value, "spend": last.get("total_spend", last.get("spend")),
+                                    "train_spend": last.get("spend"), "step": last.get("step")}
         write_json(Path(self.experiment_dir) / OUTCOMES_FILE, outcomes, indent=1)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -17,12 +17,14 @@ import argparse
 import json
 import logging
 import math
+import numbers
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from nanogpt.amounts import UNIT_NAMES, format_amount, number
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed, write_bytes
 from tune.algorithms import SCHEDULERS
@@ -36,8 +38,10 @@ from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
 
-CURVE_COLS = ["step", "spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "elapsed_s",
-              "wall_time"]  # wall_time: when the evaluation was reported (unix seconds)
+# spend: what the budget counts, training and cooldown branches together (trials.csv's `spend`); train_spend:
+# training alone (ASHA's rungs count it); wall_time: when the evaluation was reported (unix seconds)
+CURVE_COLS = ["step", "spend", "train_spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s",
+              "elapsed_s", "wall_time"]
 COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
            "val_bpc", "last_val_loss", "steps", "spend", "train_spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
            "compile_s", "sampler", "error", "checkpoint"]
@@ -217,6 +221,7 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
                        compile_s=_num(last.get("compile_s", 0.0)), node=last.get("node_id") or last.get("node_ip"))
             row.update({k: int(row[k]) for k in ("n_params", "tokens_seen") if row[k] is not None})
             part = pd.DataFrame([{**{c: _num(r.get(c)) for c in CURVE_COLS},
+                                  "spend": _num(r.get("total_spend", r.get("spend"))), "train_spend": _num(r.get("spend")),
                                   "wall_time": (_num(r.get("started_at")) or math.nan) + (_num(r.get("time_total_s")) or math.nan)}
                                  for r in evals])
             part.insert(0, "trial_id", trial.trial_id)
@@ -452,7 +457,8 @@ def all_trials_view(df: pd.DataFrame, config: SearchConfig | None, unit: str) ->
         searched = [h for h in HPARAMS if h in df and df[h].nunique(dropna=True) > 1]
     cols = ["trial_id", "outcome", *[("n_embd" if h == "head_dim" else h) for h in searched], "n_params",
             "best_val_loss", "spend"]
-    names = {"best_val_loss": "val_loss", "learning_rate": "lr", "batch_size": "batch", "spend": f"spend ({unit})"}
+    names = {"best_val_loss": "val_loss", "learning_rate": "lr", "batch_size": "batch",
+             "spend": f"spend ({UNIT_NAMES.get(unit, unit)}, training + cooldown)"}
     return df[cols].rename(columns=names)
 
 
@@ -460,6 +466,10 @@ def _md_table(df: pd.DataFrame) -> str:
     def fmt(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
+        if isinstance(v, bool):
+            return str(v)
+        if isinstance(v, numbers.Real) and math.isfinite(v) and (abs(v) >= 1e4 or float(v).is_integer()):
+            return number(v)  # 228,000 parameters, 3e11 FLOPs
         if isinstance(v, float):
             return f"{v:.4g}"
         return str(v).replace("|", "\\|").replace("\n", " ")
@@ -615,7 +625,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
         attention = _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
     else:
         missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
-    md += _plots_section(path, config, df, curves, unit, plot_dir, missing) + attention
+    final_history = final_model[2].get("history") if final_model is not None else None
+    md += _plots_section(path, config, df, curves, unit, plot_dir, missing,
+                         final_history if isinstance(final_history, list) else None) + attention
     md += _scaling_section(path, config, df, final_model, plot_dir, missing)
     if missing:
         md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
@@ -627,9 +639,10 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
 
 
 def _plots_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, unit: str,
-                   plot_dir: Path, missing: list[str]) -> list[str]:
+                   plot_dir: Path, missing: list[str], final: list[dict] | None = None) -> list[str]:
     figures = [
-        ("learning_curves.png", "Learning curves", lambda p: plots.learning_curves(curves, df, p, unit)),
+        ("learning_curves.png", "Learning curves" + (" (and the final model's)" if final else ""),
+         lambda p: plots.learning_curves(curves, df, p, unit, final)),
         ("val_loss_vs_params.png", "Validation loss against model size (Pareto front of trials at equal spend)",
          lambda p: plots.loss_vs_params(df, p)),
         ("val_loss_vs_hparams.png", "Validation loss against each hyperparameter (trials that finished their budget)",
@@ -672,7 +685,7 @@ def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, u
             if config and not rankable(df).empty else "")
     return ["## Final model (the winner trained for the final budget)", "",
             f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
-            f"after {m.get('step')} steps, spend {m.get('spend', 0):.3g} {unit}" + best,
+            f"after {number(m.get('step') or 0)} steps ({format_amount(m.get('spend', 0), unit)})" + best,
             _final_origin(final_model[2]),
             *([f"- **cut short**: {final_cut_short(final_model[2])}"]
               if final_cut_short(final_model[2]) and not final_model[2].get("continued_from") else []),
@@ -833,17 +846,23 @@ def _attention_section(best_model, tok, text: str, plot_dir: Path, missing: list
             + [f"- {line}" for line in focus_summary(tokens, att)] + [""])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune.report", description="Rebuild the report of a search.")
     p.add_argument("path", help="RESULTS_DIR/NAME of a search (a directory, or a URI such as s3://bucket/results/NAME)")
     p.add_argument("--prompt", action="append", help="prompt for the generations (repeatable; default: data-set prompts)")
     p.add_argument("--data-file", help="your own copy of the searched text: prompts from its start (default: the "
                                        "prompts search.json records; a path search.json names is never read)")
-    p.add_argument("--top", type=int, default=5, help="trials whose generations are shown")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--max-new-tokens", type=int, default=80)
-    args = p.parse_args(argv)
+    p.add_argument("--top", type=int, default=5, help="trials whose generations are shown (default: 5)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="sampling temperature of the generations; 0 = greedy (default: 0.8)")
+    p.add_argument("--seed", type=int, default=1337, help="the generations' random seed (default: 1337)")
+    p.add_argument("--max-new-tokens", type=int, default=80, metavar="N",
+                   help="tokens each generation adds to its prompt (default: 80)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not is_uri(args.path) and not Path(args.path).is_dir():
         raise ReportError(f"{args.path} is not a directory: pass RESULTS_DIR/NAME of a search")
     if args.top < 1 or args.temperature < 0 or args.max_new_tokens < 1:

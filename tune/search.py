@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nanogpt.amounts import format_seconds, number
 from nanogpt.batches import TokenData
 from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
@@ -77,8 +78,8 @@ def check_budget(config: SearchConfig, vocab_size: int) -> None:
         raise UserError(f"--trial-budget {config.budget_text()} is less than one training step of the space's "
                         f"largest model ({format_amount(spend, unit)}); raise the budget or shrink the space")
     if spend is not None and config.trial_budget / spend > MAX_TRIAL_STEPS:
-        raise UserError(f"--trial-budget {config.budget_text()} is {config.trial_budget / spend:.3g} training steps "
-                        f"of the space's largest model, more than {MAX_TRIAL_STEPS:.0e}: no trial would ever finish "
+        raise UserError(f"--trial-budget {config.budget_text()} is {number(config.trial_budget / spend)} training "
+                        f"steps of the space's largest model, more than {number(MAX_TRIAL_STEPS)}: no trial would ever finish "
                         f"or reach its first evaluation; lower it (or give it in seconds, e.g. 600s)")
 
 
@@ -553,6 +554,7 @@ def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashbo
     """Pre-flight checks, then the search under the results directory's lock."""
     _quiet_ray()
     mirror = config.mirror
+    t_command = time.time()  # --time-budget covers the command from here: the data and its tokenizer too
     config, data, tokenizer = preflight(config, resume, address)
     with hold(config):
         if not resume:
@@ -563,7 +565,7 @@ def _checked_run(config: SearchConfig, resume: bool, address: str | None, dashbo
             check_ray_state(config.experiment_dir)
             _refuse_spent(config)  # a URI search's clock, as pulled
         try:
-            return _search(config, resume, address, dashboard, report, top, data, tokenizer)
+            return _search(config, resume, address, dashboard, report, top, data, tokenizer, t_command)
         except Exception as e:
             failed = disk_failure(e, config.experiment_dir)
             if failed is None:
@@ -629,11 +631,12 @@ def disk_failure(e: BaseException, exp: Path) -> str | None:
 
 
 def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: bool, report: bool, top: int,
-            data: TokenData, tokenizer) -> Path:
-    """The search itself, under the results directory's lock: Ray, the Tuner, the final training, the summary."""
+            data: TokenData, tokenizer, t_start: float | None = None) -> Path:
+    """The search itself, under the results directory's lock: Ray, the Tuner, the final training, the summary.
+    `t_start`: when the command began (before its data and tokenizer): --final-budget auto's time runs from then."""
     from tune import report as report_mod
 
-    t_start = time.time()  # --final-budget auto: its time budget runs from here (the data is ready)
+    t_start = time.time() if t_start is None else t_start
     exp, mirror = config.experiment_dir, config.mirror
     if address:
         _token_auth()
@@ -643,7 +646,7 @@ def _search(config: SearchConfig, resume: bool, address: str | None, dashboard: 
     try:
         if not resume:
             _start(config)
-        _announce(config, data, tokenizer, resume)
+        _announce(config, data, tokenizer, resume, time.time() - t_start)
         t0 = time.time()
         data_ref = ray.put(data)
         with stop_on_signals() as stop:
@@ -765,7 +768,7 @@ def _start(config: SearchConfig) -> None:
         mirror.push(SETTINGS_FILE)
 
 
-def _announce(config: SearchConfig, data: TokenData, tokenizer, resume: bool) -> None:
+def _announce(config: SearchConfig, data: TokenData, tokenizer, resume: bool, ready_s: float = 0.0) -> None:
     print(f"data: {data.describe()}")
     print(f"search {config.name}: preset {config.preset}, data {data.dataset} "
           f"({len(data.train):,} train tokens, {tokenizer.kind} vocab {tokenizer.vocab_size}), "
@@ -774,9 +777,14 @@ def _announce(config: SearchConfig, data: TokenData, tokenizer, resume: bool) ->
           + " per trial" + (" (resumed)" if resume else ""))
     print(f"space: {config.describe()}")
     if config.final_auto:
-        print(f"time budget {config.total_time_s:.0f} s for the whole command: {config.time_budget_s:.0f} s for the "
-              f"search, then what is left (at least {config.total_time_s - config.time_budget_s:.0f} s) for the "
-              f"final training of the winner")
+        print(f"time budget {format_seconds(config.total_time_s)} for the whole command from its start (the data and "
+              f"tokenizer took {ready_s:.0f} s of it): {format_seconds(config.time_budget_s)} for the search, then "
+              f"what is left for the final training of the winner; the report after it is not counted "
+              f"(--no-report skips it)")
+    elif config.time_budget_s:
+        print(f"time budget {format_seconds(config.time_budget_s)} for the search's trials, on the search's clock "
+              f"(over its resumes); the data and tokenizer before them ({ready_s:.0f} s) and the report after them "
+              f"are not counted")
     if config.ladder == "on" and not resume:
         from tune.ladder import announce
 
