@@ -79,14 +79,16 @@ def run_once(size: str, mode: str, work: str) -> float:
         t0 = time.perf_counter()
         # its own process group, waited for to the last process (Inductor's compile workers), so no run overlaps
         # what the one before it left running
-        proc = subprocess.run([sys.executable, "-m", "nanogpt.train", *args, "--compile", mode, "--threads", "1",
-                               "--eval-iters", "5", "--max-new-tokens", "0", "--out", os.path.join(fresh, "out")],
-                              cwd=ROOT, env=env, capture_output=True, text=True, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "nanogpt.train", *args, "--compile", mode, "--threads", "1",
+                                 "--eval-iters", "5", "--max-new-tokens", "0", "--out", os.path.join(fresh, "out")],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        _, stderr = proc.communicate()
         seconds = time.perf_counter() - t0
         _wait_for_group(proc.pid)
     time.sleep(PAUSE_AFTER_COMPILE_S if mode == "on" else PAUSE_S)
     if proc.returncode != 0:
-        sys.exit(f"{size} --compile {mode} failed:\n{proc.stderr[-2000:]}")
+        sys.exit(f"{size} --compile {mode} failed:\n{stderr[-2000:]}")
     return seconds
 
 
