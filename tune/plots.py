@@ -10,7 +10,7 @@ import matplotlib.colors
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
-from nanogpt.amounts import UNIT_NAMES
+from nanogpt.amounts import UNIT_NAMES, number
 from tune.outcomes import Outcome, rankable
 from tune.space import SHOWN, is_log
 
@@ -64,8 +64,9 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
         line, = ax.plot(g[x], g["val_loss"], alpha=0.45, lw=1)
         if ended.get(tid) in ENDED:
             marker, text = ENDED[ended[tid]]
-            ax.plot(g[x].iloc[-1], g["val_loss"].iloc[-1], marker, color=line.get_color(), mfc="none", ms=7,
-                    label=None if text in marked else text)
+            ax.plot(g[x].iloc[-1], g["val_loss"].iloc[-1], marker, color=line.get_color(), mfc="none", ms=7)
+            if text not in marked:  # the legend's marker in black: the colour is the trial's, the shape the outcome's
+                ax.plot([], [], marker, color="black", mfc="none", ms=7, ls="none", label=text)
             marked.add(text)
     if best_id is not None:
         g = curves[curves["trial_id"] == best_id]
@@ -81,6 +82,7 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, path: Path, unit
         ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
     if history and x == "spend":
         ax.set_xscale("log")  # the final budget is several times the trials': a log axis keeps both readable
+        _plain_log_ticks(ax.xaxis)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.set_xlabel(f"spend ({UNIT_NAMES.get(unit, unit)}, training + cooldown)" if x == "spend" else "step")
@@ -128,6 +130,7 @@ def loss_vs_params(df: pd.DataFrame, path: Path) -> None:
     ax.scatter(front["n_params"], front["best_val_loss"], s=90, facecolors="none", edgecolors="black", lw=1.5,
                label=f"Pareto front at equal spend ({len(front)}: no smaller model beats them)")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("parameters")
     ax.set_ylabel("best validation loss")
     ax.set_title("validation loss against model size, at equal spend")
@@ -161,7 +164,7 @@ def _hparam_axis(ax, values: pd.Series, loss: pd.Series, name: str) -> None:
     integer with few values (n_layer, batch_size) one column of points per value, ticked with the values
     themselves; a continuous one on its own scale (log for a log-sampled one, ticks as plain numbers, no minor
     labels to overlap)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter
 
     integer = pd.api.types.is_integer_dtype(values) or (pd.api.types.is_numeric_dtype(values)
                                                         and values.dropna().map(float.is_integer).all())
@@ -175,10 +178,19 @@ def _hparam_axis(ax, values: pd.Series, loss: pd.Series, name: str) -> None:
     ax.scatter(values.astype(float), loss, alpha=0.8)
     if is_log(name):
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
+        _plain_log_ticks(ax.xaxis)
+    else:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
     ax.tick_params(axis="x", labelrotation=30)
+
+
+def _plain_log_ticks(axis) -> None:
+    """A log axis ticked 1, 2, 5 per decade in plain numbers (2,000 and 0.005, not 2x10^3), minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=8))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _tick(v) -> str:
@@ -189,7 +201,7 @@ def _tick(v) -> str:
         v = float(v)
     except (TypeError, ValueError):
         return str(v)
-    return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.3g}"
+    return number(v)
 
 
 def _unit_axis(values: pd.Series, log: bool) -> tuple[pd.Series, str, str]:
@@ -298,6 +310,7 @@ def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> 
                 label=f"{label}: {tid} ({int(mine[0].n):,} params)")
     ax.axvline(choice["final_budget"], color="grey", ls=":", label="final budget")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(f"spend of the decayed copy ({unit})")
     ax.set_ylabel("cooldown-rung validation loss (nats/token)")
     ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)"
