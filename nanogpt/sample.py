@@ -92,18 +92,6 @@ def probe_numbers(train_text: str, val_text: str, pattern: str = "counting", n: 
     return _sample(list(train), n), _sample(list(held_out), n)
 
 
-def probe_scores(model: GPT, tokenizer, train_text: str, val_text: str, n: int = 25) -> dict[str, float]:
-    """Fraction right per pattern and split, e.g. {"counting_seen": 0.96, "counting_held_out": 0.8, ...}.
-    Patterns the text does not hold are left out."""
-    scores = {}
-    for name, probe in PROBES.items():
-        for split, numbers in zip(("seen", "held_out"), probe_numbers(train_text, val_text, name, n)):
-            if numbers:
-                rows = probe(model, tokenizer, numbers)
-                scores[f"{name}_{split}"] = sum(r["correct"] for r in rows) / len(rows)
-    return scores
-
-
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
 
 

@@ -8,7 +8,7 @@ import torch
 from nanogpt import corpora
 from nanogpt.dataset import load_dataset
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.sample import abc_probe, counting_probe, probe_numbers, probe_scores
+from nanogpt.sample import abc_probe, counting_probe, probe_numbers
 from nanogpt.tokenizer import CharTokenizer
 
 SENTENCE = re.compile(r"Number (\d+) comes before (\d+)\.\n")
@@ -111,10 +111,6 @@ def test_probes_score_right_and_wrong_answers():
     assert [r["correct"] for r in rows] == [True, False, True] and rows[0]["output"].startswith(" 8.")
     rows = abc_probe(model, tok, [3, 42, 123])
     assert [r["correct"] for r in rows] == [True, True, False] and rows[2]["predicted"] == 1237
-    train = "".join(f"Number {k} comes before {k + 1}.\n" for k in range(10)) + "A3B3C3.\nA70B70C70.\n"
-    val = "Number 11 comes before 12.\nNumber 12 comes before 13.\nA4B4C4.\n"
-    assert probe_scores(model, tok, train, val) == {
-        "counting_seen": 0.5, "counting_held_out": 0.5, "abc_seen": 0.5, "abc_held_out": 1.0}
 
 
 def test_probes_run_on_a_tiny_gpt():
@@ -127,6 +123,3 @@ def test_probes_run_on_a_tiny_gpt():
         assert [r["k"] for r in rows] == [7, 123] and rows[0]["prompt"] == prompt
         assert all(isinstance(r["correct"], bool) and r["output"] for r in rows)
         assert probe(model, tok, [7, 123]) == rows  # greedy: the same every time
-    scores = probe_scores(model, tok, ds.train_text, ds.val_text, n=3)
-    assert set(scores) == {"counting_seen", "counting_held_out", "abc_seen", "abc_held_out"}
-    assert all(0 <= v <= 1 for v in scores.values())

@@ -55,7 +55,6 @@ class Scheduler:
     help: str
     make: Callable[[SearchConfig], Any]  # the Ray Tune scheduler for a search (imports Ray itself)
     describe: Callable[[SearchConfig], str]  # its settings, for the report ("" when it has none)
-    stops_early: bool  # a trial it stops is `pruned` (for the human status line)
 
 
 def _asha(config: SearchConfig):
@@ -75,6 +74,6 @@ def _fifo(config: SearchConfig):
 SCHEDULERS: dict[str, Scheduler] = {
     "asha": Scheduler("ASHA stops weak trials at rungs", _asha,
                       lambda c: f"grace {c.budget_text(c.grace_period)}, reduction factor {c.reduction_factor}, "
-                                f"rungs in {c.budget_unit}", stops_early=True),
-    "fifo": Scheduler("every trial runs its whole budget", _fifo, lambda c: "", stops_early=False),
+                                f"rungs in {c.budget_unit}"),
+    "fifo": Scheduler("every trial runs its whole budget", _fifo, lambda c: ""),
 }

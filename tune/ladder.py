@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
 from tune.config import SearchConfig, format_amount
@@ -253,7 +254,6 @@ def ladder_entry(config: dict, data, tokenizer: dict, search: SearchConfig, star
     trial's stable checkpoint files). Checkpoints into out/ at every evaluation."""
     import torch
 
-    from nanogpt.checkpoint import MODEL_FILE
     from nanogpt.cooldown import branch_steps
     from nanogpt.tokenizer import tokenizer_from_dict
     from nanogpt.train import Status, Trainer
@@ -335,7 +335,7 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
     import ray
 
     exp = config.experiment_dir
-    if (exp / "final" / "model.pt").is_file():
+    if (exp / "final" / MODEL_FILE).is_file():
         print(f"\nfinal/ is already trained: {exp / 'final'}")
         return None
     slots = _slots(config)
@@ -359,7 +359,7 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
     first_files: dict[str, dict] = {}
 
     def start_files(trial_id: str) -> dict | None:
-        if (exp / LADDER_DIR / trial_id / "model.pt").is_file():
+        if (exp / LADDER_DIR / trial_id / MODEL_FILE).is_file():
             return None  # it goes on from its own ladder checkpoint
         if trial_id not in first_files:
             first_files[trial_id] = trial_files(trial_id)
@@ -422,7 +422,6 @@ def _warm_workers(config: SearchConfig, slots: int) -> float:
 
 def _warmup(start: dict | None, own: Path) -> int:
     """The trial's warmup, from its checkpoint (or the entrant's ladder checkpoint, which repeats it)."""
-    from nanogpt.checkpoint import CONFIG_FILE
 
     meta = json.loads(start[CONFIG_FILE]) if start else json.loads((own / CONFIG_FILE).read_text())
     return int(meta["warmup_steps"])
@@ -488,7 +487,6 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
     import ray
     from ray.util.queue import Queue
 
-    from nanogpt.checkpoint import CONFIG_FILE
     from tune.progress import follow_final
     from tune.trainable import train_final
 
@@ -499,7 +497,7 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
     e = state["entrants"][winner]
     own = exp / LADDER_DIR / winner
     files = ({f.name: f.read_bytes() for f in own.iterdir() if f.is_file() and f.name != STEP_FILE}
-             if (own / "model.pt").is_file() else trial_files(winner))
+             if (own / MODEL_FILE).is_file() else trial_files(winner))
     final_cfg = dataclasses.replace(config, final_budget=state["final_budget"])
     hp = {**e["hp"], "learning_rate": e["lr"]}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -591,7 +589,7 @@ def report_section(exp: Path, plot_dir: Path, missing: list[str]) -> list[str]:
 
 def _final_meta(exp: Path) -> dict | None:
     try:
-        return json.loads((exp / "final" / "config.json").read_text())
+        return json.loads((exp / "final" / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return None
 

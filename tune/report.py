@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.amounts import UNIT_NAMES, format_amount, number
+from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed, write_bytes
 from tune.algorithms import SCHEDULERS
@@ -72,15 +73,15 @@ def final_or_best(path: str | Path) -> tuple[Path, str | None]:
     (then best/); and why final/ is not used (None when it is, or there is none)."""
     path = Path(path)
     final, best = path / "final", path / "best"
-    if not (final / "model.pt").is_file():
+    if not (final / MODEL_FILE).is_file():
         return best, None
     try:
-        meta = json.loads((final / "config.json").read_text())
+        meta = json.loads((final / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return final, None
     short = final_cut_short(meta)
     try:
-        best_val = _last_val(json.loads((best / "config.json").read_text())) if (best / "model.pt").is_file() else None
+        best_val = _last_val(json.loads((best / CONFIG_FILE).read_text())) if (best / MODEL_FILE).is_file() else None
     except (OSError, ValueError):
         best_val = None
     final_val = _last_val(meta)
@@ -164,7 +165,6 @@ _UNREAD = object()
 def vocab_size(trials) -> int | None:
     """The search's vocabulary size (one tokenizer for every trial): from the trials' results (`vocab_size`, which
     the trainable reports), else from a checkpoint's config.json on this disk; None when neither says."""
-    from nanogpt.checkpoint import CONFIG_FILE
 
     for trial in trials:
         for r in reversed(trial.results):
@@ -189,7 +189,7 @@ def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tup
     if not path.is_dir():
         raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
     try:
-        trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / "model.pt")) if mirror else None)
+        trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / MODEL_FILE)) if mirror else None)
     except UserError as e:
         raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
     config = _config(path) if config is _UNREAD else config
@@ -335,7 +335,7 @@ def _write_best(path: Path, df: pd.DataFrame, mirror: Mirror | None, notes: list
 def _copy_checkpoint(src: Path, dst: Path, mirror: Mirror | None) -> bool:
     """Copy a trial's checkpoint directory to `dst`; False (and nothing at `dst`) when it vanished, wholly or in
     part, while it was copied. A copy that fails with the checkpoint still there is an error (disk full: one line)."""
-    from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
+    from nanogpt.checkpoint import TOKENIZER_FILE
 
     needed = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE)
 
@@ -669,7 +669,7 @@ def _final_model(path: Path, missing: list[str]):
     """final/'s (model, tokenizer, meta), or None when there is none (or it cannot be read: said in Missing)."""
     from nanogpt.checkpoint import CheckpointError, load_model
 
-    if not (path / "final" / "model.pt").is_file():
+    if not (path / "final" / MODEL_FILE).is_file():
         return None
     try:
         return load_model(path / "final")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from nanogpt.amounts import format_seconds, number
 from nanogpt.batches import TokenData
+from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
 from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
@@ -322,11 +323,11 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
             print(f"\nno time left of the time budget for a final training ({seconds_left or 0:.0f} s)")
             return None
         config = dataclasses.replace(config, final_budget=budget)
-    if (final / "model.pt").is_file():
+    if (final / MODEL_FILE).is_file():
         print(f"\nfinal/ is already trained: {final}")
         return None
     choice = scaling.analyse(config.experiment_dir, trials, config.final_budget,
-                             (lambda p: config.mirror.has(p / "model.pt")) if config.mirror else None)
+                             (lambda p: config.mirror.has(p / MODEL_FILE)) if config.mirror else None)
     print("\n" + scaling.describe(choice, config.budget_text))
     if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
         pick = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
@@ -352,7 +353,6 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     `grid`: what the search's `Tuner.fit()` returned (--final-from continue)."""
     import ray
 
-    from nanogpt.checkpoint import CONFIG_FILE
     from tune.space import HPARAMS
     from tune.trainable import train_final
 
@@ -454,7 +454,7 @@ def export_models(config: SearchConfig) -> list[str]:
     exp, lines = config.experiment_dir, []
     for name in ("best", FINAL_DIR):
         out = exp / f"{name}-{config.export}"
-        if not (exp / name / "model.pt").is_file():
+        if not (exp / name / MODEL_FILE).is_file():
             # one made from a best/ since removed (its trial diverged) goes too
             shutil.rmtree(out, ignore_errors=True)
             continue
@@ -530,7 +530,7 @@ def _refuse_spent(config: SearchConfig) -> None:
     refuse it (exit 2) with where its results are, instead of starting Ray to do nothing and asking for another
     --resume. A time budget is a search setting: --resume cannot change it."""
     exp = config.experiment_dir
-    final_left = (config.final_budget or config.final_auto) and not (exp / FINAL_DIR / "model.pt").is_file()
+    final_left = (config.final_budget or config.final_auto) and not (exp / FINAL_DIR / MODEL_FILE).is_file()
     if budget_spent(config) and not final_left:
         where = config.mirror.uri if config.mirror else exp
         raise UserError(f"{config.name} has spent its time budget ({read_clock(exp):.0f} s of "
