@@ -140,11 +140,11 @@ def test_budget_flags(tmp_path):
     with pytest.raises(UserError, match="not both"):
         _config("--max-steps", "40", "--trial-budget", "40steps", tmp_path=tmp_path)
     with pytest.raises(UserError, match="one unit"):
-        _config("--trial-budget", "1e12flops", "--eval-interval", "100steps", tmp_path=tmp_path)
+        _config("--trial-budget", "1e12flops", "--eval-every", "100steps", tmp_path=tmp_path)
     with pytest.raises(UserError, match="above the trial budget"):
         _config("--trial-budget", "1e12flops", "--grace-period", "2e12", tmp_path=tmp_path)
     with pytest.raises(UserError, match="never be evaluated"):
-        _config("--trial-budget", "100s", "--eval-interval", "200s", tmp_path=tmp_path)
+        _config("--trial-budget", "100s", "--eval-every", "200s", tmp_path=tmp_path)
     cfg = _config("--trial-budget", "60s", "--final-budget", "120s", tmp_path=tmp_path)
     assert (cfg.budget_unit, cfg.trial_budget, cfg.final_budget, cfg.eval_every) == ("s", 60, 120, 6)
 
