@@ -263,7 +263,8 @@ def test_time_budget_spans_resumes_and_optuna_hears_pruned(tmp_path):
     assert set(df["outcome"]) <= {"out_of_time", "not_started"}, df[["trial_id", "outcome"]]
     study = optuna.load_study(study_name="tb", storage=f"sqlite:///{exp / 'optuna.db'}")
     counts = {state: [t.state for t in study.trials].count(state) for state in optuna.trial.TrialState}
-    assert counts[optuna.trial.TrialState.PRUNED] == (df["outcome"] == "out_of_time").sum()
+    # out of time after an evaluation: PRUNED with what it reported; before its first one: FAIL (nothing to rank by)
+    assert counts[optuna.trial.TrialState.PRUNED] == ((df["outcome"] == "out_of_time") & df["steps"].notna()).sum()
     assert all(t.intermediate_values for t in study.trials if t.state == optuna.trial.TrialState.PRUNED)
     # the trials the Ctrl-C stopped stay FAIL (interrupted); each one the resumed run ran again got a new trial
     resumed_from = {t.user_attrs.get("resumes") for t in study.trials}
@@ -290,6 +291,30 @@ def test_time_budget_is_spent_on_the_search_clock(tmp_path):
     assert not budget.stop_all() and not budget("a trial", {"val_loss": 1.0})
     time.sleep(0.4)
     assert budget.stop_all()
+
+
+def test_a_trial_the_budget_stopped_before_its_first_report_is_out_of_time_not_not_started(tmp_path):
+    """A trial that started (its `start` line printed) and had not reported when the time budget ended the search ran:
+    it is out_of_time (Optuna hears FAIL: no value to rank it by), never not_started. One Ray drew but never started
+    stays not_started. (On a loaded machine a laptop trial's first evaluation came after a 2-minute budget.)"""
+    from types import SimpleNamespace
+
+    from tune.outcomes import CLOCK_FILE, describe, read_outcomes
+    from tune.progress import OutcomeRecorder
+
+    told = []
+    searcher = SimpleNamespace(on_trial_complete=lambda trial_id, result: told.append((trial_id, result)))
+    (tmp_path / CLOCK_FILE).write_text(json.dumps({"running_s": 10.0}))  # the budget is spent
+    recorder = OutcomeRecorder(tmp_path, 10.0, searcher)
+    recorder.setup()
+    ran = SimpleNamespace(trial_id="ran", status="TERMINATED", last_result={})
+    drawn = SimpleNamespace(trial_id="drawn", status="PENDING", last_result={})
+    recorder.on_trial_start(0, [ran, drawn], ran)
+    recorder.on_experiment_end([ran, drawn])
+    assert read_outcomes(tmp_path) == {"ran": {"outcome": "out_of_time", "spend": None, "train_spend": None,
+                                               "step": None}}
+    assert told == [("ran", {"outcome": "out_of_time"})]
+    assert describe("out_of_time", {"spend": None}) == "stopped by the search's time budget before its first evaluation"
 
 
 def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):

@@ -123,6 +123,8 @@ def diverged_text(best_loss, vocab_size) -> str:
 def describe(outcome: Outcome | str, row: dict, scheduler: str | None = None) -> str:
     """The human line for a trial (a trials-table row: spend, budget_unit, steps), e.g. 'pruned by ASHA at 3e11 FLOPs'."""
     spend = "" if row.get("spend") is None else format_amount(row["spend"], row.get("budget_unit") or "")
+    if outcome == Outcome.OUT_OF_TIME and not spend:
+        return "stopped by the search's time budget before its first evaluation"
     return _TEXT[Outcome(outcome)].format(spend=spend, steps=row.get("steps"),
                                           scheduler=scheduler.upper() if scheduler else "the scheduler")
 

@@ -214,6 +214,7 @@ class OutcomeRecorder(Callback):
         self.used0 = 0.0
         self._written = 0.0
         self.failed: WriteFailed | None = None  # a write that failed (disk full): it stops the search
+        self.started: set[str] = set()  # the trials Ray started in this run (reported or not)
 
     # Ray treats an exception in a trial's callbacks as that trial's failure (and tells Optuna FAIL); raised
     # between steps instead, it ends the search as a crash would, and --resume continues it
@@ -234,6 +235,7 @@ class OutcomeRecorder(Callback):
     # setting up the callbacks to the experiment's end in each; --time-budget is spent on it (TimeBudget)
     def setup(self, **info):
         self.used0, self.t0, self._written = read_clock(self.experiment_dir), time.time(), 0.0
+        self.started = set()
         OutcomeRecorder.running = self
 
     def used_s(self) -> float:
@@ -256,6 +258,9 @@ class OutcomeRecorder(Callback):
                                     "train_spend": last.get("spend"), "step": last.get("step")}
         write_json(Path(self.experiment_dir) / OUTCOMES_FILE, outcomes, indent=1)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         outcome = outcome_of_result(result)
         if outcome is not None:
@@ -274,15 +279,19 @@ class OutcomeRecorder(Callback):
             self._record(trial, Outcome.ERRORED)
 
     def on_experiment_end(self, trials, **info):
-        """Trials the search's time budget stopped get no completion call from Ray: record them here.
-        After Ctrl-C the same trials were interrupted instead, and --resume continues them."""
+        """Trials the search's time budget stopped get no completion call from Ray: record them here, also one that
+        had started but not yet reported (a slow first evaluation, a loaded machine): it ran, so it is out_of_time,
+        and Optuna hears FAIL (no value to rank it by). After Ctrl-C the same trials were interrupted instead, and
+        --resume continues them."""
         self._write_clock()
         if not self.time_budget_s or self.used_s() < self.time_budget_s - 0.5:
             return
         recorded = read_outcomes(self.experiment_dir)
         for trial in trials:
-            if trial.trial_id in recorded or trial.status != "TERMINATED" or not trial.last_result.get("step"):
+            started = trial.trial_id in getattr(self, "started", ()) or (trial.last_result or {}).get("step")
+            if trial.trial_id in recorded or trial.status != "TERMINATED" or not started:
                 continue
+            trial.last_result = trial.last_result or {}
             trial.last_result["outcome"] = Outcome.OUT_OF_TIME.value
             self._record(trial, Outcome.OUT_OF_TIME)
             if self.searcher is not None:
