@@ -2,18 +2,24 @@
 config.json (model and training configs, history) and tokenizer.json. Reading one never runs code.
 A wsd trial's checkpoint taken at a cooldown rung also holds decayed.pt: the weights of the decayed branch whose
 loss it reported. Training resumes from model.pt's stable weights; load_model (sampling) takes the decayed ones.
+
+This module owns the layout: write_checkpoint writes one, read_meta / raw_meta read its config.json, patch_meta
+adds the search's records to it (which trial a final model continued, how it was chosen), and last_eval,
+last_val_loss and meta_vocab_size read the fields the search and its report use.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
-from nanogpt.tokenizer import load_tokenizer
+from nanogpt.tokenizer import load_tokenizer, save_tokenizer
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -23,6 +29,25 @@ DECAYED_FILE = "decayed.pt"
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt or does not fit. The message says what to do."""
+
+
+def write_checkpoint(directory: str | Path, state: dict, meta: dict, decayed: dict | None = None,
+                     tokenizer=None) -> Path:
+    """Write model.pt (`state`: weights, optimizer, step, RNG), decayed.pt (`decayed`: the decayed branch's weights;
+    without them an older decayed.pt is removed), config.json (`meta`) and, given one, tokenizer.json."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with replace_atomically(d / MODEL_FILE) as f:  # a full disk leaves the previous checkpoint whole
+        torch.save(state, f)
+    if decayed is not None:  # what sampling uses: the weights whose val_loss was reported
+        with replace_atomically(d / DECAYED_FILE) as f:
+            torch.save({"model": decayed}, f)
+    else:
+        (d / DECAYED_FILE).unlink(missing_ok=True)
+    write_json(d / CONFIG_FILE, meta, indent=2)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, d / TOKENIZER_FILE)
+    return d
 
 
 def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
@@ -98,6 +123,37 @@ def read_meta(directory: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {directory} has a corrupt {CONFIG_FILE} ({problem}): "
                               f"retrain or pick another checkpoint")
     return meta
+
+
+def raw_meta(checkpoint: str | Path | dict[str, bytes]) -> dict:
+    """config.json as written, unchecked (read_meta checks it): of a checkpoint directory, or of a checkpoint held
+    as its files (name -> bytes). OSError or ValueError when it cannot be read or is not JSON."""
+    if isinstance(checkpoint, dict):
+        return json.loads(checkpoint[CONFIG_FILE])
+    return json.loads((Path(checkpoint) / CONFIG_FILE).read_text())
+
+
+def patch_meta(files: dict[str, bytes], **fields) -> None:
+    """`fields` added to config.json of a checkpoint held as its files (name -> bytes), in place: what the search
+    records beside the training's own (continued_from, chosen_by, ladder, horizon_lr)."""
+    files[CONFIG_FILE] = json.dumps({**json.loads(files[CONFIG_FILE]), **fields}, indent=2).encode()
+
+
+def last_eval(meta: dict) -> dict:
+    """config.json's last evaluation (its history's last entry: step, spend, val_loss, ...); {} when it has none."""
+    history = meta.get("history") if isinstance(meta.get("history"), list) else []
+    return history[-1] if history and isinstance(history[-1], dict) else {}
+
+
+def last_val_loss(meta: dict) -> float | None:
+    """The last evaluation's val_loss, when it is a finite number; else None."""
+    v = last_eval(meta).get("val_loss")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def meta_vocab_size(meta: dict):
+    """The model's vocabulary size, as config.json says it (unchecked: a KeyError or TypeError where it does not)."""
+    return meta["model"]["vocab_size"]
 
 
 def _first_line(e: BaseException) -> str:

@@ -20,17 +20,15 @@ from typing import Callable, Literal
 
 import torch
 
-from nanogpt.checkpoint import (CONFIG_FILE, DECAYED_FILE, MODEL_FILE, TOKENIZER_FILE, CheckpointError,
-                                read_checkpoint, read_checkpoint_tokenizer)
+from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, read_checkpoint, read_checkpoint_tokenizer,
+                                write_checkpoint)
 from nanogpt.compile import COMPILE_MODES, VERIFY_STEPS, StepCompiler, shape_key, worth_compiling
 from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
 from nanogpt.amounts import UNITS, parse_amount, parse_duration
 from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
-from nanogpt.files import replace_atomically, write_json
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.muon import Muon, newton_schulz_flops
-from nanogpt.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -664,15 +662,6 @@ class Trainer:
 
     def save(self, directory: str | Path) -> Path:
         """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        with replace_atomically(d / MODEL_FILE) as f:  # a full disk leaves the previous checkpoint whole
-            torch.save(self.state_dict(), f)
-        if self.decayed is not None:  # what sampling uses: the weights whose val_loss was reported
-            with replace_atomically(d / DECAYED_FILE) as f:
-                torch.save({"model": self.decayed}, f)
-        else:
-            (d / DECAYED_FILE).unlink(missing_ok=True)
         meta = {
             "model": self.model_cfg.to_dict(),
             "train": self.cfg.to_dict(),
@@ -684,10 +673,7 @@ class Trainer:
             "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,  # (step, lr) a squeezed decay began
             "history": self.history,
         }
-        write_json(d / CONFIG_FILE, meta, indent=2)
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, d / TOKENIZER_FILE)
-        return d
+        return write_checkpoint(directory, self.state_dict(), meta, self.decayed, self.tokenizer)
 
     def restore(self, directory: str | Path, checkpoint: tuple[dict, dict] | None = None) -> None:
         """Continue from a checkpoint written by save() for the same model and data.

@@ -94,6 +94,7 @@ def _load_model(directory: Path | None, name: str, path: Path, device: str):
 
 def load(path: str | Path) -> SearchResult:
     """A search's results directory (RESULTS_DIR/NAME), read-only: search.json, each trial's JSON files, optuna.db."""
+    from nanogpt.checkpoint import MODEL_FILE
     from tune import report
     from tune.experiment import inside
 
@@ -103,7 +104,7 @@ def load(path: str | Path) -> SearchResult:
     if not inside(path, SETTINGS_FILE, "file").is_file():
         raise UserError(f"{path} holds no search ({SETTINGS_FILE} is missing)")
     config = SearchConfig.load(path)
-    checkpoint = {name: (path / name if inside(path, f"{name}/model.pt", "file").is_file() else None)
+    checkpoint = {name: (path / name if inside(path, f"{name}/{MODEL_FILE}", "file").is_file() else None)
                   for name in ("best", "final")}
     return SearchResult(path=path, config=config, trials=report.load(path), curves=report.load_curves(path),
                         best=checkpoint["best"], final=checkpoint["final"])

@@ -22,7 +22,7 @@ from ray import tune
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 
-from nanogpt.checkpoint import TOKENIZER_FILE, CheckpointError, read_checkpoint
+from nanogpt.checkpoint import TOKENIZER_FILE, CheckpointError, last_eval, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _newest_complete(fs: pyarrow.fs.FileSystem, on_storage: dict[int, str], name
         except (CheckpointError, OSError) as e:
             log.debug("skipping %s: %s", on_storage[index], e)
             continue
-        last = meta.get("history")[-1] if meta.get("history") else {}
+        last = last_eval(meta)
         metrics = {**named.metrics, **last, "checkpoint_dir_name": on_storage[index].rsplit("/", 1)[-1]}
         return _TrainingResult(checkpoint=checkpoint, metrics=metrics)
     return None

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
+from nanogpt.checkpoint import MODEL_FILE, last_eval, patch_meta, raw_meta
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
 from tune.config import SearchConfig, format_amount
@@ -423,8 +423,7 @@ def _warm_workers(config: SearchConfig, slots: int) -> float:
 def _warmup(start: dict | None, own: Path) -> int:
     """The trial's warmup, from its checkpoint (or the entrant's ladder checkpoint, which repeats it)."""
 
-    meta = json.loads(start[CONFIG_FILE]) if start else json.loads((own / CONFIG_FILE).read_text())
-    return int(meta["warmup_steps"])
+    return int(raw_meta(start or own)["warmup_steps"])
 
 
 def _slots(config: SearchConfig) -> int:
@@ -503,7 +502,7 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
     gpus = 1 if config.gpus_per_trial > 0 else 0
-    at = (json.loads(files[CONFIG_FILE]).get("history") or [{}])[-1].get("spend", e["spend"])
+    at = last_eval(raw_meta(files)).get("spend", e["spend"])
     print(f"\nfinal training: ladder winner {winner} (trial winner {state['raw_winner']}) continued from "
           f"{config.budget_text(at)} to {config.budget_text(state['final_budget'])} at lr {e['lr']:.2e}"
           + (f", filling the {seconds_left:.0f} s left" if seconds_left is not None else "")
@@ -514,13 +513,12 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
                       {"trial_id": winner, "files": files}, seconds_left)
     out = follow_final(ref, queue, state["final_budget"], config.budget_unit)
     queue.shutdown()
-    meta = json.loads(out["files"][CONFIG_FILE])
-    meta.update(chosen_by={"by": "ladder", "chosen": winner, "raw_winner": state["raw_winner"],
-                           "reason": "best cooldown-branch loss at the ladder's last level" if state["steps"] else
-                           "no ladder level above the trials' spend below the final budget: the trial winner"},
-                ladder=record(state), horizon_lr={"beta": state["horizon_lr_beta"], "horizon": state["horizon"],
-                                                  "trial_lr": e["trial_lr"], "lr": e["lr"], "trial_spend": e["spend"]})
-    out["files"][CONFIG_FILE] = json.dumps(meta, indent=2).encode()
+    patch_meta(out["files"],
+               chosen_by={"by": "ladder", "chosen": winner, "raw_winner": state["raw_winner"],
+                          "reason": "best cooldown-branch loss at the ladder's last level" if state["steps"] else
+                          "no ladder level above the trials' spend below the final budget: the trial winner"},
+               ladder=record(state), horizon_lr={"beta": state["horizon_lr_beta"], "horizon": state["horizon"],
+                                                 "trial_lr": e["trial_lr"], "lr": e["lr"], "trial_spend": e["spend"]})
     tmp, final = exp / "final.tmp", exp / "final"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -576,7 +574,7 @@ def report_section(exp: Path, plot_dir: Path, missing: list[str]) -> list[str]:
     else:
         md += ["No level fit between the trials' spend and the final budget: the trial winner was continued.", ""]
     if meta:
-        last = (meta.get("history") or [{}])[-1]
+        last = last_eval(meta)
         md += [f"- final/: `{meta.get('continued_from')}` at {format_amount(last.get('spend', 0), unit)}, "
                f"val_loss {last.get('val_loss', float('nan')):.4f}, lr {meta.get('train', {}).get('learning_rate', 0):.2e}", ""]
     try:
@@ -589,7 +587,7 @@ def report_section(exp: Path, plot_dir: Path, missing: list[str]) -> list[str]:
 
 def _final_meta(exp: Path) -> dict | None:
     try:
-        return json.loads((exp / "final" / CONFIG_FILE).read_text())
+        return raw_meta(exp / "final")
     except (OSError, ValueError):
         return None
 
@@ -608,7 +606,7 @@ def plot(state: dict, meta: dict | None, path: Path) -> None:
                 ys.append(s["losses"][t])
         ax.plot(xs, ys, marker="o", label=t, alpha=0.8)
     if meta:
-        last = (meta.get("history") or [{}])[-1]
+        last = last_eval(meta)
         won = meta.get("continued_from")
         if "spend" in last and won in state["entrants"]:  # the winner's last ladder point to final/
             at = [(s["spend"], s["losses"][won]) for s in state["steps"] if won in s["losses"]]

@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.amounts import UNIT_NAMES, format_amount, number
-from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
+from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, last_eval, last_val_loss, meta_vocab_size,
+                                raw_meta)
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed, write_bytes
 from tune.algorithms import SCHEDULERS
@@ -62,12 +63,6 @@ def final_cut_short(meta: dict) -> str | None:
             f"decaying")
 
 
-def _last_val(meta: dict) -> float | None:
-    history = meta.get("history") if isinstance(meta.get("history"), list) else []
-    v = history[-1].get("val_loss") if history and isinstance(history[-1], dict) else None
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
 def final_or_best(path: str | Path) -> tuple[Path, str | None]:
     """The model the search answers with: final/, unless its training was cut short or it scored worse than best/
     (then best/); and why final/ is not used (None when it is, or there is none)."""
@@ -76,15 +71,15 @@ def final_or_best(path: str | Path) -> tuple[Path, str | None]:
     if not (final / MODEL_FILE).is_file():
         return best, None
     try:
-        meta = json.loads((final / CONFIG_FILE).read_text())
+        meta = raw_meta(final)
     except (OSError, ValueError):
         return final, None
     short = final_cut_short(meta)
     try:
-        best_val = _last_val(json.loads((best / CONFIG_FILE).read_text())) if (best / MODEL_FILE).is_file() else None
+        best_val = last_val_loss(raw_meta(best)) if (best / MODEL_FILE).is_file() else None
     except (OSError, ValueError):
         best_val = None
-    final_val = _last_val(meta)
+    final_val = last_val_loss(meta)
     worse = best_val is not None and (final_val is None or final_val > best_val)
     if not worse:  # the better one, cut short or not (said)
         return final, short
@@ -174,7 +169,8 @@ def vocab_size(trials) -> int | None:
     for trial in trials:  # a search made before results carried it
         for name in trial.checkpoints:
             try:
-                v = json.loads(inside(trial.path / name, CONFIG_FILE, "file").read_text())["model"]["vocab_size"]
+                inside(trial.path / name, CONFIG_FILE, "file")  # refused when it leads out of the results
+                v = meta_vocab_size(raw_meta(trial.path / name))
             except (OSError, ValueError, KeyError, TypeError, UserError):
                 continue
             if isinstance(v, int) and not isinstance(v, bool) and v > 1:
@@ -680,7 +676,7 @@ def _final_model(path: Path, missing: list[str]):
 
 def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
     """The final model, trained for the user's budget."""
-    m = (final_model[2].get("history") or [{}])[-1]
+    m = last_eval(final_model[2])
     best = (f" (the search's best trial: {rankable(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
             if config and not rankable(df).empty else "")
     return ["## Final model (the winner trained for the final budget)", "",
@@ -706,8 +702,7 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
     text = config.budget_text if config else (lambda a: f"{a:.4g}")
     meta = final_model[2] if final_model is not None else {}
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
-    history = meta.get("history") if isinstance(meta.get("history"), list) else []
-    last = history[-1] if history and isinstance(history[-1], dict) else {}
+    last = last_eval(meta)
     # what the final training planned last (--final-budget auto re-plans it from its speed), else its budget
     budget = _num(last.get("budget")) or _num(train.get("budget")) or (config.final_budget if config else None)
     at = "the final budget"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from nanogpt.amounts import format_seconds, number
 from nanogpt.batches import TokenData
-from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
+from nanogpt.checkpoint import MODEL_FILE, patch_meta
 from nanogpt.dataset import default_prompts
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, DISK_ERRNOS, WriteFailed, write_failed
@@ -382,8 +382,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     tmp = exp / (FINAL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    out["files"][CONFIG_FILE] = json.dumps({**json.loads(out["files"][CONFIG_FILE]), "chosen_by": choice},
-                                           indent=2).encode()
+    patch_meta(out["files"], chosen_by=choice)
     for name, blob in out["files"].items():
         (tmp / name).write_bytes(blob)
     tmp.rename(final)

@@ -20,7 +20,7 @@ import ray
 import torch
 from ray import tune
 
-from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
+from nanogpt.checkpoint import MODEL_FILE, patch_meta, raw_meta
 from nanogpt.files import write_json
 from nanogpt.batches import TokenData
 from nanogpt.tokenizer import tokenizer_from_dict
@@ -123,7 +123,7 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     tok = tokenizer_from_dict(tokenizer)
     hp = Hparams.from_config(config)
     device = trial_device(search, resources.get("GPU", 0))
-    warmup = json.loads(start["files"][CONFIG_FILE])["warmup_steps"] if start else None
+    warmup = raw_meta(start["files"])["warmup_steps"] if start else None
     cfg = dataclasses.replace(search.final_train_config(hp, device, warmup), fill_time_s=time_limit_s)
     trainer = Trainer(hp.model_config(tok.vocab_size), cfg, data, tok)
     partial_dir = Path(partial)
@@ -145,10 +145,9 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     trainer.run(save)
     with tempfile.TemporaryDirectory() as d:
         trainer.save(d)
-        if start:  # the report says which trial the final model continued
-            meta = json.loads((Path(d) / CONFIG_FILE).read_text())
-            (Path(d) / CONFIG_FILE).write_text(json.dumps({**meta, "continued_from": start["trial_id"]}, indent=2))
         files = {f.name: f.read_bytes() for f in Path(d).iterdir()}
+    if start:  # the report says which trial the final model continued
+        patch_meta(files, continued_from=start["trial_id"])
     last = trainer.history[-1] if trainer.history else {}
     return {"files": files, "metrics": last, "threads": torch.get_num_threads(), "device": device,
             "status": trainer.status.value, "wall_s": time.time() - t0}
