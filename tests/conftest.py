@@ -140,3 +140,64 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- tiny Trainers, and the kill-restore-compare check of exact resume --------------------------------------
+
+TINY_MODEL = dict(block_size=16, n_layer=1, n_head=2, n_embd=16)
+TINY_TRAIN = dict(max_steps=40, batch_size=8, learning_rate=3e-3, eval_interval=10, eval_iters=2)
+
+
+def make_trainer(data, model: dict | None = None, *, base: dict = TINY_TRAIN, **kw):
+    """A Trainer of a tiny GPT on data ((TokenData, tokenizer); a tokenizer of None takes vocab_size from kw).
+
+    The model is TINY_MODEL with any GPTConfig field in kw, then `model`, over it; the training is `base` (TINY_TRAIN
+    unless given; {} for TrainConfig's own defaults) with the other fields in kw over it. A test file's own defaults
+    are a functools.partial of this."""
+    from nanogpt.model import GPTConfig
+    from nanogpt.train import Trainer, TrainConfig
+
+    td, tok = data
+    model_fields = GPTConfig.__dataclass_fields__
+    vocab = {} if tok is None else {"vocab_size": tok.vocab_size}
+    model_cfg = GPTConfig(**{**TINY_MODEL, **vocab, **{k: v for k, v in kw.items() if k in model_fields},
+                             **(model or {})})
+    train_cfg = TrainConfig(**{**base, **{k: v for k, v in kw.items() if k not in model_fields}})
+    return Trainer(model_cfg, train_cfg, td, tok)
+
+
+class Killed(Exception):
+    """The process dying, raised from a run's report right after it saved a checkpoint."""
+
+
+def assert_resume_equals_uninterrupted(make, ckpt: Path, kill_at: int, compare=("train_loss", "val_loss"),
+                                       atol: float = 1e-5):
+    """Kill, restore, compare: a run killed right after its checkpoint at step kill_at, restored from it by a new
+    trainer and run to its end, reports the same steps and `compare` metrics (within atol; atol=0: exactly) and ends
+    with the same weights as a run never stopped. make() builds a trainer, the same each call. Returns the
+    (uninterrupted, resumed) trainers for a test's own further checks."""
+    import torch
+
+    straight = make()
+    expected = straight.run()
+
+    def save_then_die(m, t):
+        if m["step"] == kill_at:
+            t.save(ckpt)
+            raise Killed
+
+    with pytest.raises(Killed):
+        make().run(save_then_die)
+    resumed = make()
+    resumed.restore(ckpt)
+    history = resumed.run()
+    assert [m["step"] for m in history] == [m["step"] for m in expected]
+    for a, b in zip(expected, history):
+        for key in compare:
+            if atol:
+                assert a[key] == pytest.approx(b[key], abs=atol), (a["step"], key)
+            else:
+                assert a[key] == b[key], (a["step"], key)
+    for (k, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=atol, rtol=0, msg=k)
+    return straight, resumed

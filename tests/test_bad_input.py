@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, make_trainer, run_cli
 from nanogpt.amounts import format_amount, parse_amount
 from nanogpt.cli import run_main
 from tune.search import main as search_main
@@ -149,21 +149,15 @@ def test_train_seed_outside_torchs_range_is_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_checkpoint_errors_for_sample(tmp_path):
+def test_checkpoint_errors_for_sample(tmp_path, data):
     """Missing, corrupt and mismatched checkpoints: one line each."""
-    from nanogpt.batches import tokenize
-    from nanogpt.dataset import load_dataset
-    from nanogpt.model import GPTConfig
     from nanogpt.tokenizer import CharTokenizer, save_tokenizer
-    from nanogpt.train import TrainConfig, Trainer
 
     proc = run_cli("nanogpt.sample", "--checkpoint", str(tmp_path / "missing"))
     assert_one_line_error(proc, "does not exist")
 
-    ds = load_dataset("counting")
-    tok = CharTokenizer.from_text(ds.text)
-    trainer = Trainer(GPTConfig(block_size=8, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8),
-                      TrainConfig(max_steps=1, eval_interval=1, eval_iters=1), tokenize(ds, tok), tok)
+    # the counting corpus, char-tokenized (conftest's data)
+    trainer = make_trainer(data, base={}, block_size=8, n_head=1, n_embd=8, max_steps=1, eval_interval=1, eval_iters=1)
     good = trainer.save(tmp_path / "good")
     proc = run_cli("nanogpt.sample", "--checkpoint", str(good), "--prompt", "Zürich ☃ 7", "--max-new-tokens", "5")
     assert proc.returncode == 0 and proc.stdout.startswith("Zürich ☃ 7")  # unseen characters go through <unk>

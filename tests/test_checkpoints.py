@@ -12,17 +12,15 @@ from ray.tune import CheckpointConfig
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 
-from nanogpt.model import GPTConfig
-from nanogpt.train import Trainer, TrainConfig
+from conftest import make_trainer
+from nanogpt.train import Trainer
 from tune.checkpoints import match_storage
 
 
 def _trial(trial_dir: Path, data, max_steps: int):
     """A trial that saved a checkpoint at every evaluation (ten steps apart) as the trainable does, each registered
     with Ray's checkpoint manager as the search configures it (it keeps the best by val_loss and the latest)."""
-    td, tok = data
-    trainer = Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16),
-                      TrainConfig(max_steps=max_steps, batch_size=4, eval_interval=10, eval_iters=1), td, tok)
+    trainer = make_trainer(data, base={}, max_steps=max_steps, batch_size=4, eval_interval=10, eval_iters=1)
     manager = _CheckpointManager(CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss"))
     fs = pyarrow.fs.LocalFileSystem()
     reports = []

@@ -1,6 +1,7 @@
 """--compile auto|on|off: compile time apart from training time, auto's break-even, the eager fallback, and
 compiled steps that give eager's losses with checkpoints that move between the two (slow: a real compile)."""
 
+import functools
 import json
 import logging
 import time
@@ -8,10 +9,10 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import Killed, make_trainer, run_cli
 from nanogpt import compile as C
 from nanogpt.model import GPTConfig
-from nanogpt.train import Trainer, TrainConfig
+from nanogpt.train import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -19,12 +20,7 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(tmp_path / "cache"))
 
 
-def make(data, dropout=0.0, model: dict | None = None, **kw):
-    td, tok = data
-    cfg = TrainConfig(**{"max_steps": 20, "batch_size": 4, "learning_rate": 3e-3, "eval_interval": 10,
-                         "eval_iters": 2, **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
-                             **(model or {})), cfg, td, tok)
+make = functools.partial(make_trainer, max_steps=20, batch_size=4)  # conftest's tiny trainer, shorter
 
 
 def test_the_shape_key_holds_the_model_options():
@@ -154,9 +150,6 @@ def test_search_and_train_take_compile(tmp_path):
 def test_compiled_losses_equal_eager_and_checkpoints_move_between_them(data, tmp_path):
     eager_trainer = make(data)
     eager = eager_trainer.run()
-
-    class Killed(Exception):
-        pass
 
     def save_then_die(m, t):
         if m["step"] == 10:

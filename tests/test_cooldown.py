@@ -2,25 +2,20 @@
 resume is exact, and a run continued to a longer budget equals one trained straight to it."""
 
 import copy
+import functools
 
 import pytest
 import torch
 
 import nanogpt.train
+from conftest import assert_resume_equals_uninterrupted, make_trainer
 from nanogpt.cooldown import branch_steps, plan_training_steps, rung_steps
-from nanogpt.model import GPTConfig
 from nanogpt.train import Trainer, TrainConfig, lr_at
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
-
-def make(data, **kw):
-    td, tok = data
-    cfg = TrainConfig(**{"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "eval_interval": 10, "eval_iters": 2,
-                         "schedule": "wsd", **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=0.1),
-                   cfg, td, tok)
+make = functools.partial(make_trainer, dropout=0.1, schedule="wsd")  # conftest's tiny trainer, wsd, with dropout
 
 
 def assert_same_weights(a: Trainer, b: Trainer) -> None:
@@ -99,25 +94,8 @@ def test_spend_adds_up_to_the_budget(data):
 def test_resume_mid_cooldown_is_exact(data, tmp_path, kw):
     """Killed at step 30 (inside the decay of a wsd run; right after a rung's branch with cooldown rungs) and
     resumed: the same losses and weights as the run that was never stopped."""
-    straight = make(data, **kw)
-    expected = straight.run()
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(m, t):
-        if m["step"] == 30:
-            t.save(tmp_path / "ckpt")
-            raise Killed
-
-    with pytest.raises(Killed):
-        make(data, **kw).run(save_then_die)
-    resumed = make(data, **kw)
-    resumed.restore(tmp_path / "ckpt")
-    history = resumed.run()
-    assert [(m["step"], m["val_loss"], m["total_spend"]) for m in history] == \
-        [(m["step"], m["val_loss"], m["total_spend"]) for m in expected]
-    assert_same_weights(straight, resumed)
+    assert_resume_equals_uninterrupted(functools.partial(make, data, **kw), tmp_path / "ckpt", 30,
+                                       compare=("val_loss", "total_spend"), atol=0)
 
 
 def test_continued_run_equals_a_straight_one(data, tmp_path):

@@ -118,7 +118,7 @@ def test_has_checkpoint_decides_which_checkpoints_exist(exp):
     assert exp / "trial_a" / "checkpoint_000000" in asked
 
 
-def test_not_an_experiment(tmp_path):
+def test_reading_a_missing_or_empty_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a directory"):
         read_trials(tmp_path / "missing")
     with pytest.raises(UserError, match="no Ray Tune experiment"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, make_trainer, run_cli
 from nanogpt.checkpoint import load_model
 from nanogpt.batches import tokenize
 from nanogpt.dataset import load_dataset
@@ -19,7 +19,6 @@ from nanogpt.export import export
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import generate_text
 from nanogpt.tokenizer import BPETokenizer, CharTokenizer
-from nanogpt.train import TrainConfig, Trainer
 
 # nanoGPT's own code, where the project's anchors lie (not part of a clone: the test that runs it skips without it)
 ANCHOR = Path(os.environ.get("NANOGPT_ANCHOR", REPO.parent / "shared" / "anchors" / "nanoGPT"))
@@ -31,9 +30,8 @@ TEXT = "Number 12 comes before 13. A5B5C5 \u00d6\n"  # \u00d6: a character the c
 def _train(out: Path, kind: str, bias: bool) -> Path:
     ds = load_dataset("counting")
     tok = CharTokenizer.from_text(ds.text) if kind == "char" else BPETokenizer.train(ds.text, 300)
-    cfg = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16, bias=bias)
-    t = Trainer(cfg, TrainConfig(max_steps=60, batch_size=8, learning_rate=1e-2, eval_interval=30, eval_iters=2,
-                                 device="cpu"), tokenize(ds, tok), tok)
+    t = make_trainer((tokenize(ds, tok), tok), block_size=32, n_layer=2, bias=bias, base={}, max_steps=60,
+                     batch_size=8, learning_rate=1e-2, eval_interval=30, eval_iters=2, device="cpu")
     t.run()
     return t.save(out)
 
@@ -238,13 +236,9 @@ def test_a_searchs_best_model_loads_in_transformers_and_nanogpt(tiny_search, tmp
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
+def tiny_ckpt(tmp_path_factory, data):
     """A checkpoint trained two steps: for tests of where files go and what is refused, not of what a model says."""
-    ds = load_dataset("counting")
-    tok = CharTokenizer.from_text(ds.text)
-    cfg = GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8)
-    t = Trainer(cfg, TrainConfig(max_steps=2, batch_size=2, eval_interval=2, eval_iters=1, device="cpu"),
-                tokenize(ds, tok), tok)
+    t = make_trainer(data, n_embd=8, base={}, max_steps=2, batch_size=2, eval_interval=2, eval_iters=1, device="cpu")
     t.run()
     return t.save(tmp_path_factory.mktemp("tiny") / "ckpt")
 

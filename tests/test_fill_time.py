@@ -2,24 +2,21 @@
 wall-clock time, re-plans while the wsd peak holds, only shortens (squeezing the rest of the decay) once the decay
 begins, and resumes with it."""
 
+import functools
 import json
 import math
 
 import pytest
 
-from nanogpt.model import GPTConfig
+from conftest import make_trainer
 from nanogpt.train import Status, Trainer, TrainConfig, lr_at, wsd_decay_start
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
-
-def make(data, **kw):
-    td, tok = data
-    cfg = TrainConfig(**{"budget_unit": "tokens", "budget": 8 * 16 * 40, "batch_size": 8, "learning_rate": 3e-3,
-                         "eval_iters": 2, "schedule": "wsd", "fill_time_s": 100.0, **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=0.0),
-                   cfg, td, tok)
+# conftest's tiny model, a wsd run of 40 steps' tokens that fills 100 s
+make = functools.partial(make_trainer, base=dict(budget_unit="tokens", budget=8 * 16 * 40, batch_size=8,
+                                                 learning_rate=3e-3, eval_iters=2, schedule="wsd", fill_time_s=100.0))
 
 
 def test_plan_from_the_run_speed(data):

@@ -10,12 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, run_cli
+from conftest import TINY, assert_one_line_error, make_trainer, run_cli
 from nanogpt.cli import run_main
 from nanogpt.batches import TokenData
 from nanogpt.errors import UserError
-from nanogpt.model import GPTConfig
-from nanogpt.train import Trainer, TrainConfig
 from tune.search import main as search_main
 
 
@@ -25,9 +23,9 @@ def _no_space(*args):
 
 def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     ids = torch.randint(0, 8, (400,)).numpy().astype("uint16")
-    trainer = Trainer(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=8),
-                      TrainConfig(max_steps=2, batch_size=2, eval_interval=1, eval_iters=1),
-                      TokenData(train=ids, val=ids, val_chars_per_token=1.0, dataset="t"))
+    trainer = make_trainer((TokenData(train=ids, val=ids, val_chars_per_token=1.0, dataset="t"), None), base={},
+                           n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=8,
+                           max_steps=2, batch_size=2, eval_interval=1, eval_iters=1)
     trainer.save(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real_save = torch.save

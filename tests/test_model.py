@@ -130,7 +130,7 @@ def test_scaled_residual_init():
 
 @pytest.mark.parametrize("kw", [dict(n_embd=15, n_head=2), dict(dropout=1.0), dict(dropout="0.1"), dict(n_layer=0),
                                 dict(vocab_size=-1)])
-def test_config_errors(kw):
+def test_invalid_gpt_config_raises_value_error(kw):
     with pytest.raises(ValueError):
         tiny(**kw)
 

@@ -1,20 +1,16 @@
 """The optimizer choice: Muon on the blocks' matrices beside AdamW, its state in checkpoints, exact resume."""
 
+import functools
+
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_resume_equals_uninterrupted, make_trainer, run_cli
 from nanogpt.errors import UserError
-from nanogpt.model import GPTConfig
-from nanogpt.train import Trainer, TrainConfig
+from nanogpt.train import TrainConfig
 
-
-def make(data, model: dict | None = None, **kw):
-    td, tok = data
-    cfg = TrainConfig(**{"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "eval_interval": 10,
-                         "eval_iters": 2, "optimizer": "muon", **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16, dropout=0.1,
-                             **(model or {})), cfg, td, tok)
+# conftest's tiny trainer with two layers, dropout and Muon
+make = functools.partial(make_trainer, n_layer=2, dropout=0.1, optimizer="muon")
 
 
 def test_muon_takes_the_block_matrices_adamw_the_rest(data):
@@ -51,30 +47,11 @@ def test_muon_learns_and_differs_from_adamw(data):
 
 
 def test_muon_resume_equals_uninterrupted(data, tmp_path):
-    straight_trainer = make(data)
-    straight = straight_trainer.run()
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(m, t):  # the process dies right after its step-20 checkpoint
-        if m["step"] == 20:
-            t.save(tmp_path / "ckpt")
-            raise Killed
-
-    with pytest.raises(Killed):
-        make(data).run(save_then_die)
+    # the process dies right after its step-20 checkpoint
+    straight, _ = assert_resume_equals_uninterrupted(functools.partial(make, data), tmp_path / "ckpt", 20)
     saved = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
     assert saved["muon"]["state"], "Muon's momentum buffers are in the checkpoint"
-    second = make(data)
-    second.restore(tmp_path / "ckpt")
-    resumed = second.run()
-    assert [m["step"] for m in resumed] == [m["step"] for m in straight] == [10, 20, 30, 40]
-    for a, b in zip(straight, resumed):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
-    for (k, p), q in zip(straight_trainer.model.state_dict().items(), second.model.state_dict().values()):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=k)
+    assert [m["step"] for m in straight.history] == [10, 20, 30, 40]
 
 
 def test_adamw_checkpoint_cannot_resume_as_muon(data, tmp_path):
@@ -106,45 +83,6 @@ def test_muon_checkpoint_cannot_resume_as_adamw(data, tmp_path):
     make(data, max_steps=10).run(lambda m, t: t.save(tmp_path / "ckpt"))
     with pytest.raises(UserError, match="trained with the optimizer muon"):
         make(data, optimizer="adamw").restore(tmp_path / "ckpt")
-
-
-def test_optimizer_is_a_searched_hyperparameter():
-    from optuna.distributions import CategoricalDistribution
-
-    from tune.space import HPARAMS, PRESETS, Hparams, parse_range
-
-    assert "optimizer" in HPARAMS
-    assert parse_range("optimizer", "adamw,muon") == CategoricalDistribution(("adamw", "muon"))
-    assert parse_range("optimizer", "muon") == "muon"
-    for bad in ("sgd", "adamw,sgd", "1:2"):
-        with pytest.raises(UserError, match="adamw or muon"):
-            parse_range("optimizer", bad)
-    hp = Hparams(n_layer=1, n_head=2, head_dim=8, dropout=0.0, learning_rate=1e-3, batch_size=4, block_size=16,
-                 weight_decay=0.1, optimizer="muon")
-    assert hp.train_config(budget_unit="steps", budget=10, eval_every=5).optimizer == "muon"
-    assert PRESETS["shakespeare-cpu"].space["optimizer"] == CategoricalDistribution(("adamw", "muon"))
-
-
-def test_plots_take_the_categorical_optimizer(tmp_path):
-    """loss_vs_hparams draws a string column; the importance plot ranks the optimizer beside numbers."""
-    import types
-
-    import optuna
-    import pandas as pd
-
-    from tune import plots
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: (t.suggest_categorical("optimizer", ["adamw", "muon"]) == "adamw")
-                   + 0.1 * t.suggest_float("dropout", 0, 0.2), n_trials=12)
-    plots.importance(tmp_path, types.SimpleNamespace(name="s"), tmp_path / "imp.png")
-    assert (tmp_path / "imp.png").stat().st_size > 0
-    rows = [{"outcome": "finished", "optimizer": t.params["optimizer"], "dropout": t.params["dropout"],
-             "best_val_loss": t.value, "spend": 10.0, "n_params": 1000} for t in study.trials]
-    plots.loss_vs_hparams(pd.DataFrame(rows), tmp_path / "hp.png")
-    assert (tmp_path / "hp.png").stat().st_size > 0
 
 
 def test_measuring_a_method_leaves_the_global_rng_alone():

@@ -86,3 +86,22 @@ def test_the_importance_title_fits_its_figure(figures, tmp_path):
     title = fig.axes[0].title
     box = title.get_window_extent(fig.canvas.get_renderer())  # drawn at the figure's own size, as saved
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+
+
+def test_plots_take_the_categorical_optimizer(tmp_path):
+    """loss_vs_hparams draws a string column; the importance plot ranks the optimizer beside numbers."""
+    import types
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_categorical("optimizer", ["adamw", "muon"]) == "adamw")
+                   + 0.1 * t.suggest_float("dropout", 0, 0.2), n_trials=12)
+    plots.importance(tmp_path, types.SimpleNamespace(name="s"), tmp_path / "imp.png")
+    assert (tmp_path / "imp.png").stat().st_size > 0
+    rows = [{"outcome": "finished", "optimizer": t.params["optimizer"], "dropout": t.params["dropout"],
+             "best_val_loss": t.value, "spend": 10.0, "n_params": 1000} for t in study.trials]
+    plots.loss_vs_hparams(pd.DataFrame(rows), tmp_path / "hp.png")
+    assert (tmp_path / "hp.png").stat().st_size > 0

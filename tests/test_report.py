@@ -172,6 +172,6 @@ def test_interrupted_search_is_reported(exp):
     assert "1 interrupted" in text
 
 
-def test_not_an_experiment(tmp_path):
+def test_report_of_a_directory_without_an_experiment_is_a_report_error(tmp_path):
     with pytest.raises(report.ReportError, match="no Ray Tune experiment"):
         report.load(tmp_path)

@@ -92,7 +92,7 @@ def test_optuna_is_told_the_truth(search):
         assert set(t.params) == {"dropout", "learning_rate", "batch_size"}  # what TINY leaves to sample
 
 
-def test_every_sampled_config_is_valid(search):
+def test_every_config_the_search_sampled_builds_within_its_ranges(search):
     exp, _ = search
     df = pd.read_csv(exp / "trials.csv")
     for row in df.itertuples():

@@ -56,7 +56,7 @@ def test_parse_range_rejects(flag, text, needle):
     assert needle in str(e.value)
 
 
-def test_every_sampled_config_is_valid():
+def test_every_config_tpe_samples_from_a_widened_space_builds():
     """TPE over the gpu preset's space, widened: every config builds a GPT and a TrainConfig."""
     space = {**PRESETS["gpu"].space, "n_head": CategoricalDistribution((1, 3, 6, 12)), "head_dim": IntDistribution(5, 70)}
     sampler = SpaceSampler(space_to_json(space))
@@ -234,3 +234,16 @@ def test_dry_run_shows_the_searched_architecture(run, tmp_path):
     assert '"pos_emb": {' in proc.stdout and '"mlp": "relu2"' in proc.stdout
     assert "relu2 MLP" in proc.stdout  # the first trial's architecture
     assert not any(tmp_path.iterdir())
+
+
+def test_optimizer_is_a_searched_hyperparameter():
+    assert "optimizer" in HPARAMS
+    assert parse_range("optimizer", "adamw,muon") == CategoricalDistribution(("adamw", "muon"))
+    assert parse_range("optimizer", "muon") == "muon"
+    for bad in ("sgd", "adamw,sgd", "1:2"):
+        with pytest.raises(UserError, match="adamw or muon"):
+            parse_range("optimizer", bad)
+    hp = Hparams(n_layer=1, n_head=2, head_dim=8, dropout=0.0, learning_rate=1e-3, batch_size=4, block_size=16,
+                 weight_decay=0.1, optimizer="muon")
+    assert hp.train_config(budget_unit="steps", budget=10, eval_every=5).optimizer == "muon"
+    assert PRESETS["shakespeare-cpu"].space["optimizer"] == CategoricalDistribution(("adamw", "muon"))

@@ -1,15 +1,16 @@
 """The training loop: schedule, metrics, exact resume, divergence, checkpoints; and the nanogpt CLIs."""
 
 import dataclasses
+import functools
 import math
 
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, assert_resume_equals_uninterrupted, make_trainer, run_cli
 from nanogpt.model import GPTConfig
 from nanogpt.checkpoint import CheckpointError, load_model
-from nanogpt.train import Trainer, TrainConfig, lr_at
+from nanogpt.train import TrainConfig, lr_at
 
 METRICS = {"step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s", "n_params", "elapsed_s"}
 
@@ -19,17 +20,13 @@ ALL_OPTIONS = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, t
                    logit_softcap=15.0, zero_init=True)
 
 
-def make(data, dropout=0.0, model: dict | None = None, **kw):
-    td, tok = data
-    cfg = TrainConfig(**{"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "eval_interval": 10, "eval_iters": 2, **kw})
-    return Trainer(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
-                             **(model or {})), cfg, td, tok)
+make = make_trainer  # conftest: a 1-layer model, 40 steps of 8, an evaluation every 10
 
 
 @pytest.mark.parametrize("kw", [dict(learning_rate=0), dict(max_steps=0), dict(min_lr=1.0), dict(device="tpu"),
                                 dict(warmup_steps=50, lr_decay_steps=10), dict(beta2=1.0),
                                 dict(train_loss_from="test")])
-def test_config_errors(kw):
+def test_invalid_train_config_raises_value_error(kw):
     with pytest.raises(ValueError):
         TrainConfig(**kw)
 
@@ -91,29 +88,9 @@ def test_train_loss_from_steps_evaluates_val_only(data):
                          ids=["eval", "steps", "all-options"])
 def test_resume_equals_uninterrupted(data, tmp_path, opts):
     opts = dict(dropout=0.1, **opts)
-    straight = make(data, **opts).run()
-    class Killed(Exception):
-        pass
-
-    def save_then_die(m, t):  # the process dies right after its step-20 checkpoint
-        if m["step"] == 20:
-            t.save(tmp_path / "ckpt")
-            raise Killed
-
-    with pytest.raises(Killed):
-        make(data, **opts).run(save_then_die)
-    second = make(data, **opts)
-    second.restore(tmp_path / "ckpt")
-    resumed = second.run()
-    assert len(resumed) == len(straight) == (3 if "cooldown_rungs" in opts else 4)  # branches take their steps
-    for a, b in zip(straight, resumed):
-        assert a["step"] == b["step"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
-    ref = make(data, **opts)
-    ref.run()
-    for (k, p), q in zip(ref.model.state_dict().items(), second.model.state_dict().values()):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=k)
+    # the process dies right after its step-20 checkpoint
+    straight, _ = assert_resume_equals_uninterrupted(functools.partial(make, data, **opts), tmp_path / "ckpt", 20)
+    assert len(straight.history) == (3 if "cooldown_rungs" in opts else 4)  # branches take their steps
 
 
 def test_same_seed_same_run(data):
