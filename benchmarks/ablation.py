@@ -23,6 +23,7 @@ Results go to benchmarks/ablation.json as they come (a rerun skips what is there
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -80,6 +81,14 @@ def train_one(job: dict) -> dict:
                       batch_size=BATCH, learning_rate=job["lr"], optimizer=job["optimizer"], seed=job["seed"],
                       warmup_steps=100, compile="off", device="cpu", train_loss_from="steps")
     t = Trainer(model_cfg, cfg, data, tok)
+    if job["optimizer"] == "muon":
+        # equal model FLOPs (nanoGPT's formula) in every row: a FLOPs budget also counts Muon's Newton-Schulz now
+        # (about 0.6x the steps at this shape), so Muon's rows train the steps the model FLOPs alone allow, as the
+        # rows measured before that change did
+        steps = int(job["budget"] // (cfg.batch_size * model_cfg.block_size * t.flops_per_token) + 1e-9)
+        cfg = dataclasses.replace(cfg, budget_unit="steps", budget=None, eval_every=None, max_steps=steps,
+                                  eval_interval=steps)
+        t = Trainer(model_cfg, cfg, data, tok)
     load0 = os.getloadavg()[0]
     t.run()
     with torch.no_grad():
