@@ -4,8 +4,9 @@ benchmarks/search_overhead.py:
     python -m benchmarks.timed_search MARKS_JSON [tune.search flags]
 
 The search runs as `python -m tune.search` runs it (same entry point, same process); the phases are found by
-wrapping the module-level functions tune.search calls, so the search's own code is timed untouched. Each mark
-is time.time(); the caller, which started this process, also knows when the interpreter began and ended.
+wrapping the module-level functions the search calls, each in the module it is looked up in when it is called
+(tune.search, tune.preflight, tune.final, tune.summary), so the search's own code is timed untouched. Each mark is
+time.time(); the caller, which started this process, also knows when the interpreter began and ended.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def main() -> None:
 
     import tune.search as search
     from nanogpt.cli import run_main
-    from tune import report
+    from tune import final, preflight, report, summary
 
     marks["python:imports-end"] = time.time()
-    for name in ("prepare_data", "init_ray", "train_winner", "export_models"):
-        _wrap(search, name, marks)
+    for module, name in ((preflight, "prepare_data"), (search, "init_ray"), (final, "train_winner"),
+                         (summary, "export_models")):
+        _wrap(module, name, marks)
     for name in ("export", "write_report", "probe_lines"):
         _wrap(report, name, marks)
     _wrap(ray, "shutdown", marks, "ray_shutdown")

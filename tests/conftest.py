@@ -73,7 +73,7 @@ def ray_token():
     """One Ray token for every cluster the tests start, made before any of them: on a new machine, clusters started
     side by side (pytest -n) each wrote their own ~/.ray/auth_token, and a worker node joining its head then read
     the other's (a two-node test failed its setup in a fresh clone's CI)."""
-    from tune.search import ensure_token
+    from tune.ray_env import ensure_token
 
     ensure_token()
 

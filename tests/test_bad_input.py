@@ -307,6 +307,6 @@ def test_resume_of_a_spent_time_budget_says_so_and_exits_non_zero(tmp_path, caps
     assert {p.name: p.read_bytes() for p in exp.iterdir()} == before
     # with time left, the check lets the resume go on (it fails later here: the tuner.pkl above is not Ray's)
     (exp / "search_clock.json").write_text('{"running_s": 30.0}')
-    from tune.search import _refuse_spent
+    from tune.preflight import refuse_spent
 
-    _refuse_spent(config)
+    refuse_spent(config)

@@ -152,7 +152,7 @@ def test_a_finished_trial_above_the_uniform_baseline_is_diverged(tmp_path):
 def test_a_trial_that_ended_diverged_is_never_best_even_with_a_low_early_loss(tmp_path):
     """Its configuration blows up: best/ and the final training take the best trial that did not diverge."""
     from tune.config import SearchConfig
-    from tune.search import plan_final
+    from tune.final import plan_final
 
     exp = make_search(tmp_path / "results")
     _write_results(exp, "a0001", [_result("a0001", 5, 1.0, "checkpoint_000000", vocab_size=VOCAB),
@@ -174,7 +174,7 @@ def test_a_diverged_best_is_removed_and_never_exported(tmp_path):
     import dataclasses
 
     from tune.config import SearchConfig
-    from tune.search import export_models
+    from tune.summary import export_models
 
     exp = make_search(tmp_path / "results")
     shutil.rmtree(exp / "trial_b0002" / "checkpoint_000000")

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from conftest import RAY, REPO, TINY, free_port, pids_under, run_cli, stop_processes_under, terminated_trials
-from tune.search import check_ray_state
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +104,8 @@ def test_search_killed_then_resumed(tmp_path):
     proc.wait(timeout=30)
     # what --resume does first: a kill during Ray's own copy of its state leaves a file cut short, and the search's
     # whole copy of Ray's last snapshot is put back (tune.ray_state)
+    from tune.ray_state import check_ray_state
+
     check_ray_state(exp)
     # the trials Ray's last saved state records as done; one that logged its last step after that
     # snapshot is RUNNING there and is rightly rerun from its last registered checkpoint

@@ -203,7 +203,7 @@ def test_choose_keeps_the_raw_winner_when_the_replayed_choice_did_worse(monkeypa
 def test_the_final_training_starts_from_the_trusted_pick(tmp_path, capsys):
     from tune.config import SearchConfig
     from tune.report import load
-    from tune.search import plan_final
+    from tune.final import plan_final
 
     exp = _results_dir(tmp_path)
     best, config, choice = plan_final(SearchConfig.load(exp), load(exp))
@@ -228,14 +228,14 @@ def test_auto_keeps_the_raw_winner_when_the_pick_has_no_time_for_a_step(tmp_path
     winner is trained at its own budget (it was the pick's None replaced by the raw winner's budget)."""
     import dataclasses
 
-    import tune.search
+    import tune.final
     from tune.config import SearchConfig
     from tune.report import load
-    from tune.search import plan_final
+    from tune.final import plan_final
 
     exp = _results_dir(tmp_path)
     config = dataclasses.replace(SearchConfig.load(exp), final_auto=True)
-    monkeypatch.setattr(tune.search, "auto_final_budget",
+    monkeypatch.setattr(tune.final, "auto_final_budget",
                         lambda config, best, seconds_left: 4 * BUDGET if best["trial_id"] == "s" else None)
     best, config, choice = plan_final(config, load(exp), seconds_left=60.0)
     assert best["trial_id"] == choice["chosen"] == choice["raw_winner"] == "s" and config.final_budget == 4 * BUDGET

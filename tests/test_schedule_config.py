@@ -58,7 +58,7 @@ def test_wsd_trials_branch_at_ashas_rungs(tmp_path):
 
 
 def test_auto_final_budget_from_the_winners_pace(tmp_path):
-    from tune.search import auto_final_budget
+    from tune.final import auto_final_budget
 
     c = config(tmp_path, "--time-budget", "15m", "--final-budget", "auto", "--schedule", "wsd", "--max-steps", "100")
     best = pd.Series({"train_spend": 80.0, "seconds": 40.0, "steps": 80})  # 2 steps a second
@@ -70,7 +70,7 @@ def test_auto_final_budget_from_the_winners_pace(tmp_path):
 def test_auto_final_budget_too_small_for_one_more_step_is_none(tmp_path):
     """A few seconds left, less than one of the winner's steps in FLOPs: no final training (the task would refuse
     a budget that leaves the continued trial no step, and the whole command would fail after its search)."""
-    from tune.search import auto_final_budget
+    from tune.final import auto_final_budget
 
     c = config(tmp_path, "--time-budget", "15m", "--final-budget", "auto", "--schedule", "wsd",
                "--trial-budget", "1e12flops")

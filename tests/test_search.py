@@ -320,7 +320,7 @@ def test_a_trial_the_budget_stopped_before_its_first_report_is_out_of_time_not_n
 def test_final_budget_without_a_finished_trial_says_so(tmp_path, capsys):
     """No finished trial: one line at the end, and no final/ (no Ray needed to decide)."""
     from tune.config import build_parser, config_from_args
-    from tune.search import train_winner
+    from tune.final import train_winner
 
     config = config_from_args(build_parser().parse_args(["--max-steps", "50", "--final-budget", "100steps",
                                                          "--results-dir", str(tmp_path)]))

@@ -48,7 +48,7 @@ def test_local_ray_dashboard_only_on_loopback(monkeypatch, dashboard, tmp_path):
     import ray
 
     from tune.config import build_parser, config_from_args
-    from tune.search import init_ray
+    from tune.ray_env import init_ray
 
     seen = {}
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
@@ -78,7 +78,7 @@ def test_local_clusters_started_at_once_agree_on_one_private_token(tmp_path, mon
     import stat
     import threading
 
-    from tune.search import ensure_token
+    from tune.ray_env import ensure_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)

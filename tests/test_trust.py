@@ -417,7 +417,7 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
 LISTENERS = """
 import logging, os, subprocess, sys
 from tune.config import build_parser, config_from_args
-from tune.search import init_ray, local_ray_on_loopback
+from tune.ray_env import init_ray, local_ray_on_loopback
 
 local_ray_on_loopback()
 import ray

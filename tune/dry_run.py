@@ -1,5 +1,5 @@
 """`python -m tune.search --dry-run`: what a search would do, without doing it. tune.search first checks what a
-run checks before it trains (the data, the budget, the name, the results directory: tune.search.preflight); this
+run checks before it trains (the data, the budget, the name, the results directory: tune.preflight.preflight); this
 prints the resolved search.json and the first trial the sampler draws (its model size and steps). Nothing is written
 to the results; the data is tokenized into the token cache, as the run would, which reuses it."""
 

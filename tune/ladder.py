@@ -482,7 +482,7 @@ def _print_lrs(state: dict) -> None:
 def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner: str, seconds_left: float | None,
                  trial_files: Callable[[str], dict[str, bytes]]) -> dict | None:
     """The winner's ladder run continued to the final budget (then decayed) into final/, as a Ray task on a whole
-    node, as tune.search's final training; final/config.json records the ladder and the learning rate."""
+    node, as tune.final's train_winner; final/config.json records the ladder and the learning rate."""
     import ray
     from ray.util.queue import Queue
 

@@ -5,19 +5,23 @@ then copies it over the previous one in the results directory, file by file and 
 that copy (SIGKILL, a crash, the machine lost) leaves a file cut short, and Ray cannot resume from it. `StateCopy`
 copies each new snapshot from the staging directory, once Ray has written it, into RESULTS_DIR/NAME/.ray-state/N
 (a whole directory renamed into place); `restore_state_copy` puts the newest copy back when --resume finds Ray's own
-files cut off. Local searches only: a URI search's state lives at the URI.
+files cut off. Local searches only: a URI search's state lives at the URI. Before a --resume, `check_ray_state`
+refuses Ray state that is cut off or corrupt (walked, never unpickled), unless that copy can be put back.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickletools
 import re
 import shutil
 from pathlib import Path
 
 from ray import tune
 
+from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERRNOS, write_failed
 from tune.searcher import bound_run
 
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 STATE_COPY = ".ray-state"
 STAGED = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
+# Ray's saved state, newest of each: what Tuner.restore reads (the trials, the searcher, the callbacks)
+RAY_STATE = (*STAGED, "tuner.pkl")
 
 
 class StateCopy(tune.Callback):
@@ -102,3 +108,36 @@ _STAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
 def _stamp(name: str) -> str:
     m = _STAMP.search(name)
     return m.group(0) if m else ""
+
+
+def check_ray_state(exp: Path) -> None:
+    """Refuse to resume from Ray state that was cut off mid-write (a full disk, a kill during Ray's copy), unless the
+    search's own whole copy of it (restore_state_copy) can be put back. Ray would log the error and start the
+    experiment over with the restored searcher: old trials rerun as new ones and Optuna trials left RUNNING."""
+    try:
+        _check_ray_files(exp)
+    except UserError:
+        copy = restore_state_copy(exp)
+        if copy is None:
+            raise
+        log.warning("Ray's saved state in %s was cut off (the search was stopped while Ray wrote it): resuming from "
+                    "the search's copy of Ray's last whole snapshot (%s)", exp, copy)
+        _check_ray_files(exp)
+
+
+def _check_ray_files(exp: Path) -> None:
+    for pattern in RAY_STATE:
+        files = sorted(exp.glob(pattern))
+        if not files:
+            continue
+        try:
+            data = files[-1].read_bytes()
+            if data[:1] == b"\x80":  # a pickle (search_gen_state-*.json too), walked without unpickling
+                if not any(op.name == "STOP" for op, _, _ in pickletools.genops(data)):
+                    raise ValueError("no STOP opcode")
+            else:
+                json.loads(data)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{files[-1]} is cut off or corrupt ({str(e).splitlines()[0][:80]}): Ray cannot resume "
+                            f"{exp.name} from it without running trials twice; its finished trials are intact "
+                            f"(python -m tune.report {exp}): continue with a new search under another --name") from None

@@ -27,7 +27,7 @@ from tune.outcomes import OPTUNA_DB, Outcome
 
 log = logging.getLogger(__name__)
 
-# a study trial Ray's run was stopped in by a signal (tune.search.settle_interrupted): marked FAIL with this user
+# a study trial Ray's run was stopped in by a signal (tune.stopping.settle_interrupted): marked FAIL with this user
 # attribute so that optuna.db holds no RUNNING trial while nothing runs; a resumed run gives it a new trial
 INTERRUPTED_ATTR = "interrupted"
 
