@@ -27,9 +27,10 @@ def number(x: float) -> str:
     x = float(x)
     if x.is_integer() and abs(x) < 1e6:
         return f"{int(x):,}"
-    if 1e-3 <= abs(x) < 1e6:
-        return f"{x:.3g}"
-    mantissa, exp = f"{x:.3g}".split("e") if "e" in f"{x:.3g}" else (f"{x:.3g}", "0")
+    text = f"{x:.3g}"
+    if "e" not in text:  # 0.005, 0.00015 (Python writes up to 1e-4 plainly), 6.3e5 is written with its exponent
+        return text
+    mantissa, exp = text.split("e")
     return f"{mantissa}e{int(exp)}"
 
 

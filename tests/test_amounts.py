@@ -33,6 +33,7 @@ def test_the_short_forms_still_parse_and_bad_ones_say_why():
         with pytest.raises(UserError, match=why):
             parse_amount(bad, "--x", "steps")
     assert number(3e11) == "3e11" and number(2e-5) == "2e-5" and number(0.003) == "0.003" and "e+" not in number(1e20)
+    assert number(1e-4) == "0.0001" and number(0.00015) == "0.00015"  # was '0.0001e0' (a log axis's tick)
 
 
 def test_help_shows_amounts_as_people_write_them():

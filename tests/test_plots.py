@@ -105,3 +105,23 @@ def test_plots_take_the_categorical_optimizer(tmp_path):
              "best_val_loss": t.value, "spend": 10.0, "n_params": 1000} for t in study.trials]
     plots.loss_vs_hparams(pd.DataFrame(rows), tmp_path / "hp.png")
     assert (tmp_path / "hp.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("lo, hi, expect", [(0.0065, 0.014, ["0.007", "0.008", "0.009", "0.01"]),
+                                            (26_000, 110_000, ["30,000", "50,000", "70,000", "100,000"]),
+                                            (0.001, 0.1, ["0.001", "0.002", "0.005", "0.01", "0.02", "0.05", "0.1"])])
+def test_a_narrow_log_range_still_gets_three_labelled_ticks(lo, hi, expect):
+    """A log axis spanning less than a decade had one or two labels (lr 0.007-0.013: only '0.01'; the parameters
+    of a search 26,000-110,000: only 50,000 and 100,000, the smallest model unlabelled)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    plots._plain_log_ticks(ax.xaxis)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert shown == expect

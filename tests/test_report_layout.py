@@ -39,7 +39,9 @@ def test_the_scaling_section_comes_after_the_plots_and_says_whether_it_is_truste
 
 @pytest.mark.parametrize("trusted", [True, False])
 def test_an_untrusted_fit_is_not_drawn_as_a_solid_pick(tmp_path, monkeypatch, trusted):
-    """The configuration the final budget takes is the solid bold line; an untrusted pick is faint and dotted."""
+    """A trusted fit: the configuration the final budget takes is the solid bold line. An untrusted fit draws no
+    solid line (its predictions are dotted, the raw winner's bold as the one trained); final/'s measured loss is a
+    star beside them."""
     import tune.scaling
 
     if not trusted:
@@ -49,10 +51,17 @@ def test_an_untrusted_fit_is_not_drawn_as_a_solid_pick(tmp_path, monkeypatch, tr
     assert choice["pick"] == "m" and choice["trusted"] is trusted
     figs = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig))
-    plots.scaling_law(_points(), choice, tmp_path / "scaling_law.png", "flops")
+    plots.scaling_law(_points(), choice, tmp_path / "scaling_law.png", "flops", measured=(4 * BUDGET, 1.5))
     ax = figs[0].axes[0]
-    lines = {line.get_label().split(":")[0]: line for line in ax.get_lines() if "params" in line.get_label()}
-    chosen, other = ("fit's pick", "raw winner") if trusted else ("raw winner, kept", "fit's pick, not trusted")
-    assert lines[chosen].get_linestyle() == "-" and lines[chosen].get_alpha() == 1.0
-    assert lines[other].get_linestyle() != "-"
+    lines = {line.get_label().split(":")[0].split(" (")[0]: line for line in ax.get_lines()
+             if "params" in line.get_label()}
+    if trusted:
+        assert lines["fit's pick"].get_linestyle() == "-" and lines["fit's pick"].get_alpha() == 1.0
+        assert lines["raw winner"].get_linestyle() != "-"
+    else:
+        assert set(lines) == {"raw winner, kept", "fit's pick, not trusted"}
+        assert all(line.get_linestyle() == ":" for line in lines.values())
+        assert lines["raw winner, kept"].get_linewidth() > lines["fit's pick, not trusted"].get_linewidth()
     assert ("NOT trusted" in ax.get_title()) is not trusted
+    assert [line.get_marker() for line in ax.get_lines() if line.get_label() == "final/: measured 1.5000"] == ["*"]
+    assert ax.get_xlabel() == "spend of the decayed copy (FLOPs)"

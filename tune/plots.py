@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.cm
 import matplotlib.colors
+import matplotlib.ticker
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global backend to set, nothing to close
 
@@ -185,12 +186,31 @@ def _hparam_axis(ax, values: pd.Series, loss: pd.Series, name: str) -> None:
 
 
 def _plain_log_ticks(axis) -> None:
-    """A log axis ticked 1, 2, 5 per decade in plain numbers (2,000 and 0.005, not 2x10^3), minor ticks unlabelled."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """A log axis ticked 1, 2, 5 per decade in plain numbers (2,000 and 0.005, not 2x10^3), minor ticks unlabelled;
+    a range too narrow for three such ticks (0.007 to 0.013, 26,000 to 110,000 parameters) is ticked finer."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=8))
+    axis.set_major_locator(_PlainLogLocator())
     axis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
     axis.set_minor_formatter(NullFormatter())
+
+
+class _PlainLogLocator(matplotlib.ticker.LogLocator):
+    """Ticks at 1, 2, 5 x 10^k; where fewer than three fall in view, at 1, 2, 3, 5, 7 x 10^k; then at every digit."""
+
+    SUBS = ((1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0), tuple(float(d) for d in range(1, 10)))
+
+    def __init__(self):
+        super().__init__(subs=self.SUBS[0], numticks=8)
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((vmin, vmax))
+        for subs in self.SUBS:
+            self.set_params(subs=subs)
+            ticks = super().tick_values(vmin, vmax)
+            if sum(lo <= t <= hi for t in ticks) >= 3:
+                break
+        return ticks
 
 
 def _tick(v) -> str:
@@ -272,10 +292,12 @@ def importance(experiment: Path, config, path: Path) -> None:
     _save(fig, path)
 
 
-def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> None:
+def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps",
+                measured: tuple[float, float] | None = None) -> None:
     """Cooldown-rung losses against the decayed copy's spend, coloured by model size, with the fitted law for each
-    size (thin) and the predictions for the raw winner and the fit's pick out to the final budget: the one the
-    final budget takes solid; an untrusted fit's pick faint and dotted, and the title says it is not trusted."""
+    size (thin) and the predictions for the raw winner and the fit's pick out to the final budget: a trusted fit's
+    choice solid; an untrusted fit's predictions dotted, and the title says it is not trusted. `measured`: final/'s
+    (spend, val_loss), a star beside the prediction."""
     import numpy as np
 
     from tune.scaling import Law, predict
@@ -294,11 +316,13 @@ def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> 
     for n in sizes:
         per_spend = float(np.median([p.per_spend for p in points if p.n == n]))
         ax.plot(grid, law.loss(n, grid * per_spend), color=cmap(norm(n)), lw=0.8, alpha=0.6)
-    # the configuration the final budget takes is the solid line; the other is dashed. An untrusted fit's pick is
-    # drawn faint and dotted: the fit's prediction, not a choice
+    # a trusted fit: the configuration the final budget takes is the solid line, the other dashed. An untrusted fit
+    # draws no solid line: its predictions are dotted (the raw winner's bold, as the one trained), the fit's pick
+    # faint
     trusted = bool(choice.get("trusted"))
     raw, pick = choice["raw_winner"], choice.get("pick")
-    curves = [(raw, dict(ls="--" if trusted else "-", lw=2, alpha=1.0), "raw winner" + ("" if trusted else ", kept"))]
+    curves = [(raw, dict(ls="--", lw=2, alpha=1.0) if trusted else dict(ls=":", lw=2, alpha=0.8),
+               "raw winner" + ("" if trusted else ", kept (the fit's prediction, not trusted)"))]
     if pick != raw:
         curves.append((pick, dict(ls="-", lw=2, alpha=1.0) if trusted else dict(ls=":", lw=1.5, alpha=0.6),
                        "fit's pick" if trusted else "fit's pick, not trusted: not trained"))
@@ -309,9 +333,12 @@ def scaling_law(points: list, choice: dict, path: Path, unit: str = "steps") -> 
         ax.plot(grid, [predict(law, mine, tid, g * mine[0].per_spend) for g in grid], color="black", **style,
                 label=f"{label}: {tid} ({int(mine[0].n):,} params)")
     ax.axvline(choice["final_budget"], color="grey", ls=":", label="final budget")
+    if measured is not None:  # what final/ really reached, beside what the fit predicted for it
+        ax.plot([measured[0]], [measured[1]], marker="*", ms=12, color="tab:red", ls="none",
+                label=f"final/: measured {measured[1]:.4f}")
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
-    ax.set_xlabel(f"spend of the decayed copy ({unit})")
+    ax.set_xlabel(f"spend of the decayed copy ({UNIT_NAMES.get(unit, unit)})")
     ax.set_ylabel("cooldown-rung validation loss (nats/token)")
     ax.set_title("scaling law fitted to every cooldown rung (colour: non-embedding parameters)"
                  + ("" if trusted else "\nthe fit is NOT trusted: the raw winner is kept"))

@@ -734,7 +734,9 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
         md.append(f"- the final training used: `{used}`" if used else
                   "- final/ does not record which trial it trained (a search made before the fit)")
     try:
-        plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit)
+        measured = (_num(last.get("spend")), last_val_loss(meta)) if final_model is not None else None
+        plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit,
+                          measured if measured and None not in measured else None)
         md += ["", "![scaling law](plots/scaling_law.png)"]
     except plots.PlotSkipped as e:
         missing.append(f"scaling law plot: {e}")
