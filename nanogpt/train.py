@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -23,12 +22,13 @@ import torch
 from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, read_checkpoint, read_checkpoint_tokenizer,
                                 write_checkpoint)
 from nanogpt.compile import COMPILE_MODES, VERIFY_STEPS, StepCompiler, shape_key, worth_compiling
-from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
+from nanogpt.cooldown import cooldown_branch
 from nanogpt.amounts import UNITS, parse_amount, parse_duration
 from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.muon import Muon, newton_schulz_flops
+from nanogpt.plan import PROBE_STEPS, RunPlan, lr_at, step_spend, warmup_steps, wsd_decay_start  # noqa: F401 (names other modules import from here)
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,6 @@ SCHEDULES = ("cosine", "wsd")
 def default_eval_every(budget: float, unit: str) -> float:
     """Ten evaluations a budget (whole steps for a budget in steps)."""
     return float(max(1, int(budget // 10))) if unit == "steps" else budget / 10
-
-
-def step_spend(unit: str, tokens_per_step: int, flops_per_token: float, optimizer_flops: float = 0.0) -> float | None:
-    """What one training step spends in a budget's unit (None for seconds: that is measured, not known). FLOPs count
-    the forward and backward (flops_per_token a token) and the optimizer's step (`optimizer_flops`)."""
-    return {"steps": 1.0, "tokens": float(tokens_per_step),
-            "flops": float(tokens_per_step * flops_per_token + optimizer_flops), "s": None}[unit]
 
 
 def muon_matrices(model: GPT) -> list[torch.nn.Parameter]:
@@ -187,45 +180,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def warmup_steps(cfg: TrainConfig, planned_steps: int | None) -> int:
-    """The run's warmup: cfg.warmup_steps, else a tenth of the planned steps, at most 100."""
-    return cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
-
-
-def wsd_decay_start(cfg: TrainConfig, decay_steps: int, warmup: int) -> int:
-    """wsd: the first step of the decay, which takes the last cooldown_frac of `decay_steps` (never the warmup)."""
-    return max(warmup, decay_steps - round(cfg.cooldown_frac * decay_steps))
-
-
-def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None,
-          anchor: tuple[int, float] | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr, or (wsd) the peak
-    and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
-    are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it.
-    `anchor` (step, lr): fill_time_s shortened the plan during the decay; from that step the lr falls linearly
-    from lr (the step before's) to min_lr at the new last step, so the decay still ends by the deadline."""
-    if anchor is not None and planned_steps is not None and step >= anchor[0]:
-        return cfg.min_lr if step >= planned_steps else decay_lr(step - anchor[0], planned_steps - anchor[0],
-                                                                  anchor[1], cfg.min_lr)
-    warmup = warmup_steps(cfg, planned_steps)
-    # fill_time_s: the plan moves, and the decay with it (a steps budget's lr_decay_steps is its first plan)
-    decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None and cfg.fill_time_s is None else planned_steps
-    if step < warmup:
-        return cfg.learning_rate * (step + 1) / (warmup + 1)
-    # cooldown rungs: the run holds the peak, its branches decay; length not known yet (seconds budget before
-    # its speed probe): hold the peak
-    if decay is None or cfg.cooldown_rungs is not None:
-        return cfg.learning_rate
-    if step >= decay:
-        return cfg.min_lr
-    if cfg.schedule == "wsd":
-        start = wsd_decay_start(cfg, decay, warmup)
-        return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.min_lr)
-    ratio = (step - warmup) / max(1, decay - warmup)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
 def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """The optimizers of a run: [AdamW] or [AdamW, Muon], stepped together with one learning rate.
 
@@ -250,10 +204,6 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
 Callback = Callable[[dict, "Trainer"], None]
 
 
-PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
-FILL_MARGIN = 0.04  # fill_time_s: the share of its seconds a plan leaves for the speed to vary
-
-
 class Status(str, Enum):
     """Where a training run stands; reported (as its value) with every evaluation."""
 
@@ -263,8 +213,35 @@ class Status(str, Enum):
     OUT_OF_TIME = "time_budget"  # TrainConfig.time_budget_s ran out first
 
 
+class _Forward:
+    """A Trainer attribute that is its part's (`part`: the name of the Trainer's attribute holding it), read and
+    set under the name other modules use."""
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj, value) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
+
+
 class Trainer:
     """Owns a model, its optimizer and the training state; `run` trains until the budget is spent."""
+
+    # the run's plan (nanogpt.plan.RunPlan), under the names other modules read and set
+    budget = _Forward("plan")
+    eval_every = _Forward("plan")
+    step_spend = _Forward("plan")
+    planned_steps = _Forward("plan")
+    total_steps = _Forward("plan")
+    rungs = _Forward("plan")
+    config_plan = _Forward("plan")
+    decay_anchor = _Forward("plan")
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
@@ -295,26 +272,10 @@ class Trainer:
         self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
         self.eval_time = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
         self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
-        self.decay_anchor: tuple[int, float] | None = None  # fill_time_s: where a shortened plan's decay restarted
-        # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
-        tokens_per_step = cfg.batch_size * model_cfg.block_size
-        unit = cfg.budget_unit
-        self.budget = float(cfg.max_steps if unit == "steps" else cfg.budget)
-        self.eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
-        self.step_spend = step_spend(unit, tokens_per_step, self.flops_per_token, self.optimizer_flops)
-        self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
-        self.total_steps = self.planned_steps  # training and cooldown branches together
-        self.rungs = cfg.cooldown_rungs or []
-        if cfg.cooldown_rungs is not None and self.total_steps is not None:
-            at = rung_steps(self.rungs, self.step_spend, self.eval_every, self.total_steps)
-            self.planned_steps = plan_training_steps(self.total_steps, at, cfg.cooldown_frac)
-        self.config_plan = self.planned_steps  # what a continued run plans from (continue_from)
-        if cfg.fill_time_s is not None and cfg.warmup_steps is None:
-            # its plan moves; its warmup must not (a longer plan would take the run back into it)
-            self.cfg = cfg = dataclasses.replace(cfg, warmup_steps=warmup_steps(cfg, self.planned_steps))
-        if self.planned_steps == 0:
-            raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
-                            f"({self.step_spend:g} {unit}); raise the budget")
+        # the budget in its unit, what one step spends, the run's length in steps and its schedule
+        self.plan = RunPlan.from_config(cfg, cfg.batch_size * model_cfg.block_size, self.flops_per_token,
+                                        self.optimizer_flops)
+        self.cfg = self.plan.cfg  # fill_time_s: with the warmup of its first plan
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         else:
@@ -325,62 +286,22 @@ class Trainer:
     @property
     def spend(self) -> float:
         """What the run's training steps have spent, in the budget's unit (cooldown branches not counted)."""
-        return {"steps": self.step, "tokens": self.tokens_seen,
-                "flops": self.tokens_seen * self.flops_per_token + self.step * self.optimizer_flops,
-                "s": self.train_time + self.compiler.compile_s}[self.cfg.budget_unit]
+        return self.plan.spend(self.step, self.tokens_seen, self.train_time + self.compiler.compile_s)
 
     @property
     def branch_spend(self) -> float:
         """What the run's cooldown branches have spent, in the budget's unit."""
-        if self.cfg.budget_unit == "s":
-            return self.branch_time
-        return self.branch_steps * self.step_spend
+        return self.plan.branch_spend(self.branch_steps, self.branch_time)
 
     def _budget_left(self) -> bool:
-        if self.planned_steps is not None and self.cfg.budget_unit != "s":
-            return self.step < self.planned_steps
-        if self.cfg.cooldown_rungs is not None:  # leave the end branch its share
-            return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time + self.compiler.compile_s < self.budget
-        return self.spend < self.budget
+        return self.plan.budget_left(self.step, self.spend, self.train_time, self.branch_time, self.compiler.compile_s)
 
     def _plan_to_fill(self, seconds: float, steps: int, train_s: float, evals: int, recent_step_s: float = 0.0) -> None:
-        """fill_time_s: the run's length in steps so that it ends by then, from this run's own speed so far
-        (`seconds` since it started, `steps` and `train_s` of training in them, `evals` evaluations; a step's
-        seconds since the last check, `recent_step_s`, where slower than the average): what is not
-        a training step (evaluations, checkpoints) is counted per evaluation, one more kept for the end. The plan
-        moves both ways while the wsd peak holds (for cosine, during its warmup); once the decay has begun it only
-        shortens, the rest of the decay squeezed into the steps that fit (decay_anchor), so that a run whose steps
-        slowed still ends decayed by the deadline rather than being stopped in the middle of its decay."""
-        cfg = self.cfg
-        if steps < PROBE_STEPS:
-            return
-        decaying = self._decaying()
-        step_s = max(train_s / steps, recent_step_s)
-        per_eval = max(0.0, seconds - train_s) / max(evals, 1)
-        evals_per_step = self.step_spend / self.eval_every
-        deadline = cfg.fill_time_s * (1 - FILL_MARGIN)
-        left = int((deadline - seconds - per_eval) / (step_s + per_eval * evals_per_step))
-        planned = self.step + max(1, left)
-        if decaying:
-            if planned >= self.planned_steps:
-                return
-            # the lr of the step before, in the plan it was taken under, is where the squeezed decay starts
-            self.decay_anchor = (self.step, lr_at(self.step - 1, cfg, self.planned_steps, self.decay_anchor))
-        elif cfg.schedule == "wsd":  # a decay that would have begun already begins now instead
-            planned = max(planned, math.ceil(self.step / (1 - cfg.cooldown_frac)))
-        self.planned_steps = planned
-        self.budget = planned * self.step_spend
+        """fill_time_s: re-plan the run's length from its speed (RunPlan.plan_to_fill)."""
+        self.plan.plan_to_fill(self.step, seconds, steps, train_s, evals, recent_step_s)
 
     def _decaying(self) -> bool:
-        """The schedule has left its peak (wsd) or its warmup (cosine): fill_time_s's plan only shortens now."""
-        warmup = warmup_steps(self.cfg, self.planned_steps)
-        return self.step >= (warmup if self.cfg.schedule == "cosine" else
-                             wsd_decay_start(self.cfg, self.planned_steps, warmup))
-
-    def _plan_by_speed(self) -> None:
-        """Seconds budget: the run's length in steps from the speed of its steps so far."""
-        if self.step >= PROBE_STEPS:
-            self.planned_steps = self.step + int((self.budget - self.spend) / (self.train_time / self.step))
+        return self.plan.decaying(self.step)
 
     def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Compile before this step: at the first step with compile on; with auto, after PROBE_STEPS eager steps,
@@ -461,7 +382,7 @@ class Trainer:
             "budget": self.budget,  # in the budget's unit: what the run plans to spend (fill_time_s moves it)
             "branch_spend": self.branch_spend,
             "total_spend": self.spend + self.branch_spend,
-            "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps, self.decay_anchor),
+            "lr": self.plan.lr(max(0, self.step - 1)),
             "status": self.status.value,
         }
 
@@ -510,7 +431,7 @@ class Trainer:
         mark = (self.step, self.train_time)  # fill_time_s: the steps since the last check, for their recent speed
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
-            loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps, self.decay_anchor),
+            loss_value = self.train_step(model, optimizers, self.plan.lr(self.step),
                                          self.batch_gen)
             t0 += self.compiler.compile_s - compile_s_before  # a compile inside the step counts in compile_s alone
             compile_s_before = self.compiler.compile_s
@@ -521,7 +442,7 @@ class Trainer:
             self.loss_sum += loss_value
             self.loss_count += 1
             if cfg.budget_unit == "s" and self.step == PROBE_STEPS:
-                self._plan_by_speed()
+                self.plan.plan_by_speed(self.step, self.spend, self.train_time)
             if cfg.fill_time_s is not None and (self.step - step0) % PROBE_STEPS == 0 and (
                     self.step - step0 == PROBE_STEPS or self._decaying()):  # the decay's plan: checked often
                 recent = (self.train_time - mark[1]) / max(1, self.step - mark[0])
@@ -544,7 +465,7 @@ class Trainer:
                     continue
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
-                    self._plan_by_speed()
+                    self.plan.plan_by_speed(self.step, self.spend, self.train_time)
                 if cfg.fill_time_s is not None and self.status is Status.RUNNING:
                     self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0,
                                        evals)
@@ -582,19 +503,13 @@ class Trainer:
     def _branch_due(self) -> int:
         """The steps of the cooldown branch this evaluation takes (at a rung, and at the run's end), or 0. The end
         branch takes what the budget has left, which the plan made at least its share."""
-        if self.cfg.cooldown_rungs is None:
-            return 0
-        tol = 1e-9 * self.eval_every
-        at_rung = False
-        while self.rungs_done < len(self.rungs) and self.spend >= self.rungs[self.rungs_done] - tol:
-            self.rungs_done, at_rung = self.rungs_done + 1, True
-        if self.status is Status.FINISHED and self.total_steps is not None:
-            return self.total_steps - self.step - self.branch_steps
-        return branch_steps(self.step, self.cfg.cooldown_frac) if at_rung or self.status is Status.FINISHED else 0
+        n, self.rungs_done = self.plan.branch_due(self.step, self.spend, self.rungs_done,
+                                                  self.status is Status.FINISHED, self.branch_steps)
+        return n
 
     def _branch(self, n_steps: int) -> float:
         t0 = time.perf_counter()
-        peak = lr_at(max(0, self.step - 1), self.cfg, self.planned_steps, self.decay_anchor)  # where the run's own schedule stands
+        peak = self.plan.lr(max(0, self.step - 1))  # where the run's own schedule stands
         val, self.decayed = cooldown_branch(self, n_steps, peak,
                                             lambda model: configure_optimizer(model, self.cfg, self.device))
         self.branch_steps += n_steps
@@ -621,8 +536,7 @@ class Trainer:
             "status": self.status.value,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
-            "planned_steps": self.planned_steps,
-            "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,
+            **self.plan.state_dict(),  # planned_steps, decay_anchor
             "branch_steps": self.branch_steps,
             "branch_time": self.branch_time,
             "eval_time": self.eval_time,
@@ -649,12 +563,7 @@ class Trainer:
         self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
         self.eval_time = sd.get("eval_time", 0.0)
         self.rungs_done = sd.get("rungs_done", 0)
-        if self.cfg.budget_unit == "s" or self.cfg.fill_time_s is not None:  # planned by speed: the saved plan
-            self.planned_steps = sd.get("planned_steps") or self.planned_steps
-            anchor = sd.get("decay_anchor")
-            self.decay_anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
-            if self.cfg.fill_time_s is not None:
-                self.budget = self.planned_steps * self.step_spend
+        self.plan.load_state_dict(sd)  # planned by speed: the saved plan
         torch.set_rng_state(sd["rng_torch"])
         self.batch_gen.set_state(sd["rng_batch"])
         if self.device.type == "cuda" and sd["rng_cuda"]:
@@ -669,7 +578,7 @@ class Trainer:
             "val_chars_per_token": self.data.val_chars_per_token,
             "step": self.step,
             "status": self.status.value,
-            "warmup_steps": warmup_steps(self.cfg, self.planned_steps),  # what a continuation must repeat
+            "warmup_steps": self.plan.warmup,  # what a continuation must repeat
             "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,  # (step, lr) a squeezed decay began
             "history": self.history,
         }
@@ -688,9 +597,7 @@ class Trainer:
         """Train on from another run's checkpoint of this model (a search trial's stable weights): its weights,
         optimizer, spend and random streams, under this trainer's configuration and larger budget."""
         self.restore(directory)
-        self.planned_steps = self.config_plan  # the other run's plan is not this one's
-        self.decay_anchor = None
-        self.budget = float(self.cfg.max_steps if self.cfg.budget_unit == "steps" else self.cfg.budget)
+        self.plan.restart()  # the other run's plan is not this one's
         if not self._budget_left():
             raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "
                             f"of a budget of {self.budget:g} to continue it")
