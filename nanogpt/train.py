@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -213,6 +214,42 @@ class Status(str, Enum):
     OUT_OF_TIME = "time_budget"  # TrainConfig.time_budget_s ran out first
 
 
+@dataclass
+class LoopState:
+    """The training loop's counters: what a checkpoint keeps of the run besides its weights, optimizer state, plan
+    and random streams. state_dict: their asdict, the status as its value, under the checkpoint's keys."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    train_time: float = 0.0  # seconds spent in training steps
+    elapsed: float = 0.0  # seconds in run(), evaluations included; carried across resumes
+    status: Status = Status.RUNNING
+    loss_sum: float = 0.0  # training-step losses since the last evaluation (their sum and count)
+    loss_count: int = 0
+    # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
+    branch_steps: int = 0
+    branch_time: float = 0.0
+    eval_time: float = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
+    rungs_done: int = 0
+
+    def state_dict(self) -> dict:
+        return {**asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> LoopState:
+        """A checkpoint's counters; those an older checkpoint lacks (after `elapsed`) at their start values."""
+        required = ("step", "tokens_seen", "train_time", "elapsed", "status")
+        state = cls(**{f.name: sd[f.name] for f in dataclasses.fields(cls) if f.name in required or f.name in sd})
+        state.status = Status(state.status)
+        return state
+
+
+# a checkpoint's state (Trainer.state_dict): its keys, in their order
+STATE_KEYS = ("model", "optimizer", "muon", "step", "tokens_seen", "train_time", "compile_s", "elapsed", "status",
+              "loss_sum", "loss_count", "planned_steps", "decay_anchor", "branch_steps", "branch_time", "eval_time",
+              "rungs_done", "rng_torch", "rng_batch", "rng_cuda")
+
+
 class _Forward:
     """A Trainer attribute that is its part's (`part`: the name of the Trainer's attribute holding it), read and
     set under the name other modules use."""
@@ -242,6 +279,18 @@ class Trainer:
     rungs = _Forward("plan")
     config_plan = _Forward("plan")
     decay_anchor = _Forward("plan")
+    # the loop's counters (LoopState), likewise
+    step = _Forward("loop")
+    tokens_seen = _Forward("loop")
+    train_time = _Forward("loop")
+    elapsed = _Forward("loop")
+    status = _Forward("loop")
+    loss_sum = _Forward("loop")
+    loss_count = _Forward("loop")
+    branch_steps = _Forward("loop")
+    branch_time = _Forward("loop")
+    eval_time = _Forward("loop")
+    rungs_done = _Forward("loop")
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
@@ -261,16 +310,8 @@ class Trainer:
         self._compiled_from = None  # (step, train_time) where the compiled steps began
         self._speed_checked = False  # auto: the compiled step has been timed against the eager one
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
-        self.step = 0
-        self.tokens_seen = 0
-        self.train_time = 0.0  # seconds spent in training steps
-        self.elapsed = 0.0  # seconds in run(), evaluations included; carried across resumes
+        self.loop = LoopState()
         self.history: list[dict] = []
-        self.status = Status.RUNNING
-        self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
-        # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
-        self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
-        self.eval_time = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
         self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
         # the budget in its unit, what one step spends, the run's length in steps and its schedule
         self.plan = RunPlan.from_config(cfg, cfg.batch_size * model_cfg.block_size, self.flops_per_token,
@@ -524,27 +565,18 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
+        sd = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizers[0].state_dict(),  # AdamW
             "muon": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "train_time": self.train_time,
+            **self.loop.state_dict(),
             "compile_s": self.compiler.compile_s,
-            "elapsed": self.elapsed,
-            "status": self.status.value,
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
             **self.plan.state_dict(),  # planned_steps, decay_anchor
-            "branch_steps": self.branch_steps,
-            "branch_time": self.branch_time,
-            "eval_time": self.eval_time,
-            "rungs_done": self.rungs_done,
             "rng_torch": torch.get_rng_state(),
             "rng_batch": self.batch_gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
+        return {k: sd[k] for k in STATE_KEYS}
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
@@ -556,13 +588,8 @@ class Trainer:
         self.optimizers[0].load_state_dict(sd["optimizer"])
         if len(self.optimizers) > 1:
             self.optimizers[1].load_state_dict(sd["muon"])
-        self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
-        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], Status(sd["status"])
+        self.loop = LoopState.from_state_dict(sd)
         self.compiler.compile_s = sd.get("compile_s", 0.0)
-        self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
-        self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
-        self.eval_time = sd.get("eval_time", 0.0)
-        self.rungs_done = sd.get("rungs_done", 0)
         self.plan.load_state_dict(sd)  # planned by speed: the saved plan
         torch.set_rng_state(sd["rng_torch"])
         self.batch_gen.set_state(sd["rng_batch"])
