@@ -22,7 +22,7 @@ import torch
 
 from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, read_checkpoint, read_checkpoint_tokenizer,
                                 write_checkpoint)
-from nanogpt.compile import COMPILE_MODES, VERIFY_STEPS, StepCompiler, shape_key, worth_compiling
+from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key
 from nanogpt.cooldown import cooldown_branch
 from nanogpt.amounts import UNITS, parse_amount, parse_duration
 from nanogpt.batches import TokenData, get_batch
@@ -291,6 +291,7 @@ class Trainer:
     branch_time = _Forward("loop")
     eval_time = _Forward("loop")
     rungs_done = _Forward("loop")
+    _compiled_from = property(lambda self: self.compiler.compiled_from)
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
@@ -306,9 +307,6 @@ class Trainer:
         self.optimizer_flops = optimizer_flops(self.model, cfg.optimizer)  # a step's, in a FLOPs budget
         self.optimizers = configure_optimizer(self.model, cfg, self.device)
         self.compiler = StepCompiler(self.model, cfg.compile, shape_key(model_cfg, cfg.batch_size, self.device))
-        self._eager_step_s = None  # auto: the eager step's seconds it decided on
-        self._compiled_from = None  # (step, train_time) where the compiled steps began
-        self._speed_checked = False  # auto: the compiled step has been timed against the eager one
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.loop = LoopState()
         self.history: list[dict] = []
@@ -345,40 +343,14 @@ class Trainer:
         return self.plan.decaying(self.step)
 
     def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Compile before this step: at the first step with compile on; with auto, after PROBE_STEPS eager steps,
-        where this machine's record says the steps left repay it (nanogpt.compile.worth_compiling). The compile's
-        seconds count in compile_s, not in train_time."""
-        c = self.compiler
-        if c.mode == "auto":
-            if self.step < PROBE_STEPS:
-                return
-            self._eager_step_s = self.train_time / self.step
-            steps_left = (self.planned_steps or self.step) - self.step
-            seconds_left = None
-            if self.cfg.budget_unit == "s":
-                seconds_left = self.budget - self.spend
-            if self.cfg.time_budget_s is not None:
-                seconds_left = min(math.inf if seconds_left is None else seconds_left,
-                                   self.cfg.time_budget_s - self.elapsed)
-            c.decided = True
-            if not worth_compiling(c.key, steps_left, self._eager_step_s, seconds_left):
-                return
-        self._compiled_from = (self.step, self.train_time)
-        c.compile(x, y)
-
-    def _check_compiled_speed(self) -> None:
-        """auto: once VERIFY_STEPS compiled steps have run, keep the compiled step only if it beats the eager one
-        measured before it; either way this machine's record gets both, so the next decision is measured."""
-        step0, time0 = self._compiled_from
-        if self.step - step0 < VERIFY_STEPS:
-            return
-        self._speed_checked = True
-        compiled_step_s = (self.train_time - time0) / (self.step - step0)
-        if compiled_step_s >= self._eager_step_s:
-            log.info("the compiled step (%.2f ms) is no faster than eager (%.2f ms) on this machine: training eager",
-                     compiled_step_s * 1e3, self._eager_step_s * 1e3)
-            self.compiler.record_speed(self._eager_step_s, compiled_step_s)
-            self.compiler.revert()
+        """Compile before this step where due (StepCompiler.maybe_compile), with the steps and seconds left."""
+        seconds_left = None
+        if self.cfg.budget_unit == "s":
+            seconds_left = self.budget - self.spend
+        if self.cfg.time_budget_s is not None:
+            seconds_left = min(math.inf if seconds_left is None else seconds_left, self.cfg.time_budget_s - self.elapsed)
+        self.compiler.maybe_compile(x, y, self.step, self.train_time, (self.planned_steps or self.step) - self.step,
+                                    seconds_left)
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -441,8 +413,8 @@ class Trainer:
         own = model is self.model  # the run's model may be compiled; a cooldown branch's copy trains eager
         if own and not self.compiler.decided:
             self._maybe_compile(x, y)
-        elif own and self.compiler.compiled and self.compiler.mode == "auto" and not self._speed_checked:
-            self._check_compiled_speed()
+        elif own and self.compiler.compiled and self.compiler.mode == "auto" and not self.compiler.speed_checked:
+            self.compiler.check_speed(self.step, self.train_time)
         with self.autocast():
             _, loss = (self.compiler.forward if own else model)(x, y)
         for opt in optimizers:
@@ -515,7 +487,7 @@ class Trainer:
             self.history.append(metrics)
             if callback is not None:
                 callback(metrics, self)
-        self._record_compile_speed()
+        self.compiler.record_run_speed(self.step, self.train_time)
         return self.history
 
     def _evaluation(self, t_start: float) -> dict:
@@ -551,16 +523,13 @@ class Trainer:
     def _branch(self, n_steps: int) -> float:
         t0 = time.perf_counter()
         peak = self.plan.lr(max(0, self.step - 1))  # where the run's own schedule stands
-        val, self.decayed = cooldown_branch(self, n_steps, peak,
-                                            lambda model: configure_optimizer(model, self.cfg, self.device))
+        val, self.decayed = cooldown_branch(
+            self.model, self.optimizers, self.batch_gen, n_steps, peak, self.cfg.min_lr,
+            lambda model: configure_optimizer(model, self.cfg, self.device), self.train_step,
+            lambda model: self.evaluate(("val",), model=model)["val"], self.device.type == "cuda")
         self.branch_steps += n_steps
         self.branch_time += time.perf_counter() - t0
         return val
-
-    def _record_compile_speed(self) -> None:
-        if self._compiled_from is not None and self.compiler.compiled and self.step > self._compiled_from[0]:
-            step0, time0 = self._compiled_from
-            self.compiler.record_speed(self._eager_step_s, (self.train_time - time0) / (self.step - step0))
 
     # --- checkpoints ------------------------------------------------------------------
 
