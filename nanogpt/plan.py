@@ -212,8 +212,55 @@ class RunPlan:
             if self.cfg.fill_time_s is not None:
                 self.budget = self.planned_steps * self.step_spend
 
+    def seconds_left(self, spend: float, elapsed: float) -> float | None:
+        """The seconds the steps left may take, where a time bounds them (a seconds budget, time_budget_s; None
+        where none does), after `spend` and `elapsed` seconds of run()."""
+        seconds_left = None
+        if self.unit == "s":
+            seconds_left = self.budget - spend
+        if self.cfg.time_budget_s is not None:
+            seconds_left = min(math.inf if seconds_left is None else seconds_left, self.cfg.time_budget_s - elapsed)
+        return seconds_left
+
     def restart(self) -> None:
         """Continue another run's checkpoint: this config's first plan and budget, not the other run's."""
         self.planned_steps = self.config_plan
         self.decay_anchor = None
         self.budget = float(self.cfg.max_steps if self.unit == "steps" else self.cfg.budget)
+
+
+@dataclass
+class FillClock:
+    """fill_time_s's view of one Trainer.run() call (a continued or resumed run's earlier seconds are another
+    budget's): when it began (`t0`, perf_counter seconds), its steps and training seconds then, its evaluations
+    so far, and (`mark`) the step and training seconds of the last check, for the recent speed."""
+
+    plan: RunPlan
+    t0: float
+    step0: int
+    train0: float
+    evals: int = 0
+    mark: tuple[int, float] = (0, 0.0)
+
+    @classmethod
+    def start(cls, plan: RunPlan, now: float, step: int, train_s: float) -> FillClock:
+        return cls(plan, now, step, train_s, 0, (step, train_s))
+
+    def after_step(self, step: int, train_s: float, now: float) -> None:
+        """After a training step: re-plan PROBE_STEPS steps into this run, then every PROBE_STEPS steps once the
+        decay began (the decay's plan: checked often, at the recent speed where slower)."""
+        steps = step - self.step0
+        if steps % PROBE_STEPS == 0 and (steps == PROBE_STEPS or self.plan.decaying(step)):
+            recent = (train_s - self.mark[1]) / max(1, step - self.mark[0])
+            self.plan.plan_to_fill(step, now - self.t0, steps, train_s - self.train0, self.evals,
+                                   recent if steps > PROBE_STEPS else 0.0)
+            self.mark = (step, train_s)
+
+    def at_evaluation(self, step: int, train_s: float, now: float, running: bool) -> None:
+        """At an evaluation: re-plan while the run goes on; count the evaluation."""
+        if running:
+            self.plan.plan_to_fill(step, now - self.t0, step - self.step0, train_s - self.train0, self.evals)
+        self.evals += 1
+
+    def out_of_time(self, now: float) -> bool:
+        return now - self.t0 >= self.plan.cfg.fill_time_s

@@ -20,8 +20,9 @@ from typing import Callable, Literal
 
 import torch
 
-from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, read_checkpoint, read_checkpoint_tokenizer,
-                                write_checkpoint)
+from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, load_optimizers_state, load_rng_state,
+                                optimizers_state, read_checkpoint, read_checkpoint_tokenizer, rng_state,
+                                run_meta, write_checkpoint)
 from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key
 from nanogpt.cooldown import cooldown_branch
 from nanogpt.amounts import UNITS, parse_amount, parse_duration
@@ -29,7 +30,7 @@ from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.muon import Muon, newton_schulz_flops
-from nanogpt.plan import PROBE_STEPS, RunPlan, lr_at, step_spend, warmup_steps, wsd_decay_start  # noqa: F401 (names other modules import from here)
+from nanogpt.plan import PROBE_STEPS, FillClock, RunPlan, lr_at, step_spend, warmup_steps, wsd_decay_start  # noqa: F401 (names other modules import from here)
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,37 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
 Callback = Callable[[dict, "Trainer"], None]
 
 
+@torch.no_grad()
+def eval_losses(model: GPT, data: TokenData, cfg: TrainConfig, block_size: int, device: torch.device,
+                autocast: Callable, splits: tuple[str, ...] = ("train", "val")) -> dict[str, float]:
+    """Mean loss of `model` over cfg.eval_iters batches per split of `data`. The eval batches are the same at every
+    evaluation (fixed generator), so curves are not jittered by sampling noise."""
+    model.eval()
+    bs = cfg.eval_batch_size or cfg.batch_size
+    out = {}
+    for split in splits:
+        ids = {"train": data.train, "val": data.val}[split]
+        gen = torch.Generator().manual_seed({"train": 10_000, "val": 10_001}[split])
+        losses = torch.zeros(cfg.eval_iters)
+        for k in range(cfg.eval_iters):
+            x, y = get_batch(ids, block_size, bs, gen)
+            with autocast():
+                _, loss = model(x.to(device), y.to(device))
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def autocast_for(device: torch.device) -> Callable:
+    """The forward's autocast context: bf16 on CUDA with bf16, else none."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    # fp32 on CPU: without bf16 hardware a bf16 matmul runs 15-37x slower than fp32 (measured on this project's
+    # machines)
+    return contextlib.nullcontext
+
+
 class Status(str, Enum):
     """Where a training run stands; reported (as its value) with every evaluation."""
 
@@ -254,11 +286,8 @@ class _Forward:
     """A Trainer attribute that is its part's (`part`: the name of the Trainer's attribute holding it), read and
     set under the name other modules use."""
 
-    def __init__(self, part: str):
-        self.part = part
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
+    def __init__(self, part: str, name: str):
+        self.part, self.name = part, name
 
     def __get__(self, obj, objtype=None):
         return self if obj is None else getattr(getattr(obj, self.part), self.name)
@@ -268,36 +297,14 @@ class _Forward:
 
 
 class Trainer:
-    """Owns a model, its optimizer and the training state; `run` trains until the budget is spent."""
-
-    # the run's plan (nanogpt.plan.RunPlan), under the names other modules read and set
-    budget = _Forward("plan")
-    eval_every = _Forward("plan")
-    step_spend = _Forward("plan")
-    planned_steps = _Forward("plan")
-    total_steps = _Forward("plan")
-    rungs = _Forward("plan")
-    config_plan = _Forward("plan")
-    decay_anchor = _Forward("plan")
-    # the loop's counters (LoopState), likewise
-    step = _Forward("loop")
-    tokens_seen = _Forward("loop")
-    train_time = _Forward("loop")
-    elapsed = _Forward("loop")
-    status = _Forward("loop")
-    loss_sum = _Forward("loop")
-    loss_count = _Forward("loop")
-    branch_steps = _Forward("loop")
-    branch_time = _Forward("loop")
-    eval_time = _Forward("loop")
-    rungs_done = _Forward("loop")
-    _compiled_from = property(lambda self: self.compiler.compiled_from)
+    """Owns a model, its optimizer and the training state; `run` trains until the budget is spent. Its parts' fields
+    other modules read and set are its attributes too (below the class): its plan's (self.plan, a RunPlan), its loop
+    counters' (self.loop, a LoopState) and its compiler's compiled_from."""
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
-            raise ValueError(
-                f"model vocab_size {model_cfg.vocab_size} differs from the tokenizer's {tokenizer.vocab_size}"
-            )
+            raise ValueError(f"model vocab_size {model_cfg.vocab_size} differs from the tokenizer's "
+                             f"{tokenizer.vocab_size}")
         data.check_block_size(model_cfg.block_size)
         self.model_cfg, self.cfg, self.data, self.tokenizer = model_cfg, cfg, data, tokenizer
         self.device = resolve_device(cfg.device)
@@ -315,12 +322,7 @@ class Trainer:
         self.plan = RunPlan.from_config(cfg, cfg.batch_size * model_cfg.block_size, self.flops_per_token,
                                         self.optimizer_flops)
         self.cfg = self.plan.cfg  # fill_time_s: with the warmup of its first plan
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-        else:
-            # fp32 on CPU: without bf16 hardware a bf16 matmul runs 15-37x slower than fp32 (measured on this
-            # project's machines)
-            self.autocast = contextlib.nullcontext
+        self.autocast = autocast_for(self.device)
 
     @property
     def spend(self) -> float:
@@ -344,36 +346,15 @@ class Trainer:
 
     def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Compile before this step where due (StepCompiler.maybe_compile), with the steps and seconds left."""
-        seconds_left = None
-        if self.cfg.budget_unit == "s":
-            seconds_left = self.budget - self.spend
-        if self.cfg.time_budget_s is not None:
-            seconds_left = min(math.inf if seconds_left is None else seconds_left, self.cfg.time_budget_s - self.elapsed)
         self.compiler.maybe_compile(x, y, self.step, self.train_time, (self.planned_steps or self.step) - self.step,
-                                    seconds_left)
+                                    self.plan.seconds_left(self.spend, self.elapsed))
 
     # --- evaluation -------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, splits: tuple[str, ...] = ("train", "val"), model: GPT | None = None) -> dict[str, float]:
-        """Mean loss of `model` (default: the run's) over eval_iters batches per split. The eval batches are the
-        same at every evaluation (fixed generator), so curves are not jittered by sampling noise."""
-        model = model or self.model
-        model.eval()
-        bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        out = {}
-        for split in splits:
-            ids = {"train": self.data.train, "val": self.data.val}[split]
-            gen = torch.Generator().manual_seed({"train": 10_000, "val": 10_001}[split])
-            losses = torch.zeros(self.cfg.eval_iters)
-            for k in range(self.cfg.eval_iters):
-                x, y = get_batch(ids, self.model_cfg.block_size, bs, gen)
-                with self.autocast():
-                    _, loss = model(x.to(self.device), y.to(self.device))
-                losses[k] = loss.item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
+        """Mean loss of `model` (default: the run's) over eval_iters batches per split (eval_losses)."""
+        return eval_losses(model or self.model, self.data, self.cfg, self.model_cfg.block_size, self.device,
+                           self.autocast, splits)
 
     def _metrics(self, train_loss: float, val_loss: float) -> dict:
         return {
@@ -439,13 +420,11 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         compile_s_before = self.compiler.compile_s
-        # fill_time_s counts this run() alone (a continued or resumed run's earlier seconds are another budget's)
-        run_t0, step0, train0, evals = time.perf_counter(), self.step, self.train_time, 0
-        mark = (self.step, self.train_time)  # fill_time_s: the steps since the last check, for their recent speed
+        fill = None if cfg.fill_time_s is None else FillClock.start(self.plan, time.perf_counter(), self.step,
+                                                                     self.train_time)
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
-            loss_value = self.train_step(model, optimizers, self.plan.lr(self.step),
-                                         self.batch_gen)
+            loss_value = self.train_step(model, optimizers, self.plan.lr(self.step), self.batch_gen)
             t0 += self.compiler.compile_s - compile_s_before  # a compile inside the step counts in compile_s alone
             compile_s_before = self.compiler.compile_s
             self.step += 1
@@ -456,12 +435,8 @@ class Trainer:
             self.loss_count += 1
             if cfg.budget_unit == "s" and self.step == PROBE_STEPS:
                 self.plan.plan_by_speed(self.step, self.spend, self.train_time)
-            if cfg.fill_time_s is not None and (self.step - step0) % PROBE_STEPS == 0 and (
-                    self.step - step0 == PROBE_STEPS or self._decaying()):  # the decay's plan: checked often
-                recent = (self.train_time - mark[1]) / max(1, self.step - mark[0])
-                self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0, evals,
-                                   recent if self.step - step0 > PROBE_STEPS else 0.0)
-                mark = (self.step, self.train_time)
+            if fill is not None:
+                fill.after_step(self.step, self.train_time, time.perf_counter())
 
             if not math.isfinite(loss_value):
                 self.status = Status.DIVERGED
@@ -472,17 +447,15 @@ class Trainer:
                     self.status = Status.FINISHED
                 elif cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s:
                     self.status = Status.OUT_OF_TIME
-                elif cfg.fill_time_s is not None and time.perf_counter() - run_t0 >= cfg.fill_time_s:
+                elif fill is not None and fill.out_of_time(time.perf_counter()):
                     self.status = Status.OUT_OF_TIME
                 if self.spend < next_eval - 1e-9 * self.eval_every and self.status is Status.RUNNING:
                     continue
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
                     self.plan.plan_by_speed(self.step, self.spend, self.train_time)
-                if cfg.fill_time_s is not None and self.status is Status.RUNNING:
-                    self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0,
-                                       evals)
-                evals += 1
+                if fill is not None:
+                    fill.at_evaluation(self.step, self.train_time, time.perf_counter(), self.status is Status.RUNNING)
                 metrics = self._evaluation(t_start)
             self.history.append(metrics)
             if callback is not None:
@@ -499,7 +472,10 @@ class Trainer:
         else:
             losses = self.evaluate()
         self.eval_time += time.perf_counter() - t_eval
-        stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
+        stable_val, branch = losses["val"], 0
+        if math.isfinite(stable_val):  # a cooldown branch at a rung, and at the run's end (RunPlan.branch_due)
+            branch, self.rungs_done = self.plan.branch_due(self.step, self.spend, self.rungs_done,
+                                                           self.status is Status.FINISHED, self.branch_steps)
         self.decayed = None
         if branch:  # a cooldown rung: the loss reported is the decayed copy's
             losses["val"] = self._branch(branch)
@@ -512,13 +488,6 @@ class Trainer:
             metrics["status"] = self.status.value
             metrics["val_loss"] = metrics["val_bpc"] = float("inf")
         return metrics
-
-    def _branch_due(self) -> int:
-        """The steps of the cooldown branch this evaluation takes (at a rung, and at the run's end), or 0. The end
-        branch takes what the budget has left, which the plan made at least its share."""
-        n, self.rungs_done = self.plan.branch_due(self.step, self.spend, self.rungs_done,
-                                                  self.status is Status.FINISHED, self.branch_steps)
-        return n
 
     def _branch(self, n_steps: int) -> float:
         t0 = time.perf_counter()
@@ -536,48 +505,26 @@ class Trainer:
     def state_dict(self) -> dict:
         sd = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizers[0].state_dict(),  # AdamW
-            "muon": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
+            **optimizers_state(self.optimizers),  # optimizer (AdamW), muon
             **self.loop.state_dict(),
             "compile_s": self.compiler.compile_s,
             **self.plan.state_dict(),  # planned_steps, decay_anchor
-            "rng_torch": torch.get_rng_state(),
-            "rng_batch": self.batch_gen.get_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            **rng_state(self.batch_gen, self.device.type == "cuda"),
         }
         return {k: sd[k] for k in STATE_KEYS}
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
-        saved = "muon" if sd.get("muon") else "adamw"
-        if saved != self.cfg.optimizer:
-            raise CheckpointError(f"this checkpoint was trained with the optimizer {saved}, not {self.cfg.optimizer}"
-                                  + (": it holds no Muon state" if saved == "adamw" else "")
-                                  + f"; resume it with the optimizer {saved}")
-        self.optimizers[0].load_state_dict(sd["optimizer"])
-        if len(self.optimizers) > 1:
-            self.optimizers[1].load_state_dict(sd["muon"])
+        load_optimizers_state(self.optimizers, sd, self.cfg.optimizer)
         self.loop = LoopState.from_state_dict(sd)
         self.compiler.compile_s = sd.get("compile_s", 0.0)
         self.plan.load_state_dict(sd)  # planned by speed: the saved plan
-        torch.set_rng_state(sd["rng_torch"])
-        self.batch_gen.set_state(sd["rng_batch"])
-        if self.device.type == "cuda" and sd["rng_cuda"]:
-            torch.cuda.set_rng_state_all(sd["rng_cuda"])
+        load_rng_state(sd, self.batch_gen, self.device.type == "cuda")
 
     def save(self, directory: str | Path) -> Path:
         """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
-        meta = {
-            "model": self.model_cfg.to_dict(),
-            "train": self.cfg.to_dict(),
-            "dataset": self.data.dataset,
-            "val_chars_per_token": self.data.val_chars_per_token,
-            "step": self.step,
-            "status": self.status.value,
-            "warmup_steps": self.plan.warmup,  # what a continuation must repeat
-            "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,  # (step, lr) a squeezed decay began
-            "history": self.history,
-        }
+        meta = run_meta(self.model_cfg, self.cfg, self.data, self.step, self.status.value, self.plan.warmup,
+                        self.decay_anchor, self.history)
         return write_checkpoint(directory, self.state_dict(), meta, self.decayed, self.tokenizer)
 
     def restore(self, directory: str | Path, checkpoint: tuple[dict, dict] | None = None) -> None:
@@ -598,6 +545,14 @@ class Trainer:
             raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "
                             f"of a budget of {self.budget:g} to continue it")
         self.status = Status.RUNNING
+
+
+for _name in ("budget", "eval_every", "step_spend", "planned_steps", "total_steps", "rungs", "config_plan",
+              "decay_anchor"):
+    setattr(Trainer, _name, _Forward("plan", _name))
+for _name in (f.name for f in dataclasses.fields(LoopState)):
+    setattr(Trainer, _name, _Forward("loop", _name))
+Trainer._compiled_from = _Forward("compiler", "compiled_from")
 
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
