@@ -70,7 +70,7 @@ def lr_at(step: int, cfg, planned_steps: int | None = None,
 class RunPlan:
     """The plan of one run (cfg: its nanogpt.train.TrainConfig, with fill_time_s's warmup fixed from the first
     plan). `planned_steps`: training steps (None: a seconds budget before its speed is known); `total_steps`:
-    training and cooldown branches together; `rung_steps`: the training steps whose evaluations branch;
+    training and cooldown branches together; `rung_at`: the training steps whose evaluations branch;
     `config_plan`: the first plan, what a continued run plans from; `decay_anchor`: where fill_time_s's squeezed
     decay began (step, lr)."""
 
@@ -83,7 +83,7 @@ class RunPlan:
     planned_steps: int | None
     total_steps: int | None
     rungs: list[float]
-    rung_steps: list[int] = field(default_factory=list)
+    rung_at: list[int] = field(default_factory=list)
     config_plan: int | None = None
     decay_anchor: tuple[int, float] | None = None
 

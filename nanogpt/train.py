@@ -30,7 +30,9 @@ from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.muon import Muon, newton_schulz_flops
-from nanogpt.plan import PROBE_STEPS, FillClock, RunPlan, lr_at, step_spend, warmup_steps, wsd_decay_start  # noqa: F401 (names other modules import from here)
+# lr_at, step_spend, warmup_steps, wsd_decay_start: nanogpt.plan's, imported from here too
+from nanogpt.plan import (PROBE_STEPS, FillClock, RunPlan, lr_at, step_spend, warmup_steps,  # noqa: F401
+                          wsd_decay_start)
 
 log = logging.getLogger(__name__)
 
@@ -553,6 +555,7 @@ for _name in ("budget", "eval_every", "step_spend", "planned_steps", "total_step
 for _name in (f.name for f in dataclasses.fields(LoopState)):
     setattr(Trainer, _name, _Forward("loop", _name))
 Trainer._compiled_from = _Forward("compiler", "compiled_from")
+del _name
 
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:

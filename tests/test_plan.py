@@ -41,7 +41,7 @@ def test_a_seconds_budget_plans_by_speed():
 def test_cooldown_rungs_leave_the_branches_their_steps():
     p = plan(budget_unit="tokens", budget=64 * 200, batch_size=4, schedule="wsd",
              cooldown_rungs=[64 * 20, 64 * 50, 64 * 100], eval_every=64 * 10)
-    assert (p.planned_steps, p.total_steps, p.rungs, p.rung_steps) == (138, 200, [1280.0, 3200.0, 6400.0], [20, 50, 100])
+    assert (p.planned_steps, p.total_steps, p.rungs, p.rung_at) == (138, 200, [1280.0, 3200.0, 6400.0], [20, 50, 100])
     assert p.config_plan == 138 and p.lr(150) == 0.001  # the run holds the peak: its branches decay
     done, due = 0, []
     for step in (19, 20, 50, 100, 150):
