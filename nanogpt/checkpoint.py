@@ -50,6 +50,57 @@ def write_checkpoint(directory: str | Path, state: dict, meta: dict, decayed: di
     return d
 
 
+def run_meta(model_cfg: GPTConfig, train_cfg, data, step: int, status: str, warmup_steps: int,
+             decay_anchor: tuple[int, float] | None, history: list[dict]) -> dict:
+    """config.json of a run's checkpoint (Trainer.save): its model and training configs (train_cfg: a TrainConfig),
+    its data (a TokenData), step, status (a Status's value), warmup (what a continuation must repeat), where a
+    squeezed decay began (step, lr) and its evaluations."""
+    return {
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "dataset": data.dataset,
+        "val_chars_per_token": data.val_chars_per_token,
+        "step": step,
+        "status": status,
+        "warmup_steps": warmup_steps,
+        "decay_anchor": list(decay_anchor) if decay_anchor else None,
+        "history": history,
+    }
+
+
+def optimizers_state(optimizers: list[torch.optim.Optimizer]) -> dict:
+    """A run's optimizers in its checkpoint: AdamW's state under "optimizer", Muon's (None without) under "muon"."""
+    return {"optimizer": optimizers[0].state_dict(),
+            "muon": optimizers[1].state_dict() if len(optimizers) > 1 else None}
+
+
+def load_optimizers_state(optimizers: list[torch.optim.Optimizer], sd: dict, optimizer: str) -> None:
+    """Load optimizers_state's `sd` into a run's `optimizers` (of the optimizer named `optimizer`, adamw or muon);
+    a CheckpointError where the checkpoint was trained with the other."""
+    saved = "muon" if sd.get("muon") else "adamw"
+    if saved != optimizer:
+        raise CheckpointError(f"this checkpoint was trained with the optimizer {saved}, not {optimizer}"
+                              + (": it holds no Muon state" if saved == "adamw" else "")
+                              + f"; resume it with the optimizer {saved}")
+    optimizers[0].load_state_dict(sd["optimizer"])
+    if len(optimizers) > 1:
+        optimizers[1].load_state_dict(sd["muon"])
+
+
+def rng_state(batch_gen: torch.Generator, cuda: bool) -> dict:
+    """A run's random streams in its checkpoint: torch's global one (dropout), its batches' and (`cuda`) CUDA's."""
+    return {"rng_torch": torch.get_rng_state(), "rng_batch": batch_gen.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if cuda else []}
+
+
+def load_rng_state(sd: dict, batch_gen: torch.Generator, cuda: bool) -> None:
+    """Put back the random streams rng_state's `sd` holds."""
+    torch.set_rng_state(sd["rng_torch"])
+    batch_gen.set_state(sd["rng_batch"])
+    if cuda and sd["rng_cuda"]:
+        torch.cuda.set_rng_state_all(sd["rng_cuda"])
+
+
 def read_checkpoint(directory: str | Path) -> tuple[dict, dict]:
     """(config.json contents, model.pt state) of a checkpoint directory, with clear errors."""
     d = Path(directory)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from nanogpt.files import cache_dir, write_json
+from nanogpt.plan import PROBE_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,45 @@ class StepCompiler:
         self.compiled = False
         self.decided = mode == "off"
         self.compile_s = 0.0
+        self.eager_step_s = None  # auto: the eager step's seconds it decided on
+        self.compiled_from = None  # (step, train_time) where the compiled steps began
+        self.speed_checked = False  # auto: the compiled step has been timed against the eager one
+
+    def maybe_compile(self, x: torch.Tensor, y: torch.Tensor, step: int, train_time: float, steps_left: int,
+                      seconds_left: float | None) -> None:
+        """Compile before this step of the run (`step` steps trained in `train_time` seconds, `steps_left` planned,
+        `seconds_left` where a time bounds them): at the first step with compile on; with auto, after PROBE_STEPS
+        eager steps, where this machine's record says the steps left repay it (worth_compiling). The compile's
+        seconds count in compile_s, not in train_time."""
+        if self.mode == "auto":
+            if step < PROBE_STEPS:
+                return
+            self.eager_step_s = train_time / step
+            self.decided = True
+            if not worth_compiling(self.key, steps_left, self.eager_step_s, seconds_left):
+                return
+        self.compiled_from = (step, train_time)
+        self.compile(x, y)
+
+    def check_speed(self, step: int, train_time: float) -> None:
+        """auto: once VERIFY_STEPS compiled steps have run, keep the compiled step only if it beats the eager one
+        measured before it; either way this machine's record gets both, so the next decision is measured."""
+        step0, time0 = self.compiled_from
+        if step - step0 < VERIFY_STEPS:
+            return
+        self.speed_checked = True
+        compiled_step_s = (train_time - time0) / (step - step0)
+        if compiled_step_s >= self.eager_step_s:
+            log.info("the compiled step (%.2f ms) is no faster than eager (%.2f ms) on this machine: training eager",
+                     compiled_step_s * 1e3, self.eager_step_s * 1e3)
+            self.record_speed(self.eager_step_s, compiled_step_s)
+            self.revert()
+
+    def record_run_speed(self, step: int, train_time: float) -> None:
+        """At the end of run(): the compiled steps' speed beside the eager one's, in this machine's record."""
+        if self.compiled_from is not None and self.compiled and step > self.compiled_from[0]:
+            step0, time0 = self.compiled_from
+            self.record_speed(self.eager_step_s, (train_time - time0) / (step - step0))
 
     def compile(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Compile, and run forward and backward once on (x, y) to build both graphs, outside the training

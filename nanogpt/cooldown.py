@@ -83,29 +83,33 @@ def plan_training_steps(total_steps: int, rungs_at: list[int], cooldown_frac: fl
     return lo
 
 
-def cooldown_branch(trainer, n_steps: int, peak: float,
-                    make_optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]]) -> tuple[float, dict | None]:
-    """Decay a copy of the trainer's (a nanogpt.train.Trainer) model and optimizers for n_steps from `peak` to
-    min_lr; return the copy's validation loss (inf when it diverged) and its weights (None then). The trainer's
-    state is left untouched. `make_optimizers(model)`: the run's optimizers for the copy, to load their state into."""
-    cfg = trainer.cfg
-    model = copy.deepcopy(trainer.model)
-    optimizers = make_optimizers(model)
-    for mine, theirs in zip(optimizers, trainer.optimizers):
+def cooldown_branch(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batch_gen: torch.Generator,
+                    n_steps: int, peak: float, min_lr: float,
+                    make_optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]],
+                    train_step: Callable[[torch.nn.Module, list[torch.optim.Optimizer], float, torch.Generator], float],
+                    evaluate: Callable[[torch.nn.Module], float], cuda: bool = False) -> tuple[float, dict | None]:
+    """Decay a copy of a run's `model` and `optimizers` for n_steps from `peak` to min_lr, on the batches the run's
+    `batch_gen` would draw next; return the copy's validation loss (inf when it diverged) and its weights (None
+    then). The run's model, optimizers, generator and the global random streams (CUDA's too, with `cuda`) are left
+    as they were. `make_optimizers(model)`: the run's optimizers for the copy, to load their state into;
+    `train_step(model, optimizers, lr, batch_gen)`: one optimizer step, its loss; `evaluate(model)`: its val loss."""
+    branch = copy.deepcopy(model)
+    branch_optimizers = make_optimizers(branch)
+    for mine, theirs in zip(branch_optimizers, optimizers):
         mine.load_state_dict(copy.deepcopy(theirs.state_dict()))  # load_state_dict keeps the tensors it is given
     # the branch draws the batches the run would draw next, from a copy of its generator; dropout's global
     # stream is put back afterwards
-    batch_gen = torch.Generator().set_state(trainer.batch_gen.get_state())
+    branch_gen = torch.Generator().set_state(batch_gen.get_state())
     rng = torch.get_rng_state()
-    rng_cuda = torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else None
+    rng_cuda = torch.cuda.get_rng_state_all() if cuda else None
     try:
         for i in range(n_steps):
-            loss = trainer.train_step(model, optimizers, decay_lr(i, n_steps, peak, cfg.min_lr), batch_gen)
+            loss = train_step(branch, branch_optimizers, decay_lr(i, n_steps, peak, min_lr), branch_gen)
             if not math.isfinite(loss):
                 return float("inf"), None
-        val = trainer.evaluate(("val",), model=model)["val"]
+        val = evaluate(branch)
     finally:
         torch.set_rng_state(rng)
         if rng_cuda is not None:
             torch.cuda.set_rng_state_all(rng_cuda)
-    return (val, model.state_dict()) if math.isfinite(val) else (float("inf"), None)
+    return (val, branch.state_dict()) if math.isfinite(val) else (float("inf"), None)

@@ -20,15 +20,19 @@ from typing import Callable, Literal
 
 import torch
 
-from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, read_checkpoint, read_checkpoint_tokenizer,
-                                write_checkpoint)
-from nanogpt.compile import COMPILE_MODES, VERIFY_STEPS, StepCompiler, shape_key, worth_compiling
-from nanogpt.cooldown import branch_steps, cooldown_branch, decay_lr, plan_training_steps, rung_steps
+from nanogpt.checkpoint import (MODEL_FILE, CheckpointError, load_optimizers_state, load_rng_state,
+                                optimizers_state, read_checkpoint, read_checkpoint_tokenizer, rng_state,
+                                run_meta, write_checkpoint)
+from nanogpt.compile import COMPILE_MODES, StepCompiler, shape_key
+from nanogpt.cooldown import cooldown_branch
 from nanogpt.amounts import UNITS, parse_amount, parse_duration
 from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, resolve_device
 from nanogpt.muon import Muon, newton_schulz_flops
+# lr_at, step_spend, warmup_steps, wsd_decay_start: nanogpt.plan's, imported from here too
+from nanogpt.plan import (PROBE_STEPS, FillClock, RunPlan, lr_at, step_spend, warmup_steps,  # noqa: F401
+                          wsd_decay_start)
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +45,6 @@ SCHEDULES = ("cosine", "wsd")
 def default_eval_every(budget: float, unit: str) -> float:
     """Ten evaluations a budget (whole steps for a budget in steps)."""
     return float(max(1, int(budget // 10))) if unit == "steps" else budget / 10
-
-
-def step_spend(unit: str, tokens_per_step: int, flops_per_token: float, optimizer_flops: float = 0.0) -> float | None:
-    """What one training step spends in a budget's unit (None for seconds: that is measured, not known). FLOPs count
-    the forward and backward (flops_per_token a token) and the optimizer's step (`optimizer_flops`)."""
-    return {"steps": 1.0, "tokens": float(tokens_per_step),
-            "flops": float(tokens_per_step * flops_per_token + optimizer_flops), "s": None}[unit]
 
 
 def muon_matrices(model: GPT) -> list[torch.nn.Parameter]:
@@ -187,45 +184,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def warmup_steps(cfg: TrainConfig, planned_steps: int | None) -> int:
-    """The run's warmup: cfg.warmup_steps, else a tenth of the planned steps, at most 100."""
-    return cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
-
-
-def wsd_decay_start(cfg: TrainConfig, decay_steps: int, warmup: int) -> int:
-    """wsd: the first step of the decay, which takes the last cooldown_frac of `decay_steps` (never the warmup)."""
-    return max(warmup, decay_steps - round(cfg.cooldown_frac * decay_steps))
-
-
-def lr_at(step: int, cfg: TrainConfig, planned_steps: int | None = None,
-          anchor: tuple[int, float] | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr, or (wsd) the peak
-    and a linear decay to min_lr over the last cooldown_frac of the steps (none with cooldown rungs: the decays
-    are branches). `planned_steps`: the run's length in steps, where cfg leaves warmup or decay to it.
-    `anchor` (step, lr): fill_time_s shortened the plan during the decay; from that step the lr falls linearly
-    from lr (the step before's) to min_lr at the new last step, so the decay still ends by the deadline."""
-    if anchor is not None and planned_steps is not None and step >= anchor[0]:
-        return cfg.min_lr if step >= planned_steps else decay_lr(step - anchor[0], planned_steps - anchor[0],
-                                                                  anchor[1], cfg.min_lr)
-    warmup = warmup_steps(cfg, planned_steps)
-    # fill_time_s: the plan moves, and the decay with it (a steps budget's lr_decay_steps is its first plan)
-    decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None and cfg.fill_time_s is None else planned_steps
-    if step < warmup:
-        return cfg.learning_rate * (step + 1) / (warmup + 1)
-    # cooldown rungs: the run holds the peak, its branches decay; length not known yet (seconds budget before
-    # its speed probe): hold the peak
-    if decay is None or cfg.cooldown_rungs is not None:
-        return cfg.learning_rate
-    if step >= decay:
-        return cfg.min_lr
-    if cfg.schedule == "wsd":
-        start = wsd_decay_start(cfg, decay, warmup)
-        return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.min_lr)
-    ratio = (step - warmup) / max(1, decay - warmup)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
 def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """The optimizers of a run: [AdamW] or [AdamW, Muon], stepped together with one learning rate.
 
@@ -250,8 +208,35 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
 Callback = Callable[[dict, "Trainer"], None]
 
 
-PROBE_STEPS = 10  # a seconds budget sizes its schedule from the speed of the steps so far, first after these
-FILL_MARGIN = 0.04  # fill_time_s: the share of its seconds a plan leaves for the speed to vary
+@torch.no_grad()
+def eval_losses(model: GPT, data: TokenData, cfg: TrainConfig, block_size: int, device: torch.device,
+                autocast: Callable, splits: tuple[str, ...] = ("train", "val")) -> dict[str, float]:
+    """Mean loss of `model` over cfg.eval_iters batches per split of `data`. The eval batches are the same at every
+    evaluation (fixed generator), so curves are not jittered by sampling noise."""
+    model.eval()
+    bs = cfg.eval_batch_size or cfg.batch_size
+    out = {}
+    for split in splits:
+        ids = {"train": data.train, "val": data.val}[split]
+        gen = torch.Generator().manual_seed({"train": 10_000, "val": 10_001}[split])
+        losses = torch.zeros(cfg.eval_iters)
+        for k in range(cfg.eval_iters):
+            x, y = get_batch(ids, block_size, bs, gen)
+            with autocast():
+                _, loss = model(x.to(device), y.to(device))
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def autocast_for(device: torch.device) -> Callable:
+    """The forward's autocast context: bf16 on CUDA with bf16, else none."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    # fp32 on CPU: without bf16 hardware a bf16 matmul runs 15-37x slower than fp32 (measured on this project's
+    # machines)
+    return contextlib.nullcontext
 
 
 class Status(str, Enum):
@@ -263,14 +248,65 @@ class Status(str, Enum):
     OUT_OF_TIME = "time_budget"  # TrainConfig.time_budget_s ran out first
 
 
+@dataclass
+class LoopState:
+    """The training loop's counters: what a checkpoint keeps of the run besides its weights, optimizer state, plan
+    and random streams. state_dict: their asdict, the status as its value, under the checkpoint's keys."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    train_time: float = 0.0  # seconds spent in training steps
+    elapsed: float = 0.0  # seconds in run(), evaluations included; carried across resumes
+    status: Status = Status.RUNNING
+    loss_sum: float = 0.0  # training-step losses since the last evaluation (their sum and count)
+    loss_count: int = 0
+    # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
+    branch_steps: int = 0
+    branch_time: float = 0.0
+    eval_time: float = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
+    rungs_done: int = 0
+
+    def state_dict(self) -> dict:
+        return {**asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> LoopState:
+        """A checkpoint's counters; those an older checkpoint lacks (after `elapsed`) at their start values."""
+        required = ("step", "tokens_seen", "train_time", "elapsed", "status")
+        state = cls(**{f.name: sd[f.name] for f in dataclasses.fields(cls) if f.name in required or f.name in sd})
+        state.status = Status(state.status)
+        return state
+
+
+# a checkpoint's state (Trainer.state_dict): its keys, in their order
+STATE_KEYS = ("model", "optimizer", "muon", "step", "tokens_seen", "train_time", "compile_s", "elapsed", "status",
+              "loss_sum", "loss_count", "planned_steps", "decay_anchor", "branch_steps", "branch_time", "eval_time",
+              "rungs_done", "rng_torch", "rng_batch", "rng_cuda")
+
+
+class _Forward:
+    """A Trainer attribute that is its part's (`part`: the name of the Trainer's attribute holding it), read and
+    set under the name other modules use."""
+
+    def __init__(self, part: str, name: str):
+        self.part, self.name = part, name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj, value) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
+
+
 class Trainer:
-    """Owns a model, its optimizer and the training state; `run` trains until the budget is spent."""
+    """Owns a model, its optimizer and the training state; `run` trains until the budget is spent. Its parts' fields
+    other modules read and set are its attributes too (below the class): its plan's (self.plan, a RunPlan), its loop
+    counters' (self.loop, a LoopState) and its compiler's compiled_from."""
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
-            raise ValueError(
-                f"model vocab_size {model_cfg.vocab_size} differs from the tokenizer's {tokenizer.vocab_size}"
-            )
+            raise ValueError(f"model vocab_size {model_cfg.vocab_size} differs from the tokenizer's "
+                             f"{tokenizer.vocab_size}")
         data.check_block_size(model_cfg.block_size)
         self.model_cfg, self.cfg, self.data, self.tokenizer = model_cfg, cfg, data, tokenizer
         self.device = resolve_device(cfg.device)
@@ -280,166 +316,47 @@ class Trainer:
         self.optimizer_flops = optimizer_flops(self.model, cfg.optimizer)  # a step's, in a FLOPs budget
         self.optimizers = configure_optimizer(self.model, cfg, self.device)
         self.compiler = StepCompiler(self.model, cfg.compile, shape_key(model_cfg, cfg.batch_size, self.device))
-        self._eager_step_s = None  # auto: the eager step's seconds it decided on
-        self._compiled_from = None  # (step, train_time) where the compiled steps began
-        self._speed_checked = False  # auto: the compiled step has been timed against the eager one
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
-        self.step = 0
-        self.tokens_seen = 0
-        self.train_time = 0.0  # seconds spent in training steps
-        self.elapsed = 0.0  # seconds in run(), evaluations included; carried across resumes
+        self.loop = LoopState()
         self.history: list[dict] = []
-        self.status = Status.RUNNING
-        self.loss_sum, self.loss_count = 0.0, 0  # training-step losses since the last evaluation
-        # cooldown branches (nanogpt.cooldown): their steps and seconds, and how many rungs have branched
-        self.branch_steps, self.branch_time, self.rungs_done = 0, 0.0, 0
-        self.eval_time = 0.0  # seconds in the run's own evaluations (a branch's evaluation is in branch_time)
         self.decayed: dict | None = None  # the weights of this evaluation's branch, saved beside the stable ones
-        self.decay_anchor: tuple[int, float] | None = None  # fill_time_s: where a shortened plan's decay restarted
-        # the budget in its unit, what one step spends, and the run's length in steps (None: not known yet)
-        tokens_per_step = cfg.batch_size * model_cfg.block_size
-        unit = cfg.budget_unit
-        self.budget = float(cfg.max_steps if unit == "steps" else cfg.budget)
-        self.eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
-        self.step_spend = step_spend(unit, tokens_per_step, self.flops_per_token, self.optimizer_flops)
-        self.planned_steps = None if unit == "s" else int(self.budget // self.step_spend + 1e-9)
-        self.total_steps = self.planned_steps  # training and cooldown branches together
-        self.rungs = cfg.cooldown_rungs or []
-        if cfg.cooldown_rungs is not None and self.total_steps is not None:
-            at = rung_steps(self.rungs, self.step_spend, self.eval_every, self.total_steps)
-            self.planned_steps = plan_training_steps(self.total_steps, at, cfg.cooldown_frac)
-        self.config_plan = self.planned_steps  # what a continued run plans from (continue_from)
-        if cfg.fill_time_s is not None and cfg.warmup_steps is None:
-            # its plan moves; its warmup must not (a longer plan would take the run back into it)
-            self.cfg = cfg = dataclasses.replace(cfg, warmup_steps=warmup_steps(cfg, self.planned_steps))
-        if self.planned_steps == 0:
-            raise UserError(f"a budget of {self.budget:g} {unit} is less than one training step of this model "
-                            f"({self.step_spend:g} {unit}); raise the budget")
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-        else:
-            # fp32 on CPU: without bf16 hardware a bf16 matmul runs 15-37x slower than fp32 (measured on this
-            # project's machines)
-            self.autocast = contextlib.nullcontext
+        # the budget in its unit, what one step spends, the run's length in steps and its schedule
+        self.plan = RunPlan.from_config(cfg, cfg.batch_size * model_cfg.block_size, self.flops_per_token,
+                                        self.optimizer_flops)
+        self.cfg = self.plan.cfg  # fill_time_s: with the warmup of its first plan
+        self.autocast = autocast_for(self.device)
 
     @property
     def spend(self) -> float:
         """What the run's training steps have spent, in the budget's unit (cooldown branches not counted)."""
-        return {"steps": self.step, "tokens": self.tokens_seen,
-                "flops": self.tokens_seen * self.flops_per_token + self.step * self.optimizer_flops,
-                "s": self.train_time + self.compiler.compile_s}[self.cfg.budget_unit]
+        return self.plan.spend(self.step, self.tokens_seen, self.train_time + self.compiler.compile_s)
 
     @property
     def branch_spend(self) -> float:
         """What the run's cooldown branches have spent, in the budget's unit."""
-        if self.cfg.budget_unit == "s":
-            return self.branch_time
-        return self.branch_steps * self.step_spend
+        return self.plan.branch_spend(self.branch_steps, self.branch_time)
 
     def _budget_left(self) -> bool:
-        if self.planned_steps is not None and self.cfg.budget_unit != "s":
-            return self.step < self.planned_steps
-        if self.cfg.cooldown_rungs is not None:  # leave the end branch its share
-            return self.train_time * (1 + self.cfg.cooldown_frac) + self.branch_time + self.compiler.compile_s < self.budget
-        return self.spend < self.budget
+        return self.plan.budget_left(self.step, self.spend, self.train_time, self.branch_time, self.compiler.compile_s)
 
     def _plan_to_fill(self, seconds: float, steps: int, train_s: float, evals: int, recent_step_s: float = 0.0) -> None:
-        """fill_time_s: the run's length in steps so that it ends by then, from this run's own speed so far
-        (`seconds` since it started, `steps` and `train_s` of training in them, `evals` evaluations; a step's
-        seconds since the last check, `recent_step_s`, where slower than the average): what is not
-        a training step (evaluations, checkpoints) is counted per evaluation, one more kept for the end. The plan
-        moves both ways while the wsd peak holds (for cosine, during its warmup); once the decay has begun it only
-        shortens, the rest of the decay squeezed into the steps that fit (decay_anchor), so that a run whose steps
-        slowed still ends decayed by the deadline rather than being stopped in the middle of its decay."""
-        cfg = self.cfg
-        if steps < PROBE_STEPS:
-            return
-        decaying = self._decaying()
-        step_s = max(train_s / steps, recent_step_s)
-        per_eval = max(0.0, seconds - train_s) / max(evals, 1)
-        evals_per_step = self.step_spend / self.eval_every
-        deadline = cfg.fill_time_s * (1 - FILL_MARGIN)
-        left = int((deadline - seconds - per_eval) / (step_s + per_eval * evals_per_step))
-        planned = self.step + max(1, left)
-        if decaying:
-            if planned >= self.planned_steps:
-                return
-            # the lr of the step before, in the plan it was taken under, is where the squeezed decay starts
-            self.decay_anchor = (self.step, lr_at(self.step - 1, cfg, self.planned_steps, self.decay_anchor))
-        elif cfg.schedule == "wsd":  # a decay that would have begun already begins now instead
-            planned = max(planned, math.ceil(self.step / (1 - cfg.cooldown_frac)))
-        self.planned_steps = planned
-        self.budget = planned * self.step_spend
+        """fill_time_s: re-plan the run's length from its speed (RunPlan.plan_to_fill)."""
+        self.plan.plan_to_fill(self.step, seconds, steps, train_s, evals, recent_step_s)
 
     def _decaying(self) -> bool:
-        """The schedule has left its peak (wsd) or its warmup (cosine): fill_time_s's plan only shortens now."""
-        warmup = warmup_steps(self.cfg, self.planned_steps)
-        return self.step >= (warmup if self.cfg.schedule == "cosine" else
-                             wsd_decay_start(self.cfg, self.planned_steps, warmup))
-
-    def _plan_by_speed(self) -> None:
-        """Seconds budget: the run's length in steps from the speed of its steps so far."""
-        if self.step >= PROBE_STEPS:
-            self.planned_steps = self.step + int((self.budget - self.spend) / (self.train_time / self.step))
+        return self.plan.decaying(self.step)
 
     def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Compile before this step: at the first step with compile on; with auto, after PROBE_STEPS eager steps,
-        where this machine's record says the steps left repay it (nanogpt.compile.worth_compiling). The compile's
-        seconds count in compile_s, not in train_time."""
-        c = self.compiler
-        if c.mode == "auto":
-            if self.step < PROBE_STEPS:
-                return
-            self._eager_step_s = self.train_time / self.step
-            steps_left = (self.planned_steps or self.step) - self.step
-            seconds_left = None
-            if self.cfg.budget_unit == "s":
-                seconds_left = self.budget - self.spend
-            if self.cfg.time_budget_s is not None:
-                seconds_left = min(math.inf if seconds_left is None else seconds_left,
-                                   self.cfg.time_budget_s - self.elapsed)
-            c.decided = True
-            if not worth_compiling(c.key, steps_left, self._eager_step_s, seconds_left):
-                return
-        self._compiled_from = (self.step, self.train_time)
-        c.compile(x, y)
-
-    def _check_compiled_speed(self) -> None:
-        """auto: once VERIFY_STEPS compiled steps have run, keep the compiled step only if it beats the eager one
-        measured before it; either way this machine's record gets both, so the next decision is measured."""
-        step0, time0 = self._compiled_from
-        if self.step - step0 < VERIFY_STEPS:
-            return
-        self._speed_checked = True
-        compiled_step_s = (self.train_time - time0) / (self.step - step0)
-        if compiled_step_s >= self._eager_step_s:
-            log.info("the compiled step (%.2f ms) is no faster than eager (%.2f ms) on this machine: training eager",
-                     compiled_step_s * 1e3, self._eager_step_s * 1e3)
-            self.compiler.record_speed(self._eager_step_s, compiled_step_s)
-            self.compiler.revert()
+        """Compile before this step where due (StepCompiler.maybe_compile), with the steps and seconds left."""
+        self.compiler.maybe_compile(x, y, self.step, self.train_time, (self.planned_steps or self.step) - self.step,
+                                    self.plan.seconds_left(self.spend, self.elapsed))
 
     # --- evaluation -------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, splits: tuple[str, ...] = ("train", "val"), model: GPT | None = None) -> dict[str, float]:
-        """Mean loss of `model` (default: the run's) over eval_iters batches per split. The eval batches are the
-        same at every evaluation (fixed generator), so curves are not jittered by sampling noise."""
-        model = model or self.model
-        model.eval()
-        bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        out = {}
-        for split in splits:
-            ids = {"train": self.data.train, "val": self.data.val}[split]
-            gen = torch.Generator().manual_seed({"train": 10_000, "val": 10_001}[split])
-            losses = torch.zeros(self.cfg.eval_iters)
-            for k in range(self.cfg.eval_iters):
-                x, y = get_batch(ids, self.model_cfg.block_size, bs, gen)
-                with self.autocast():
-                    _, loss = model(x.to(self.device), y.to(self.device))
-                losses[k] = loss.item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
+        """Mean loss of `model` (default: the run's) over eval_iters batches per split (eval_losses)."""
+        return eval_losses(model or self.model, self.data, self.cfg, self.model_cfg.block_size, self.device,
+                           self.autocast, splits)
 
     def _metrics(self, train_loss: float, val_loss: float) -> dict:
         return {
@@ -461,7 +378,7 @@ class Trainer:
             "budget": self.budget,  # in the budget's unit: what the run plans to spend (fill_time_s moves it)
             "branch_spend": self.branch_spend,
             "total_spend": self.spend + self.branch_spend,
-            "lr": lr_at(max(0, self.step - 1), self.cfg, self.planned_steps, self.decay_anchor),
+            "lr": self.plan.lr(max(0, self.step - 1)),
             "status": self.status.value,
         }
 
@@ -479,8 +396,8 @@ class Trainer:
         own = model is self.model  # the run's model may be compiled; a cooldown branch's copy trains eager
         if own and not self.compiler.decided:
             self._maybe_compile(x, y)
-        elif own and self.compiler.compiled and self.compiler.mode == "auto" and not self._speed_checked:
-            self._check_compiled_speed()
+        elif own and self.compiler.compiled and self.compiler.mode == "auto" and not self.compiler.speed_checked:
+            self.compiler.check_speed(self.step, self.train_time)
         with self.autocast():
             _, loss = (self.compiler.forward if own else model)(x, y)
         for opt in optimizers:
@@ -505,13 +422,11 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
         compile_s_before = self.compiler.compile_s
-        # fill_time_s counts this run() alone (a continued or resumed run's earlier seconds are another budget's)
-        run_t0, step0, train0, evals = time.perf_counter(), self.step, self.train_time, 0
-        mark = (self.step, self.train_time)  # fill_time_s: the steps since the last check, for their recent speed
+        fill = None if cfg.fill_time_s is None else FillClock.start(self.plan, time.perf_counter(), self.step,
+                                                                     self.train_time)
         while self.status is Status.RUNNING and self._budget_left():
             t0 = time.perf_counter()
-            loss_value = self.train_step(model, optimizers, lr_at(self.step, cfg, self.planned_steps, self.decay_anchor),
-                                         self.batch_gen)
+            loss_value = self.train_step(model, optimizers, self.plan.lr(self.step), self.batch_gen)
             t0 += self.compiler.compile_s - compile_s_before  # a compile inside the step counts in compile_s alone
             compile_s_before = self.compiler.compile_s
             self.step += 1
@@ -521,13 +436,9 @@ class Trainer:
             self.loss_sum += loss_value
             self.loss_count += 1
             if cfg.budget_unit == "s" and self.step == PROBE_STEPS:
-                self._plan_by_speed()
-            if cfg.fill_time_s is not None and (self.step - step0) % PROBE_STEPS == 0 and (
-                    self.step - step0 == PROBE_STEPS or self._decaying()):  # the decay's plan: checked often
-                recent = (self.train_time - mark[1]) / max(1, self.step - mark[0])
-                self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0, evals,
-                                   recent if self.step - step0 > PROBE_STEPS else 0.0)
-                mark = (self.step, self.train_time)
+                self.plan.plan_by_speed(self.step, self.spend, self.train_time)
+            if fill is not None:
+                fill.after_step(self.step, self.train_time, time.perf_counter())
 
             if not math.isfinite(loss_value):
                 self.status = Status.DIVERGED
@@ -538,22 +449,20 @@ class Trainer:
                     self.status = Status.FINISHED
                 elif cfg.time_budget_s is not None and self.elapsed >= cfg.time_budget_s:
                     self.status = Status.OUT_OF_TIME
-                elif cfg.fill_time_s is not None and time.perf_counter() - run_t0 >= cfg.fill_time_s:
+                elif fill is not None and fill.out_of_time(time.perf_counter()):
                     self.status = Status.OUT_OF_TIME
                 if self.spend < next_eval - 1e-9 * self.eval_every and self.status is Status.RUNNING:
                     continue
                 next_eval = (math.floor(self.spend / self.eval_every + 1e-9) + 1) * self.eval_every
                 if cfg.budget_unit == "s":
-                    self._plan_by_speed()
-                if cfg.fill_time_s is not None and self.status is Status.RUNNING:
-                    self._plan_to_fill(time.perf_counter() - run_t0, self.step - step0, self.train_time - train0,
-                                       evals)
-                evals += 1
+                    self.plan.plan_by_speed(self.step, self.spend, self.train_time)
+                if fill is not None:
+                    fill.at_evaluation(self.step, self.train_time, time.perf_counter(), self.status is Status.RUNNING)
                 metrics = self._evaluation(t_start)
             self.history.append(metrics)
             if callback is not None:
                 callback(metrics, self)
-        self._record_compile_speed()
+        self.compiler.record_run_speed(self.step, self.train_time)
         return self.history
 
     def _evaluation(self, t_start: float) -> dict:
@@ -565,7 +474,10 @@ class Trainer:
         else:
             losses = self.evaluate()
         self.eval_time += time.perf_counter() - t_eval
-        stable_val, branch = losses["val"], self._branch_due() if math.isfinite(losses["val"]) else 0
+        stable_val, branch = losses["val"], 0
+        if math.isfinite(stable_val):  # a cooldown branch at a rung, and at the run's end (RunPlan.branch_due)
+            branch, self.rungs_done = self.plan.branch_due(self.step, self.spend, self.rungs_done,
+                                                           self.status is Status.FINISHED, self.branch_steps)
         self.decayed = None
         if branch:  # a cooldown rung: the loss reported is the decayed copy's
             losses["val"] = self._branch(branch)
@@ -579,100 +491,42 @@ class Trainer:
             metrics["val_loss"] = metrics["val_bpc"] = float("inf")
         return metrics
 
-    def _branch_due(self) -> int:
-        """The steps of the cooldown branch this evaluation takes (at a rung, and at the run's end), or 0. The end
-        branch takes what the budget has left, which the plan made at least its share."""
-        if self.cfg.cooldown_rungs is None:
-            return 0
-        tol = 1e-9 * self.eval_every
-        at_rung = False
-        while self.rungs_done < len(self.rungs) and self.spend >= self.rungs[self.rungs_done] - tol:
-            self.rungs_done, at_rung = self.rungs_done + 1, True
-        if self.status is Status.FINISHED and self.total_steps is not None:
-            return self.total_steps - self.step - self.branch_steps
-        return branch_steps(self.step, self.cfg.cooldown_frac) if at_rung or self.status is Status.FINISHED else 0
-
     def _branch(self, n_steps: int) -> float:
         t0 = time.perf_counter()
-        peak = lr_at(max(0, self.step - 1), self.cfg, self.planned_steps, self.decay_anchor)  # where the run's own schedule stands
-        val, self.decayed = cooldown_branch(self, n_steps, peak,
-                                            lambda model: configure_optimizer(model, self.cfg, self.device))
+        peak = self.plan.lr(max(0, self.step - 1))  # where the run's own schedule stands
+        val, self.decayed = cooldown_branch(
+            self.model, self.optimizers, self.batch_gen, n_steps, peak, self.cfg.min_lr,
+            lambda model: configure_optimizer(model, self.cfg, self.device), self.train_step,
+            lambda model: self.evaluate(("val",), model=model)["val"], self.device.type == "cuda")
         self.branch_steps += n_steps
         self.branch_time += time.perf_counter() - t0
         return val
 
-    def _record_compile_speed(self) -> None:
-        if self._compiled_from is not None and self.compiler.compiled and self.step > self._compiled_from[0]:
-            step0, time0 = self._compiled_from
-            self.compiler.record_speed(self._eager_step_s, (self.train_time - time0) / (self.step - step0))
-
     # --- checkpoints ------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
+        sd = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizers[0].state_dict(),  # AdamW
-            "muon": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "train_time": self.train_time,
+            **optimizers_state(self.optimizers),  # optimizer (AdamW), muon
+            **self.loop.state_dict(),
             "compile_s": self.compiler.compile_s,
-            "elapsed": self.elapsed,
-            "status": self.status.value,
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
-            "planned_steps": self.planned_steps,
-            "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,
-            "branch_steps": self.branch_steps,
-            "branch_time": self.branch_time,
-            "eval_time": self.eval_time,
-            "rungs_done": self.rungs_done,
-            "rng_torch": torch.get_rng_state(),
-            "rng_batch": self.batch_gen.get_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            **self.plan.state_dict(),  # planned_steps, decay_anchor
+            **rng_state(self.batch_gen, self.device.type == "cuda"),
         }
+        return {k: sd[k] for k in STATE_KEYS}
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
-        saved = "muon" if sd.get("muon") else "adamw"
-        if saved != self.cfg.optimizer:
-            raise CheckpointError(f"this checkpoint was trained with the optimizer {saved}, not {self.cfg.optimizer}"
-                                  + (": it holds no Muon state" if saved == "adamw" else "")
-                                  + f"; resume it with the optimizer {saved}")
-        self.optimizers[0].load_state_dict(sd["optimizer"])
-        if len(self.optimizers) > 1:
-            self.optimizers[1].load_state_dict(sd["muon"])
-        self.step, self.tokens_seen = sd["step"], sd["tokens_seen"]
-        self.train_time, self.elapsed, self.status = sd["train_time"], sd["elapsed"], Status(sd["status"])
+        load_optimizers_state(self.optimizers, sd, self.cfg.optimizer)
+        self.loop = LoopState.from_state_dict(sd)
         self.compiler.compile_s = sd.get("compile_s", 0.0)
-        self.loss_sum, self.loss_count = sd.get("loss_sum", 0.0), sd.get("loss_count", 0)
-        self.branch_steps, self.branch_time = sd.get("branch_steps", 0), sd.get("branch_time", 0.0)
-        self.eval_time = sd.get("eval_time", 0.0)
-        self.rungs_done = sd.get("rungs_done", 0)
-        if self.cfg.budget_unit == "s" or self.cfg.fill_time_s is not None:  # planned by speed: the saved plan
-            self.planned_steps = sd.get("planned_steps") or self.planned_steps
-            anchor = sd.get("decay_anchor")
-            self.decay_anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
-            if self.cfg.fill_time_s is not None:
-                self.budget = self.planned_steps * self.step_spend
-        torch.set_rng_state(sd["rng_torch"])
-        self.batch_gen.set_state(sd["rng_batch"])
-        if self.device.type == "cuda" and sd["rng_cuda"]:
-            torch.cuda.set_rng_state_all(sd["rng_cuda"])
+        self.plan.load_state_dict(sd)  # planned by speed: the saved plan
+        load_rng_state(sd, self.batch_gen, self.device.type == "cuda")
 
     def save(self, directory: str | Path) -> Path:
         """Write model.pt (weights, optimizer, step, RNG), config.json and tokenizer.json."""
-        meta = {
-            "model": self.model_cfg.to_dict(),
-            "train": self.cfg.to_dict(),
-            "dataset": self.data.dataset,
-            "val_chars_per_token": self.data.val_chars_per_token,
-            "step": self.step,
-            "status": self.status.value,
-            "warmup_steps": warmup_steps(self.cfg, self.planned_steps),  # what a continuation must repeat
-            "decay_anchor": list(self.decay_anchor) if self.decay_anchor else None,  # (step, lr) a squeezed decay began
-            "history": self.history,
-        }
+        meta = run_meta(self.model_cfg, self.cfg, self.data, self.step, self.status.value, self.plan.warmup,
+                        self.decay_anchor, self.history)
         return write_checkpoint(directory, self.state_dict(), meta, self.decayed, self.tokenizer)
 
     def restore(self, directory: str | Path, checkpoint: tuple[dict, dict] | None = None) -> None:
@@ -688,13 +542,20 @@ class Trainer:
         """Train on from another run's checkpoint of this model (a search trial's stable weights): its weights,
         optimizer, spend and random streams, under this trainer's configuration and larger budget."""
         self.restore(directory)
-        self.planned_steps = self.config_plan  # the other run's plan is not this one's
-        self.decay_anchor = None
-        self.budget = float(self.cfg.max_steps if self.cfg.budget_unit == "steps" else self.cfg.budget)
+        self.plan.restart()  # the other run's plan is not this one's
         if not self._budget_left():
             raise UserError(f"{directory} has spent {self.spend:g} {self.cfg.budget_unit} already: nothing is left "
                             f"of a budget of {self.budget:g} to continue it")
         self.status = Status.RUNNING
+
+
+for _name in ("budget", "eval_every", "step_spend", "planned_steps", "total_steps", "rungs", "config_plan",
+              "decay_anchor"):
+    setattr(Trainer, _name, _Forward("plan", _name))
+for _name in (f.name for f in dataclasses.fields(LoopState)):
+    setattr(Trainer, _name, _Forward("loop", _name))
+Trainer._compiled_from = _Forward("compiler", "compiled_from")
+del _name
 
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
