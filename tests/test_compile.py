@@ -101,7 +101,7 @@ def test_auto_goes_back_to_eager_where_the_compiled_step_is_slower(data, monkeyp
     record says so, and auto never compiles that shape on this machine again."""
     def slow_step_compile(model, **kw):
         def forward(*a, **k):
-            time.sleep(0.01)
+            time.sleep(0.05)  # slower than any eager step of this model, even on a loaded machine
             return model(*a, **k)
         return forward
     monkeypatch.setattr(torch, "compile", slow_step_compile)
