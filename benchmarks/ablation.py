@@ -5,7 +5,9 @@ Tiny Shakespeare, char-level, 4 layers x 4 heads x 128, block 64, batch 12, drop
 matrices), at equal training FLOPs (each row's own FLOPs per token, nanoGPT's formula): 2e12 and 8e12 (the recipe's
 2,000 steps). Every model is scored by one evaluator (benchmarks.anchor.fixed_val_loss: the same 200 x 32 windows of
 the validation split). The default row is nanoGPT's architecture, which matches nanoGPT's model.py logit for
-logit (tests/test_model.py), so its figure is nanoGPT's own.
+logit (tests/test_model.py), so its figure is nanoGPT's own. Muon's rows are at equal model FLOPs too: its
+Newton-Schulz is not counted here (the search's FLOPs budgets count it), so they compare architectures, not
+optimizers.
 
 Plan, per (row, optimizer):
 1. 2e12: a learning-rate sweep (three values, a factor 2 apart; one more past the edge where the best is at an
