@@ -299,6 +299,8 @@ def test_a_trial_the_budget_stopped_before_its_first_report_is_out_of_time_not_n
     stays not_started. (On a loaded machine a laptop trial's first evaluation came after a 2-minute budget.)"""
     from types import SimpleNamespace
 
+    from ray.tune.experiment import Trial
+
     from tune.outcomes import CLOCK_FILE, describe, read_outcomes
     from tune.progress import OutcomeRecorder
 
@@ -307,13 +309,13 @@ def test_a_trial_the_budget_stopped_before_its_first_report_is_out_of_time_not_n
     (tmp_path / CLOCK_FILE).write_text(json.dumps({"running_s": 10.0}))  # the budget is spent
     recorder = OutcomeRecorder(tmp_path, 10.0, searcher)
     recorder.setup()
-    ran = SimpleNamespace(trial_id="ran", status="TERMINATED", last_result={})
-    drawn = SimpleNamespace(trial_id="drawn", status="PENDING", last_result={})
+    ran, drawn = Trial("t", stub=True, trial_id="ran"), Trial("t", stub=True, trial_id="drawn")  # Ray's own trials
+    ran.set_status(Trial.TERMINATED)
     recorder.on_trial_start(0, [ran, drawn], ran)
     recorder.on_experiment_end([ran, drawn])
     assert read_outcomes(tmp_path) == {"ran": {"outcome": "out_of_time", "spend": None, "train_spend": None,
                                                "step": None}}
-    assert told == [("ran", {"outcome": "out_of_time"})]
+    assert [(tid, r["outcome"]) for tid, r in told] == [("ran", "out_of_time")]
     assert describe("out_of_time", {"spend": None}) == "stopped by the search's time budget before its first evaluation"
 
 

@@ -288,10 +288,9 @@ class OutcomeRecorder(Callback):
             return
         recorded = read_outcomes(self.experiment_dir)
         for trial in trials:
-            started = trial.trial_id in getattr(self, "started", ()) or (trial.last_result or {}).get("step")
+            started = trial.trial_id in getattr(self, "started", ()) or trial.last_result.get("step")
             if trial.trial_id in recorded or trial.status != "TERMINATED" or not started:
                 continue
-            trial.last_result = trial.last_result or {}
             trial.last_result["outcome"] = Outcome.OUT_OF_TIME.value
             self._record(trial, Outcome.OUT_OF_TIME)
             if self.searcher is not None:
