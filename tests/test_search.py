@@ -408,6 +408,33 @@ def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):
     assert f"{best['trial_id']} continued from its stable checkpoint" in proc.stdout
 
 
+def test_rays_superseded_upload_of_a_vanished_temp_file_is_not_shown_every_other_error_is():
+    """CI run 9: on SIGTERM Ray logged, with a traceback, that an older background upload of its experiment state
+    failed on a temporary file of its own renamed under the copy ('.UUID-tmp-searcher-state-...pkl'); the forced
+    save after it uploads the whole state again and waits. That record is dropped; any other error stays."""
+    import logging
+
+    from tune.ray_env import EXPERIMENT_STATE_LOGGER, SupersededUpload, quiet_ray
+
+    def record(exc):
+        return logging.LogRecord(EXPERIMENT_STATE_LOGGER, logging.ERROR, __file__, 1, "Saving experiment state to "
+                                 "storage at '/r/term' failed with exception: ", None, (type(exc), exc, None))
+
+    vanished = FileNotFoundError("[Errno 2] Failed to open local file '/tmp/ray/session_1/artifacts/2/term/"
+                                 "driver_artifacts/.dcc6d5cb-6b22-tmp-searcher-state-2026-12-07_13-51-40.pkl'. "
+                                 "Detail: [errno 2] No such file or directory")
+    gone = FileNotFoundError("[Errno 2] Failed to open local file '/tmp/ray/session_1/artifacts/2/term/"
+                             "driver_artifacts/experiment_state-2026-12-07.json'")
+    full = OSError(28, "No space left on device")
+    f = SupersededUpload()
+    assert not f.filter(record(vanished))
+    assert f.filter(record(gone)) and f.filter(record(full))
+    assert f.filter(logging.LogRecord(EXPERIMENT_STATE_LOGGER, logging.WARNING, __file__, 1, "slow", None, None))
+    quiet_ray()
+    quiet_ray()
+    assert sum(isinstance(x, SupersededUpload) for x in logging.getLogger(EXPERIMENT_STATE_LOGGER).filters) == 1
+
+
 def test_sigterm_stops_the_search_for_resume_with_exit_143(tmp_path):
     """SIGTERM to the driver stops the search as Ctrl-C does: Ray saves its state, the line that continues it, exit
     143 (it ended in Ray's C++ abort, exit 134, with no line); no RUNNING trial is left in optuna.db, and a trial

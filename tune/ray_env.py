@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import socket
 import tempfile
@@ -74,6 +75,25 @@ def quiet_ray() -> None:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    state_log = logging.getLogger(EXPERIMENT_STATE_LOGGER)
+    if not any(isinstance(f, SupersededUpload) for f in state_log.filters):
+        state_log.addFilter(SupersededUpload())
+
+
+EXPERIMENT_STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+class SupersededUpload(logging.Filter):
+    """Drops one error Ray logs with a traceback that a user cannot act on and that changes nothing. Ray uploads the
+    experiment's state from a staging folder in the background; a forced save (at the search's end, on Ctrl-C or
+    SIGTERM) rewrites that folder while an older upload is still copying it, a temporary file Ray itself writes
+    there ('.UUID-tmp-searcher-state-...pkl') is renamed under the copy, and Ray logs the older upload's
+    FileNotFoundError. The forced save then uploads the whole state again and waits for it (tune.run's
+    checkpoint(force=True, wait=True)), so nothing is lost. Every other error, of that upload or any other, stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, FileNotFoundError) and re.search(r"/[^/']*tmp-[^/']*'", str(exc)) is not None)
 
 
 _LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
