@@ -37,6 +37,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, shakespeare_file, stamp, write_section
 
 OUT = ROOT / "benchmarks" / "ablation.json"
+SPEED_OUT = ROOT / "benchmarks" / "ablation_speed.json"  # the last --speed timing: {"measured": ..., "load": ..., "s": {row: s}}
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
 BATCH = 12
 MODERN = dict(pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, zero_init=True)
@@ -56,6 +57,9 @@ ROWS = {
 }
 LRS = {"adamw": [1e-3, 2e-3, 4e-3], "muon": [4e-3, 8e-3, 1.6e-2]}
 SEEDS = (0, 1, 2)
+# what a row's figures alone do not say, written under the table
+NOTES = {"swiglu": "SwiGLU alone with AdamW at lr 8e-3 was unstable: one of its three seeds ended near 2.43 (the row's "
+                   "sd 0.21)."}
 _DATA = None
 
 
@@ -188,7 +192,16 @@ def speed(rows: list[str], steps: int = 150, rounds: int = 3) -> dict[str, float
     return {r: statistics.median(v) for r, v in per.items()}
 
 
-def report(rows: list[str], opts: list[str], budgets: list[float], speeds: dict | None) -> None:
+def save_speed(speeds: dict[str, float]) -> None:
+    SPEED_OUT.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg()[0],
+                                     "s": speeds}, indent=1))
+
+
+def report(rows: list[str], opts: list[str], budgets: list[float]) -> None:
+    """RESULTS.md's section from every row in ablation.json (rows run by an earlier command included) and the last
+    `--speed` timing."""
+    done = {r["row"] for r in load().values()}
+    rows = [r for r in ROWS if r in done]
     lines = ["| row | optimizer | " + " | ".join(f"{b:.0e} lr | {b:.0e} val (mean ± sd, n) | vs default"
                                                     for b in budgets) + " |",
              "|---|---|" + "---|---|---|" * len(budgets)]
@@ -215,11 +228,15 @@ def report(rows: list[str], opts: list[str], budgets: list[float], speeds: dict 
                     sweep.append(f"{r}/{o}/{b:.0e}: " + ", ".join(f"lr {lr:g} {statistics.mean(v):.4f}"
                                                                   for lr, v in sorted(got.items())))
     speed_txt = ""
-    if speeds:
-        speed_txt = ("\nSeconds per training step at the recipe shape (AdamW, 1 thread, rows alternating, median of 3 "
+    if SPEED_OUT.is_file():
+        timed = json.loads(SPEED_OUT.read_text())
+        speeds = timed["s"]
+        speed_txt = (f"\nSeconds per training step (measured {timed['measured']} by `--speed`, load average "
+                     f"{timed['load']:.1f}) at the recipe shape (AdamW, 1 thread, rows alternating, median of 3 "
                      "rounds of 150 steps), against the default row:\n\n| row | ms/step | vs default |\n|---|---|---|\n"
                      + "\n".join(f"| {r} | {s * 1e3:.1f} | {s / speeds['baseline']:.2f}x |" for r, s in speeds.items())
-                     + f"\n\nLoad average while timing: {os.getloadavg()[0]:.1f}.\n")
+                     + "\n")
+    notes = "\n".join(NOTES[r] for r in rows if r in NOTES)
     body = f"""{stamp()}
 {__doc__.split(chr(10) + chr(10))[1]}
 
@@ -229,7 +246,9 @@ difference from the default architecture's (nanoGPT's) at its own best learning 
 {chr(10).join(lines)}
 
 Every run (seed-0 sweep, mean over the seeds run): {"; ".join(sweep)}.
-{speed_txt}"""
+{speed_txt}
+{notes}
+"""
     write_section("Architecture ablation (benchmarks/ablation.py)", body)
     print(body)
 
@@ -252,7 +271,9 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     if not args.report_only:
         plan(rows, args.big_rows.split(","), opts, budgets, args.workers, SEEDS[:args.seeds])
-    report(rows, opts, budgets, speed(rows) if args.speed else None)
+    if args.speed:
+        save_speed(speed(rows))
+    report(rows, opts, budgets)
 
 
 if __name__ == "__main__":
