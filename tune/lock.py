@@ -10,7 +10,7 @@ a new search or a --resume, is refused with one line while the first one runs.
   its process is gone; on the same host that is checked (the pid no longer runs); a lock from another host is
   refused with the path to delete once its process is known to be gone. Two runs starting in the same second
   can both pass (an object store offers no atomic create to pyarrow): the lock is read back after writing,
-  which narrows that window, and the README says so.
+  which narrows that window, and docs/reliability.md says so.
 """
 
 from __future__ import annotations
