@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--time-budget", type=float, default=780, help="the search's --time-budget, seconds")
     p.add_argument("--final-budget", default="8e12flops")
     p.add_argument("--threads", type=int, default=2, help="nanoGPT's threads (the final training takes the node's CPUs)")
+    p.add_argument("--ours", default="", metavar="FLAGS",
+                   help="more flags for our command, quoted (e.g. \"--ladder on\"); its RESULTS.md section names them")
     p.add_argument("--smoke-test", action="store_true",
                    help="a minute-long run of every part (20 recipe iterations, 2 tiny trials); RESULTS.md untouched")
     args = p.parse_args()
@@ -78,7 +80,7 @@ def main() -> None:
 
     # 2. the one command
     cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src),
-           "--final-budget", args.final_budget, "--time-budget", f"{args.time_budget:g}"]
+           "--final-budget", args.final_budget, "--time-budget", f"{args.time_budget:g}", *shlex.split(args.ours)]
     with our_search([*cmd[3:], *smoke, "--seed", "0"], "one") as run:
         search_wall, exp = run.wall_s, run.exp
         trials = report.load(exp)
@@ -109,7 +111,7 @@ def main() -> None:
     body = f"""{stamp()} Load average {load0:.1f} at the start, {load1:.1f} at the end (the machine is shared with other
 engineers' processes: wall times are inflated, FLOPs and losses are not); {anchor.wait_policy_note()}.
 
-`python -m benchmarks.beat_nanogpt --preset {args.preset} --time-budget {args.time_budget:g} --final-budget {args.final_budget}`.
+`python -m benchmarks.beat_nanogpt --preset {args.preset} --time-budget {args.time_budget:g} --final-budget {args.final_budget}{f" --ours {shlex.quote(args.ours)}" if args.ours else ""}`.
 Both models scored by one evaluator: the same 200 x 32 windows of 64 characters of tiny Shakespeare's
 validation split (nanoGPT's 90/10 split). Training FLOPs by nanoGPT's formula (6N + 12 L H Q T per token), plus, in
 ours, Muon's Newton-Schulz per step (the search's FLOPs budgets count it: Muon pays for what it computes).
@@ -143,7 +145,8 @@ The final model, prompt "ROMEO:", temperature 0.8, seed 1337:
     if not args.smoke_test:
         # each preset keeps its own section (the default's name is the one earlier runs wrote)
         write_section("Beat nanoGPT's CPU recipe (benchmarks/beat_nanogpt.py)"
-                      + ("" if args.preset == "shakespeare-muon" else f", --preset {args.preset}"), body)
+                      + ("" if args.preset == "shakespeare-muon" else f", --preset {args.preset}")
+                      + (f", ours with `{args.ours}`" if args.ours else ""), body)
 
 
 if __name__ == "__main__":

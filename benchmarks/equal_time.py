@@ -1,6 +1,6 @@
 """Equal wall-clock, the user's own choice: "I have 15 minutes of this machine".
 
-    python -m benchmarks.equal_time [--time 15m] [--preset shakespeare-muon] [--smoke-test]
+    python -m benchmarks.equal_time [--time 15m] [--preset shakespeare-muon] [--ours "--ladder on" ...] [--smoke-test]
 
 1. nanoGPT's CPU recipe (README, "I only have a macbook": 4 layers, 4 heads, 128 embd, block 64, batch 12, lr 1e-3,
    dropout 0, an evaluation every 250 iterations), run by nanoGPT's own train.py on a copy of
@@ -9,6 +9,8 @@
 2. Ours: `python -m tune.search --preset shakespeare-muon --data-file tinyshakespeare.txt --time-budget 15m
    --final-budget auto`: the time budget covers the search and the final training of its winner (tune.config
    splits it), on the same machine, right after.
+   With `--ours FLAGS` given more than once, each is one more run of our command with those flags added (e.g.
+   `--ours "--ladder off" --ours "--ladder on"`), one after the other, each given the same time: one row each.
 3. Both models scored by one evaluator (benchmarks.anchor.fixed_val_loss, as benchmarks/beat_nanogpt.py does): the
    same 200 x 32 windows of 64 characters of tiny Shakespeare's validation split.
 Goal (issue 17): ours lower, at 15 minutes and at 5. Each time has its own RESULTS.md section.
@@ -17,6 +19,7 @@ Goal (issue 17): ours lower, at 15 minutes and at 5. Each time has its own RESUL
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import statistics
@@ -31,7 +34,7 @@ from benchmarks.common import md_table, our_search, shakespeare_file, stamp, wri
 
 RECIPE_EVAL_INTERVAL = 250  # nanoGPT's config/train_shakespeare_char.py, which the recipe keeps
 # --smoke-test: tiny trials, so that every part (search, final training, both scores) runs within a minute
-SMOKE_SEARCH = ["--trial-budget", "4e10flops", "--eval-every", "2e10flops", "--grace-period", "2e10flops",
+SMOKE_SEARCH = ["--trial-budget", "1e11flops", "--eval-every", "5e10flops", "--grace-period", "5e10flops",
                 "--num-samples", "2"]
 
 
@@ -83,15 +86,19 @@ def run_ours(cmd: list[str], extra: list[str], val) -> dict:
     with our_search([*cmd[3:], *extra, "--seed", "0"], "eq") as run:
         exp = run.exp
         # its answer: final/, or best/ when no time was left for a final training (the command says which)
-        scored = "final" if (exp / "final" / "model.pt").is_file() else "best"
-        meta, _ = read_checkpoint(exp / scored)
-        model, _, _ = load_model(exp / scored)
         trials = report.load(exp)
         split = [ln for ln in run.stdout.splitlines() if ln.startswith(("time budget", "final budget", "final model"))]
-        return {"wall_s": run.wall_s, "val": anchor.fixed_val_loss(model, val), "own": meta["history"][-1]["val_loss"],
+        found = {"wall_s": run.wall_s, "top": report.top_table(trials, 5), "split": split,
+                 "outcomes": trials["outcome"].value_counts().to_dict()}
+        scored = next((d for d in ("final", "best") if (exp / d / "model.pt").is_file()), None)
+        if scored is None:  # no trial reached an evaluation in the time: no model to score (a row says so)
+            return {**found, "val": math.nan, "own": math.nan, "scored": "no model", "steps": 0, "params": 0,
+                    "continued_from": None}
+        meta, _ = read_checkpoint(exp / scored)
+        model, _, _ = load_model(exp / scored)
+        return {**found, "val": anchor.fixed_val_loss(model, val), "own": meta["history"][-1]["val_loss"],
                 "scored": scored, "steps": meta["history"][-1]["step"], "params": model.get_num_params(),
-                "continued_from": meta.get("continued_from"), "top": report.top_table(trials, 5),
-                "outcomes": trials["outcome"].value_counts().to_dict(), "split": split}
+                "continued_from": meta.get("continued_from")}
 
 
 def main() -> None:
@@ -100,6 +107,8 @@ def main() -> None:
     p.add_argument("--preset", default="shakespeare-muon")
     p.add_argument("--threads", type=int, default=2, help="nanoGPT's threads (ours: one per trial, the node's for "
                                                           "the final training)")
+    p.add_argument("--ours", action="append", default=None, metavar="FLAGS",
+                   help="flags added to our command (quoted, e.g. \"--ladder on\"); repeat for one run of ours each")
     p.add_argument("--calibration-iters", type=int, default=100)
     p.add_argument("--smoke-test", action="store_true",
                    help="1 minute (unless --time), 2 tiny trials, a 20-iteration calibration; RESULTS.md untouched")
@@ -132,12 +141,20 @@ def main() -> None:
 
     cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src), "--time-budget", text,
            "--final-budget", "auto"]
-    ours = run_ours(cmd, SMOKE_SEARCH if args.smoke_test else [], val)
-    loads.append(os.getloadavg()[0])
-    body = section(args, text, seconds, cal, recipe, ours, cmd, loads)
+    variants = [shlex.split(v) for v in (args.ours or [""])]
+    ours = []
+    for flags in variants:
+        ours.append(run_ours([*cmd, *flags], SMOKE_SEARCH if args.smoke_test else [], val))
+        print(f"ours {shlex.join(flags) or '(as is)'}: val {ours[-1]['val']:.4f} in {ours[-1]['wall_s']:.0f} s", flush=True)
+        loads.append(os.getloadavg()[0])
+    body = section(args, text, seconds, cal, recipe, list(zip(variants, ours)), cmd, loads)
     print(body)
     if not args.smoke_test:
-        write_section(f"Equal wall-clock, {text} (benchmarks/equal_time.py)", body)
+        # one section per (time, preset, variants): a run with other flags never overwrites another's figures
+        title = f"Equal wall-clock, {text}" + ("" if args.preset == "shakespeare-muon" else f", --preset {args.preset}")
+        if args.ours:
+            title += ", ours with " + " / ".join(f"`{v}`" for v in args.ours)
+        write_section(title + " (benchmarks/equal_time.py)", body)
 
 
 def _sizing_note(recipe: dict, seconds: float, cal: Calibration) -> str:
@@ -150,41 +167,46 @@ def _sizing_note(recipe: dict, seconds: float, cal: Calibration) -> str:
             f"so it had {'more' if recipe['wall_s'] > seconds else 'less'} time than ours.")
 
 
-def section(args, text: str, seconds: float, cal: Calibration, recipe: dict, ours: dict, cmd: list[str],
-            loads: list[float]) -> str:
-    margin = recipe["val"] - ours["val"]
-    model = ours["scored"] + "/" + (f", continued from trial {ours['continued_from']}" if ours["continued_from"] else "")
-    rows = [
-        ["nanoGPT's CPU recipe, nanoGPT's train.py", f"{recipe['iters']} iterations (kept: iteration {recipe['kept_iter']})",
-         f"{recipe['params']:,}", f"{recipe['wall_s']:.0f} s", f"**{recipe['val']:.4f}**", f"{recipe['own']:.4f}"],
-        [f"ours, `{args.preset}` ({model})", f"{ours['steps']} steps", f"{ours['params']:,}", f"{ours['wall_s']:.0f} s",
-         f"**{ours['val']:.4f}**", f"{ours['own']:.4f}"],
-    ]
-    split = "\n".join(f"    {ln}" for ln in ours["split"])
-    return f"""{stamp()} Load average {loads[0]:.1f} at the start, {loads[1]:.1f} after nanoGPT's run, {loads[2]:.1f} at the
-end (a shared machine inflates wall times; both were given {seconds:.0f} s, one after the other); {anchor.wait_policy_note()}.
+def section(args, text: str, seconds: float, cal: Calibration, recipe: dict, ours: list[tuple[list[str], dict]],
+            cmd: list[str], loads: list[float]) -> str:
+    rows = [["nanoGPT's CPU recipe, nanoGPT's train.py", f"{recipe['iters']} iterations (kept: iteration {recipe['kept_iter']})",
+             f"{recipe['params']:,}", f"{recipe['wall_s']:.0f} s", f"**{recipe['val']:.4f}**", f"{recipe['own']:.4f}", ""]]
+    details = []
+    for flags, run in ours:
+        margin = recipe["val"] - run["val"]
+        model = run["scored"] + "/" + (f", continued from trial {run['continued_from']}" if run["continued_from"] else "")
+        name = f"ours, `{args.preset}`" + (f" `{shlex.join(flags)}`" if flags else "") + f" ({model})"
+        rows.append([name, f"{run['steps']} steps", f"{run['params']:,}", f"{run['wall_s']:.0f} s", f"**{run['val']:.4f}**",
+                     f"{run['own']:.4f}", f"{margin:+.4f} ({'lower' if margin > 0 else 'not lower'})"])
+        split = "\n".join(f"    {ln}" for ln in run["split"])
+        details.append(f"""Ours{' with `' + shlex.join(flags) + '`' if flags else ''}:
 
-`python -m benchmarks.equal_time --time {text} --preset {args.preset}`. nanoGPT's recipe ran with
-`max_iters = lr_decay_iters = {recipe['iters']}`, sized from a calibration run of {cal.iters} iterations just before
-(start-up {cal.startup_s:.1f} s, {cal.step_s * 1000:.1f} ms an iteration, {cal.eval_s:.2f} s an evaluation every
-{RECIPE_EVAL_INTERVAL} iterations); its checkpoint is the one its train.py kept (best of its own evaluations). Both
-models scored by one evaluator: the same 200 x 32 windows of 64 characters of tiny Shakespeare's validation split.
-
-{md_table(["model", "trained", "params", "wall (whole run)", "val loss (one evaluator)", "val loss (its own print)"], rows)}
-
-Ours {'lower' if margin > 0 else 'not lower'}: margin {margin:+.4f} nats ({100 * margin / recipe['val']:+.1f}% of nanoGPT's).{_sizing_note(recipe, seconds, cal)}
-Our command (its wall time includes Ray's start and the report, which the time budget does not cover):
-
-    {shlex.join(cmd)}
+    {shlex.join([*cmd, *flags])}
 
 {split}
 
-Search: {', '.join(f'{n} {o}' for o, n in ours['outcomes'].items())}.
+Search: {', '.join(f'{n} {o}' for o, n in run['outcomes'].items())}.
 
 ```
-{ours['top']}
+{run['top']}
 ```
-"""
+""")
+    after = ", ".join(f"{x:.1f}" for x in loads[2:])
+    return f"""{stamp()} Load average {loads[0]:.1f} at the start, {loads[1]:.1f} after nanoGPT's run, {after} after each of
+ours (a shared machine inflates wall times; each was given {seconds:.0f} s, one after the other); {anchor.wait_policy_note()}.
+
+`python -m benchmarks.equal_time --time {text} --preset {args.preset}{''.join(f' --ours {shlex.quote(v)}' for v in (args.ours or []))}`.
+nanoGPT's recipe ran with `max_iters = lr_decay_iters = {recipe['iters']}`, sized from a calibration run of {cal.iters}
+iterations just before (start-up {cal.startup_s:.1f} s, {cal.step_s * 1000:.1f} ms an iteration, {cal.eval_s:.2f} s an
+evaluation every {RECIPE_EVAL_INTERVAL} iterations); its checkpoint is the one its train.py kept (best of its own
+evaluations). Every model scored by one evaluator: the same 200 x 32 windows of 64 characters of tiny Shakespeare's
+validation split. Margin: nanoGPT's loss minus ours (positive: ours lower).
+
+{md_table(["model", "trained", "params", "wall (whole run)", "val loss (one evaluator)", "val loss (its own print)", "margin"], rows)}
+{_sizing_note(recipe, seconds, cal)}
+Our command's wall time includes Ray's start and the report, which the time budget does not cover.
+
+{chr(10).join(details)}"""
 
 
 if __name__ == "__main__":
