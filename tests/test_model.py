@@ -301,6 +301,7 @@ def test_mup_scales_hidden_init_attention_and_output_by_width():
     mup.load_state_dict(sp.state_dict())  # the same weights: logits halved (ln_f's output enters lm_head / 2)
     sp.transformer.h, mup.transformer.h = torch.nn.ModuleList(), torch.nn.ModuleList()
     torch.testing.assert_close(mup(x, x)[0], sp(x, x)[0] / 2)
+    torch.testing.assert_close(mup(x)[0], sp(x)[0] / 2)  # sampling sees the logits training did
 
 
 def test_mup_attention_maps_use_its_scale():
