@@ -12,6 +12,12 @@ option) elsewhere (`architecture_problem`):
 tie_embeddings=False keeps lm_head's own weight in all three. logit_softcap and relu2 have no architecture.
 nanogpt: ckpt.pt and meta.pkl in nanoGPT's own format, which its sample.py reads: nanoGPT's architecture only.
 
+parametrization=mup exports in both formats, its two multipliers folded into weights every architecture has
+(`fold_mup`): the attention scale into q's rows of c_attn (Qwen3: into q_norm's weight, as q is normalised after
+its projection), the output multiplier 1/width_mult into the final norm's weight (and bias), which feeds lm_head
+alone, tied or not. The exported model is then a standard-parametrization model with the same logits; trained on
+elsewhere, it trains as one.
+
 Both hold weights only: model.pt's optimizer state and RNG stay behind. Writing needs torch, `tokenizers`
 and `safetensors`, not transformers.
 """
@@ -210,6 +216,24 @@ def _own(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", torch.float32).contiguous().clone()
 
 
+def fold_mup(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's state_dict with muP's attention scale and output multiplier folded into the weights (the
+    module doc); a standard model's own state_dict."""
+    cfg, sd = model.config, dict(model.state_dict())
+    if cfg.parametrization == "sp":
+        return sd
+    q_scale = cfg.attn_scale * math.sqrt(cfg.n_embd // cfg.n_head)  # what SP's 1/sqrt(head_dim) lacks
+    names = [f"transformer.h.{i}.attn.c_attn.{kind}" for i in range(cfg.n_layer) for kind in ("weight", "bias")]
+    for name in names if not cfg.qk_norm else ():  # qk_norm: q_norm's weight (rope_state_dict)
+        if name in sd:
+            sd[name] = sd[name].clone()
+            sd[name][: cfg.n_embd] *= q_scale  # q's rows: c_attn's output splits as q, k, v
+    for name in ("transformer.ln_f.weight", "transformer.ln_f.bias"):  # rmsnorm: model.norm (rope_state_dict)
+        if name in sd:
+            sd[name] = sd[name] / cfg.width_mult
+    return sd
+
+
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The weights under the names of the architecture hf_config picks. A tied lm_head.weight is left out
     (transformers ties it to the token embedding again on load)."""
@@ -222,9 +246,11 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def rope_state_dict(model: GPT, arch: str) -> dict[str, torch.Tensor]:
     """LlamaForCausalLM's or Qwen3ForCausalLM's weights: c_attn's rows cut into q, k and v, c_fc's into gate and up
     (swiglu's chunk order), and weights of ones for their RMSNorms, where ours have none."""
-    cfg, sd = model.config, model.state_dict()
+    cfg, sd = model.config, fold_mup(model)
     C, hs = cfg.n_embd, cfg.n_embd // cfg.n_head
-    out = {"model.embed_tokens.weight": _own(sd["transformer.wte.weight"]), "model.norm.weight": torch.ones(C)}
+    q_norm = cfg.attn_scale * math.sqrt(hs)  # muP's attention scale where qk_norm takes it (fold_mup); sp: 1
+    out = {"model.embed_tokens.weight": _own(sd["transformer.wte.weight"]),
+           "model.norm.weight": torch.full((C,), 1.0 / cfg.width_mult)}  # muP's output multiplier; sp: ones
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = _own(sd["lm_head.weight"])
     kinds = ("weight", "bias") if cfg.bias else ("weight",)
@@ -240,7 +266,7 @@ def rope_state_dict(model: GPT, arch: str) -> dict[str, torch.Tensor]:
         out[f"{theirs}input_layernorm.weight"] = torch.ones(C)
         out[f"{theirs}post_attention_layernorm.weight"] = torch.ones(C)
         if arch == "qwen3":
-            out[f"{theirs}self_attn.q_norm.weight"] = torch.ones(hs)
+            out[f"{theirs}self_attn.q_norm.weight"] = torch.full((hs,), q_norm)
             out[f"{theirs}self_attn.k_norm.weight"] = torch.ones(hs)
     return out
 
@@ -248,7 +274,7 @@ def rope_state_dict(model: GPT, arch: str) -> dict[str, torch.Tensor]:
 def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The weights under GPT2LMHeadModel's names."""
     cfg, out = model.config, {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in fold_mup(model).items():
         if name == "lm_head.weight" and cfg.tie_embeddings:
             continue
         out[name] = _own(tensor.t() if name.endswith(_CONV1D) else tensor)
@@ -293,7 +319,7 @@ def nanogpt_dataset_name(meta: dict) -> str:
 
 def write_nanogpt(model: GPT, tokenizer, meta: dict, out: Path) -> None:
     ckpt = {
-        "model": model.state_dict(),
+        "model": fold_mup(model),
         # nanoGPT's GPTConfig takes its own fields alone (architecture_problem: ours are at nanoGPT's values)
         "model_args": {k: v for k, v in model.config.to_dict().items() if k in NANOGPT_FIELDS},
         "config": {**meta.get("train", {}), "dataset": nanogpt_dataset_name(meta)},
@@ -331,6 +357,7 @@ def _made_by(checkpoint: Path) -> str:
 
 def _stored_as(cfg: GPTConfig, arch: str) -> str:
     untied = "" if cfg.tie_embeddings else ", with an lm_head of its own"
+    untied += ", trained with muP (its multipliers folded into the weights)" * (cfg.parametrization == "mup")
     if arch == "gpt2":
         return f"with nanoGPT's architecture{untied}, stored as a GPT-2 with exact GELU"
     parts = "rotary positions, RMSNorm without parameters (weights of ones here), a SwiGLU MLP"

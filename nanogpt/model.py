@@ -4,8 +4,20 @@ A state_dict saved by nanoGPT's model.py loads here with strict=True and gives t
 logits: the module tree (transformer.wte, transformer.h.N.attn.c_attn, lm_head, ...) and
 the initialisation follow nanoGPT exactly. What is added: config checks, FLOPs per token,
 per-head attention maps for teaching, and today's options (rotary positions, RMSNorm, ReLU^2 or SwiGLU
-MLPs, QK-norm, an untied lm_head, logit soft-capping, zero-init output projections), each off by default:
-a default GPTConfig is nanoGPT's model.
+MLPs, QK-norm, an untied lm_head, logit soft-capping, zero-init output projections) and the maximal update
+parametrization (muP), each off by default: a default GPTConfig is nanoGPT's model.
+
+muP (parametrization "mup"; Yang et al. 2022, "Tensor Programs V", as EleutherAI's nanoGPT-mup does it for a
+nanoGPT) makes the best learning rate hold as n_embd grows, with width_mult = n_embd / mup_base_width:
+- attention logits scaled by 1/head_dim, not 1/sqrt(head_dim): here sqrt(base_head_dim) / head_dim, with
+  base_head_dim = mup_base_width / n_head, so that at the base width muP is nanoGPT's model (nanoGPT-mup's plain
+  1/head_dim differs from SP at every width);
+- the input of lm_head multiplied by 1/width_mult (nanoGPT-mup's output multiplier; there only with targets,
+  here in sampling too, so generation sees the logits training did);
+- the blocks' matrices (c_attn, c_fc, c_proj) initialised with std / sqrt(width_mult). c_proj keeps GPT-2's
+  1/sqrt(2 n_layer) (a depth factor, not a width one; nanoGPT-mup drops it), again so the base width is SP;
+- their learning rate divided by width_mult, and AdamW's eps too (nanogpt.train.configure_optimizer).
+Embeddings, norms, biases and lm_head keep their init and learning rate.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from nanogpt.errors import UserError
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")
+PARAMETRIZATIONS = ("sp", "mup")
 NORM_EPS = 1e-6  # RMSNorm's epsilon (ln_*, qk_norm), Llama's and Qwen3's
 
 
@@ -56,9 +69,12 @@ class GPTConfig:
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2); 0 = off
     # output projections (every c_proj, and an untied lm_head) start at zero, as modded-nanogpt and nanochat
     zero_init: bool = False
+    # sp = standard, nanoGPT's; mup = maximal update parametrization: the best learning rate holds across widths
+    parametrization: Literal["sp", "mup"] = "sp"
+    mup_base_width: int = 128  # mup: the n_embd at which mup is sp (same init, logits and learning rates)
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mup_base_width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
@@ -69,7 +85,8 @@ class GPTConfig:
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name, choices in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+        for name, choices in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS),
+                              ("parametrization", PARAMETRIZATIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("bias", "qk_norm", "tie_embeddings", "zero_init"):
@@ -91,6 +108,19 @@ class GPTConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def width_mult(self) -> float:
+        """muP's width multiplier n_embd / mup_base_width; 1 under sp."""
+        return self.n_embd / self.mup_base_width if self.parametrization == "mup" else 1.0
+
+    @property
+    def attn_scale(self) -> float:
+        """What q.k is multiplied by: 1/sqrt(head_dim) (sp), sqrt(base_head_dim)/head_dim (mup, see the module doc)."""
+        hs = self.n_embd // self.n_head
+        if self.parametrization == "sp":
+            return 1.0 / math.sqrt(hs)
+        return math.sqrt(self.mup_base_width / self.n_head) / hs
+
     def architecture(self) -> str:
         """The options in words, e.g. 'rope, rmsnorm, relu2 MLP, qk_norm, untied lm_head, zero init'."""
         parts = ["learned positions" if self.pos_emb == "learned" else
@@ -98,6 +128,7 @@ class GPTConfig:
                  self.norm, f"{self.mlp} MLP"]
         parts += ["qk_norm"] * self.qk_norm + ["tied lm_head" if self.tie_embeddings else "untied lm_head"]
         parts += [f"logit softcap {self.logit_softcap:g}"] * (self.logit_softcap > 0) + ["zero init"] * self.zero_init
+        parts += [f"muP (base width {self.mup_base_width})"] * (self.parametrization == "mup")
         return ", ".join(parts)
 
 
@@ -167,6 +198,8 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.qk_norm = config.qk_norm
+        # sp: None, SDPA's own 1/sqrt(head_dim), so nanoGPT's model calls exactly what nanoGPT calls
+        self.scale = config.attn_scale if config.parametrization == "mup" else None
 
     def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, C = x.size()
@@ -185,8 +218,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self._qkv(x, rope)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
+            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=True,
+            scale=self.scale)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -194,7 +227,8 @@ class CausalSelfAttention(nn.Module):
         """Softmax attention probabilities (B, nh, T, T), computed explicitly for inspection."""
         T = x.size(1)
         q, k, _ = self._qkv(x, rope)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(k.size(-1))
+        att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, T)
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~mask, float("-inf"))
         return F.softmax(att, dim=-1)
@@ -264,6 +298,10 @@ class GPT(nn.Module):
         for pn, p in self.named_parameters():
             if pn.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.parametrization == "mup":  # the blocks' matrices: variance / width_mult (module doc)
+            with torch.no_grad():
+                for p in hidden_matrices(self):
+                    p.mul_(1.0 / math.sqrt(config.width_mult))
         if config.zero_init:  # every block starts as the identity, and an untied lm_head predicts uniformly
             for pn, p in self.named_parameters():
                 if pn.endswith("c_proj.weight") or (pn == "lm_head.weight" and not config.tie_embeddings):
@@ -303,6 +341,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, rope)
         x = self.transformer.ln_f(x)
+        if self.config.parametrization == "mup":
+            x = x * (1.0 / self.config.width_mult)  # muP's output multiplier, on lm_head's input as nanoGPT-mup
 
         if targets is not None:
             logits = self._softcap(self.lm_head(x))  # (b, t, vocab_size)
@@ -383,6 +423,11 @@ class GPT(nn.Module):
             x = block(x, rope)
         self.train(was_training)
         return torch.stack(maps)  # (n_layer, nh, t, t)
+
+
+def hidden_matrices(model: GPT) -> list[nn.Parameter]:
+    """The 2-D weights inside the blocks: muP's hidden matrices, and what Muon takes."""
+    return [p for p in model.transformer.h.parameters() if p.dim() == 2]
 
 
 def resolve_device(device: str) -> torch.device:

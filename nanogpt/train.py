@@ -28,7 +28,7 @@ from nanogpt.cooldown import cooldown_branch
 from nanogpt.amounts import UNITS, parse_amount, parse_duration
 from nanogpt.batches import TokenData, get_batch
 from nanogpt.errors import UserError
-from nanogpt.model import GPT, GPTConfig, resolve_device
+from nanogpt.model import GPT, GPTConfig, hidden_matrices, resolve_device
 from nanogpt.muon import Muon, newton_schulz_flops
 # lr_at, step_spend, warmup_steps, wsd_decay_start: nanogpt.plan's, imported from here too
 from nanogpt.plan import (PROBE_STEPS, FillClock, RunPlan, lr_at, step_spend, warmup_steps,  # noqa: F401
@@ -49,7 +49,7 @@ def default_eval_every(budget: float, unit: str) -> float:
 
 def muon_matrices(model: GPT) -> list[torch.nn.Parameter]:
     """What Muon takes with --optimizer muon: the 2-D weights inside the blocks."""
-    return [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+    return [p for p in hidden_matrices(model) if p.requires_grad]
 
 
 def optimizer_flops(model: GPT, optimizer: str) -> int:
@@ -184,12 +184,23 @@ class TrainConfig:
         return asdict(self)
 
 
+ADAM_EPS = 1e-8  # torch's default, as nanoGPT's
+
+
 def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
-    """The optimizers of a run: [AdamW] or [AdamW, Muon], stepped together with one learning rate.
+    """The optimizers of a run: [AdamW] or [AdamW, Muon], stepped together with one learning rate schedule.
 
     AdamW has nanoGPT's groups: weight decay on tensors of 2+ dims (matmuls, embeddings), not on biases or
     norms. With cfg.optimizer "muon", the 2-D weights inside the blocks go to Muon instead; Muon's
-    "match_rms_adamw" scales its update to AdamW's RMS, so both share the learning rate schedule."""
+    "match_rms_adamw" scales its update to AdamW's RMS, so both share the learning rate schedule.
+
+    muP (model.config.parametrization "mup", width_mult = n_embd / mup_base_width): a group's "lr_scale" multiplies
+    the scheduled learning rate (Trainer.train_step). With AdamW the blocks' matrices take lr / width_mult, and every
+    group eps / width_mult, as EleutherAI's nanoGPT-mup. With Muon they take lr / sqrt(width_mult): muP asks for an
+    update of spectral norm ~ sqrt(fan_out / fan_in), width-free for these matrices (Yang, Simon & Bernstein 2023,
+    "A Spectral Condition for Feature Learning"); an orthogonalized update has spectral norm 1, and match_rms_adamw
+    multiplies it by 0.2 sqrt(max(fan_out, fan_in)), which grows as sqrt(width). Muon's own "original" rule
+    would need no correction, but would no longer share AdamW's learning rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     muon = muon_matrices(model) if cfg.optimizer == "muon" else []
     in_muon = {id(p) for p in muon}
@@ -197,11 +208,21 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> l
     decay = [p for p in rest if p.dim() >= 2]
     no_decay = [p for p in rest if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    mup, width_mult = model.config.parametrization == "mup", model.config.width_mult
+    if mup:
+        if not muon:  # AdamW takes the hidden matrices: a group of their own
+            hidden = {id(p) for p in muon_matrices(model)}
+            groups = [{"params": [p for p in decay if id(p) not in hidden], "weight_decay": cfg.weight_decay},
+                      {"params": [p for p in decay if id(p) in hidden], "weight_decay": cfg.weight_decay,
+                       "lr_scale": 1.0 / width_mult}, groups[1]]
+        groups = [{"lr_scale": 1.0, "eps": ADAM_EPS / width_mult, **g} for g in groups]
     # fused AdamW: one kernel for all parameters; measured fastest on CPU here too (benchmarks/RESULTS.md)
     optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)]
+        torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=ADAM_EPS, fused=True)]
     if muon:
-        optimizers.append(Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+        muon_group = {"params": muon, **({"lr_scale": 1.0 / math.sqrt(width_mult)} if mup else {})}
+        optimizers.append(Muon([muon_group], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                               adjust_lr_fn="match_rms_adamw"))
     return optimizers
 
 
@@ -390,7 +411,7 @@ class Trainer:
         cfg, B, T = self.cfg, self.cfg.batch_size, self.model_cfg.block_size
         for opt in optimizers:
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # muP's per-group scale (configure_optimizer)
         x, y = get_batch(self.data.train, T, B, batch_gen)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         own = model is self.model  # the run's model may be compiled; a cooldown branch's copy trains eager

@@ -29,8 +29,9 @@ def test_the_shape_key_holds_the_model_options():
     assert "=" not in plain  # a default model keeps the key its records were measured under
     keys = {C.shape_key(GPTConfig(n_layer=1, n_head=2, n_embd=16, **kw), 4, cpu) for kw in
             [dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"), dict(mlp="swiglu"), dict(qk_norm=True),
-             dict(tie_embeddings=False), dict(logit_softcap=30.0), dict(zero_init=True), dict(rope_theta=500.0)]}
-    assert len(keys) == 9 and plain not in keys
+             dict(tie_embeddings=False), dict(logit_softcap=30.0), dict(zero_init=True), dict(rope_theta=500.0),
+             dict(parametrization="mup")]}
+    assert len(keys) == 10 and plain not in keys
     assert "mlp=swiglu" in C.shape_key(GPTConfig(n_layer=1, n_head=2, n_embd=16, mlp="swiglu"), 4, cpu)
 
 
@@ -180,7 +181,7 @@ def test_compiled_losses_equal_eager_and_checkpoints_move_between_them(data, tmp
 @pytest.mark.slow
 def test_compiled_model_options_give_eager_losses(data):
     options = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False,
-                   logit_softcap=15.0, zero_init=True)
+                   logit_softcap=15.0, zero_init=True, parametrization="mup", mup_base_width=8)
     eager = make(data, model=options).run()
     compiled_trainer = make(data, model=options, compile="on")
     compiled = compiled_trainer.run()

@@ -38,7 +38,11 @@ def test_search_json_written_before_the_redesign_still_resumes(tmp_path):
     with pytest.raises(UserError, match="--pos-emb: old was searched with learned, this command says rope"):
         config_from_args(build_parser().parse_args([*OLD, "--pos-emb", "rope", "--resume", "--results-dir",
                                                     str(tmp_path)]))
-    assert set(config.space_sampler().space_json) >= {"pos_emb", "mlp", "qk_norm", "zero_init"}
+    assert set(config.space_sampler().space_json) >= {"pos_emb", "mlp", "qk_norm", "zero_init", "parametrization"}
+    assert config.space_sampler().space_json["parametrization"] == "sp"
+    with pytest.raises(UserError, match="--parametrization: old was searched with sp, this command says mup"):
+        config_from_args(build_parser().parse_args([*OLD, "--parametrization", "mup", "--resume", "--results-dir",
+                                                    str(tmp_path)]))
     # a changed setting is still refused, naming its flag
     with pytest.raises(UserError, match="--seed: old was searched with 3, this command says 4"):
         config_from_args(build_parser().parse_args([*OLD[:-4], "--seed", "4", "--resume", "--results-dir",
@@ -46,7 +50,8 @@ def test_search_json_written_before_the_redesign_still_resumes(tmp_path):
 
 
 def test_help_shows_every_default():
-    assert "90% train" in build_parser().format_help()  # and formats: a '%' in a setting's help is no format code
+    assert "90% train" in build_parser().format_help()
+    assert "--parametrization" in build_parser().format_help() and "muP" in build_parser().format_help()  # and formats: a '%' in a setting's help is no format code
     actions = [a for a in build_parser()._actions if a.help and a.option_strings != ["-h", "--help"]]
     flags = {a.option_strings[0] for a in actions}
     for f in SearchConfig.__dataclass_fields__.values():

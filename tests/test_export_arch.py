@@ -43,6 +43,15 @@ EXPORTABLE = {
     "qwen3": ("Qwen3ForCausalLM", dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False)),
     "qwen3-untied": ("Qwen3ForCausalLM", dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False,
                                               tie_embeddings=False, zero_init=True, rope_theta=1e6)),
+    # muP at width_mult 2 (n_embd 16, base 8): its multipliers folded into q's projection (q_norm) and the final norm
+    "gpt2-mup": ("GPT2LMHeadModel", dict(parametrization="mup", mup_base_width=8)),
+    "gpt2-mup-untied-nobias": ("GPT2LMHeadModel", dict(parametrization="mup", mup_base_width=8, tie_embeddings=False,
+                                                       bias=False)),
+    "llama-mup": ("LlamaForCausalLM", dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", parametrization="mup",
+                                           mup_base_width=8)),
+    "qwen3-mup-untied": ("Qwen3ForCausalLM", dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True,
+                                                  bias=False, tie_embeddings=False, parametrization="mup",
+                                                  mup_base_width=32)),
 }
 
 
@@ -96,6 +105,22 @@ def test_export_refuses_an_option_without_an_equivalent_in_one_line_writing_noth
 def test_nanogpt_export_of_rope_points_at_hf_only_where_hf_takes_it():
     assert "--format hf" in architecture_problem(dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu"), "nanogpt")
     assert "--format hf" not in architecture_problem(dict(mlp="relu2"), "nanogpt")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_nanogpt_export_of_mup_folds_it_into_nanogpts_model_with_our_logits(bias, tmp_path):
+    """nanoGPT has no muP: its attention scale and output multiplier go into c_attn's q rows and ln_f, and
+    nanoGPT's model (ours at its defaults) computes the muP model's logits."""
+    ckpt = _checkpoint(tmp_path / "ckpt", parametrization="mup", mup_base_width=8, bias=bias)
+    out = export(ckpt, tmp_path / "ng", "nanogpt")
+    saved = torch.load(out / "ckpt.pt", weights_only=True)
+    theirs = GPT(GPTConfig(**saved["model_args"]))
+    theirs.load_state_dict(saved["model"])
+    ours, tok, _ = load_model(ckpt)
+    x = torch.randint(0, tok.vocab_size, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(x, x)[0] - theirs.eval()(x, x)[0]).abs().max().item() < 1e-5
+    assert architecture_problem(dict(parametrization="mup"), "hf") is None
 
 
 def test_nanogpt_format_holds_nanogpts_config_fields_alone(tmp_path):

@@ -175,6 +175,7 @@ OPTIONS = {
     "zero_init": dict(zero_init=True),
     "all": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False,
                 logit_softcap=15.0, zero_init=True, bias=False),
+    "mup": dict(parametrization="mup", mup_base_width=8),
 }
 
 
@@ -194,8 +195,8 @@ def test_each_option_forward_shape_and_initial_loss(kw):
 
 def test_the_default_config_is_nanogpts():
     cfg = GPTConfig()
-    assert (cfg.pos_emb, cfg.norm, cfg.mlp, cfg.qk_norm, cfg.tie_embeddings, cfg.logit_softcap, cfg.zero_init) == \
-        ("learned", "layernorm", "gelu", False, True, 0.0, False)
+    assert (cfg.pos_emb, cfg.norm, cfg.mlp, cfg.qk_norm, cfg.tie_embeddings, cfg.logit_softcap, cfg.zero_init,
+            cfg.parametrization) == ("learned", "layernorm", "gelu", False, True, 0.0, False, "sp")
     names = [n for n, _ in GPT(tiny()).named_modules()]
     assert "rotary" not in " ".join(names) and "transformer.h.0.mlp.gelu" in names
 
@@ -262,10 +263,54 @@ def test_logit_softcap_bounds_logits_in_training_and_sampling():
 
 @pytest.mark.parametrize("kw", [dict(pos_emb="alibi"), dict(norm="batchnorm"), dict(mlp="geglu"), dict(qk_norm=1),
                                 dict(tie_embeddings="no"), dict(logit_softcap=-1.0), dict(rope_theta=0.0),
-                                dict(pos_emb="rope", n_embd=6, n_head=2)])
+                                dict(pos_emb="rope", n_embd=6, n_head=2), dict(parametrization="mu-p"),
+                                dict(mup_base_width=0), dict(mup_base_width=64.0)])
 def test_option_errors(kw):
     with pytest.raises(ValueError, match=next(iter(kw)) if "n_embd" not in kw else "even"):
         tiny(**kw)
+
+
+# --- muP (parametrization "mup"): at its base width it is sp ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{}, OPTIONS["all"]], ids=["nanogpt", "all"])
+def test_mup_at_its_base_width_is_sp_logit_for_logit(kw):
+    x = torch.randint(0, 23, (3, 16), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    sp = GPT(tiny(**kw))
+    torch.manual_seed(0)
+    mup = GPT(tiny(parametrization="mup", mup_base_width=16, **kw))
+    assert torch.equal(sp(x, x)[0], mup(x, x)[0]) and torch.equal(sp(x)[0], mup(x)[0])
+    assert torch.equal(sp.attention_maps(x[:1]), mup.attention_maps(x[:1]))
+
+
+def test_mup_scales_hidden_init_attention_and_output_by_width():
+    """n_embd 256 over a base of 128: width_mult 2; head size 64 against the base's 32."""
+    cfg = tiny(n_embd=256, n_head=4, vocab_size=65, parametrization="mup", mup_base_width=128)
+    assert cfg.width_mult == 2.0 and cfg.attn_scale == pytest.approx(math.sqrt(32) / 64)
+    assert "muP (base width 128)" in cfg.architecture() and "muP" not in tiny().architecture()
+    torch.manual_seed(0)
+    sp = GPT(tiny(n_embd=256, n_head=4, vocab_size=65))
+    torch.manual_seed(0)
+    mup = GPT(cfg)
+    ratio = {n: (p.std() / dict(sp.named_parameters())[n].std()).item() for n, p in mup.named_parameters()}
+    for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        assert ratio[f"transformer.h.0.{name}.weight"] == pytest.approx(1 / math.sqrt(2), rel=1e-5)
+    assert ratio["transformer.wte.weight"] == 1.0 and ratio["transformer.wpe.weight"] == 1.0
+    x = torch.randint(0, 65, (2, 16))
+    mup.load_state_dict(sp.state_dict())  # the same weights: logits halved (ln_f's output enters lm_head / 2)
+    sp.transformer.h, mup.transformer.h = torch.nn.ModuleList(), torch.nn.ModuleList()
+    torch.testing.assert_close(mup(x, x)[0], sp(x, x)[0] / 2)
+    torch.testing.assert_close(mup(x)[0], sp(x)[0] / 2)  # sampling sees the logits training did
+
+
+def test_mup_attention_maps_use_its_scale():
+    torch.manual_seed(0)
+    m = GPT(tiny(parametrization="mup", mup_base_width=8)).eval()
+    attn, x = m.transformer.h[0].attn, torch.randn(1, 7, 16)
+    q, k, _ = attn._qkv(x)
+    ref = ((q @ k.transpose(-2, -1)) * 0.25).masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), float("-inf"))
+    torch.testing.assert_close(attn.attention_weights(x), ref.softmax(-1))  # sqrt(8 / 2) / 8 = 0.25
 
 
 def _rope_reference(x: torch.Tensor, theta: float) -> torch.Tensor:

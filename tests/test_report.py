@@ -112,6 +112,8 @@ def test_the_summary_names_the_best_trials_architecture():
     modern = pd.Series({**HPARAM_DEFAULTS, "pos_emb": "rope", "mlp": "relu2", "qk_norm": np.bool_(True),
                         "zero_init": True, "tie_embeddings": False, "logit_softcap": np.float64(30)})
     assert _architecture(modern) == "rope, layernorm, relu2 MLP, qk_norm, untied lm_head, logit softcap 30, zero init"
+    mup = pd.Series({**HPARAM_DEFAULTS, "parametrization": "mup", "mup_base_width": np.int64(64)})
+    assert _architecture(mup) == "learned positions, layernorm, gelu MLP, tied lm_head, muP (base width 64)"
 
 
 def test_pareto_front():

@@ -27,6 +27,9 @@ from tune.space import HPARAMS, PRESETS, Hparams, SpaceSampler, largest, parse_r
     ("qk-norm", "true,false", CategoricalDistribution((True, False))),
     ("tie-embeddings", "false", False),
     ("logit-softcap", "0,15,30", CategoricalDistribution((0.0, 15.0, 30.0))),
+    ("parametrization", "sp,mup", CategoricalDistribution(("sp", "mup"))),
+    ("parametrization", "mup", "mup"),
+    ("mup-base-width", "64", 64),
 ])
 def test_parse_range(flag, text, expected):
     assert parse_range(flag, text) == expected
@@ -49,6 +52,8 @@ def test_parse_range(flag, text, expected):
     ("norm", "1", "layernorm or rmsnorm"),
     ("qk-norm", "maybe", "not true or false"),
     ("logit-softcap", "-1", ">= 0"),
+    ("parametrization", "ntk", "sp or mup"),
+    ("mup-base-width", "0", "positive"),
 ])
 def test_parse_range_rejects(flag, text, needle):
     with pytest.raises(UserError) as e:
@@ -227,11 +232,36 @@ def test_a_trial_config_from_before_the_architecture_takes_nanogpts():
         GPTConfig().architecture() == "learned positions, layernorm, gelu MLP, tied lm_head"
 
 
+def test_the_parametrization_is_searched_or_fixed(tmp_path):
+    """--parametrization sp,mup searches it (each trial's model takes the drawn one, at --mup-base-width);
+    --parametrization mup fixes it; a search.json or trial from before it takes sp."""
+    cfg = _config("--parametrization", "sp,mup", "--head-dim", "16,32", "--mup-base-width", "64", tmp_path=tmp_path)
+    assert cfg.space_specs()["parametrization"] == CategoricalDistribution(("sp", "mup"))
+    sampler = SpaceSampler(cfg.space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        constants = sampler(trial)  # samples first: trial.params fills as it does
+        model = Hparams.from_config({**trial.params, **constants}).model_config(vocab_size=65)
+        assert model.mup_base_width == 64
+        seen.add(model.parametrization)
+        study.tell(trial, 1.0)
+    assert seen == {"sp", "mup"}
+    fixed = _config("--parametrization", "mup", tmp_path=tmp_path)
+    assert fixed.space["parametrization"] == "mup" and fixed.space["mup_base_width"] == 128
+    line = Hparams.from_config({**fixed.space, "n_layer": 2, "n_head": 2, "learning_rate": 1e-2, "batch_size": 32})
+    assert line.line().endswith(" mup") and "muP (base width 128)" in line.model_config(65).architecture()
+    assert with_defaults({})["parametrization"] == "sp" and _config(tmp_path=tmp_path).space["parametrization"] == "sp"
+    assert Hparams.from_config(dict(n_layer=2, n_head=2, head_dim=16, dropout=0.0, learning_rate=1e-3, batch_size=16,
+                                    block_size=64, weight_decay=0.1)).model_config(65).parametrization == "sp"
+
+
 def test_dry_run_shows_the_searched_architecture(run, tmp_path):
-    proc = run("tune.search", "--dry-run", "--pos-emb", "learned,rope", "--mlp", "relu2", "--results-dir",
-               str(tmp_path))
+    proc = run("tune.search", "--dry-run", "--pos-emb", "learned,rope", "--mlp", "relu2", "--parametrization",
+               "sp,mup", "--results-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert '"pos_emb": {' in proc.stdout and '"mlp": "relu2"' in proc.stdout
+    assert '"pos_emb": {' in proc.stdout and '"mlp": "relu2"' in proc.stdout and '"parametrization": {' in proc.stdout
     assert "relu2 MLP" in proc.stdout  # the first trial's architecture
     assert not any(tmp_path.iterdir())
 

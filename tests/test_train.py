@@ -17,7 +17,7 @@ METRICS = {"step", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_p
 
 # every GPTConfig option away from nanoGPT's
 ALL_OPTIONS = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False,
-                   logit_softcap=15.0, zero_init=True)
+                   logit_softcap=15.0, zero_init=True, parametrization="mup", mup_base_width=8)
 
 
 make = make_trainer  # conftest: a 1-layer model, 40 steps of 8, an evaluation every 10
@@ -84,8 +84,10 @@ def test_train_loss_from_steps_evaluates_val_only(data):
 
 @pytest.mark.parametrize("opts", [dict(train_loss_from="eval"), dict(train_loss_from="steps"),
                                   # every model option, under Muon and wsd with cooldown branches
-                                  dict(model=ALL_OPTIONS, optimizer="muon", schedule="wsd", cooldown_rungs=[20.0])],
-                         ids=["eval", "steps", "all-options"])
+                                  dict(model=ALL_OPTIONS, optimizer="muon", schedule="wsd", cooldown_rungs=[20.0]),
+                                  dict(model=dict(parametrization="mup", mup_base_width=8), schedule="wsd",
+                                       cooldown_rungs=[20.0])],
+                         ids=["eval", "steps", "all-options", "mup-adamw"])
 def test_resume_equals_uninterrupted(data, tmp_path, opts):
     opts = dict(dropout=0.1, **opts)
     # the process dies right after its step-20 checkpoint
@@ -143,7 +145,8 @@ def test_checkpoint_files_and_errors(data, tmp_path):
 
 @pytest.mark.parametrize("option", [dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"), dict(mlp="swiglu"),
                                     dict(qk_norm=True), dict(tie_embeddings=False), dict(logit_softcap=3.0),
-                                    dict(zero_init=True)], ids=lambda kw: "-".join(map(str, kw.values())))
+                                    dict(zero_init=True), dict(parametrization="mup", mup_base_width=8)],
+                         ids=lambda kw: "-".join(map(str, kw.values())))
 def test_each_option_saves_and_loads(data, tmp_path, option):
     t = make(data, model=option, max_steps=10)
     t.run()
@@ -172,6 +175,44 @@ def test_a_config_json_from_before_the_options_loads_and_resumes(data, tmp_path)
     assert [m["val_loss"] for m in resumed.run()] == [m["val_loss"] for m in t.history]
 
 
+# --- muP: learning rates per group --------------------------------------------------------------------------------
+
+
+def _lrs(trainer) -> list[list[float]]:
+    return [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_mup_at_its_base_width_trains_as_sp(data, optimizer):
+    """Same seed, same init, same learning rates (AdamW's hidden matrices in a group of their own), same losses."""
+    sp = make(data, optimizer=optimizer, max_steps=20)
+    mup = make(data, model=dict(parametrization="mup", mup_base_width=16), optimizer=optimizer, max_steps=20)
+    assert [m["val_loss"] for m in sp.run()] == [m["val_loss"] for m in mup.run()]
+    assert {lr for opt in _lrs(sp) for lr in opt} == {lr for opt in _lrs(mup) for lr in opt} == {sp.plan.lr(19)}
+    for a, b in zip(sp.model.state_dict().values(), mup.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_mup_scales_the_hidden_matrices_learning_rate_by_width():
+    """n_embd 256 over a base of 128: AdamW gives the blocks' matrices lr / 2 (eps / 2 too), Muon lr / sqrt(2); the
+    embeddings, norms and biases keep lr."""
+    from nanogpt.model import GPT, hidden_matrices
+    from nanogpt.train import configure_optimizer
+
+    model = GPT(GPTConfig(block_size=16, vocab_size=23, n_layer=1, n_head=4, n_embd=256, parametrization="mup",
+                          mup_base_width=128))
+    hidden = {id(p) for p in hidden_matrices(model)}
+    cpu = torch.device("cpu")
+    (adamw,) = configure_optimizer(model, TrainConfig(learning_rate=1e-2), cpu)
+    scales = {(g["lr_scale"], g["eps"], all(id(p) in hidden for p in g["params"])) for g in adamw.param_groups}
+    assert scales == {(1.0, 5e-9, False), (0.5, 5e-9, True)}
+    assert sum(len(g["params"]) for g in adamw.param_groups if g["lr_scale"] == 0.5) == 4
+    adamw, muon = configure_optimizer(model, TrainConfig(learning_rate=1e-2, optimizer="muon"), cpu)
+    assert {id(p) for p in muon.param_groups[0]["params"]} == hidden
+    assert muon.param_groups[0]["lr_scale"] == pytest.approx(2 ** -0.5)
+    assert {g["lr_scale"] for g in adamw.param_groups} == {1.0}
+
+
 def test_a_rope_config_does_not_load_learned_weights(data, tmp_path):
     import json
 
@@ -189,12 +230,13 @@ def test_train_cli_takes_the_model_options(tmp_path):
                    "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
                    "--eval-iters", "1", "--out", str(out), "--sample-tokens", "3", "--compile", "off",
                    "--pos-emb", "rope", "--norm", "rmsnorm", "--mlp", "relu2", "--qk-norm", "true",
-                   "--tie-embeddings", "false", "--logit-softcap", "30", "--zero-init", "true", "--rope-theta", "500")
+                   "--tie-embeddings", "false", "--logit-softcap", "30", "--zero-init", "true", "--rope-theta", "500",
+                   "--parametrization", "mup", "--mup-base-width", "8")
     assert proc.returncode == 0, proc.stderr
     _, _, meta = load_model(out)
     assert {k: meta["model"][k] for k in ALL_OPTIONS | {"rope_theta": 0}} == dict(
         pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, logit_softcap=30.0,
-        zero_init=True, rope_theta=500.0)
+        zero_init=True, rope_theta=500.0, parametrization="mup", mup_base_width=8)
     assert_one_line_error(run_cli("nanogpt.train", "--dataset", "counting", "--pos-emb", "rope", "--n-head", "2",
                                   "--n-embd", "6", "--out", str(tmp_path / "odd")), "even")
 

@@ -21,7 +21,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   distribution_to_json, json_to_distribution)
 
 from nanogpt.errors import UserError
-from nanogpt.model import MLPS, NORMS, POS_EMBS, GPTConfig
+from nanogpt.model import MLPS, NORMS, PARAMETRIZATIONS, POS_EMBS, GPTConfig
 from nanogpt.train import OPTIMIZERS, TrainConfig
 
 Spec = Union[BaseDistribution, int, float, str]
@@ -68,6 +68,10 @@ class Hparams:
                                short="softcap", fmt="g", default=0.0, table=False)
     zero_init: bool = _hp("zero-init", "output projections (and an untied lm_head) start at zero: true or false",
                           "choice", choices=(False, True), short="zero_init", default=False, table=False)
+    parametrization: str = _hp("parametrization", "sp (standard, nanoGPT's) or mup (muP: the best learning rate "
+                               "holds as n_embd grows)", "choice", choices=PARAMETRIZATIONS, default="sp", table=False)
+    mup_base_width: int = _hp("mup-base-width", "mup: the n_embd at which mup equals sp (its learning rates and "
+                              "init)", "positive", short="mup_base", default=128, table=False)
 
     @property
     def n_embd(self) -> int:
@@ -118,7 +122,8 @@ class Hparams:
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
 HPARAM_DEFAULTS = {f.name: f.default for f in fields(Hparams) if f.default is not MISSING}  # the fields added later
-ARCHITECTURE = ("pos_emb", "norm", "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "zero_init")  # GPTConfig's
+ARCHITECTURE = ("pos_emb", "norm", "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "zero_init",  # GPTConfig's
+                "parametrization", "mup_base_width")
 # the columns a trial is shown by: the hyperparameters, with the model's width n_embd for head_dim
 SHOWN = [("n_embd" if h == "head_dim" else h) for h in HPARAMS]
 TABLE = [("n_embd" if f.name == "head_dim" else f.name) for f in fields(Hparams) if f.metadata["table"]]
