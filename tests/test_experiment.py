@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from nanogpt.errors import UserError
-from tune.experiment import best_checkpoint, read_trials
+from tune.experiment import best_checkpoint, latest_checkpoint, read_trials
 
 BLOB = {"_type": "CLOUDPICKLE_FALLBACK", "value": "80054e2e"}  # pickle of None, as Ray embeds it
 
@@ -71,10 +71,12 @@ def test_reads_trials_statuses_results_checkpoints_errors(exp):
     assert best_checkpoint(a) == exp / "trial_a" / "checkpoint_000001"
     assert best_checkpoint(a, "val_loss", "max") == exp / "trial_a" / "checkpoint_000002"
     assert best_checkpoint(a, "no_such_metric") is None
+    # the newest on disk, whatever its loss: a finished trial's stable weights where it stopped (benchmarks/regret.py)
+    assert latest_checkpoint(a) == exp / "trial_a" / "checkpoint_000002"
     assert b.error.endswith("RuntimeError: boom\n") and a.error is None
     assert best_checkpoint(b) == exp / "trial_b" / "checkpoint_000000"  # the NaN one is never best
     assert math.isnan(b.last_result["val_loss"])
-    assert not c.path.exists() and c.results == [] and c.checkpoints == {}
+    assert not c.path.exists() and c.results == [] and c.checkpoints == {} and latest_checkpoint(c) is None
     assert c.config == {"n_layer": 1, "learning_rate": 1e-3}  # from experiment_state, no params.json yet
     assert d.results == [] and d.last_result is None
 

@@ -120,6 +120,12 @@ def best_checkpoint(trial: TrialRecord, metric: str = "val_loss", mode: Literal[
     return trial.path / pick(scored)[1]
 
 
+def latest_checkpoint(trial: TrialRecord) -> Path | None:
+    """The trial's newest checkpoint directory on disk (what Ray's Result.checkpoint names: under wsd, its stable
+    weights where it stopped); None if it has none."""
+    return trial.path / list(trial.checkpoints)[-1] if trial.checkpoints else None
+
+
 def _trial_states(path: Path) -> dict[str, dict] | None:
     """trial_id -> the plain JSON fields Ray saved for it (status, relative_logdir, config...), from the
     newest experiment_state file that parses (Ray copies it in from a staging dir: a read can catch it

@@ -9,10 +9,9 @@ trials climb to the final budget instead (tune.ladder): `final_training` chooses
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
-from nanogpt.checkpoint import MODEL_FILE, patch_meta
+from nanogpt.checkpoint import MODEL_FILE
 from nanogpt.errors import UserError
 from tune import scaling
 from tune.config import SearchConfig, format_amount
@@ -91,10 +90,8 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     """--final-budget: the trial plan_final picks, trained once more for that budget as a Ray task on a whole
     node; writes final/. None when there is nothing to train. `seconds_left`: what --final-budget auto may use.
     `grid`: what the search's `Tuner.fit()` returned (--final-from continue)."""
-    import ray
-
     from tune.space import HPARAMS
-    from tune.trainable import train_final
+    from tune.trainable import train_on_node
 
     plan = plan_final(config, trials, seconds_left)
     if plan is None:
@@ -103,30 +100,10 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     exp = config.experiment_dir
     final = exp / FINAL_DIR
     hp = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in HPARAMS}
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
-    gpus = 1 if config.gpus_per_trial > 0 else 0
     start, how = _final_start(config, best, grid)
-    print(f"\nfinal training: {how} to {config.budget_text(config.final_budget)} "
-          f"on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
-    from ray.util.queue import Queue
-
-    from tune.progress import follow_final
-
-    queue = Queue(actor_options={"num_cpus": 0})  # a CPU-free actor: the task holds the node's CPUs
-    ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(exp / (FINAL_DIR + ".partial")), queue,
-                      start, seconds_left if config.final_auto else None)
-    out = follow_final(ref, queue, config.final_budget, config.budget_unit)
-    queue.shutdown()
-    tmp = exp / (FINAL_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    patch_meta(out["files"], chosen_by=choice)
-    for name, blob in out["files"].items():
-        (tmp / name).write_bytes(blob)
-    tmp.rename(final)
-    shutil.rmtree(exp / (FINAL_DIR + ".partial"), ignore_errors=True)
+    out = train_on_node(config, data_ref, tokenizer, hp, start, final,
+                        f"final training: {how} to {config.budget_text(config.final_budget)}",
+                        seconds_left if config.final_auto else None, chosen_by=choice)
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")

@@ -30,13 +30,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from nanogpt.checkpoint import MODEL_FILE, last_eval, patch_meta, raw_meta
+from nanogpt.checkpoint import MODEL_FILE, last_eval, raw_meta
 from nanogpt.errors import UserError
 from nanogpt.files import write_json
 from tune.config import SearchConfig, format_amount
@@ -483,11 +482,7 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
                  trial_files: Callable[[str], dict[str, bytes]]) -> dict | None:
     """The winner's ladder run continued to the final budget (then decayed) into final/, as a Ray task on a whole
     node, as tune.final's train_winner; final/config.json records the ladder and the learning rate."""
-    import ray
-    from ray.util.queue import Queue
-
-    from tune.progress import follow_final
-    from tune.trainable import train_final
+    from tune.trainable import train_on_node
 
     exp = config.experiment_dir
     if seconds_left is not None and seconds_left <= 0:
@@ -499,33 +494,18 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
              if (own / MODEL_FILE).is_file() else trial_files(winner))
     final_cfg = dataclasses.replace(config, final_budget=state["final_budget"])
     hp = {**e["hp"], "learning_rate": e["lr"]}
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
-    gpus = 1 if config.gpus_per_trial > 0 else 0
     at = last_eval(raw_meta(files)).get("spend", e["spend"])
-    print(f"\nfinal training: ladder winner {winner} (trial winner {state['raw_winner']}) continued from "
-          f"{config.budget_text(at)} to {config.budget_text(state['final_budget'])} at lr {e['lr']:.2e}"
-          + (f", filling the {seconds_left:.0f} s left" if seconds_left is not None else "")
-          + f" on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
-    queue = Queue(actor_options={"num_cpus": 0})
-    ref = task.remote(hp, data_ref, tokenizer.to_dict(), final_cfg, str(exp / "final.partial"), queue,
-                      {"trial_id": winner, "files": files}, seconds_left)
-    out = follow_final(ref, queue, state["final_budget"], config.budget_unit)
-    queue.shutdown()
-    patch_meta(out["files"],
-               chosen_by={"by": "ladder", "chosen": winner, "raw_winner": state["raw_winner"],
-                          "reason": "best cooldown-branch loss at the ladder's last level" if state["steps"] else
-                          "no ladder level above the trials' spend below the final budget: the trial winner"},
-               ladder=record(state), horizon_lr={"beta": state["horizon_lr_beta"], "horizon": state["horizon"],
-                                                 "trial_lr": e["trial_lr"], "lr": e["lr"], "trial_spend": e["spend"]})
-    tmp, final = exp / "final.tmp", exp / "final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, blob in out["files"].items():
-        (tmp / name).write_bytes(blob)
-    tmp.rename(final)
-    shutil.rmtree(exp / "final.partial", ignore_errors=True)
+    final = exp / "final"
+    out = train_on_node(
+        final_cfg, data_ref, tokenizer, hp, {"trial_id": winner, "files": files}, final,
+        f"final training: ladder winner {winner} (trial winner {state['raw_winner']}) continued from "
+        f"{config.budget_text(at)} to {config.budget_text(state['final_budget'])} at lr {e['lr']:.2e}"
+        + (f", filling the {seconds_left:.0f} s left" if seconds_left is not None else ""), seconds_left,
+        chosen_by={"by": "ladder", "chosen": winner, "raw_winner": state["raw_winner"],
+                   "reason": "best cooldown-branch loss at the ladder's last level" if state["steps"] else
+                   "no ladder level above the trials' spend below the final budget: the trial winner"},
+        ladder=record(state), horizon_lr={"beta": state["horizon_lr_beta"], "horizon": state["horizon"],
+                                          "trial_lr": e["trial_lr"], "lr": e["lr"], "trial_spend": e["spend"]})
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after "
           f"{format_amount(m.get('spend', 0), config.budget_unit)} ({m.get('step')} steps, {out['wall_s']:.0f} s on "

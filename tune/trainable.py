@@ -1,5 +1,5 @@
 """The Ray Tune function trainable: trial config -> Hparams -> nanogpt's Trainer, and the final training
-of the winner as a Ray task.
+of the winner as a Ray task (train_final; train_on_node runs it from the driver and writes its directory).
 
 Every evaluation becomes one `tune.report(metrics, checkpoint=...)`, so ASHA sees each evaluation and a
 retried trial continues from its last checkpoint. The search's settings arrive once, as the frozen
@@ -151,3 +151,35 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
     last = trainer.history[-1] if trainer.history else {}
     return {"files": files, "metrics": last, "threads": torch.get_num_threads(), "device": device,
             "status": trainer.status.value, "wall_s": time.time() - t0}
+
+
+def train_on_node(config: SearchConfig, data_ref, tokenizer, hp: dict, start: dict | None, dest: Path, say: str,
+                  time_limit_s: float | None = None, **meta) -> dict:
+    """`hp` trained to config.final_budget as one Ray task on a whole node (train_final), continued
+    from a trial's stable checkpoint (`start`: {"trial_id", "files"}) or from scratch, each evaluation shown; `dest`
+    written whole, `meta` patched into its config.json. DEST.partial holds its checkpoints meanwhile, so a rerun
+    continues it. `say`: the line that opens it (the node's CPUs are added). Returns train_final's answer."""
+    from ray.util.queue import Queue
+
+    from tune.progress import follow_final
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
+    gpus = 1 if config.gpus_per_trial > 0 else 0
+    print(f"\n{say} on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
+    queue = Queue(actor_options={"num_cpus": 0})  # a CPU-free actor: the task holds the node's CPUs
+    partial = dest.with_name(dest.name + ".partial")
+    ref = task.remote(hp, data_ref, tokenizer.to_dict(), config, str(partial), queue, start, time_limit_s)
+    out = follow_final(ref, queue, config.final_budget, config.budget_unit)
+    queue.shutdown()
+    patch_meta(out["files"], **meta)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, blob in out["files"].items():
+        (tmp / name).write_bytes(blob)
+    tmp.rename(dest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
