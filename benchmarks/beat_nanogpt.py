@@ -48,7 +48,7 @@ def main() -> None:
     if args.smoke_test:
         recipe_flags.update(max_iters=20, lr_decay_iters=20, eval_interval=10)
         args.final_budget = "1e11flops"
-        smoke = ["--trial-budget", "4e10flops", "--eval-every", "2e10flops", "--grace-period", "2e10flops",
+        smoke = ["--trial-budget", "1e11flops", "--eval-every", "5e10flops", "--grace-period", "5e10flops",
                  "--num-samples", "2"]
 
     from nanogpt.checkpoint import load_model, read_checkpoint
