@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-search", action="store_true", help="run `tune.search FLAGS` (given after --) first, kept")
     p.add_argument("--results-dir", type=Path, default=ROOT / "results", help="where --run-search keeps its search")
     p.add_argument("--top", type=int, default=5, help="the oracle's trials: the best N at the trial budget")
+    p.add_argument("--beta", type=float, default=None,
+                   help="the oracle's horizon rule lr x (final / trial spend)^-BETA in place of the search's (issue 26 "
+                        "item 2: which rule serves better); its runs go to regret-betaB/, its section is its own")
     p.add_argument("--smoke-test", action="store_true",
                    help="every part in a minute or two (a 2-trial search with the ladder, top 2, tiny budgets, in a "
                         "temporary directory); RESULTS.md untouched")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke_test:
         with tempfile.TemporaryDirectory() as tmp:
             exp = run_search([*SMOKE_FLAGS, "--data-file", str(shakespeare_file())], Path(tmp), "smoke")
-            measure(exp, top=2, write=False)
+            measure(exp, top=2, write=False, beta=args.beta)
         return
     if bool(args.results) == args.run_search:
         p.error("give --results DIR or --run-search -- FLAGS...")
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         exp = run_search(flags, args.results_dir, time.strftime("regret-%Y%m%d-%H%M%S"))
     else:
         exp = args.results
-    measure(exp, args.top, write=True)
+    measure(exp, args.top, write=True, beta=args.beta)
 
 
 def run_search(flags: list[str], results_dir: Path, name: str) -> Path:
@@ -110,7 +113,17 @@ def _rank(row) -> int | None:
     return None if pd.isna(row["rank"]) else int(row["rank"])
 
 
-def continue_trials(exp: Path, config, rows) -> None:
+def oracle_dir(beta: float | None) -> str:
+    """Where the oracle's runs go: regret/ at the search's own horizon rule, regret-betaB/ at another."""
+    return REGRET_DIR if beta is None else f"{REGRET_DIR}-beta{beta:g}"
+
+
+def search_beta(config) -> float:
+    """The horizon rule's beta the search's own final training used: the ladder's; without it, the trial's lr."""
+    return config.horizon_lr_beta if config.ladder == "on" else 0.0
+
+
+def continue_trials(exp: Path, config, rows, beta: float | None = None) -> None:
     """Each row's trial continued to the final budget into regret/<trial_id>/ (tune.trainable.train_on_node: one Ray
     task on the whole node at a time), the done ones skipped."""
     import ray
@@ -123,12 +136,13 @@ def continue_trials(exp: Path, config, rows) -> None:
     from tune.space import HPARAMS
     from tune.trainable import train_on_node
 
-    todo = [r for _, r in rows.iterrows() if not (exp / REGRET_DIR / r["trial_id"] / MODEL_FILE).is_file()]
+    out = exp / oracle_dir(beta)
+    todo = [r for _, r in rows.iterrows() if not (out / r["trial_id"] / MODEL_FILE).is_file()]
     if not todo:
         return
     records = {t.trial_id: t for t in read_trials(exp)}
     data, tokenizer = prepare_data(config)  # the search's own tokens (its cache)
-    beta = config.horizon_lr_beta if config.ladder == "on" else 0.0  # the ladder's rule; off: the trial's lr
+    beta = search_beta(config) if beta is None else beta
     quiet_ray()
     init_ray(config, None, False)
     try:
@@ -141,7 +155,7 @@ def continue_trials(exp: Path, config, rows) -> None:
             lr = horizon_lr(float(hp["learning_rate"]), float(r["train_spend"]), config.final_budget, beta)
             start = {"trial_id": r["trial_id"], "files": {f.name: f.read_bytes() for f in src.iterdir() if f.is_file()}}
             train_on_node(config, data_ref, tokenizer, {**hp, "learning_rate": lr}, start,
-                          exp / REGRET_DIR / r["trial_id"],
+                          out / r["trial_id"],
                           f"oracle {i}/{len(todo)}: {r['trial_id']} (rank {_rank(r) or '-'}) continued from "
                           f"{config.budget_text(r['train_spend'])} to {config.budget_text(config.final_budget)} at "
                           f"lr {lr:.2e}",
@@ -166,7 +180,7 @@ def score(dirs: dict[str, Path]) -> dict[str, tuple[float, float]]:
             for name, (m, _, meta) in models.items()}
 
 
-def measure(exp: Path, top: int, write: bool) -> None:
+def measure(exp: Path, top: int, write: bool, beta: float | None = None) -> None:
     """The oracle's runs (trained where missing), every model scored, the table printed (and written: `write`)."""
     from nanogpt.checkpoint import MODEL_FILE, raw_meta
     from tune import report
@@ -184,43 +198,47 @@ def measure(exp: Path, top: int, write: bool) -> None:
     if rows.empty:
         sys.exit(f"{exp}: no trial finished its budget")
     t0 = time.time()
-    continue_trials(exp, config, rows)
+    continue_trials(exp, config, rows, beta)
     train_s = time.time() - t0
-    losses = score({"final": exp / "final", **{t: exp / REGRET_DIR / t for t in rows["trial_id"]}})
-    body = section(exp, config, rows, losses, pick, final_meta, train_s, top)
+    out = oracle_dir(beta)
+    losses = score({"final": exp / "final", **{t: exp / out / t for t in rows["trial_id"]}})
+    body = section(exp, config, rows, losses, pick, final_meta, train_s, top, beta)
     print(body)
     if write:
-        write_section(SECTION, body)
+        write_section(SECTION + ("" if beta is None else f", the oracle at beta {beta:g}"), body)
 
 
 def section(exp: Path, config, rows, losses: dict, pick: str | None, final_meta: dict, train_s: float,
-            top: int) -> str:
+            top: int, beta: float | None = None) -> str:
     """RESULTS.md's section: the oracle's table, the search's final model, the two regrets."""
     best_id = min(rows["trial_id"], key=lambda t: losses[t][0])
     best, winner = losses[best_id][0], rows.iloc[0]["trial_id"]
     final_loss, final_own = losses["final"]
     # rounded first: a pick that is the oracle's best reads +0.0000, not -0.0000
     regret_pick, regret_winner = round(final_loss - best, 4) + 0.0, round(losses[winner][0] - best, 4) + 0.0
-    rule = (f"lr x (final / trial spend)^-{config.horizon_lr_beta:g}" if config.ladder == "on"
-            else "the trial's own: no ladder")
+    used = search_beta(config) if beta is None else beta
+    rule = (f"lr x (final / trial spend)^-{used:g}" if used else "the trial's own learning rate")
+    rule = (f"the search's: {rule}" if beta is None else f"{rule}, in place of the search's beta "
+            f"{search_beta(config):g}")
     return f"""{stamp()} Losses do not depend on the machine's load (only the wall times do).
 
-`python -m benchmarks.regret --results {exp}`, on the search
+`python -m benchmarks.regret --results {exp}{'' if beta is None else f' --beta {beta:g}'}`, on the search
 
     {config.command or 'python -m tune.search (its command line was not recorded)'}
 
 The search used the ladder: **{'yes' if config.ladder == 'on' else 'no'}**. The oracle: the top {top} finished
 trials by their trial-budget val_loss ({config.budget_text(config.trial_budget)} a trial), each continued from its
 stable checkpoint to the final budget {config.budget_text(config.final_budget)} by the final training's own code
-(tune.trainable.train_on_node), at the search's learning rate for the horizon ({rule}), into
-`{REGRET_DIR}/<trial_id>/` ({train_s:.0f} s of training this run). One evaluator: the same 200 x 32 windows of tiny
+(tune.trainable.train_on_node), at a learning rate for the horizon ({rule}), into
+`{oracle_dir(beta)}/<trial_id>/` ({train_s:.0f} s of training this run). One evaluator: the same 200 x 32 windows of tiny
 Shakespeare's validation split (benchmarks.anchor.fixed_val_loss); "own" is each run's last val_loss.
 
 {md_table(["trial", "rank", "n_layer", "n_embd", "lr (trial -> horizon)", "batch", "optimizer",
            "trial-budget val_loss", "final-budget loss (one evaluator)", "own val_loss"],
-          _rows(exp, rows, losses, [(winner, "trial winner"), (pick, "search's pick"), (best_id, "oracle's best")]))}
+          _rows(exp / oracle_dir(beta), rows, losses,
+                [(winner, "trial winner"), (pick, "search's pick"), (best_id, "oracle's best")]))}
 
-{_final_line(config, final_meta, pick, losses)}
+{_final_line(config, final_meta, pick, losses, beta)}
 
 - Regret of the search's pick: {final_loss:.4f} - {best:.4f} = **{regret_pick:+.4f} nats** (goal <= {GOAL}:
   **{'met' if regret_pick <= GOAL else 'missed'}**).
@@ -229,13 +247,13 @@ Shakespeare's validation split (benchmarks.anchor.fixed_val_loss); "own" is each
 """
 
 
-def _rows(exp: Path, rows, losses: dict, marks: list[tuple]) -> list[list]:
+def _rows(out: Path, rows, losses: dict, marks: list[tuple]) -> list[list]:
     """The oracle's table: each trial's configuration, trial-budget loss and rank, final-budget losses."""
     from nanogpt.checkpoint import raw_meta
 
     out = []
     for _, r in rows.iterrows():
-        tid, lr = r["trial_id"], raw_meta(exp / REGRET_DIR / r["trial_id"])["oracle"]["lr"]
+        tid, lr = r["trial_id"], raw_meta(out / r["trial_id"])["oracle"]["lr"]
         said = [m for t, m in marks if t == tid]
         moved = f" -> {lr:.2e}" if abs(lr - r["learning_rate"]) > 1e-12 else ""
         out.append([f"`{tid}`" + (f" ({', '.join(said)})" if said else ""), _rank(r) or f"- ({r['outcome']})",
@@ -244,7 +262,7 @@ def _rows(exp: Path, rows, losses: dict, marks: list[tuple]) -> list[list]:
     return out
 
 
-def _final_line(config, final_meta: dict, pick: str | None, losses: dict) -> str:
+def _final_line(config, final_meta: dict, pick: str | None, losses: dict, beta: float | None = None) -> str:
     """The search's final/ model, and how far the oracle's run of the same trial is from it."""
     final_loss, final_own = losses["final"]
     chosen = final_meta.get("chosen_by") or {}
@@ -255,6 +273,8 @@ def _final_line(config, final_meta: dict, pick: str | None, losses: dict) -> str
         return line + "."
     why = ("the ladder's stable phase in steps against one run to the final budget" if config.ladder == "on"
            else "the same code path from the same checkpoint")
+    if beta is not None and beta != search_beta(config):
+        why += f", and the oracle's beta {beta:g} against the search's {search_beta(config):g}"
     gap = round(losses[pick][0] - final_loss, 4) + 0.0
     return line + f"; the oracle's run of that trial: {losses[pick][0]:.4f} ({gap:+.4f}: {why})."
 
