@@ -32,6 +32,7 @@ import torch
 from benchmarks import anchor
 from benchmarks.common import md_table, our_search, shakespeare_file, stamp, write_section
 
+TIME_TOLERANCE = 0.05  # nanoGPT's run must end within 5% of its time (issue 26), else it is resized and rerun
 RECIPE_EVAL_INTERVAL = 250  # nanoGPT's config/train_shakespeare_char.py, which the recipe keeps
 # --smoke-test: tiny trials, so that every part (search, final training, both scores) runs within a minute
 SMOKE_SEARCH = ["--trial-budget", "1e11flops", "--eval-every", "5e10flops", "--grace-period", "5e10flops",
@@ -110,6 +111,9 @@ def main() -> None:
     p.add_argument("--ours", action="append", default=None, metavar="FLAGS",
                    help="flags added to our command (quoted, e.g. \"--ladder on\"); repeat for one run of ours each")
     p.add_argument("--calibration-iters", type=int, default=100)
+    p.add_argument("--no-resize", dest="resize", action="store_false",
+                   help="keep nanoGPT's first run even where it missed its time by more than 5%% (default: resized "
+                        "by its own pace and run again)")
     p.add_argument("--smoke-test", action="store_true",
                    help="1 minute (unless --time), 2 tiny trials, a 20-iteration calibration; RESULTS.md untouched")
     args = p.parse_args()
@@ -136,6 +140,16 @@ def main() -> None:
           f"{cal.step_s * 1000:.1f} ms, evaluation {cal.eval_s:.2f} s -> max_iters {max_iters} for {seconds:.0f} s",
           flush=True)
     recipe = run_recipe(work, args.threads, max_iters, val)
+    if args.resize and abs(recipe["wall_s"] / seconds - 1) > TIME_TOLERANCE:
+        # nanoGPT has no clock: a calibration of a few iterations misjudged its long run (runs of 15 min went 12-27%
+        # past). Resized by its own measured pace and run again; the first run is reported beside it.
+        per_iter = (recipe["wall_s"] - cal.startup_s) / (max_iters + 1)
+        resized = max(RECIPE_EVAL_INTERVAL, round((seconds - cal.startup_s) / per_iter / RECIPE_EVAL_INTERVAL)
+                      * RECIPE_EVAL_INTERVAL)
+        print(f"nanoGPT's run took {recipe['wall_s']:.0f} s of {seconds:.0f}: again with max_iters {resized}", flush=True)
+        first, recipe = recipe, run_recipe(work, args.threads, resized, val)
+        recipe["first"] = first
+        print(f"nanoGPT's recipe: {resized} iterations in {recipe['wall_s']:.0f} s, val {recipe['val']:.4f}", flush=True)
     print(f"nanoGPT's recipe: {max_iters} iterations in {recipe['wall_s']:.0f} s, val {recipe['val']:.4f}", flush=True)
     loads.append(os.getloadavg()[0])
 
@@ -158,13 +172,17 @@ def main() -> None:
 
 
 def _sizing_note(recipe: dict, seconds: float, cal: Calibration) -> str:
-    """nanoGPT's run has no clock of its own: say so where its calibrated length missed the time by over 5%."""
-    if abs(recipe["wall_s"] / seconds - 1) <= 0.05:
-        return ""
+    """nanoGPT's run has no clock of its own: say so where its calibrated length missed the time by over 5%, and
+    what its first run (where it was resized and rerun) measured."""
+    first = recipe.get("first")
+    rerun = (f" Its first run, sized from the calibration, took {first['wall_s']:.0f} s for {first['iters']} iterations "
+             f"(val {first['val']:.4f}); resized by that run's own pace, it ran again: the row above." if first else "")
+    if abs(recipe["wall_s"] / seconds - 1) <= TIME_TOLERANCE:
+        return rerun
     actual_ms = 1000 * recipe["wall_s"] / recipe["iters"]
     return (f" nanoGPT's run took {recipe['wall_s']:.0f} s of the {seconds:.0f} s it was sized for: its iterations "
             f"averaged {actual_ms:.1f} ms (evaluations included) against the calibration's {1000 * cal.step_s:.1f} ms, "
-            f"so it had {'more' if recipe['wall_s'] > seconds else 'less'} time than ours.")
+            f"so it had {'more' if recipe['wall_s'] > seconds else 'less'} time than ours.{rerun}")
 
 
 def section(args, text: str, seconds: float, cal: Calibration, recipe: dict, ours: list[tuple[list[str], dict]],
