@@ -107,7 +107,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
-    from tune.report import final_cut_short, final_or_best
+    from tune.results import final_cut_short, final_or_best
 
     short = final_cut_short({"status": out.get("status"), "step": m.get("step")})
     if short:

@@ -1,10 +1,9 @@
 """What a search leaves behind, rebuilt from disk: `python -m tune.report RESULTS_DIR/NAME`.
 
-Reads only JSON and weights-only checkpoints: search.json, outcomes.json, each trial's params.json and
-result.json (tune.experiment), optuna.db. Nothing is unpickled and no Ray is needed, so a results
-directory someone else made is safe to open. Writes trials.csv, best/, report.md and plots/*.png. A
-search kept at a URI (`--results-dir s3://...`) is read through a local copy and the files are uploaded
-back. For notebooks:
+Reads only JSON and weights-only checkpoints (the trials through tune.results; optuna.db for the plots). Nothing
+is unpickled and no Ray is needed, so a results directory someone else made is safe to open. Writes trials.csv,
+best/, report.md and plots/*.png. A search kept at a URI (`--results-dir s3://...`) is read through a local copy
+and the files are uploaded back. For notebooks:
 
     from tune import report
     df = report.load("results/NAME")          # one row per trial
@@ -25,237 +24,31 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt.amounts import UNIT_NAMES, format_amount, number
-from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, last_eval, last_val_loss, meta_vocab_size,
-                                raw_meta)
+from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE, last_eval, last_val_loss
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed, write_bytes
 from tune.algorithms import SCHEDULERS
 from tune.config import SearchConfig
 from tune import plots, scaling
-from tune.experiment import best_checkpoint, inside, read_trials
-from tune.outcomes import Outcome, diverged, diverged_text, error_line, rankable, read_outcomes
-from tune.outcomes import describe as describe_outcome
-from tune.space import ARCHITECTURE, HPARAM_DEFAULTS, HPARAMS, TABLE, derived
+from tune.experiment import inside, read_trials
+from tune.outcomes import Outcome, rankable
+from tune.results import (COLUMNS, CURVE_COLS, ReportError, as_number, final_cut_short, final_or_best, load,
+                          load_curves, local, read, read_config)
+from tune.space import ARCHITECTURE, HPARAMS, TABLE
 from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
 
-# spend: what the budget counts, training and cooldown branches together (trials.csv's `spend`); train_spend:
-# training alone (ASHA's rungs count it); wall_time: when the evaluation was reported (unix seconds)
-CURVE_COLS = ["step", "spend", "train_spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s",
-              "elapsed_s", "wall_time"]
-COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
-           "val_bpc", "last_val_loss", "steps", "spend", "train_spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
-           "compile_s", "sampler", "error", "checkpoint"]
-
-
-class ReportError(UserError):
-    pass
-
-
-def final_cut_short(meta: dict) -> str | None:
-    """Why a final training (final/config.json's record) did not reach its planned end, or None when it did."""
-    status = meta.get("status")
-    if status in (None, "finished"):
-        return None
-    why = "the time budget stopped it" if status == "time_budget" else f"it ended {status}"
-    return (f"{why} at step {meta.get('step')}, before its planned end: its learning rate had not finished "
-            f"decaying")
-
-
-def final_or_best(path: str | Path) -> tuple[Path, str | None]:
-    """The model the search answers with: final/, unless its training was cut short or it scored worse than best/
-    (then best/); and why final/ is not used (None when it is, or there is none)."""
-    path = Path(path)
-    final, best = path / "final", path / "best"
-    if not (final / MODEL_FILE).is_file():
-        return best, None
-    try:
-        meta = raw_meta(final)
-    except (OSError, ValueError):
-        return final, None
-    short = final_cut_short(meta)
-    try:
-        best_val = last_val_loss(raw_meta(best)) if (best / MODEL_FILE).is_file() else None
-    except (OSError, ValueError):
-        best_val = None
-    final_val = last_val_loss(meta)
-    worse = best_val is not None and (final_val is None or final_val > best_val)
-    if not worse:  # the better one, cut short or not (said)
-        return final, short
-    scores = f"final/ {final_val:.4f} against best/'s {best_val:.4f}" if final_val is not None else "final/ has no loss"
-    return best, f"final/ is not used: {short + '; ' if short else ''}{scores}"
-
-
-def _final_origin(meta: dict) -> str:
-    """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
-    trial = meta.get("continued_from")
-    if not trial:
-        return "- trained from scratch with the winner's configuration"
-    train = meta.get("train", {})
-    short = final_cut_short(meta)
-    anchor = meta.get("decay_anchor")
-    squeezed = (f", the rest of its decay squeezed from step {anchor[0]} to step {meta.get('step')} to end within "
-                f"the time budget (its steps slowed)" if isinstance(anchor, list) and len(anchor) == 2 else "")
-    decay = (f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})"
-             f"{squeezed}" if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
-                                   f"budget ({train.get('schedule')}), but {short}")
-    return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
-
-
-def _config(path: Path) -> SearchConfig | None:
-    """The search's configuration; None when search.json is missing or unreadable (a warning naming what is
-    wrong with it; the report says so)."""
-    if not inside(path, "search.json", "file").exists():  # a link to one of the reader's files is refused, not read
-        return None  # the report says so; not a warning: the directory may hold no search at all
-    try:
-        return SearchConfig.load(path)
-    except UserError as e:
-        log.warning("%s", e)
-        return None
-
-
-def _num(value) -> float | None:
-    """A metric as a float; None for anything else (a result.json made elsewhere may hold strings)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _evaluations(trial) -> list[dict]:
-    """The trial's results that are evaluations; one warning names a result.json whose val_loss or step is not
-    a number."""
-    evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
-    good = [r for r in evals if _num(r["val_loss"]) is not None and _num(r["step"]) is not None]
-    if len(good) < len(evals):
-        log.warning("%s: %d results whose val_loss or step is not a number ignored", trial.path / "result.json",
-                    len(evals) - len(good))
-    return good
-
-
-def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror | None]:
-    """(local directory, mirror): a URI is first downloaded into its local copy, checkpoints left at the URI."""
-    if mirror is None and is_uri(path):
-        mirror = Mirror(str(path))
-        mirror.pull()
-        return mirror.local, mirror
-    return Path(path), mirror
-
-
-def _outcome(trial, recorded: dict) -> str:
-    """The outcome recorded when the trial ended; a trial that never ended was interrupted or never started."""
-    if trial.trial_id in recorded:
-        return recorded[trial.trial_id]["outcome"]
-    last = trial.last_result or {}
-    if trial.status == "ERROR":
-        return Outcome.ERRORED.value
-    if last.get("outcome") in {o.value for o in Outcome}:  # written onto the result as it ended (outcomes.json lost or older)
-        return last["outcome"]
-    # Ray saves a trial it had started as RUNNING (or PAUSED), whether or not it had reported yet
-    started = last.get("step") or trial.status in ("RUNNING", "PAUSED")
-    return Outcome.INTERRUPTED.value if started else Outcome.NOT_STARTED.value
-
-
-_UNREAD = object()
-
-
-def vocab_size(trials) -> int | None:
-    """The search's vocabulary size (one tokenizer for every trial): from the trials' results (`vocab_size`, which
-    the trainable reports), else from a checkpoint's config.json on this disk; None when neither says."""
-
-    for trial in trials:
-        for r in reversed(trial.results):
-            v = r.get("vocab_size")
-            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
-                return v
-    for trial in trials:  # a search made before results carried it
-        for name in trial.checkpoints:
-            try:
-                inside(trial.path / name, CONFIG_FILE, "file")  # refused when it leads out of the results
-                v = meta_vocab_size(raw_meta(trial.path / name))
-            except (OSError, ValueError, KeyError, TypeError, UserError):
-                continue
-            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
-                return v
-    return None
-
-
-def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trials table and the long learning-curve table, from one read of the experiment.
-    `config`: search.json's contents when the caller has read them already."""
-    path, mirror = _local(path, mirror)
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
-    try:
-        trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / MODEL_FILE)) if mirror else None)
-    except UserError as e:
-        raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
-    config = _config(path) if config is _UNREAD else config
-    recorded = read_outcomes(path)
-    vocab = vocab_size(trials)
-    rows, frames = [], []
-    for trial in trials:
-        cfg = trial.config or {}
-        row = {c: None for c in COLUMNS}
-        row["trial_id"] = trial.trial_id
-        row.update(HPARAM_DEFAULTS)  # a trial of a search made before a field was added ran with its default
-        row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
-        row.update(derived(cfg))
-        row["sampler"] = cfg.get("sampler")
-        row["budget_unit"] = config.budget_unit if config else None
-        evals = _evaluations(trial)
-        if evals:
-            last = evals[-1]
-            # under wsd only the cooldown rungs are comparable (a loss at the end of a decay); the stable-phase
-            # evaluations between them are taken at the peak learning rate
-            rungs = [r for r in evals if (_num(r.get("cooldown_steps")) or 0) > 0]
-            best = min(rungs or evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
-            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]),
-                       # spend: what the budget counts (training and cooldown branches); train_spend: training alone
-                       spend=_num(last.get("total_spend", last.get("spend"))), train_spend=_num(last.get("spend")),
-                       n_params=_num(last.get("n_params")), tokens_seen=_num(last.get("tokens_seen")),
-                       seconds=_num(last.get("elapsed_s")), tokens_per_s=_num(last.get("tokens_per_s")),
-                       compile_s=_num(last.get("compile_s", 0.0)), node=last.get("node_id") or last.get("node_ip"))
-            row.update({k: int(row[k]) for k in ("n_params", "tokens_seen") if row[k] is not None})
-            part = pd.DataFrame([{**{c: _num(r.get(c)) for c in CURVE_COLS},
-                                  "spend": _num(r.get("total_spend", r.get("spend"))), "train_spend": _num(r.get("spend")),
-                                  "wall_time": (_num(r.get("started_at")) or math.nan) + (_num(r.get("time_total_s")) or math.nan)}
-                                 for r in evals])
-            part.insert(0, "trial_id", trial.trial_id)
-            frames.append(part)
-        row["outcome"] = _outcome(trial, recorded)
-        row["status"] = describe_outcome(row["outcome"], row, config.scheduler if config else None)
-        if evals and row["outcome"] != Outcome.ERRORED.value and diverged(row["outcome"], row["best_val_loss"], vocab):
-            if row["outcome"] != Outcome.DIVERGED.value:  # it ended (or runs) above the uniform baseline
-                row["status"] = f"diverged ({diverged_text(row['best_val_loss'], vocab)}); {row['status']}"
-            row["outcome"] = Outcome.DIVERGED.value
-        if trial.error:
-            row["error"] = error_line(trial.error)
-        ckpt = best_checkpoint(trial)
-        row["checkpoint"] = str(ckpt) if ckpt else None
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df = df.sort_values("best_val_loss", na_position="last", kind="stable")
-    # the trials that can be the best first (tune.outcomes.rankable), diverged ones after them
-    df = df.sort_values("outcome", key=lambda o: o.eq(Outcome.DIVERGED.value), kind="stable").reset_index(drop=True)
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trial_id", *CURVE_COLS])
-    return df, curves
-
-
-def load(path: str | Path) -> pd.DataFrame:
-    """One row per trial (the trials.csv columns), sorted by best val_loss."""
-    return _read(path)[0]
-
-
-def load_curves(path: str | Path) -> pd.DataFrame:
-    """Every evaluation of every trial, long format: trial_id plus CURVE_COLS."""
-    return _read(path)[1]
+# the reader's (tune.results) tables and answers are this module's too: `report.load` is what notebooks call
+__all__ = ["COLUMNS", "CURVE_COLS", "ReportError", "all_trials_view", "export", "final_cut_short", "final_or_best",
+           "load", "load_curves", "main", "probe_lines", "top_table", "write_report"]
 
 
 def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     """Write trials.csv and best/ (the best trial's best checkpoint); return the trials table.
     `mirror`: the local copy `path` is of, when the search lives at a URI."""
-    path, mirror = _local(path, mirror)
-    return _write_exports(path, _read(path, mirror)[0], mirror, lambda: _read(path, mirror)[0])[0]
+    path, mirror = local(path, mirror)
+    return _write_exports(path, read(path, mirror).trials, mirror, lambda: read(path, mirror).trials)[0]
 
 
 # what a report writes into a results directory; each is checked before writing (see _check_outputs)
@@ -415,7 +208,7 @@ def probe_lines(path: str | Path) -> list[str]:
     from nanogpt.checkpoint import CheckpointError, load_model
 
     path = Path(path)
-    config = _config(path)
+    config = read_config(path)
     sets = _probe_sets(config.dataset or "") if config else {}
     ckpt, why = final_or_best(path)  # final/ unless cut short or worse than best/
     if not sets:
@@ -565,7 +358,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     `trials`: the table export() just returned, to skip exporting again. `mirror`: the local copy
     `path` is of, when the search lives at a URI (a URI `path` makes one)."""
-    path, mirror = _local(path, mirror)
+    path, mirror = local(path, mirror)
     with _one_thread():
         return _write_report(path, mirror, prompts, top, temperature, seed, max_new_tokens, trials)
 
@@ -588,14 +381,14 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
                   seed: int, max_new_tokens: int, trials: pd.DataFrame | None) -> Path:
     """report.md and plots/, section by section; whatever a section cannot show goes to "Missing"."""
     _check_outputs(path)
-    config = _config(path)
+    config = read_config(path)
     missing: list[str] = []
     if trials is None:
-        df, curves = _read(path, mirror, config)
-        df, notes = _write_exports(path, df, mirror, lambda: _read(path, mirror, config)[0])
+        df, curves = read(path, mirror, config)
+        df, notes = _write_exports(path, df, mirror, lambda: read(path, mirror, config).trials)
         missing += notes
     else:
-        df, curves = trials, _read(path, mirror, config)[1]
+        df, curves = trials, read(path, mirror, config).curves
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     unit = config.budget_unit if config else "steps"
@@ -674,6 +467,22 @@ def _final_model(path: Path, missing: list[str]):
         return None
 
 
+def _final_origin(meta: dict) -> str:
+    """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
+    trial = meta.get("continued_from")
+    if not trial:
+        return "- trained from scratch with the winner's configuration"
+    train = meta.get("train", {})
+    short = final_cut_short(meta)
+    anchor = meta.get("decay_anchor")
+    squeezed = (f", the rest of its decay squeezed from step {anchor[0]} to step {meta.get('step')} to end within "
+                f"the time budget (its steps slowed)" if isinstance(anchor, list) and len(anchor) == 2 else "")
+    decay = (f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})"
+             f"{squeezed}" if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
+                                   f"budget ({train.get('schedule')}), but {short}")
+    return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
+
+
 def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
     """The final model, trained for the user's budget."""
     m = last_eval(final_model[2])
@@ -704,7 +513,7 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     last = last_eval(meta)
     # what the final training planned last (--final-budget auto re-plans it from its speed), else its budget
-    budget = _num(last.get("budget")) or _num(train.get("budget")) or (config.final_budget if config else None)
+    budget = as_number(last.get("budget")) or as_number(train.get("budget")) or (config.final_budget if config else None)
     at = "the final budget"
     if not budget and config:
         budget, at = 4 * config.trial_budget, "4x the trial budget (no --final-budget)"
@@ -734,7 +543,7 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
         md.append(f"- the final training used: `{used}`" if used else
                   "- final/ does not record which trial it trained (a search made before the fit)")
     try:
-        measured = (_num(last.get("spend")), last_val_loss(meta)) if final_model is not None else None
+        measured = (as_number(last.get("spend")), last_val_loss(meta)) if final_model is not None else None
         plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit,
                           measured if measured and None not in measured else None)
         md += ["", "![scaling law](plots/scaling_law.png)"]
