@@ -32,8 +32,8 @@ from tune.config import SearchConfig
 from tune import plots, scaling
 from tune.experiment import inside, read_trials
 from tune.outcomes import Outcome, rankable
-from tune.results import (COLUMNS, CURVE_COLS, ReportError, as_number, final_cut_short, final_or_best, load,
-                          load_curves, local, read, read_config)
+from tune.results import (COLUMNS, CURVE_COLS, Model, ReportError, as_number, final_cut_short, final_model,
+                          final_or_best, load, load_curves, local, read, read_config, top_models)
 from tune.space import ARCHITECTURE, HPARAMS, TABLE
 from tune.storage import Mirror, is_uri
 
@@ -395,9 +395,9 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     # what a reader reads first comes first: the results (the best trial, the final model, every trial), what the
     # models write, then the diagnostics (plots, the scaling law's fit)
     md: list[str] = [f"# Search report: {path.name}", ""] + _summary(config, df, curves, path, missing)
-    final_model = _final_model(path, missing)
-    if final_model is not None:
-        md += _final_section(final_model, df, config, unit, path)
+    final = final_model(path, missing)
+    if final is not None:
+        md += _final_section(final, df, config, unit, path)
     from tune.ladder import report_section  # --ladder on: how the final model was chosen (ladder.json)
 
     md += report_section(path, plot_dir, missing)
@@ -406,18 +406,18 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
     prompts, note = _prompts(config, prompts)
     if note:
         missing.append(note)
-    models = _models(df, top, mirror, final_model, missing)
+    models = top_models(df, top, mirror, final, missing)
     attention: list[str] = []
     if models:
         untrained, section = _generations_section(models, prompts, temperature, seed, max_new_tokens)
         md += section + _probes_section(untrained, models, (config.dataset if config else None) or "")
-        attention = _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
+        attention = _attention_section(models[0], prompts[0], plot_dir, missing)
     else:
         missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
-    final_history = final_model[2].get("history") if final_model is not None else None
+    final_history = final.meta.get("history") if final is not None else None
     md += _plots_section(path, config, df, curves, unit, plot_dir, missing,
                          final_history if isinstance(final_history, list) else None) + attention
-    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
+    md += _scaling_section(path, config, df, final, plot_dir, missing)
     if missing:
         md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
     out = path / "report.md"
@@ -454,19 +454,6 @@ def _plots_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, cu
     return md
 
 
-def _final_model(path: Path, missing: list[str]):
-    """final/'s (model, tokenizer, meta), or None when there is none (or it cannot be read: said in Missing)."""
-    from nanogpt.checkpoint import CheckpointError, load_model
-
-    if not (path / "final" / MODEL_FILE).is_file():
-        return None
-    try:
-        return load_model(path / "final")
-    except CheckpointError as e:
-        missing.append(f"final/: {e}")
-        return None
-
-
 def _final_origin(meta: dict) -> str:
     """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
     trial = meta.get("continued_from")
@@ -483,23 +470,23 @@ def _final_origin(meta: dict) -> str:
     return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
 
 
-def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
+def _final_section(final: Model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
     """The final model, trained for the user's budget."""
-    m = last_eval(final_model[2])
+    m = last_eval(final.meta)
     best = (f" (the search's best trial: {rankable(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
             if config and not rankable(df).empty else "")
     return ["## Final model (the winner trained for the final budget)", "",
             f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
             f"after {number(m.get('step') or 0)} steps ({format_amount(m.get('spend', 0), unit)})" + best,
-            _final_origin(final_model[2]),
-            *([f"- **cut short**: {final_cut_short(final_model[2])}"]
-              if final_cut_short(final_model[2]) and not final_model[2].get("continued_from") else []),
+            _final_origin(final.meta),
+            *([f"- **cut short**: {final_cut_short(final.meta)}"]
+              if final_cut_short(final.meta) and not final.meta.get("continued_from") else []),
             *([f"- **{why}**: the search's answer is `best/`"] if (why := final_or_best(path)[1])
               and final_or_best(path)[0].name == "best" else []),
             f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {path / 'final'}`)", ""]
 
 
-def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, final_model, plot_dir: Path,
+def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, final: Model | None, plot_dir: Path,
                      missing: list[str]) -> list[str]:
     """The scaling law over every cooldown rung (tune.scaling), its held-back error, and which trial it would train
     for the final budget beside the raw winner; what the final training used, from final/'s record."""
@@ -509,7 +496,7 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
         return []  # a cosine search, or nothing finished: no rungs to fit
     unit = config.budget_unit if config else "spend"
     text = config.budget_text if config else (lambda a: f"{a:.4g}")
-    meta = final_model[2] if final_model is not None else {}
+    meta = final.meta if final is not None else {}
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     last = last_eval(meta)
     # what the final training planned last (--final-budget auto re-plans it from its speed), else its budget
@@ -537,13 +524,13 @@ def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, 
     md.append(f"- at {at} ({text(float(budget))}): {choice['reason']}")
     if "predicted" in choice:
         md += ["", _md_table(_predicted_view(df, choice, unit)), ""]
-    if final_model is not None:
+    if final is not None:
         chosen = meta.get("chosen_by") if isinstance(meta.get("chosen_by"), dict) else {}
         used = chosen.get("chosen") or meta.get("continued_from")
         md.append(f"- the final training used: `{used}`" if used else
                   "- final/ does not record which trial it trained (a search made before the fit)")
     try:
-        measured = (as_number(last.get("spend")), last_val_loss(meta)) if final_model is not None else None
+        measured = (as_number(last.get("spend")), last_val_loss(meta)) if final is not None else None
         plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit,
                           measured if measured and None not in measured else None)
         md += ["", "![scaling law](plots/scaling_law.png)"]
@@ -565,28 +552,7 @@ def _predicted_view(df: pd.DataFrame, choice: dict, unit: str) -> pd.DataFrame:
                                               "predicted": "predicted (final budget)"})
 
 
-def _models(df: pd.DataFrame, top: int, mirror: Mirror | None, final_model, missing: list[str]) -> list[tuple]:
-    """(label, note, model, tokenizer, meta) of the final model (if any) and the top trials' best checkpoints."""
-    from nanogpt.checkpoint import CheckpointError, load_model
-
-    models = []
-    for _, row in rankable(df).head(top).iterrows():  # diverged trials have nothing to say
-        if pd.isna(row["checkpoint"]):
-            missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
-            continue
-        try:
-            model, tok, meta = load_model(mirror.fetch(row["checkpoint"]) if mirror else row["checkpoint"])
-            models.append((str(row["trial_id"]), f"val_loss {row['best_val_loss']:.4f}", model, tok, meta))
-        except CheckpointError as e:
-            missing.append(f"trial {row['trial_id']}: {e}")
-    if final_model is not None:
-        fm, ftok, fmeta = final_model
-        models.insert(0, ("final", f"val_loss {(fmeta.get('history') or [{}])[-1].get('val_loss', float('nan')):.4f}",
-                          fm, ftok, fmeta))
-    return models
-
-
-def _generations_section(models: list[tuple], prompts: list[str], temperature: float, seed: int,
+def _generations_section(models: list[Model], prompts: list[str], temperature: float, seed: int,
                          max_new_tokens: int) -> tuple:
     """(the untrained model, the section): each model's continuation of each prompt, the untrained one first."""
     import torch
@@ -598,28 +564,28 @@ def _generations_section(models: list[tuple], prompts: list[str], temperature: f
           f"The final model (if trained) and the top {len(models)} trials, each from its best checkpoint; "
           f"temperature {temperature}, seed {seed}, {max_new_tokens} new tokens. The untrained model "
           f"(same shape as the best, random weights) is shown first.", ""]
-    _, _, _, tok, meta = models[0]
+    tok = models[0].tokenizer
     torch.manual_seed(seed)
-    untrained = GPT(GPTConfig(**meta["model"])).eval()
+    untrained = GPT(GPTConfig(**models[0].meta["model"])).eval()
     for prompt in prompts:
         md += [f"### Prompt {prompt!r}", "", "**untrained:**", "",
                _fence(generate_text(untrained, tok, prompt, max_new_tokens, temperature, seed=seed)), ""]
-        for label, note, model, tok_i, _ in models:
-            text = generate_text(model, tok_i, prompt, max_new_tokens, temperature, seed=seed)
-            md += [f"**{label}** ({note}):", "", _fence(text), ""]
+        for m in models:
+            text = generate_text(m.model, m.tokenizer, prompt, max_new_tokens, temperature, seed=seed)
+            md += [f"**{m.label}** ({m.note}):", "", _fence(text), ""]
     return untrained, md
 
 
-def _probes_section(untrained, models: list[tuple], dataset_name: str) -> list[str]:
+def _probes_section(untrained, models: list[Model], dataset_name: str) -> list[str]:
     """The pattern probes: the untrained model beside the trained ones (built-in corpora only)."""
     from nanogpt.sample import PROBES
 
     sets = _probe_sets(dataset_name)
     if not sets:
         return []
-    _, _, best_model, tok, _ = models[0]
+    best, tok = models[0].model, models[0].tokenizer
     rows = [("untrained", _probe_cells(untrained, tok, sets))]
-    rows += [(label, _probe_cells(m, t, sets)) for label, _, m, t, _ in models[:4]]
+    rows += [(m.label, _probe_cells(m.model, m.tokenizer, sets)) for m in models[:4]]
     cols = list(rows[0][1])
     md = ["## Pattern probes", "",
           'Greedy continuations: "Number k comes before" should give k+1, "AkBk" should give "Ck". '
@@ -630,19 +596,19 @@ def _probes_section(untrained, models: list[tuple], dataset_name: str) -> list[s
     md += ["", "Examples, untrained -> best:", ""]
     for pattern, splits in sets.items():
         ks = [PROBE_EXAMPLES[pattern]] + splits["held out"][:1]
-        for before, after in zip(PROBES[pattern](untrained, tok, ks), PROBES[pattern](best_model, tok, ks)):
+        for before, after in zip(PROBES[pattern](untrained, tok, ks), PROBES[pattern](best, tok, ks)):
             md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
                       f"({'right' if after['correct'] else 'wrong'})")
     return md + [""]
 
 
-def _attention_section(best_model, tok, text: str, plot_dir: Path, missing: list[str]) -> list[str]:
+def _attention_section(best: Model, text: str, plot_dir: Path, missing: list[str]) -> list[str]:
     """The best model's attention (last layer, mean of heads) on the first prompt, as a heatmap and in words."""
     from nanogpt.attention import attention_matrix, focus_summary, plot_attention
 
     try:
-        layer = best_model.config.n_layer - 1
-        tokens, att = attention_matrix(best_model, tok, text, layer=layer, head=-1)
+        layer = best.model.config.n_layer - 1
+        tokens, att = attention_matrix(best.model, best.tokenizer, text, layer=layer, head=-1)
         plot_attention(tokens, att, plot_dir / "attention.png", f"best model, layer {layer}, mean of heads: {text!r}")
     except ValueError as e:
         missing.append(f"attention heatmap: {e}")

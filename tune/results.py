@@ -1,4 +1,5 @@
-"""The reader of a search's results directory: the trials table and the learning curves, as named records.
+"""The reader of a search's results directory: the trials table, the learning curves and the trained models,
+as named records.
 
 Reads only JSON and weights-only checkpoints: search.json, outcomes.json, each trial's params.json and result.json
 (tune.experiment). Nothing is unpickled and no Ray is needed, so a results directory someone else made is safe to
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
@@ -18,10 +20,14 @@ from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE, last_val_loss, meta_voca
 from nanogpt.errors import UserError
 from tune.config import SearchConfig
 from tune.experiment import best_checkpoint, inside, read_trials
-from tune.outcomes import Outcome, diverged, diverged_text, error_line, read_outcomes
+from tune.outcomes import Outcome, diverged, diverged_text, error_line, rankable, read_outcomes
 from tune.outcomes import describe as describe_outcome
 from tune.space import HPARAM_DEFAULTS, HPARAMS, derived
 from tune.storage import Mirror, is_uri
+
+if TYPE_CHECKING:
+    from nanogpt.model import GPT
+    from nanogpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,16 @@ class Results(NamedTuple):
     """One read of a search's trials."""
     trials: pd.DataFrame  # one row per trial (COLUMNS), sorted by best val_loss, diverged trials last
     curves: pd.DataFrame  # every evaluation of every trial, long format: trial_id plus CURVE_COLS
+
+
+@dataclass(frozen=True)
+class Model:
+    """A trained model the report shows: final/, or a top trial's best checkpoint."""
+    label: str  # "final", or the trial's id
+    note: str  # its val_loss, as the generations name it
+    model: GPT  # in eval mode
+    tokenizer: Tokenizer
+    meta: dict  # its config.json
 
 
 def final_cut_short(meta: dict) -> str | None:
@@ -233,3 +249,37 @@ def load(path: str | Path) -> pd.DataFrame:
 def load_curves(path: str | Path) -> pd.DataFrame:
     """Every evaluation of every trial, long format: trial_id plus CURVE_COLS."""
     return read(path).curves
+
+
+def final_model(path: Path, missing: list[str]) -> Model | None:
+    """final/, or None when there is none (or it cannot be read: said in `missing`)."""
+    from nanogpt.checkpoint import CheckpointError, load_model
+
+    if not (path / "final" / MODEL_FILE).is_file():
+        return None
+    try:
+        model, tok, meta = load_model(path / "final")
+    except CheckpointError as e:
+        missing.append(f"final/: {e}")
+        return None
+    return Model("final", f"val_loss {(meta.get('history') or [{}])[-1].get('val_loss', float('nan')):.4f}",
+                 model, tok, meta)
+
+
+def top_models(df: pd.DataFrame, top: int, mirror: Mirror | None, final: Model | None,
+               missing: list[str]) -> list[Model]:
+    """The final model (if any), then the top trials' best checkpoints; what cannot be loaded is said in
+    `missing`."""
+    from nanogpt.checkpoint import CheckpointError, load_model
+
+    models = []
+    for _, row in rankable(df).head(top).iterrows():  # diverged trials have nothing to say
+        if pd.isna(row["checkpoint"]):
+            missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
+            continue
+        try:
+            model, tok, meta = load_model(mirror.fetch(row["checkpoint"]) if mirror else row["checkpoint"])
+            models.append(Model(str(row["trial_id"]), f"val_loss {row['best_val_loss']:.4f}", model, tok, meta))
+        except CheckpointError as e:
+            missing.append(f"trial {row['trial_id']}: {e}")
+    return ([final] if final is not None else []) + models
