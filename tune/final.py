@@ -50,7 +50,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
     says it can be trusted. None (and one line) when there is nothing to train."""
     final = config.experiment_dir / FINAL_DIR
-    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.report)
+    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.results)
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
         print(f"\nno trial finished its budget: no final training (--final-budget {asked})")
