@@ -3,7 +3,8 @@ terminal, report.md and the closing probe say so, and the search answers with be
 
 import json
 
-from tune.report import _final_origin, final_cut_short, final_or_best
+from tune.results import final_cut_short, final_or_best
+from tune.sections import _final_origin
 
 
 def _checkpoint(d, status, step, val_loss, **meta):

@@ -48,9 +48,11 @@ def test_probe_lines_generate_on_one_thread(tiny_search, monkeypatch):
     overhead"): the terminal's probe lines run on one thread like the report, and give the threads back."""
     import torch
 
+    from tune import probes
+
     path, _ = tiny_search
-    seen, cells = [], report._probe_cells
-    monkeypatch.setattr(report, "_probe_cells", lambda *a: seen.append(torch.get_num_threads()) or cells(*a))
+    seen, cells = [], probes.probe_cells
+    monkeypatch.setattr(probes, "probe_cells", lambda *a: seen.append(torch.get_num_threads()) or cells(*a))
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -105,7 +107,7 @@ def test_report_cli_rebuilds_with_custom_prompt(exp):
 
 
 def test_the_summary_names_the_best_trials_architecture():
-    from tune.report import _architecture
+    from tune.sections import _architecture
     from tune.space import HPARAM_DEFAULTS
 
     assert _architecture(pd.Series(HPARAM_DEFAULTS)) == "learned positions, layernorm, gelu MLP, tied lm_head"

@@ -50,7 +50,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
     says it can be trusted. None (and one line) when there is nothing to train."""
     final = config.experiment_dir / FINAL_DIR
-    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.report)
+    finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.results)
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
     if finished.empty:
         print(f"\nno trial finished its budget: no final training (--final-budget {asked})")
@@ -107,7 +107,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
-    from tune.report import final_cut_short, final_or_best
+    from tune.results import final_cut_short, final_or_best
 
     short = final_cut_short({"status": out.get("status"), "step": m.get("step")})
     if short:

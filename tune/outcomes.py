@@ -99,9 +99,9 @@ def diverged(outcome: str | None, best_loss, vocab_size) -> bool:
 
 
 def rankable(df):
-    """The trials of a trials table (tune.report's) that can be the best, in its order (best first): a finite best
+    """The trials of a trials table (tune.results's) that can be the best, in its order (best first): a finite best
     val_loss and not diverged. A boolean mask, so an empty table stays a table. The report's table gives every
-    diverged trial that outcome (tune.report), so best/, the report, the plots, the scaling law and the final
+    diverged trial that outcome (tune.results), so best/, the report, the plots, the scaling law and the final
     training all choose among the same trials."""
     import pandas as pd
 

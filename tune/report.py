@@ -1,10 +1,9 @@
 """What a search leaves behind, rebuilt from disk: `python -m tune.report RESULTS_DIR/NAME`.
 
-Reads only JSON and weights-only checkpoints: search.json, outcomes.json, each trial's params.json and
-result.json (tune.experiment), optuna.db. Nothing is unpickled and no Ray is needed, so a results
-directory someone else made is safe to open. Writes trials.csv, best/, report.md and plots/*.png. A
-search kept at a URI (`--results-dir s3://...`) is read through a local copy and the files are uploaded
-back. For notebooks:
+Reads only JSON and weights-only checkpoints (the trials through tune.results; optuna.db for the plots). Nothing
+is unpickled and no Ray is needed, so a results directory someone else made is safe to open. Writes trials.csv,
+best/, report.md and plots/*.png. A search kept at a URI (`--results-dir s3://...`) is read through a local copy
+and the files are uploaded back. For notebooks:
 
     from tune import report
     df = report.load("results/NAME")          # one row per trial
@@ -17,245 +16,36 @@ import argparse
 import json
 import logging
 import math
-import numbers
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from nanogpt.amounts import UNIT_NAMES, format_amount, number
-from nanogpt.checkpoint import (CONFIG_FILE, MODEL_FILE, last_eval, last_val_loss, meta_vocab_size,
-                                raw_meta)
-from nanogpt.errors import UserError
+from nanogpt.checkpoint import CONFIG_FILE, MODEL_FILE
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed, write_bytes
-from tune.algorithms import SCHEDULERS
-from tune.config import SearchConfig
-from tune import plots, scaling
-from tune.experiment import best_checkpoint, inside, read_trials
-from tune.outcomes import Outcome, diverged, diverged_text, error_line, rankable, read_outcomes
-from tune.outcomes import describe as describe_outcome
-from tune.space import ARCHITECTURE, HPARAM_DEFAULTS, HPARAMS, TABLE, derived
+from tune import sections
+from tune.experiment import inside
+from tune.outcomes import Outcome, rankable
+from tune.probes import probe_sets, probe_summary
+from tune.results import (COLUMNS, CURVE_COLS, ReportError, final_cut_short, final_model, final_or_best, load,
+                          load_curves, local, read, read_config, top_models)
+from tune.sections import all_trials_view
+from tune.space import TABLE
 from tune.storage import Mirror, is_uri
 
 log = logging.getLogger(__name__)
 
-# spend: what the budget counts, training and cooldown branches together (trials.csv's `spend`); train_spend:
-# training alone (ASHA's rungs count it); wall_time: when the evaluation was reported (unix seconds)
-CURVE_COLS = ["step", "spend", "train_spend", "train_loss", "val_loss", "val_bpc", "tokens_seen", "tokens_per_s",
-              "elapsed_s", "wall_time"]
-COLUMNS = ["trial_id", "outcome", "status", "node", *HPARAMS, "n_embd", "n_params", "best_val_loss", "best_step",
-           "val_bpc", "last_val_loss", "steps", "spend", "train_spend", "budget_unit", "tokens_seen", "seconds", "tokens_per_s",
-           "compile_s", "sampler", "error", "checkpoint"]
-
-
-class ReportError(UserError):
-    pass
-
-
-def final_cut_short(meta: dict) -> str | None:
-    """Why a final training (final/config.json's record) did not reach its planned end, or None when it did."""
-    status = meta.get("status")
-    if status in (None, "finished"):
-        return None
-    why = "the time budget stopped it" if status == "time_budget" else f"it ended {status}"
-    return (f"{why} at step {meta.get('step')}, before its planned end: its learning rate had not finished "
-            f"decaying")
-
-
-def final_or_best(path: str | Path) -> tuple[Path, str | None]:
-    """The model the search answers with: final/, unless its training was cut short or it scored worse than best/
-    (then best/); and why final/ is not used (None when it is, or there is none)."""
-    path = Path(path)
-    final, best = path / "final", path / "best"
-    if not (final / MODEL_FILE).is_file():
-        return best, None
-    try:
-        meta = raw_meta(final)
-    except (OSError, ValueError):
-        return final, None
-    short = final_cut_short(meta)
-    try:
-        best_val = last_val_loss(raw_meta(best)) if (best / MODEL_FILE).is_file() else None
-    except (OSError, ValueError):
-        best_val = None
-    final_val = last_val_loss(meta)
-    worse = best_val is not None and (final_val is None or final_val > best_val)
-    if not worse:  # the better one, cut short or not (said)
-        return final, short
-    scores = f"final/ {final_val:.4f} against best/'s {best_val:.4f}" if final_val is not None else "final/ has no loss"
-    return best, f"final/ is not used: {short + '; ' if short else ''}{scores}"
-
-
-def _final_origin(meta: dict) -> str:
-    """Where the final model started: a trial continued from its stable checkpoint, or scratch."""
-    trial = meta.get("continued_from")
-    if not trial:
-        return "- trained from scratch with the winner's configuration"
-    train = meta.get("train", {})
-    short = final_cut_short(meta)
-    anchor = meta.get("decay_anchor")
-    squeezed = (f", the rest of its decay squeezed from step {anchor[0]} to step {meta.get('step')} to end within "
-                f"the time budget (its steps slowed)" if isinstance(anchor, list) and len(anchor) == 2 else "")
-    decay = (f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})"
-             f"{squeezed}" if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
-                                   f"budget ({train.get('schedule')}), but {short}")
-    return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
-
-
-def _config(path: Path) -> SearchConfig | None:
-    """The search's configuration; None when search.json is missing or unreadable (a warning naming what is
-    wrong with it; the report says so)."""
-    if not inside(path, "search.json", "file").exists():  # a link to one of the reader's files is refused, not read
-        return None  # the report says so; not a warning: the directory may hold no search at all
-    try:
-        return SearchConfig.load(path)
-    except UserError as e:
-        log.warning("%s", e)
-        return None
-
-
-def _num(value) -> float | None:
-    """A metric as a float; None for anything else (a result.json made elsewhere may hold strings)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _evaluations(trial) -> list[dict]:
-    """The trial's results that are evaluations; one warning names a result.json whose val_loss or step is not
-    a number."""
-    evals = [r for r in trial.results if r.get("val_loss") is not None and r.get("step") is not None]
-    good = [r for r in evals if _num(r["val_loss"]) is not None and _num(r["step"]) is not None]
-    if len(good) < len(evals):
-        log.warning("%s: %d results whose val_loss or step is not a number ignored", trial.path / "result.json",
-                    len(evals) - len(good))
-    return good
-
-
-def _local(path: str | Path, mirror: Mirror | None = None) -> tuple[Path, Mirror | None]:
-    """(local directory, mirror): a URI is first downloaded into its local copy, checkpoints left at the URI."""
-    if mirror is None and is_uri(path):
-        mirror = Mirror(str(path))
-        mirror.pull()
-        return mirror.local, mirror
-    return Path(path), mirror
-
-
-def _outcome(trial, recorded: dict) -> str:
-    """The outcome recorded when the trial ended; a trial that never ended was interrupted or never started."""
-    if trial.trial_id in recorded:
-        return recorded[trial.trial_id]["outcome"]
-    last = trial.last_result or {}
-    if trial.status == "ERROR":
-        return Outcome.ERRORED.value
-    if last.get("outcome") in {o.value for o in Outcome}:  # written onto the result as it ended (outcomes.json lost or older)
-        return last["outcome"]
-    # Ray saves a trial it had started as RUNNING (or PAUSED), whether or not it had reported yet
-    started = last.get("step") or trial.status in ("RUNNING", "PAUSED")
-    return Outcome.INTERRUPTED.value if started else Outcome.NOT_STARTED.value
-
-
-_UNREAD = object()
-
-
-def vocab_size(trials) -> int | None:
-    """The search's vocabulary size (one tokenizer for every trial): from the trials' results (`vocab_size`, which
-    the trainable reports), else from a checkpoint's config.json on this disk; None when neither says."""
-
-    for trial in trials:
-        for r in reversed(trial.results):
-            v = r.get("vocab_size")
-            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
-                return v
-    for trial in trials:  # a search made before results carried it
-        for name in trial.checkpoints:
-            try:
-                inside(trial.path / name, CONFIG_FILE, "file")  # refused when it leads out of the results
-                v = meta_vocab_size(raw_meta(trial.path / name))
-            except (OSError, ValueError, KeyError, TypeError, UserError):
-                continue
-            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
-                return v
-    return None
-
-
-def _read(path: str | Path, mirror: Mirror | None = None, config=_UNREAD) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trials table and the long learning-curve table, from one read of the experiment.
-    `config`: search.json's contents when the caller has read them already."""
-    path, mirror = _local(path, mirror)
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a directory: pass RESULTS_DIR/NAME of a search")
-    try:
-        trials = read_trials(path, has_checkpoint=(lambda p: mirror.has(p / MODEL_FILE)) if mirror else None)
-    except UserError as e:
-        raise ReportError(f"{e}; pass RESULTS_DIR/NAME of a search") from None
-    config = _config(path) if config is _UNREAD else config
-    recorded = read_outcomes(path)
-    vocab = vocab_size(trials)
-    rows, frames = [], []
-    for trial in trials:
-        cfg = trial.config or {}
-        row = {c: None for c in COLUMNS}
-        row["trial_id"] = trial.trial_id
-        row.update(HPARAM_DEFAULTS)  # a trial of a search made before a field was added ran with its default
-        row.update({k: cfg.get(k) for k in HPARAMS if k in cfg})
-        row.update(derived(cfg))
-        row["sampler"] = cfg.get("sampler")
-        row["budget_unit"] = config.budget_unit if config else None
-        evals = _evaluations(trial)
-        if evals:
-            last = evals[-1]
-            # under wsd only the cooldown rungs are comparable (a loss at the end of a decay); the stable-phase
-            # evaluations between them are taken at the peak learning rate
-            rungs = [r for r in evals if (_num(r.get("cooldown_steps")) or 0) > 0]
-            best = min(rungs or evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
-            row.update(best_val_loss=float(best["val_loss"]), best_step=int(best["step"]), val_bpc=_num(best.get("val_bpc")),
-                       last_val_loss=float(last["val_loss"]), steps=int(last["step"]),
-                       # spend: what the budget counts (training and cooldown branches); train_spend: training alone
-                       spend=_num(last.get("total_spend", last.get("spend"))), train_spend=_num(last.get("spend")),
-                       n_params=_num(last.get("n_params")), tokens_seen=_num(last.get("tokens_seen")),
-                       seconds=_num(last.get("elapsed_s")), tokens_per_s=_num(last.get("tokens_per_s")),
-                       compile_s=_num(last.get("compile_s", 0.0)), node=last.get("node_id") or last.get("node_ip"))
-            row.update({k: int(row[k]) for k in ("n_params", "tokens_seen") if row[k] is not None})
-            part = pd.DataFrame([{**{c: _num(r.get(c)) for c in CURVE_COLS},
-                                  "spend": _num(r.get("total_spend", r.get("spend"))), "train_spend": _num(r.get("spend")),
-                                  "wall_time": (_num(r.get("started_at")) or math.nan) + (_num(r.get("time_total_s")) or math.nan)}
-                                 for r in evals])
-            part.insert(0, "trial_id", trial.trial_id)
-            frames.append(part)
-        row["outcome"] = _outcome(trial, recorded)
-        row["status"] = describe_outcome(row["outcome"], row, config.scheduler if config else None)
-        if evals and row["outcome"] != Outcome.ERRORED.value and diverged(row["outcome"], row["best_val_loss"], vocab):
-            if row["outcome"] != Outcome.DIVERGED.value:  # it ended (or runs) above the uniform baseline
-                row["status"] = f"diverged ({diverged_text(row['best_val_loss'], vocab)}); {row['status']}"
-            row["outcome"] = Outcome.DIVERGED.value
-        if trial.error:
-            row["error"] = error_line(trial.error)
-        ckpt = best_checkpoint(trial)
-        row["checkpoint"] = str(ckpt) if ckpt else None
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df = df.sort_values("best_val_loss", na_position="last", kind="stable")
-    # the trials that can be the best first (tune.outcomes.rankable), diverged ones after them
-    df = df.sort_values("outcome", key=lambda o: o.eq(Outcome.DIVERGED.value), kind="stable").reset_index(drop=True)
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trial_id", *CURVE_COLS])
-    return df, curves
-
-
-def load(path: str | Path) -> pd.DataFrame:
-    """One row per trial (the trials.csv columns), sorted by best val_loss."""
-    return _read(path)[0]
-
-
-def load_curves(path: str | Path) -> pd.DataFrame:
-    """Every evaluation of every trial, long format: trial_id plus CURVE_COLS."""
-    return _read(path)[1]
+# the reader's (tune.results) tables and answers are this module's too: `report.load` is what notebooks call
+__all__ = ["COLUMNS", "CURVE_COLS", "ReportError", "all_trials_view", "export", "final_cut_short", "final_or_best",
+           "load", "load_curves", "main", "probe_lines", "top_table", "write_report"]
 
 
 def export(path: str | Path, mirror: Mirror | None = None) -> pd.DataFrame:
     """Write trials.csv and best/ (the best trial's best checkpoint); return the trials table.
     `mirror`: the local copy `path` is of, when the search lives at a URI."""
-    path, mirror = _local(path, mirror)
-    return _write_exports(path, _read(path, mirror)[0], mirror, lambda: _read(path, mirror)[0])[0]
+    path, mirror = local(path, mirror)
+    return _write_exports(path, read(path, mirror).trials, mirror, lambda: read(path, mirror).trials)[0]
 
 
 # what a report writes into a results directory; each is checked before writing (see _check_outputs)
@@ -372,51 +162,14 @@ def top_table(df: pd.DataFrame, n: int = 5) -> str:
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-# --- probes -----------------------------------------------------------------------------------
-
-
-PROBE_EXAMPLES = {"counting": 7, "abc": 12}  # the notebook's examples: "Number 7 comes before", "A12B12"
-
-
-def _probe_sets(dataset_name: str) -> dict[str, dict[str, list[int]]]:
-    """pattern -> {"seen": numbers whose sentence is in training, "held out": in validation only}, for the
-    built-in corpora that hold the notebook's patterns; empty for other data."""
-    from nanogpt.corpora import BUILTIN_CORPORA
-    from nanogpt.dataset import load_dataset
-    from nanogpt.sample import PROBES, probe_numbers
-
-    if dataset_name not in BUILTIN_CORPORA:
-        return {}
-    ds = load_dataset(dataset_name)
-    sets = {}
-    for pattern in PROBES:
-        seen, held_out = probe_numbers(ds.train_text, ds.val_text, pattern)
-        if seen or held_out:
-            sets[pattern] = {"seen": seen, "held out": held_out}
-    return sets
-
-
-def _probe_cells(model, tok, sets: dict) -> dict[str, str]:
-    """"counting, seen" -> "24/25" for each pattern and split."""
-    from nanogpt.sample import PROBES
-
-    cells = {}
-    for pattern, splits in sets.items():
-        for split, ks in splits.items():
-            if ks:
-                rows = PROBES[pattern](model, tok, ks)
-                cells[f"{pattern}, {split}"] = f"{sum(r['correct'] for r in rows)}/{len(rows)}"
-    return cells
-
-
 def probe_lines(path: str | Path) -> list[str]:
     """The terminal's last lines: the best model (final/ if there is one) on each pattern, one line a
     pattern, e.g. `Number 7 comes before -> 8 (right); seen 25/25, held out 23/25 [best/]`."""
     from nanogpt.checkpoint import CheckpointError, load_model
 
     path = Path(path)
-    config = _config(path)
-    sets = _probe_sets(config.dataset or "") if config else {}
+    config = read_config(path)
+    sets = probe_sets(config.dataset or "") if config else {}
     ckpt, why = final_or_best(path)  # final/ unless cut short or worse than best/
     if not sets:
         return []
@@ -426,136 +179,7 @@ def probe_lines(path: str | Path) -> list[str]:
         return []
     with _one_thread():
         return ([why + ": the probe uses best/"] if why and ckpt.name == "best" else []) + \
-            _probe_summary(model, tok, sets, ckpt.name)
-
-
-def _probe_summary(model, tok, sets: dict, label: str) -> list[str]:
-    from nanogpt.sample import PROBES
-
-    lines = []
-    for pattern, splits in sets.items():
-        r = PROBES[pattern](model, tok, [PROBE_EXAMPLES[pattern]])[0]
-        scores = _probe_cells(model, tok, {pattern: splits})
-        lines.append(f"{r['prompt']} -> {r['output'].strip() or repr(r['output'])} ({'right' if r['correct'] else 'wrong'}); "
-                     + ", ".join(f"{k.split(', ')[1]} {v}" for k, v in scores.items()) + f" [{label}/]")
-    return lines
-
-
-# --- report.md ------------------------------------------------------------------------------
-
-
-def all_trials_view(df: pd.DataFrame, config: SearchConfig | None, unit: str) -> pd.DataFrame:
-    """report.md's table of every trial: id, outcome, the hyperparameters searched (the model's width for head_dim),
-    size, best val_loss and spend; trials.csv keeps the rest."""
-    if config is not None:
-        searched = [h for h in HPARAMS if isinstance(config.space.get(h), dict)]
-    else:  # no search.json: what varies
-        searched = [h for h in HPARAMS if h in df and df[h].nunique(dropna=True) > 1]
-    cols = ["trial_id", "outcome", *[("n_embd" if h == "head_dim" else h) for h in searched], "n_params",
-            "best_val_loss", "spend"]
-    names = {"best_val_loss": "val_loss", "learning_rate": "lr", "batch_size": "batch",
-             "spend": f"spend ({UNIT_NAMES.get(unit, unit)}, training + cooldown)"}
-    return df[cols].rename(columns=names)
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    def fmt(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, bool):
-            return str(v)
-        if isinstance(v, numbers.Real) and math.isfinite(v) and (abs(v) >= 1e4 or float(v).is_integer()):
-            return number(v)  # 228,000 parameters, 3e11 FLOPs
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def _fence(text: str) -> str:
-    return "```\n" + text.replace("```", "` ` `") + "\n```"
-
-
-def _prompts(config: SearchConfig | None, given: list[str] | None) -> tuple[list[str], str | None]:
-    """(the generations' prompts, a note when they are not the search's own). From the results directory alone:
-    the prompts search.json records, else the data set's built-in ones; never a file that search.json names
-    (on the reader's machine that path may be anyone's file)."""
-    from nanogpt.dataset import default_prompts
-
-    if given:
-        return given, None
-    if config and config.prompts:
-        return list(config.prompts), None
-    prompts = default_prompts((config.dataset if config else None) or "")
-    return prompts, (f"search.json records no prompts (a search made before they were recorded): generations use "
-                     f"the default {prompts}; pass --prompt, or --data-file with your own copy of the data")
-
-
-def data_file_prompts(data_file: str) -> list[str]:
-    """Prompts from the start of the user's own data file (given on the command line)."""
-    from nanogpt.dataset import HEAD_CHARS, default_prompts
-
-    try:
-        with open(data_file, encoding="utf-8", errors="replace") as f:
-            return default_prompts("", f.read(HEAD_CHARS))
-    except OSError as e:
-        raise ReportError(f"cannot read --data-file {data_file} ({e.strerror})") from None
-
-
-def _summary(config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, path: Path,
-             missing: list[str]) -> list[str]:
-    md = ["## Summary", ""]
-    if config:
-        res = f"{config.cpus_per_trial:g} CPU" + (f" + {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
-        settings = SCHEDULERS[config.scheduler].describe(config) if config.scheduler in SCHEDULERS else ""
-        asha = f" ({settings})" if settings else ""
-        md += [f"- data set: `{config.data_file or config.dataset}`, {config.tokenizer} tokenizer",
-               f"- preset `{config.preset}`, searcher {config.searcher} ({config.sampler}), scheduler {config.scheduler}{asha}",
-               f"- budget: {config.num_samples} trials x {config.budget_text()} each (every trial the same), {res} per trial"
-               + (f", search time budget {config.time_budget_s:g} s" if config.time_budget_s else "")
-               + (f"; the winner trained for {config.budget_text(config.final_budget)}" if config.final_budget else "")]
-    else:
-        missing.append("search.json is missing or unreadable: data set and budget unknown")
-    counts = df["outcome"].value_counts()
-    md.append("- trials: " + ", ".join(f"{int(counts.get(o.value, 0))} {o.value}" for o in Outcome))
-    if not curves.empty and "elapsed_s" in curves:
-        md.append(f"- training time summed over trials: {curves.groupby('trial_id')['elapsed_s'].max().sum():.0f} s")
-    gone = df[df["outcome"].eq(Outcome.DIVERGED.value)]
-    if not gone.empty:
-        md.append(f"- diverged, never the best (not best/, not exported, not trained for the final budget): "
-                  + "; ".join(f"`{r.trial_id}` {r.status}" for r in gone.head(5).itertuples())
-                  + (f"; and {len(gone) - 5} more (trials.csv)" if len(gone) > 5 else ""))
-    fin = rankable(df)
-    if fin.empty:
-        missing.append("no trial reported a finite validation loss without diverging: no best trial")
-        return md + [""]
-    best = fin.iloc[0]
-    finished = rankable(df[df["outcome"].eq(Outcome.FINISHED)])
-    cfg_text = ", ".join(f"{k}={best[k]:.3g}" if isinstance(best[k], float) else f"{k}={best[k]}"
-                         for k in HPARAMS if best[k] is not None and not (isinstance(best[k], float) and math.isnan(best[k])))
-    md += [f"- **best trial `{best['trial_id']}`** ({best['outcome']}): val_loss **{best['best_val_loss']:.4f}** "
-           f"({best['val_bpc']:.3f} bits/char) at step {best['best_step']}, {int(best['n_params']):,} parameters",
-           f"- best config: {cfg_text}", f"- architecture: {_architecture(best)}"]
-    if not finished.empty:
-        median = float(finished["best_val_loss"].median())
-        md.append(f"- median trial that finished its budget: val_loss {median:.4f}; the best is "
-                  f"{median - best['best_val_loss']:.4f} nats/token lower")
-    md += [f"- checkpoint: `best/` (`python -m nanogpt.sample --checkpoint {path / 'best'}`)", ""]
-    return md
-
-
-def _architecture(best: pd.Series) -> str:
-    """The best trial's model options in words (nanogpt.model.GPTConfig.architecture)."""
-    from nanogpt.model import GPTConfig
-
-    options = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in ARCHITECTURE}
-    try:
-        return GPTConfig(**options).architecture()
-    except (ValueError, TypeError):  # a trials table made elsewhere
-        return "unknown"
+            probe_summary(model, tok, sets, ckpt.name)
 
 
 def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 5, temperature: float = 0.8,
@@ -565,7 +189,7 @@ def write_report(path: str | Path, prompts: list[str] | None = None, top: int = 
 
     `trials`: the table export() just returned, to skip exporting again. `mirror`: the local copy
     `path` is of, when the search lives at a URI (a URI `path` makes one)."""
-    path, mirror = _local(path, mirror)
+    path, mirror = local(path, mirror)
     with _one_thread():
         return _write_report(path, mirror, prompts, top, temperature, seed, max_new_tokens, trials)
 
@@ -588,259 +212,48 @@ def _write_report(path: Path, mirror: Mirror | None, prompts: list[str] | None, 
                   seed: int, max_new_tokens: int, trials: pd.DataFrame | None) -> Path:
     """report.md and plots/, section by section; whatever a section cannot show goes to "Missing"."""
     _check_outputs(path)
-    config = _config(path)
+    config = read_config(path)
     missing: list[str] = []
     if trials is None:
-        df, curves = _read(path, mirror, config)
-        df, notes = _write_exports(path, df, mirror, lambda: _read(path, mirror, config)[0])
+        df, curves = read(path, mirror, config)
+        df, notes = _write_exports(path, df, mirror, lambda: read(path, mirror, config).trials)
         missing += notes
     else:
-        df, curves = trials, _read(path, mirror, config)[1]
+        df, curves = trials, read(path, mirror, config).curves
     plot_dir = path / "plots"
     plot_dir.mkdir(exist_ok=True)
     unit = config.budget_unit if config else "steps"
     # what a reader reads first comes first: the results (the best trial, the final model, every trial), what the
     # models write, then the diagnostics (plots, the scaling law's fit)
-    md: list[str] = [f"# Search report: {path.name}", ""] + _summary(config, df, curves, path, missing)
-    final_model = _final_model(path, missing)
-    if final_model is not None:
-        md += _final_section(final_model, df, config, unit, path)
+    md: list[str] = [f"# Search report: {path.name}", ""] + sections.summary_section(config, df, curves, path, missing)
+    final = final_model(path, missing)
+    if final is not None:
+        md += sections.final_section(final, df, config, unit, path)
     from tune.ladder import report_section  # --ladder on: how the final model was chosen (ladder.json)
 
     md += report_section(path, plot_dir, missing)
-    md += ["## All trials, by validation loss", "", "Every column of every trial is in trials.csv.", "",
-           _md_table(all_trials_view(df, config, unit)), ""]
-    prompts, note = _prompts(config, prompts)
+    md += sections.trials_section(df, config, unit)
+    prompts, note = sections.choose_prompts(config, prompts)
     if note:
         missing.append(note)
-    models = _models(df, top, mirror, final_model, missing)
+    models = top_models(df, top, mirror, final, missing)
     attention: list[str] = []
     if models:
-        untrained, section = _generations_section(models, prompts, temperature, seed, max_new_tokens)
-        md += section + _probes_section(untrained, models, (config.dataset if config else None) or "")
-        attention = _attention_section(models[0][2], models[0][3], prompts[0], plot_dir, missing)
+        untrained, section = sections.generations_section(models, prompts, temperature, seed, max_new_tokens)
+        md += section + sections.probes_section(untrained, models, (config.dataset if config else None) or "")
+        attention = sections.attention_section(models[0], prompts[0], plot_dir, missing)
     else:
         missing.append("no checkpoint could be loaded: no generations, probe or attention heatmap")
-    final_history = final_model[2].get("history") if final_model is not None else None
-    md += _plots_section(path, config, df, curves, unit, plot_dir, missing,
-                         final_history if isinstance(final_history, list) else None) + attention
-    md += _scaling_section(path, config, df, final_model, plot_dir, missing)
-    if missing:
-        md += ["## Missing from this report", ""] + [f"- {m}" for m in missing] + [""]
+    final_history = final.meta.get("history") if final is not None else None
+    md += sections.plots_section(path, config, df, curves, unit, plot_dir, missing,
+                                 final_history if isinstance(final_history, list) else None) + attention
+    md += sections.scaling_section(path, config, df, final, plot_dir, missing)
+    md += sections.missing_section(missing)
     out = path / "report.md"
     write_bytes(out, "\n".join(md).encode())
     if mirror:
         mirror.push("report.md", "plots")
     return out
-
-
-def _plots_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, curves: pd.DataFrame, unit: str,
-                   plot_dir: Path, missing: list[str], final: list[dict] | None = None) -> list[str]:
-    figures = [
-        ("learning_curves.png", "Learning curves" + (" (and the final model's)" if final else ""),
-         lambda p: plots.learning_curves(curves, df, p, unit, final)),
-        ("val_loss_vs_params.png", "Validation loss against model size (Pareto front of trials at equal spend)",
-         lambda p: plots.loss_vs_params(df, p)),
-        ("val_loss_vs_hparams.png", "Validation loss against each hyperparameter (trials that finished their budget)",
-         lambda p: plots.loss_vs_hparams(df, p)),
-        ("importance.png", "Hyperparameter importance (Optuna, PED-ANOVA, over COMPLETE trials)",
-         lambda p: plots.importance(path, config, p)),
-        ("parallel_coordinates.png", "Parallel coordinates (trials that finished their budget)",
-         lambda p: plots.parallel_coordinates(df, p)),
-    ]
-    md = ["## Plots", ""]
-    for fname, title, draw in figures:
-        try:
-            draw(plot_dir / fname)
-            md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
-        except plots.PlotSkipped as e:
-            missing.append(f"{title}: {e}")
-        except UserError as e:  # a file it needs is corrupt (optuna.db): say which, draw the rest
-            log.warning("%s", e)
-            missing.append(f"{title}: {e}")
-    return md
-
-
-def _final_model(path: Path, missing: list[str]):
-    """final/'s (model, tokenizer, meta), or None when there is none (or it cannot be read: said in Missing)."""
-    from nanogpt.checkpoint import CheckpointError, load_model
-
-    if not (path / "final" / MODEL_FILE).is_file():
-        return None
-    try:
-        return load_model(path / "final")
-    except CheckpointError as e:
-        missing.append(f"final/: {e}")
-        return None
-
-
-def _final_section(final_model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
-    """The final model, trained for the user's budget."""
-    m = last_eval(final_model[2])
-    best = (f" (the search's best trial: {rankable(df)['best_val_loss'].iloc[0]:.4f} at {config.budget_text()})"
-            if config and not rankable(df).empty else "")
-    return ["## Final model (the winner trained for the final budget)", "",
-            f"- val_loss **{m.get('val_loss', float('nan')):.4f}** ({m.get('val_bpc', float('nan')):.3f} bits/char) "
-            f"after {number(m.get('step') or 0)} steps ({format_amount(m.get('spend', 0), unit)})" + best,
-            _final_origin(final_model[2]),
-            *([f"- **cut short**: {final_cut_short(final_model[2])}"]
-              if final_cut_short(final_model[2]) and not final_model[2].get("continued_from") else []),
-            *([f"- **{why}**: the search's answer is `best/`"] if (why := final_or_best(path)[1])
-              and final_or_best(path)[0].name == "best" else []),
-            f"- checkpoint: `final/` (`python -m nanogpt.sample --checkpoint {path / 'final'}`)", ""]
-
-
-def _scaling_section(path: Path, config: SearchConfig | None, df: pd.DataFrame, final_model, plot_dir: Path,
-                     missing: list[str]) -> list[str]:
-    """The scaling law over every cooldown rung (tune.scaling), its held-back error, and which trial it would train
-    for the final budget beside the raw winner; what the final training used, from final/'s record."""
-    raw, kept = scaling.candidates(df)
-    points = scaling.rung_points(read_trials(path)) if raw is not None else []
-    if not points:
-        return []  # a cosine search, or nothing finished: no rungs to fit
-    unit = config.budget_unit if config else "spend"
-    text = config.budget_text if config else (lambda a: f"{a:.4g}")
-    meta = final_model[2] if final_model is not None else {}
-    train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
-    last = last_eval(meta)
-    # what the final training planned last (--final-budget auto re-plans it from its speed), else its budget
-    budget = _num(last.get("budget")) or _num(train.get("budget")) or (config.final_budget if config else None)
-    at = "the final budget"
-    if not budget and config:
-        budget, at = 4 * config.trial_budget, "4x the trial budget (no --final-budget)"
-    if not budget:
-        missing.append("scaling law: no final budget known (search.json unreadable): no prediction")
-        return []
-    choice = scaling.choose(points, kept, raw, float(budget))
-    verdict = ("**The fit is trusted: its pick is the configuration for the final budget.**" if choice.get("trusted")
-               else "**The fit is not trusted (a diagnostic only): the raw winner is the configuration for the final "
-                    "budget.**")
-    md = ["## Scaling law: which configuration for the final budget", "", verdict, "",
-          "Every cooldown rung is the loss of a copy decayed at that spend. Fitted over all of them: "
-          "L(N, D) = E + A N^-alpha + B D^-beta, with N the non-embedding parameters and D the tokens the decayed "
-          "copy trained on; a trial's prediction adds its own offset from the law at its last rung. The fit's pick "
-          "replaces the raw winner (the best at the trial budget) only when the held-back error is smaller than "
-          "the gap it predicts between them, no exponent sits at the fit's bounds, and the choice replayed on the "
-          "held-back rungs did no worse than the raw winner of then.", ""]
-    if "law" in choice:
-        md += [f"- fit: {scaling.law_text(choice['law'])}",
-               f"- held-back check: {scaling.check_text(choice['held_back'], text)}"]
-    md.append(f"- at {at} ({text(float(budget))}): {choice['reason']}")
-    if "predicted" in choice:
-        md += ["", _md_table(_predicted_view(df, choice, unit)), ""]
-    if final_model is not None:
-        chosen = meta.get("chosen_by") if isinstance(meta.get("chosen_by"), dict) else {}
-        used = chosen.get("chosen") or meta.get("continued_from")
-        md.append(f"- the final training used: `{used}`" if used else
-                  "- final/ does not record which trial it trained (a search made before the fit)")
-    try:
-        measured = (_num(last.get("spend")), last_val_loss(meta)) if final_model is not None else None
-        plots.scaling_law(points, choice, plot_dir / "scaling_law.png", unit,
-                          measured if measured and None not in measured else None)
-        md += ["", "![scaling law](plots/scaling_law.png)"]
-    except plots.PlotSkipped as e:
-        missing.append(f"scaling law plot: {e}")
-    return md + [""]
-
-
-def _predicted_view(df: pd.DataFrame, choice: dict, unit: str) -> pd.DataFrame:
-    """The candidates the law predicts best at the final budget, raw winner and pick marked."""
-    rows = []
-    for tid, loss in list(choice["predicted"].items())[:8]:
-        row = df[df["trial_id"].eq(tid)].iloc[0]
-        mark = " ".join(m for t, m in ((choice["raw_winner"], "raw winner"), (choice.get("pick"), "fit's pick"))
-                        if t == tid)
-        rows.append({"trial_id": tid, "role": mark, "n_embd": row["n_embd"], "n_layer": row["n_layer"],
-                     "outcome": row["outcome"], "val_loss": row["best_val_loss"], "predicted": loss})
-    return pd.DataFrame(rows).rename(columns={"val_loss": "val_loss (trial budget)",
-                                              "predicted": "predicted (final budget)"})
-
-
-def _models(df: pd.DataFrame, top: int, mirror: Mirror | None, final_model, missing: list[str]) -> list[tuple]:
-    """(label, note, model, tokenizer, meta) of the final model (if any) and the top trials' best checkpoints."""
-    from nanogpt.checkpoint import CheckpointError, load_model
-
-    models = []
-    for _, row in rankable(df).head(top).iterrows():  # diverged trials have nothing to say
-        if pd.isna(row["checkpoint"]):
-            missing.append(f"trial {row['trial_id']} has no checkpoint on disk: no generations")
-            continue
-        try:
-            model, tok, meta = load_model(mirror.fetch(row["checkpoint"]) if mirror else row["checkpoint"])
-            models.append((str(row["trial_id"]), f"val_loss {row['best_val_loss']:.4f}", model, tok, meta))
-        except CheckpointError as e:
-            missing.append(f"trial {row['trial_id']}: {e}")
-    if final_model is not None:
-        fm, ftok, fmeta = final_model
-        models.insert(0, ("final", f"val_loss {(fmeta.get('history') or [{}])[-1].get('val_loss', float('nan')):.4f}",
-                          fm, ftok, fmeta))
-    return models
-
-
-def _generations_section(models: list[tuple], prompts: list[str], temperature: float, seed: int,
-                         max_new_tokens: int) -> tuple:
-    """(the untrained model, the section): each model's continuation of each prompt, the untrained one first."""
-    import torch
-
-    from nanogpt.model import GPT, GPTConfig
-    from nanogpt.sample import generate_text
-
-    md = ["## Generations", "",
-          f"The final model (if trained) and the top {len(models)} trials, each from its best checkpoint; "
-          f"temperature {temperature}, seed {seed}, {max_new_tokens} new tokens. The untrained model "
-          f"(same shape as the best, random weights) is shown first.", ""]
-    _, _, _, tok, meta = models[0]
-    torch.manual_seed(seed)
-    untrained = GPT(GPTConfig(**meta["model"])).eval()
-    for prompt in prompts:
-        md += [f"### Prompt {prompt!r}", "", "**untrained:**", "",
-               _fence(generate_text(untrained, tok, prompt, max_new_tokens, temperature, seed=seed)), ""]
-        for label, note, model, tok_i, _ in models:
-            text = generate_text(model, tok_i, prompt, max_new_tokens, temperature, seed=seed)
-            md += [f"**{label}** ({note}):", "", _fence(text), ""]
-    return untrained, md
-
-
-def _probes_section(untrained, models: list[tuple], dataset_name: str) -> list[str]:
-    """The pattern probes: the untrained model beside the trained ones (built-in corpora only)."""
-    from nanogpt.sample import PROBES
-
-    sets = _probe_sets(dataset_name)
-    if not sets:
-        return []
-    _, _, best_model, tok, _ = models[0]
-    rows = [("untrained", _probe_cells(untrained, tok, sets))]
-    rows += [(label, _probe_cells(m, t, sets)) for label, _, m, t, _ in models[:4]]
-    cols = list(rows[0][1])
-    md = ["## Pattern probes", "",
-          'Greedy continuations: "Number k comes before" should give k+1, "AkBk" should give "Ck". '
-          "Seen: k's sentence is in the training split; held out: only in the validation split, so "
-          "getting it right means the model learned the rule, not the sentence.", "",
-          "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    md += [f"| {label} | " + " | ".join(cells[c] for c in cols) + " |" for label, cells in rows]
-    md += ["", "Examples, untrained -> best:", ""]
-    for pattern, splits in sets.items():
-        ks = [PROBE_EXAMPLES[pattern]] + splits["held out"][:1]
-        for before, after in zip(PROBES[pattern](untrained, tok, ks), PROBES[pattern](best_model, tok, ks)):
-            md.append(f"- {after['prompt']!r}: {before['output'].strip()!r} -> {after['output'].strip()!r} "
-                      f"({'right' if after['correct'] else 'wrong'})")
-    return md + [""]
-
-
-def _attention_section(best_model, tok, text: str, plot_dir: Path, missing: list[str]) -> list[str]:
-    """The best model's attention (last layer, mean of heads) on the first prompt, as a heatmap and in words."""
-    from nanogpt.attention import attention_matrix, focus_summary, plot_attention
-
-    try:
-        layer = best_model.config.n_layer - 1
-        tokens, att = attention_matrix(best_model, tok, text, layer=layer, head=-1)
-        plot_attention(tokens, att, plot_dir / "attention.png", f"best model, layer {layer}, mean of heads: {text!r}")
-    except ValueError as e:
-        missing.append(f"attention heatmap: {e}")
-        return []
-    return (["### Attention of the best model", "", f"Last layer ({layer}), mean over heads, on {text!r}.", "",
-             "![attention](plots/attention.png)", "", "What each token focuses on most:", ""]
-            + [f"- {line}" for line in focus_summary(tokens, att)] + [""])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -864,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ReportError(f"{args.path} is not a directory: pass RESULTS_DIR/NAME of a search")
     if args.top < 1 or args.temperature < 0 or args.max_new_tokens < 1:
         raise ReportError("--top and --max-new-tokens must be >= 1 and --temperature >= 0")
-    prompts = args.prompt or (data_file_prompts(args.data_file) if args.data_file else None)
+    prompts = args.prompt or (sections.data_file_prompts(args.data_file) if args.data_file else None)
     out = write_report(args.path, prompts, args.top, args.temperature, args.seed, args.max_new_tokens)
     df = pd.read_csv(out.parent / "trials.csv")
     print(top_table(df, args.top))

@@ -310,7 +310,7 @@ def choose(points: list[Point], candidates: list[str], raw: str, final_budget: f
 
 
 def candidates(trials) -> tuple[str | None, list[str]]:
-    """(the raw winner, the candidates) of a search's trials table (tune.report's, sorted by best val_loss): the
+    """(the raw winner, the candidates) of a search's trials table (tune.results's, sorted by best val_loss): the
     best finished trial (None when none finished), and the trials that finished or were pruned and kept a
     checkpoint to continue from."""
     from tune.outcomes import Outcome, rankable
