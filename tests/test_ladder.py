@@ -105,6 +105,19 @@ def test_ladder_picks_the_trial_the_later_spend_favours(planned):
     assert state["entrants"]["c"]["lr"] == pytest.approx(1e-3 * (100 / 14) ** -0.125)
 
 
+def test_the_ladder_takes_the_best_of_each_model_before_a_second_of_any(tmp_path):
+    """Entrants: the best trial of each model first (ranks swap between sizes, not between one model's learning
+    rates), then the rest by loss; the trial winner stays the best trial."""
+    config = config_from_args(build_parser().parse_args(
+        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "100steps",
+         "--reduction-factor", "2", "--results-dir", str(tmp_path), "--name", "l"]))
+    trials = _state({"a": 1.0, "b": 1.1, "c": 1.2, "d": 1.3, "e": 1.4})
+    trials.loc[trials["trial_id"].eq("d"), "n_layer"] = 2  # another model, fourth at the trial budget
+    state = ladder.new_state(config, trials, None, 2)
+    assert list(state["entrants"]) == ["a", "d", "b", "c"] and state["raw_winner"] == "a"
+    assert ladder.entrant_order([{"hp": {"n_layer": 1}}])[0] == {"hp": {"n_layer": 1}}
+
+
 def test_a_ladder_stopped_midway_continues_exactly(planned):
     exp, state = planned
     calls = []

@@ -1,7 +1,8 @@
 """The ladder (`--ladder on`, issue 26): which trial becomes the final model is decided near the final budget,
 not at the trial budget.
 
-After `Tuner.fit`, the best rf^m finished trials (rf = --reduction-factor) continue their stable phases (wsd: the
+After `Tuner.fit`, the best rf^m finished trials (rf = --reduction-factor; the best of each model first:
+entrant_order) continue their stable phases (wsd: the
 peak learning rate) to the spend F / rf^m, F the final budget; each takes a cooldown branch there (nanogpt.cooldown)
 and the best 1/rf by that branch's val_loss continue to F / rf^(m-1), and so on; the one left after the comparison
 at F / rf is continued to F and decays: that run is final/. m is the most levels above the trials' own spend that
@@ -166,7 +167,7 @@ def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: i
     else:
         final = float(config.final_budget)
     plan = levels(final, max(e["spend"] for e in pool), rf, len(pool), unit)
-    entrants = pool[:plan[0][1] if plan else 1]
+    entrants = entrant_order(pool)[:plan[0][1] if plan else 1]
     beta = config.horizon_lr_beta
     for e in entrants:
         e["trial_lr"] = float(e["hp"]["learning_rate"])
@@ -175,6 +176,23 @@ def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: i
     return {"unit": unit, "reduction_factor": rf, "horizon_lr_beta": beta, "horizon": final, "final_budget": final,
             "raw_winner": ids[0], "entrants": dict(zip(ids, entrants)), "steps": _steps(plan, ids),
             "winner": None if plan else ids[0], "seconds": 0.0, "seconds_left": seconds_left, "slots": slots}
+
+
+def entrant_order(pool: list[dict]) -> list[dict]:
+    """The finished trials (best first) in the order the ladder takes them: the best trial of each model (its shape
+    and architecture) first, best first, then the others by their loss. Ranks swap between sizes as the spend grows
+    (benchmarks/RESULTS.md, "Rank correlation"), not between learning rates of one model, whose best falls slowly
+    with the horizon: a ladder whose entrants are one model's runs (the top trials of a 15-minute search were all
+    2 x 96, "Equal wall-clock, 15m") compares learning rates only, and ends where the trial winner would."""
+    from tune.space import ARCHITECTURE
+
+    seen: set = set()
+    first, rest = [], []
+    for e in pool:
+        model = tuple(e["hp"].get(k) for k in ("n_layer", "n_head", "head_dim", *ARCHITECTURE))
+        (rest if model in seen else first).append(e)
+        seen.add(model)
+    return first + rest
 
 
 def _steps(plan: list[tuple[float, int]], entrants: list[str]) -> list[dict]:
