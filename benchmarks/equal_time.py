@@ -88,7 +88,8 @@ def run_ours(cmd: list[str], extra: list[str], val) -> dict:
         exp = run.exp
         # its answer: final/, or best/ when no time was left for a final training (the command says which)
         trials = report.load(exp)
-        split = [ln for ln in run.stdout.splitlines() if ln.startswith(("time budget", "final budget", "final model"))]
+        split = [ln for ln in run.stdout.splitlines()
+                 if ln.startswith(("time budget", "final budget", "final model", "final training", "ladder", "horizon"))]
         found = {"wall_s": run.wall_s, "top": report.top_table(trials, 5), "split": split,
                  "outcomes": trials["outcome"].value_counts().to_dict()}
         scored = next((d for d in ("final", "best") if (exp / d / "model.pt").is_file()), None)
