@@ -390,12 +390,13 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
 
     import optuna
 
-    from tune.searcher import StudyStorage, TruthfulOptunaSearch, bind_run
+    from tune.binding import THIS_SEARCH
+    from tune.searcher import StudyStorage, TruthfulOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     original, copy = tmp_path / "a" / "s", tmp_path / "b" / "s"
     original.mkdir(parents=True)
-    bind_run(original, str(original))
+    THIS_SEARCH.bind(original, str(original))
     searcher = TruthfulOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)},
                                     metric="val_loss", mode="min", sampler=optuna.samplers.RandomSampler(seed=0),
                                     study_name="s", storage=StudyStorage(original))
@@ -403,7 +404,7 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
     saved = pickle.dumps(searcher)
     shutil.copytree(original, copy)
     shutil.rmtree(original)  # moved: the old path is gone
-    bind_run(copy, str(copy))
+    THIS_SEARCH.bind(copy, str(copy))
     restored = pickle.loads(saved)
     restored.on_trial_complete("t1", {"val_loss": 1.0, "spend": 5, "outcome": "finished"})
     assert restored.suggest("t2") is not None

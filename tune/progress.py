@@ -15,9 +15,9 @@ from ray.tune.stopper import Stopper
 from nanogpt.amounts import format_amount, number
 from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
+from tune.binding import THIS_SEARCH
 from tune.outcomes import (CLOCK_FILE, OUTCOMES_FILE, Outcome, diverged, error_line, outcome_of_result, read_clock,
                            read_outcomes)
-from tune.searcher import bound_run
 from tune.space import Hparams
 
 log = logging.getLogger(__name__)  # DEBUG (tune.search -v): every evaluation of every trial
@@ -188,7 +188,7 @@ class MirrorSync(Callback):
         self.mirror, self.rels = mirror, rels
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: upload from the search's copy as it is now
-        self.__dict__.update(state, mirror=bound_run().mirror)
+        self.__dict__.update(state, mirror=THIS_SEARCH.run.mirror)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.mirror.push(*self.rels)
@@ -229,7 +229,7 @@ class OutcomeRecorder(Callback):
             self.failed = self.failed or e
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
-        self.__dict__.update(state, experiment_dir=str(bound_run().dir))
+        self.__dict__.update(state, experiment_dir=str(THIS_SEARCH.run.dir))
 
     # the search clock: the search's running time over all its runs (the time between runs left out), from Ray's
     # setting up the callbacks to the experiment's end in each; --time-budget is spent on it (TimeBudget)
