@@ -4,6 +4,9 @@ Ray's saved state (tuner.pkl, searcher-state-*.pkl) holds the searcher and our c
 included, and Ray unpickles them with no way to pass them context. So that a results directory that was moved or
 copied resumes against its own files, the driver binds its search here (`THIS_SEARCH.bind`) before Ray restores: the
 study's storage, the search algorithm's experiment and our callbacks take their paths from it when unpickled.
+The time budget's stopper (tune.progress.TimeBudget) is restored apart from the callbacks (from
+experiment_state-*.json), so it cannot hold the recorder whose search clock it reads: it finds it here
+(`THIS_SEARCH.clock`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class ThisSearch:
 
     def __init__(self) -> None:
         self._run: BoundRun | None = None
+        self.clock = None  # the tune.progress.OutcomeRecorder Ray set up in this process's latest run
 
     def bind(self, experiment_dir: str | Path, experiment_path: str, mirror=None) -> None:
         """Bind this process's search to where it is now, before Ray reads its saved state."""

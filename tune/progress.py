@@ -61,13 +61,13 @@ class TimeBudget(Stopper):
     Ray's own time_budget_s counts from its first check in each run and resumes from the state it last saved, so
     every run's start-up and its end after the last save go uncounted: on a busy machine a 45 s budget over one
     resume ran 56 s on the search clock. Ray saves this stopper with its experiment state: it holds nothing, and
-    reads the budget and the clock from the running search's recorder."""
+    reads the budget and the clock from the running search's recorder (tune.binding)."""
 
     def __call__(self, trial_id, result) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        clock = OutcomeRecorder.running
+        clock = THIS_SEARCH.clock
         return clock is not None and bool(clock.time_budget_s) and clock.used_s() >= clock.time_budget_s
 
 
@@ -204,8 +204,6 @@ class OutcomeRecorder(Callback):
     Must come before Ray's logger callbacks (user callbacks do), so the outcome written onto a result
     reaches result.json and the searcher."""
 
-    running: OutcomeRecorder | None = None  # the clock of the search this process runs (set up by Ray)
-
     def __init__(self, experiment_dir: str | Path, time_budget_s: float | None, searcher=None):
         self.experiment_dir = str(experiment_dir)
         self.time_budget_s = time_budget_s
@@ -236,7 +234,7 @@ class OutcomeRecorder(Callback):
     def setup(self, **info):
         self.used0, self.t0, self._written = read_clock(self.experiment_dir), time.time(), 0.0
         self.started = set()
-        OutcomeRecorder.running = self
+        THIS_SEARCH.clock = self
 
     def used_s(self) -> float:
         return self.used0 + time.time() - self.t0
