@@ -418,23 +418,23 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
 LISTENERS = """
 import logging, os, subprocess, sys
 from tune.config import build_parser, config_from_args
-from tune.ray_env import init_ray, local_ray_on_loopback
+from tune.ray_env import init_ray, local_loopback
 
-local_ray_on_loopback()
-import ray
+with local_loopback(None):
+    import ray
 
-init_ray(config_from_args(build_parser().parse_args(["--results-dir", sys.argv[1]])), address=None, dashboard=False)
-ray.get(ray.remote(lambda: 1).remote())  # a worker up, as in a search
-rows = [line.split() for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True,
-                                                text=True).stdout.splitlines()]
-tree, grew = {str(os.getpid())}, True
-while grew:
-    new = {pid for pid, ppid in rows if ppid in tree} - tree
-    tree, grew = tree | new, bool(new)
-for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
-    if any(f"pid={pid}," in line for pid in tree):
-        print("LISTEN", line.split()[3], line.split()[-1])
-ray.shutdown()
+    init_ray(config_from_args(build_parser().parse_args(["--results-dir", sys.argv[1]])), address=None, dashboard=False)
+    ray.get(ray.remote(lambda: 1).remote())  # a worker up, as in a search
+    rows = [line.split() for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True,
+                                                    text=True).stdout.splitlines()]
+    tree, grew = {str(os.getpid())}, True
+    while grew:
+        new = {pid for pid, ppid in rows if ppid in tree} - tree
+        tree, grew = tree | new, bool(new)
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+        if any(f"pid={pid}," in line for pid in tree):
+            print("LISTEN", line.split()[3], line.split()[-1])
+    ray.shutdown()
 """
 
 
