@@ -255,8 +255,8 @@ def autocast_for(device: torch.device) -> Callable:
     """The forward's autocast context: bf16 on CUDA with bf16, else none."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    # fp32 on CPU: without bf16 hardware a bf16 matmul runs 15-37x slower than fp32 (measured on this project's
-    # machines)
+    # fp32 on CPU: a bf16 matmul pays only on a CPU with bf16 hardware, and there not at every size; without it, it
+    # runs many times slower than fp32 (benchmarks/RESULTS.md, "Fast trials")
     return contextlib.nullcontext
 
 
