@@ -34,7 +34,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, shakespeare_file, stamp, write_section
+from benchmarks.common import ROOT, shakespeare_chars, stamp, write_section
 
 OUT = ROOT / "benchmarks" / "ablation.json"
 SPEED_OUT = ROOT / "benchmarks" / "ablation_speed.json"  # the last --speed timing: {"measured": ..., "load": ..., "s": {row: s}}
@@ -60,16 +60,6 @@ SEEDS = (0, 1, 2)
 # what a row's figures alone do not say, written under the table
 NOTES = {"swiglu": "SwiGLU alone with AdamW at lr 8e-3 was unstable: one of its three seeds ended near 2.43 (the row's "
                    "sd 0.21)."}
-_DATA = None
-
-
-def _data():
-    global _DATA
-    if _DATA is None:
-        from nanogpt.token_cache import prepare
-
-        _DATA = prepare(None, shakespeare_file(), "char")
-    return _DATA
 
 
 def train_one(job: dict) -> dict:
@@ -81,7 +71,7 @@ def train_one(job: dict) -> dict:
     from nanogpt.train import Trainer, TrainConfig
 
     torch.set_num_threads(1)
-    data, tok = _data()
+    data, tok = shakespeare_chars()
     model_cfg = GPTConfig(vocab_size=tok.vocab_size, **SHAPE, **ROWS[job["row"]])
     cfg = TrainConfig(budget_unit="flops", budget=job["budget"], eval_every=job["budget"], eval_iters=1,
                       batch_size=BATCH, learning_rate=job["lr"], optimizer=job["optimizer"], seed=job["seed"],
@@ -180,7 +170,7 @@ def speed(rows: list[str], steps: int = 150, rounds: int = 3) -> dict[str, float
     from nanogpt.train import Trainer, TrainConfig
 
     torch.set_num_threads(1)
-    data, tok = _data()
+    data, tok = shakespeare_chars()
     per: dict[str, list[float]] = {r: [] for r in rows}
     for _ in range(rounds):
         for r in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -32,6 +33,15 @@ def shakespeare_file() -> Path:
     from nanogpt.shakespeare import shakespeare_path
 
     return shakespeare_path()
+
+
+@functools.cache
+def shakespeare_chars():
+    """(TokenData, tokenizer) of shakespeare_file(), char-level, prepared once per process (functools.cache): the
+    runs of one pool worker share them."""
+    from nanogpt.token_cache import prepare
+
+    return prepare(None, shakespeare_file(), "char")
 
 
 def require_cuda(command: str) -> None:

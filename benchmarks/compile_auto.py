@@ -127,6 +127,10 @@ the median of each size's rounds; `on` last in each round, then {PAUSE_AFTER_COM
 {GOAL:.2f}x the better of on and off. On this machine a compile never paid at these sizes: auto trains eager.
 Before this order, every auto run followed an `on` run and measured 1.11-1.14x the eager one at the laptop and muon
 sizes (2026-12-07 06:14); eager runs right after `on` are 10-20% slower on this machine, whatever their mode.
+Why auto trusts only this machine's own record: its earlier guess for a shape never compiled here (30 s and 1.05x,
+measured on another machine) compiled a 3,696-parameter model (1 x 16) for 86 s here on 2026-12-07, and the compiled
+step ran at 0.7x eager. Those 86 s are the slowest compile seen on this project's machines; nanogpt.compile's
+UNKNOWN_COMPILE_S (120 s) stands above them.
 
 | size | rounds | off s | on s | auto s | auto / best | goal | measured |
 |---|---|---|---|---|---|---|---|

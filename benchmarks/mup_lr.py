@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, shakespeare_file, stamp, write_section
+from benchmarks.common import ROOT, shakespeare_chars, stamp, write_section
 
 OUT = ROOT / "benchmarks" / "mup_lr.json"
 SECTION = "muP: the best learning rate across widths (benchmarks/mup_lr.py)"
@@ -42,16 +42,6 @@ LRS = [1e-3 * 2**i for i in range(6)]  # 1e-3 .. 3.2e-2
 SEEDS = (0, 1, 2)
 STEPS = 800  # equal tokens at every width (614,400); about 30 minutes on 2 cores (45 runs, 1 thread each)
 EVAL_ITERS = 200  # fixed_val_loss's windows (x 32)
-_DATA = None
-
-
-def _data():
-    global _DATA
-    if _DATA is None:
-        from nanogpt.token_cache import prepare
-
-        _DATA = prepare(None, shakespeare_file(), "char")
-    return _DATA
 
 
 def train_one(job: dict) -> dict:
@@ -63,7 +53,7 @@ def train_one(job: dict) -> dict:
     from nanogpt.train import Trainer, TrainConfig
 
     torch.set_num_threads(1)
-    data, tok = _data()
+    data, tok = shakespeare_chars()
     model_cfg = GPTConfig(vocab_size=tok.vocab_size, n_embd=job["width"], parametrization=job["param"],
                           mup_base_width=BASE_WIDTH, **SHAPE)
     cfg = TrainConfig(max_steps=job["steps"], eval_interval=job["steps"], eval_iters=1, batch_size=BATCH,

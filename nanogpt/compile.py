@@ -9,9 +9,9 @@ per shape and machine (the key names the CPU): `auto` decides from that record. 
 is compiled only where even a slow cold compile (the slowest this machine has recorded, else UNKNOWN_COMPILE_S) is
 at most BLIND_SHARE of the run's remaining seconds, and that compile is then checked: a compiled step no faster than
 the eager one goes back to eager and is recorded, so auto never compiles that shape here again. No guess made on
-another CPU decides here (on 2026-12-07 a 30 s / 1.05x guess from another machine compiled a 3,696-parameter model
-for 86 s, and its compiled step ran at 0.7x eager). The optimizer step and gradient clipping stay eager: fused
-AdamW is one kernel already, and Muon's Newton-Schulz is a few large matmuls.
+another CPU decides here: one such guess compiled a tiny model here for far longer than it expected, and the compiled
+step ran slower than eager (benchmarks/RESULTS.md, "Compile auto on a fresh cache"). The optimizer step and gradient
+clipping stay eager: fused AdamW is one kernel already, and Muon's Newton-Schulz is a few large matmuls.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
 # auto, for a shape this machine never measured: a cold compile is taken to cost the slowest compile this machine
-# has recorded, or UNKNOWN_COMPILE_S where it has none (the slowest seen on this project's machines: 86 s for a
-# 1 x 16 model on an Intel Xeon on 2026-12-07), and is tried only where that is at most BLIND_SHARE of the run's
-# remaining seconds; the compiled step is then timed over VERIFY_STEPS steps and kept only if it beats eager
+# has recorded, or UNKNOWN_COMPILE_S where it has none (above the slowest compile seen on this project's machines:
+# benchmarks/RESULTS.md, "Compile auto on a fresh cache"), and is tried only where that is at most BLIND_SHARE of the
+# run's remaining seconds; the compiled step is then timed over VERIFY_STEPS steps and kept only if it beats eager
 UNKNOWN_COMPILE_S = 120.0
 BLIND_SHARE = 0.05
 VERIFY_STEPS = 10

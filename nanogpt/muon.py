@@ -34,7 +34,6 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 EPS = 1e-7
 METHODS = ("float32", "bfloat16", "float32-gram")
-_measured: dict[tuple, str] = {}  # (device type, k, m, n) -> fastest method, for this process
 
 
 def newton_schulz_flops(shape: torch.Size, steps: int = NS_STEPS) -> int:
@@ -95,22 +94,33 @@ def _time(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def fastest_method(k: int, m: int, n: int, device: torch.device, rounds: int = 3) -> str:
-    """The method that orthogonalizes a (k, m, n) stack fastest here: measured once per process, alternating
-    rounds, best of each. bf16 only where the device has it fast, which is what the measurement finds out."""
-    key = (device.type, k, m, n)
-    if key not in _measured:
-        candidates = [meth for meth in METHODS if meth != "float32-gram" or n >= 2 * m]
-        # its own generator: measuring must not move the global RNG that dropout and sampling draw from
-        X = torch.randn(k, m, n, device=device, generator=torch.Generator(device=device).manual_seed(0))
-        best = {meth: math.inf for meth in candidates}
-        for _ in range(rounds + 1):  # the first round warms up
-            for meth in candidates:
-                best[meth] = min(best[meth], _time(lambda: orthogonalize(X, meth), device))
-        _measured[key] = min(candidates, key=best.get)
-        log.debug("Newton-Schulz on %s for %dx%dx%d: %s (%s)", device.type, k, m, n, _measured[key],
-                  ", ".join(f"{meth} {s * 1e3:.2f} ms" for meth, s in best.items()))
-    return _measured[key]
+class MethodChoices:
+    """The method that orthogonalizes each stack shape fastest here, measured once per process: every Muon the
+    process makes (a worker's trials, one after another) takes the first measurement of a shape, rather than each
+    measuring again and perhaps choosing otherwise. One instance, METHOD_CHOICES."""
+
+    def __init__(self) -> None:
+        self.measured: dict[tuple, str] = {}  # (device type, k, m, n) -> fastest method
+
+    def fastest(self, k: int, m: int, n: int, device: torch.device, rounds: int = 3) -> str:
+        """The method that orthogonalizes a (k, m, n) stack fastest here: measured once per process, alternating
+        rounds, best of each. bf16 only where the device has it fast, which is what the measurement finds out."""
+        key = (device.type, k, m, n)
+        if key not in self.measured:
+            candidates = [meth for meth in METHODS if meth != "float32-gram" or n >= 2 * m]
+            # its own generator: measuring must not move the global RNG that dropout and sampling draw from
+            X = torch.randn(k, m, n, device=device, generator=torch.Generator(device=device).manual_seed(0))
+            best = {meth: math.inf for meth in candidates}
+            for _ in range(rounds + 1):  # the first round warms up
+                for meth in candidates:
+                    best[meth] = min(best[meth], _time(lambda: orthogonalize(X, meth), device))
+            self.measured[key] = min(candidates, key=best.get)
+            log.debug("Newton-Schulz on %s for %dx%dx%d: %s (%s)", device.type, k, m, n, self.measured[key],
+                      ", ".join(f"{meth} {s * 1e3:.2f} ms" for meth, s in best.items()))
+        return self.measured[key]
+
+
+METHOD_CHOICES = MethodChoices()
 
 
 class Muon(torch.optim.Optimizer):
@@ -143,7 +153,7 @@ class Muon(torch.optim.Optimizer):
         k, m, n = X.shape
         key = f"{m}x{n}"
         if key not in methods:
-            methods[key] = self.ns_method or fastest_method(k, m, n, X.device)
+            methods[key] = self.ns_method or METHOD_CHOICES.fastest(k, m, n, X.device)
         return methods[key]
 
     @torch.no_grad()

@@ -85,12 +85,32 @@ def tokenizer_tag(spec: dict) -> str:
 
 # --- where the tokens go: the cache, or a temp dir for this run when the cache is not writable ------------------
 
-_fallback_root: Path | None = None
+class _FallbackRoot:
+    """The private temp dir (removed at exit) this process's tokens go to when the cache is not writable. One per
+    process, made when it is first needed: every later prepare() of the process (the next trial in a reused worker,
+    the final training) finds the tokens there, and nothing hands a directory from one to the next."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def get(self, root: Path, reason: str) -> Path:
+        if self.path is None:
+            try:
+                self.path = Path(tempfile.mkdtemp(prefix="nanogpt-tune-tokens-"))
+            except OSError:
+                raise DataError(f"the cache directory {root} is not writable ({reason}) and neither is the temp "
+                                f"dir: set NANOGPT_TUNE_CACHE to a writable directory") from None
+            atexit.register(shutil.rmtree, self.path, True)
+            log.warning("the cache directory %s is not writable (%s): tokens go to %s for this run only; "
+                        "set NANOGPT_TUNE_CACHE to a writable directory to keep them", root, reason, self.path)
+        return self.path
+
+
+_FALLBACK_ROOT = _FallbackRoot()
 
 
 def _token_root() -> Path:
     """tokens_dir(), or a private temp dir (removed at exit) when that is not writable."""
-    global _fallback_root
     root = tokens_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -98,17 +118,7 @@ def _token_root() -> Path:
             pass
         return root
     except OSError as e:
-        reason = e.strerror or str(e)
-    if _fallback_root is None:
-        try:
-            _fallback_root = Path(tempfile.mkdtemp(prefix="nanogpt-tune-tokens-"))
-        except OSError:
-            raise DataError(f"the cache directory {root} is not writable ({reason}) and neither is the temp dir: "
-                            f"set NANOGPT_TUNE_CACHE to a writable directory") from None
-        atexit.register(shutil.rmtree, _fallback_root, True)
-        log.warning("the cache directory %s is not writable (%s): tokens go to %s for this run only; "
-                    "set NANOGPT_TUNE_CACHE to a writable directory to keep them", root, reason, _fallback_root)
-    return _fallback_root
+        return _FALLBACK_ROOT.get(root, e.strerror or str(e))
 
 
 def _mark_used(entry: Path) -> None:

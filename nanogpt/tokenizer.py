@@ -131,11 +131,6 @@ class CharTokenizer:
     def build(cls, text: TrainingText) -> "CharTokenizer":
         return cls(text.characters())
 
-    @staticmethod
-    def expected_vocab_size() -> int:
-        """Before reading the corpus: a guess, 256 characters."""
-        return 256
-
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
@@ -225,10 +220,6 @@ class BPETokenizer:
     @classmethod
     def build(cls, text: TrainingText, vocab_size: int) -> "BPETokenizer":
         return cls.train_from_iterator(text.line_batches("training BPE on"), vocab_size)
-
-    @staticmethod
-    def expected_vocab_size(vocab_size: int) -> int:
-        return vocab_size
 
     @classmethod
     def train_from_iterator(cls, batches: Iterable[list[str]], vocab_size: int = DEFAULT_BPE_VOCAB) -> "BPETokenizer":
@@ -436,8 +427,7 @@ def _allow_parallelism() -> None:
 
 # name (the saved `kind`) -> class. A class has `kind`; `reads_characters` (its build needs the corpus's characters,
 # which the token cache gathers while hashing); `settings(vocab_size)`, the settings that decide its tokens (checked);
-# `build(text, **settings)` from a TrainingText; `expected_vocab_size(**settings)` before any text is read (a dry
-# run); `from_dict`/`to_dict`; and the Tokenizer protocol.
+# `build(text, **settings)` from a TrainingText; `from_dict`/`to_dict`; and the Tokenizer protocol.
 TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 

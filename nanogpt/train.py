@@ -255,8 +255,8 @@ def autocast_for(device: torch.device) -> Callable:
     """The forward's autocast context: bf16 on CUDA with bf16, else none."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    # fp32 on CPU: without bf16 hardware a bf16 matmul runs 15-37x slower than fp32 (measured on this project's
-    # machines)
+    # fp32 on CPU: a bf16 matmul pays only on a CPU with bf16 hardware, and there not at every size; without it, it
+    # runs many times slower than fp32 (benchmarks/RESULTS.md, "Fast trials")
     return contextlib.nullcontext
 
 
@@ -321,8 +321,8 @@ class _Forward:
 
 class Trainer:
     """Owns a model, its optimizer and the training state; `run` trains until the budget is spent. Its parts' fields
-    other modules read and set are its attributes too (below the class): its plan's (self.plan, a RunPlan), its loop
-    counters' (self.loop, a LoopState) and its compiler's compiled_from."""
+    other modules read and set are its attributes too (below the class): its plan's (self.plan, a RunPlan) and its
+    loop counters' (self.loop, a LoopState)."""
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, tokenizer=None):
         if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
@@ -359,13 +359,6 @@ class Trainer:
 
     def _budget_left(self) -> bool:
         return self.plan.budget_left(self.step, self.spend, self.train_time, self.branch_time, self.compiler.compile_s)
-
-    def _plan_to_fill(self, seconds: float, steps: int, train_s: float, evals: int, recent_step_s: float = 0.0) -> None:
-        """fill_time_s: re-plan the run's length from its speed (RunPlan.plan_to_fill)."""
-        self.plan.plan_to_fill(self.step, seconds, steps, train_s, evals, recent_step_s)
-
-    def _decaying(self) -> bool:
-        return self.plan.decaying(self.step)
 
     def _maybe_compile(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Compile before this step where due (StepCompiler.maybe_compile), with the steps and seconds left."""
@@ -570,12 +563,10 @@ class Trainer:
         self.status = Status.RUNNING
 
 
-for _name in ("budget", "eval_every", "step_spend", "planned_steps", "total_steps", "rungs", "config_plan",
-              "decay_anchor"):
+for _name in ("budget", "eval_every", "step_spend", "planned_steps", "total_steps", "rungs", "decay_anchor"):
     setattr(Trainer, _name, _Forward("plan", _name))
 for _name in (f.name for f in dataclasses.fields(LoopState)):
     setattr(Trainer, _name, _Forward("loop", _name))
-Trainer._compiled_from = _Forward("compiler", "compiled_from")
 del _name
 
 

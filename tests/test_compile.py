@@ -74,7 +74,7 @@ def test_auto_compiles_only_where_the_steps_left_repay_it(data, monkeypatch):
     assert not C.worth_compiling(key, steps_left=0, eager_step_s=0.01)  # saves nothing
     t = make(data, compile="auto")
     t.run()
-    assert t.compiler.compiled and t._compiled_from[0] == 10, "compiled after its eager probe steps"
+    assert t.compiler.compiled and t.compiler.compiled_from[0] == 10, "compiled after its eager probe steps"
     record = json.loads((C.cache_dir() / "compile" / C.RECORD_FILE).read_text())[key]
     assert record["eager_step_s"] > 0 and record["compiled_step_s"] > 0
 
@@ -110,7 +110,7 @@ def test_auto_goes_back_to_eager_where_the_compiled_step_is_slower(data, monkeyp
     C.write_record(key, compile_s=1e-6)  # compiled here before, never timed: a blind try, cheap enough
     t = make(data, compile="auto", max_steps=60, eval_interval=30)
     history = t.run()
-    assert t._compiled_from is not None, "auto tried the compile"
+    assert t.compiler.compiled_from is not None, "auto tried the compile"
     assert not t.compiler.compiled and not history[-1]["compiled"], "and went back to eager"
     record = json.loads((C.cache_dir() / "compile" / C.RECORD_FILE).read_text())[key]
     assert record["compiled_step_s"] > record["eager_step_s"]

@@ -172,14 +172,14 @@ def test_unwritable_cache_falls_back_to_a_temp_dir(tmp_path, monkeypatch, caplog
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("NANOGPT_TUNE_CACHE", str(blocker / "cache"))  # under a file: cannot be made
-    monkeypatch.setattr(token_cache, "_fallback_root", None)
+    monkeypatch.setattr(token_cache, "_FALLBACK_ROOT", token_cache._FallbackRoot())
     f = tmp_path / "u.txt"
     f.write_text("some text to tokenize\n" * 10)
     with caplog.at_level(logging.WARNING, logger="nanogpt.token_cache"):
         data, _ = prepare(None, f, "char")
     assert len(data.train) > 0 and "NANOGPT_TUNE_CACHE" in caplog.text
     monkeypatch.setattr(token_cache.tempfile, "mkdtemp", lambda **_: (_ for _ in ()).throw(OSError("no space")))
-    monkeypatch.setattr(token_cache, "_fallback_root", None)
+    monkeypatch.setattr(token_cache, "_FALLBACK_ROOT", token_cache._FallbackRoot())
     with pytest.raises(DataError, match="NANOGPT_TUNE_CACHE"):
         prepare(None, f, "char")
 

@@ -24,7 +24,7 @@ def test_plan_from_the_run_speed(data):
     assert t.planned_steps == 40 and t.cfg.warmup_steps == 4  # the warmup is fixed from the first plan
     t.step = 20
     # 20 steps in 10 s, 8 s of them training: 0.4 s a step, and 2 s for the one evaluation so far
-    t._plan_to_fill(seconds=10.0, steps=20, train_s=8.0, evals=1)
+    t.plan.plan_to_fill(t.step, seconds=10.0, steps=20, train_s=8.0, evals=1)
     per_step = 0.4 + 2.0 * t.step_spend / t.eval_every  # an evaluation every eval_every tokens
     left = int((100 * 0.96 - 10 - 2) / per_step)
     assert t.planned_steps == 20 + left and t.budget == t.planned_steps * t.step_spend
@@ -34,7 +34,7 @@ def test_plan_from_the_run_speed(data):
 def test_plan_never_lengthens_once_the_decay_began(data):
     t = make(data)
     t.step = wsd_decay_start(t.cfg, t.planned_steps, t.cfg.warmup_steps)
-    t._plan_to_fill(seconds=1.0, steps=30, train_s=0.5, evals=1)
+    t.plan.plan_to_fill(t.step, seconds=1.0, steps=30, train_s=0.5, evals=1)
     assert t.planned_steps == 40
 
 
@@ -42,7 +42,7 @@ def test_a_late_plan_starts_the_decay_now(data):
     """Out of time at the peak: the decay begins at once rather than the lr jumping into its middle."""
     t = make(data, budget=8 * 16 * 400)
     t.step = 200
-    t._plan_to_fill(seconds=97.0, steps=200, train_s=90.0, evals=3)
+    t.plan.plan_to_fill(t.step, seconds=97.0, steps=200, train_s=90.0, evals=3)
     assert t.planned_steps == math.ceil(200 / 0.8)
     assert wsd_decay_start(t.cfg, t.planned_steps, t.cfg.warmup_steps) == 200
 
@@ -60,7 +60,7 @@ def test_run_fills_its_time_and_ends_decayed(data):
 def test_resume_keeps_the_plan_and_continue_drops_another_runs(data, tmp_path):
     t = make(data)
     t.step = 20
-    t._plan_to_fill(seconds=10.0, steps=20, train_s=8.0, evals=1)
+    t.plan.plan_to_fill(t.step, seconds=10.0, steps=20, train_s=8.0, evals=1)
     t.step = 0
     t.save(tmp_path)
     resumed = make(data)
@@ -125,7 +125,7 @@ def test_steps_that_slow_in_the_decay_still_end_decayed_by_the_deadline(data):
 
     def slowing(self, model, optimizers, lr, gen):
         lrs.append(lr)
-        if self._decaying():
+        if self.plan.decaying(self.step):
             time.sleep(0.01)  # after the decay begins a step takes several times longer (another job on the machine)
         return step(self, model, optimizers, lr, gen)
 
@@ -142,7 +142,8 @@ def test_steps_that_slow_in_the_decay_still_end_decayed_by_the_deadline(data):
 def test_a_squeezed_decay_resumes_where_it_stood(data, tmp_path):
     t = make(data)
     t.step = 36  # in the decay of a 40-step plan
-    t._plan_to_fill(seconds=88.0, steps=36, train_s=80.0, evals=5)  # 2.5 s a step, evaluations counted: 2 fit
+    # 2.5 s a step, evaluations counted: 2 fit
+    t.plan.plan_to_fill(t.step, seconds=88.0, steps=36, train_s=80.0, evals=5)
     assert t.planned_steps == 38 and t.decay_anchor[0] == 36
     assert lr_at(36, t.cfg, 38, t.decay_anchor) < t.decay_anchor[1] and lr_at(37, t.cfg, 38, t.decay_anchor) == pytest.approx(t.cfg.min_lr)
     t.save(tmp_path)

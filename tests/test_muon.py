@@ -90,9 +90,9 @@ def test_measuring_a_method_leaves_the_global_rng_alone():
     next one (a resumed run then differed from a straight one run first in its process)."""
     from nanogpt import muon
 
-    muon._measured.pop(("cpu", 3, 8, 24), None)
+    muon.METHOD_CHOICES.measured.pop(("cpu", 3, 8, 24), None)
     torch.manual_seed(0)
-    muon.fastest_method(3, 8, 24, torch.device("cpu"), rounds=1)
+    muon.METHOD_CHOICES.fastest(3, 8, 24, torch.device("cpu"), rounds=1)
     after = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(after, torch.rand(3))

@@ -390,12 +390,13 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
 
     import optuna
 
-    from tune.searcher import StudyStorage, TruthfulOptunaSearch, bind_run
+    from tune.binding import THIS_SEARCH
+    from tune.searcher import StudyStorage, TruthfulOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     original, copy = tmp_path / "a" / "s", tmp_path / "b" / "s"
     original.mkdir(parents=True)
-    bind_run(original, str(original))
+    THIS_SEARCH.bind(original, str(original))
     searcher = TruthfulOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)},
                                     metric="val_loss", mode="min", sampler=optuna.samplers.RandomSampler(seed=0),
                                     study_name="s", storage=StudyStorage(original))
@@ -403,7 +404,7 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
     saved = pickle.dumps(searcher)
     shutil.copytree(original, copy)
     shutil.rmtree(original)  # moved: the old path is gone
-    bind_run(copy, str(copy))
+    THIS_SEARCH.bind(copy, str(copy))
     restored = pickle.loads(saved)
     restored.on_trial_complete("t1", {"val_loss": 1.0, "spend": 5, "outcome": "finished"})
     assert restored.suggest("t2") is not None
@@ -417,23 +418,23 @@ def test_restored_searcher_opens_the_study_where_the_directory_is_now(tmp_path):
 LISTENERS = """
 import logging, os, subprocess, sys
 from tune.config import build_parser, config_from_args
-from tune.ray_env import init_ray, local_ray_on_loopback
+from tune.ray_env import init_ray, local_loopback
 
-local_ray_on_loopback()
-import ray
+with local_loopback(None):
+    import ray
 
-init_ray(config_from_args(build_parser().parse_args(["--results-dir", sys.argv[1]])), address=None, dashboard=False)
-ray.get(ray.remote(lambda: 1).remote())  # a worker up, as in a search
-rows = [line.split() for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True,
-                                                text=True).stdout.splitlines()]
-tree, grew = {str(os.getpid())}, True
-while grew:
-    new = {pid for pid, ppid in rows if ppid in tree} - tree
-    tree, grew = tree | new, bool(new)
-for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
-    if any(f"pid={pid}," in line for pid in tree):
-        print("LISTEN", line.split()[3], line.split()[-1])
-ray.shutdown()
+    init_ray(config_from_args(build_parser().parse_args(["--results-dir", sys.argv[1]])), address=None, dashboard=False)
+    ray.get(ray.remote(lambda: 1).remote())  # a worker up, as in a search
+    rows = [line.split() for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True,
+                                                    text=True).stdout.splitlines()]
+    tree, grew = {str(os.getpid())}, True
+    while grew:
+        new = {pid for pid, ppid in rows if ppid in tree} - tree
+        tree, grew = tree | new, bool(new)
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+        if any(f"pid={pid}," in line for pid in tree):
+            print("LISTEN", line.split()[3], line.split()[-1])
+    ray.shutdown()
 """
 
 

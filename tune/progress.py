@@ -15,9 +15,9 @@ from ray.tune.stopper import Stopper
 from nanogpt.amounts import format_amount, number
 from nanogpt.files import write_json
 from nanogpt.files import DISK_ERROR_TEXT, WriteFailed
+from tune.binding import THIS_SEARCH
 from tune.outcomes import (CLOCK_FILE, OUTCOMES_FILE, Outcome, diverged, error_line, outcome_of_result, read_clock,
                            read_outcomes)
-from tune.searcher import bound_run
 from tune.space import Hparams
 
 log = logging.getLogger(__name__)  # DEBUG (tune.search -v): every evaluation of every trial
@@ -61,13 +61,13 @@ class TimeBudget(Stopper):
     Ray's own time_budget_s counts from its first check in each run and resumes from the state it last saved, so
     every run's start-up and its end after the last save go uncounted: on a busy machine a 45 s budget over one
     resume ran 56 s on the search clock. Ray saves this stopper with its experiment state: it holds nothing, and
-    reads the budget and the clock from the running search's recorder."""
+    reads the budget and the clock from the running search's recorder (tune.binding)."""
 
     def __call__(self, trial_id, result) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        clock = OutcomeRecorder.running
+        clock = THIS_SEARCH.clock
         return clock is not None and bool(clock.time_budget_s) and clock.used_s() >= clock.time_budget_s
 
 
@@ -188,7 +188,7 @@ class MirrorSync(Callback):
         self.mirror, self.rels = mirror, rels
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: upload from the search's copy as it is now
-        self.__dict__.update(state, mirror=bound_run().mirror)
+        self.__dict__.update(state, mirror=THIS_SEARCH.run.mirror)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.mirror.push(*self.rels)
@@ -203,8 +203,6 @@ class OutcomeRecorder(Callback):
 
     Must come before Ray's logger callbacks (user callbacks do), so the outcome written onto a result
     reaches result.json and the searcher."""
-
-    running: OutcomeRecorder | None = None  # the clock of the search this process runs (set up by Ray)
 
     def __init__(self, experiment_dir: str | Path, time_budget_s: float | None, searcher=None):
         self.experiment_dir = str(experiment_dir)
@@ -229,14 +227,14 @@ class OutcomeRecorder(Callback):
             self.failed = self.failed or e
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
-        self.__dict__.update(state, experiment_dir=str(bound_run().dir))
+        self.__dict__.update(state, experiment_dir=str(THIS_SEARCH.run.dir))
 
     # the search clock: the search's running time over all its runs (the time between runs left out), from Ray's
     # setting up the callbacks to the experiment's end in each; --time-budget is spent on it (TimeBudget)
     def setup(self, **info):
         self.used0, self.t0, self._written = read_clock(self.experiment_dir), time.time(), 0.0
         self.started = set()
-        OutcomeRecorder.running = self
+        THIS_SEARCH.clock = self
 
     def used_s(self) -> float:
         return self.used0 + time.time() - self.t0

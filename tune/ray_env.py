@@ -97,39 +97,25 @@ class SupersededUpload(logging.Filter):
 
 
 _LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_loopback_set = False  # whether local_ray_on_loopback set it (not the user)
-
-
-def local_ray_on_loopback() -> None:
-    """A local search's Ray listens on 127.0.0.1 only. Ray takes its node address when it is imported: on Linux
-    the machine's outward address, and its GCS, raylet and workers then listen on every interface; with
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it takes the loopback address, as it does on macOS and Windows, and they
-    listen there (ray.init's _node_ip_address turns 127.0.0.1 back into the outward address). Call it before ray
-    is imported; a value the user set is kept. `forget_loopback` takes it away once Ray is shut down."""
-    global _loopback_set
-    if _LOOPBACK_VAR not in os.environ:
-        os.environ[_LOOPBACK_VAR], _loopback_set = "0", True
-
-
-def forget_loopback() -> None:
-    """After ray.shutdown: the variable must not reach this process's later children (a `ray start` of a
-    multi-node cluster refuses to run with it)."""
-    global _loopback_set
-    if _loopback_set:
-        os.environ.pop(_LOOPBACK_VAR, None)
-        _loopback_set = False
 
 
 @contextmanager
 def local_loopback(address: str | None) -> Iterator[None]:
-    """A command's time with Ray: a local one (no `address`) on loopback (`local_ray_on_loopback`), the setting
-    taken away again when it ends, however it ends (`forget_loopback`)."""
-    if not address:
-        local_ray_on_loopback()
+    """A command's time with Ray: a local one (no `address`) listens on 127.0.0.1 only. Ray takes its node address
+    when it is imported: on Linux the machine's outward address, and its GCS, raylet and workers then listen on every
+    interface; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it takes the loopback address, as it does on macOS and
+    Windows, and they listen there (ray.init's _node_ip_address turns 127.0.0.1 back into the outward address). Enter
+    it before ray is imported; a value the user set is kept. The setting made here is taken away when it ends,
+    however it ends: it must not reach this process's later children (a `ray start` of a multi-node cluster refuses
+    to run with it)."""
+    ours = not address and _LOOPBACK_VAR not in os.environ
+    if ours:
+        os.environ[_LOOPBACK_VAR] = "0"
     try:
         yield
     finally:
-        forget_loopback()
+        if ours:
+            os.environ.pop(_LOOPBACK_VAR, None)
 
 
 def ensure_token() -> None:

@@ -23,7 +23,7 @@ from ray import tune
 
 from nanogpt.errors import UserError
 from nanogpt.files import DISK_ERRNOS, write_failed
-from tune.searcher import bound_run
+from tune.binding import THIS_SEARCH
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class StateCopy(tune.Callback):
         self._copied: tuple | None = None
 
     def __setstate__(self, state: dict) -> None:  # restored by Ray: the results directory where it is now
-        self.__dict__.update(state, experiment_dir=str(bound_run().dir), _copied=None)
+        self.__dict__.update(state, experiment_dir=str(THIS_SEARCH.run.dir), _copied=None)
 
     def on_step_end(self, iteration, trials, **info):
         if trials:

@@ -6,9 +6,8 @@ between the last snapshot and the crash is RUNNING in Ray's state and is rerun f
 the study already holds its end. Optuna refuses to tell a finished trial twice (ValueError) and to report to it,
 so both searchers below ask the study first: what the study holds is the record, and the rerun is not told.
 
-Ray's saved state also holds the paths the search started with. So that a moved or copied results directory
-resumes where it is now, the driver binds its search (bind_run) before Ray restores: the study's storage,
-the search algorithm's experiment and our callbacks take their paths from it when unpickled.
+Ray's saved state also holds the paths the search started with: unpickled, the study's storage and the search
+algorithm's experiment take theirs from the search this process binds (tune.binding), where it is now.
 """
 
 from __future__ import annotations
@@ -17,12 +16,12 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import NamedTuple
 
 import optuna
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.binding import THIS_SEARCH
 from tune.outcomes import OPTUNA_DB, Outcome
 
 log = logging.getLogger(__name__)
@@ -30,29 +29,6 @@ log = logging.getLogger(__name__)
 # a study trial Ray's run was stopped in by a signal (tune.stopping.settle_interrupted): marked FAIL with this user
 # attribute so that optuna.db holds no RUNNING trial while nothing runs; a resumed run gives it a new trial
 INTERRUPTED_ATTR = "interrupted"
-
-# The search this driver process runs, where its directory is now (bind_run). Ray's saved state (tuner.pkl,
-# searcher-state-*.pkl) holds the searcher and callbacks as they were made, paths included; ours take theirs
-# from here when unpickled, so a results directory that was moved or copied resumes against its own files.
-class BoundRun(NamedTuple):
-    dir: Path  # the search's local files (RESULTS_DIR/NAME, or a URI search's local copy)
-    path: str  # where Ray keeps the experiment: the same directory, or a URI
-    mirror: object  # a URI search's tune.storage.Mirror, else None
-
-
-_bound: list[BoundRun] = []
-
-
-def bind_run(experiment_dir: str | Path, experiment_path: str, mirror=None) -> None:
-    """Bind this process's search to where it is now, before Ray reads its saved state."""
-    _bound[:] = [BoundRun(Path(experiment_dir), experiment_path, mirror)]
-
-
-def bound_run() -> BoundRun:
-    if not _bound:
-        raise RuntimeError("no search is bound: tune.search binds one (bind_run) before Ray restores its state")
-    return _bound[0]
-
 
 class RelocatableSearchGenerator(SearchGenerator):
     """Ray's wrapper of a Searcher, whose restored experiment is where the search is now. Ray restores the trials
@@ -64,7 +40,7 @@ class RelocatableSearchGenerator(SearchGenerator):
 
         super().set_state(state)
         storage = copy.copy(self._experiment.spec["storage"])
-        path = bound_run().path
+        path = THIS_SEARCH.run.path
         if "://" in path:
             fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
         else:
@@ -90,7 +66,7 @@ class StudyStorage(optuna.storages.RDBStorage):
         return {**super().__getstate__(), "url": None}
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__({**state, "url": _sqlite_url(bound_run().dir)})
+        super().__setstate__({**state, "url": _sqlite_url(THIS_SEARCH.run.dir)})
 
 
 def _sqlite_url(experiment_dir: str | Path) -> str:

@@ -22,11 +22,12 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     from tune.checkpoints import CheckpointCheck
     from tune.progress import MirrorSync, OutcomeRecorder, Progress, TimeBudget
     from tune.ray_state import StateCopy
-    from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, bind_run, search_algorithm
+    from tune.binding import THIS_SEARCH
+    from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, search_algorithm
     from tune.trainable import train_gpt
 
-    # before Ray unpickles its state: a moved or copied search resumes where it is now (see tune.searcher)
-    bind_run(config.experiment_dir, config.experiment_path, config.mirror)
+    # before Ray unpickles its state: a moved or copied search resumes where it is now (see tune.binding)
+    THIS_SEARCH.bind(config.experiment_dir, config.experiment_path, config.mirror)
 
     trainable = tune.with_resources(
         # the tokens by reference (in a list: Ray cannot put a ref itself): one copy in the object store,
