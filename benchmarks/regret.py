@@ -247,13 +247,13 @@ Shakespeare's validation split (benchmarks.anchor.fixed_val_loss); "own" is each
 """
 
 
-def _rows(out: Path, rows, losses: dict, marks: list[tuple]) -> list[list]:
+def _rows(runs: Path, rows, losses: dict, marks: list[tuple]) -> list[list]:
     """The oracle's table: each trial's configuration, trial-budget loss and rank, final-budget losses."""
     from nanogpt.checkpoint import raw_meta
 
     out = []
     for _, r in rows.iterrows():
-        tid, lr = r["trial_id"], raw_meta(out / r["trial_id"])["oracle"]["lr"]
+        tid, lr = r["trial_id"], raw_meta(runs / r["trial_id"])["oracle"]["lr"]
         said = [m for t, m in marks if t == tid]
         moved = f" -> {lr:.2e}" if abs(lr - r["learning_rate"]) > 1e-12 else ""
         out.append([f"`{tid}`" + (f" ({', '.join(said)})" if said else ""), _rank(r) or f"- ({r['outcome']})",
