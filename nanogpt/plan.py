@@ -27,9 +27,9 @@ def step_spend(unit: str, tokens_per_step: int, flops_per_token: float, optimize
 
 
 def warmup_steps(cfg, planned_steps: int | None) -> int:
-    """The run's warmup (cfg: a nanogpt.train.TrainConfig): cfg.warmup_steps, else a tenth of the planned steps, at
+    """The run's warmup (cfg: a nanogpt.train.TrainConfig): cfg.fixed_warmup, else a tenth of the planned steps, at
     most 100."""
-    return cfg.warmup_steps if cfg.warmup_steps is not None else min(100, (planned_steps or 0) // 10)
+    return cfg.fixed_warmup if cfg.fixed_warmup is not None else min(100, (planned_steps or 0) // 10)
 
 
 def wsd_decay_start(cfg, decay_steps: int, warmup: int) -> int:
@@ -45,11 +45,11 @@ def lr_at(step: int, cfg, planned_steps: int | None = None,
     `anchor` (step, lr): fill_time_s shortened the plan during the decay; from that step the lr falls linearly
     from lr (the step before's) to min_lr at the new last step, so the decay still ends by the deadline."""
     if anchor is not None and planned_steps is not None and step >= anchor[0]:
-        return cfg.min_lr if step >= planned_steps else decay_lr(step - anchor[0], planned_steps - anchor[0],
-                                                                  anchor[1], cfg.min_lr)
+        return cfg.end_lr if step >= planned_steps else decay_lr(step - anchor[0], planned_steps - anchor[0],
+                                                                  anchor[1], cfg.end_lr)
     warmup = warmup_steps(cfg, planned_steps)
     # fill_time_s: the plan moves, and the decay with it (a steps budget's lr_decay_steps is its first plan)
-    decay = cfg.lr_decay_steps if cfg.lr_decay_steps is not None and cfg.fill_time_s is None else planned_steps
+    decay = cfg.fixed_decay_steps if cfg.fixed_decay_steps is not None and cfg.fill_time_s is None else planned_steps
     if step < warmup:
         return cfg.learning_rate * (step + 1) / (warmup + 1)
     # cooldown rungs: the run holds the peak, its branches decay; length not known yet (seconds budget before
@@ -57,13 +57,13 @@ def lr_at(step: int, cfg, planned_steps: int | None = None,
     if decay is None or cfg.cooldown_rungs is not None:
         return cfg.learning_rate
     if step >= decay:
-        return cfg.min_lr
+        return cfg.end_lr
     if cfg.schedule == "wsd":
         start = wsd_decay_start(cfg, decay, warmup)
-        return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.min_lr)
+        return cfg.learning_rate if step < start else decay_lr(step - start, decay - start, cfg.learning_rate, cfg.end_lr)
     ratio = (step - warmup) / max(1, decay - warmup)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+    return cfg.end_lr + coeff * (cfg.learning_rate - cfg.end_lr)
 
 
 @dataclass
@@ -92,15 +92,14 @@ class RunPlan:
         """The first plan of a run of `cfg` whose step trains `tokens_per_step` tokens at `flops_per_token` (the
         model's) and whose optimizer step costs `optimizer_flops`. A budget under one step is a UserError."""
         unit = cfg.budget_unit
-        budget = float(cfg.max_steps if unit == "steps" else cfg.budget)
-        eval_every = float(cfg.eval_interval if unit == "steps" else cfg.eval_every)
+        budget, eval_every = cfg.budget_in_unit, float(cfg.eval_every_in_unit)
         spend = step_spend(unit, tokens_per_step, flops_per_token, optimizer_flops)
         planned = None if unit == "s" else int(budget // spend + 1e-9)
-        total, rungs, at = planned, cfg.cooldown_rungs or [], []
+        total, rungs, at = planned, cfg.rung_spends or [], []
         if cfg.cooldown_rungs is not None and total is not None:
             at = rung_steps(rungs, spend, eval_every, total)
             planned = plan_training_steps(total, at, cfg.cooldown_frac)
-        if cfg.fill_time_s is not None and cfg.warmup_steps is None:
+        if cfg.fill_time_s is not None and cfg.fixed_warmup is None:
             # its plan moves; its warmup must not (a longer plan would take the run back into it)
             cfg = dataclasses.replace(cfg, warmup_steps=warmup_steps(cfg, planned))
         if planned == 0:
@@ -226,7 +225,7 @@ class RunPlan:
         """Continue another run's checkpoint: this config's first plan and budget, not the other run's."""
         self.planned_steps = self.config_plan
         self.decay_anchor = None
-        self.budget = float(self.cfg.max_steps if self.unit == "steps" else self.cfg.budget)
+        self.budget = self.cfg.budget_in_unit
 
 
 @dataclass

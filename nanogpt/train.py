@@ -62,7 +62,7 @@ def optimizer_flops(model: GPT, optimizer: str) -> int:
     return sum(newton_schulz_flops(p.shape) for p in muon_matrices(model))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train. Defaults are nanoGPT's recommended CPU recipe (shakespeare_char on a laptop)."""
 
@@ -122,31 +122,23 @@ class TrainConfig:
             raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.min_lr is None:
-            self.min_lr = self.learning_rate / 10
-        if not 0 <= self.min_lr <= self.learning_rate:
-            raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
+        if not 0 <= self.end_lr <= self.learning_rate:
+            raise ValueError(f"min_lr must be in [0, learning_rate={self.learning_rate}], got {self.end_lr}")
         if self.budget_unit not in UNITS:
             raise ValueError(f"budget_unit must be steps, tokens, flops or s, got {self.budget_unit!r}")
         if self.budget_unit == "steps":
             if self.budget is not None or self.eval_every is not None:
                 raise ValueError("a budget in steps is max_steps and eval_interval: leave budget and eval_every unset")
-            # a steps budget plans its schedule now
-            if self.warmup_steps is None:
-                self.warmup_steps = min(100, self.max_steps // 10)
-            if self.lr_decay_steps is None:
-                self.lr_decay_steps = self.max_steps
         else:
             if self.budget is None or not (self.budget > 0 and math.isfinite(self.budget)):
                 raise ValueError(f"a budget in {self.budget_unit} needs budget > 0, got {self.budget}")
-            if self.eval_every is None:
-                self.eval_every = default_eval_every(self.budget, self.budget_unit)
-            if not self.eval_every > 0:
-                raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_decay_steps is not None and self.warmup_steps is not None and self.lr_decay_steps < self.warmup_steps:
-            raise ValueError(f"lr_decay_steps ({self.lr_decay_steps}) must be >= warmup_steps ({self.warmup_steps})")
+            if not self.eval_every_in_unit > 0:
+                raise ValueError(f"eval_every must be > 0, got {self.eval_every_in_unit}")
+        warmup, decay = self.fixed_warmup, self.fixed_decay_steps
+        if warmup is not None and warmup < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup}")
+        if decay is not None and warmup is not None and decay < warmup:
+            raise ValueError(f"lr_decay_steps ({decay}) must be >= warmup_steps ({warmup})")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -174,14 +166,57 @@ class TrainConfig:
         if self.cooldown_rungs is not None:
             if self.schedule != "wsd":
                 raise ValueError("cooldown_rungs need the schedule wsd (a cosine run has no stable phase to branch from)")
-            self.cooldown_rungs = sorted(float(r) for r in self.cooldown_rungs)
-            if any(not (r > 0 and math.isfinite(r)) for r in self.cooldown_rungs):
-                raise ValueError(f"cooldown_rungs must be spends > 0, got {self.cooldown_rungs}")
+            rungs = self.rung_spends
+            if any(not (r > 0 and math.isfinite(r)) for r in rungs):
+                raise ValueError(f"cooldown_rungs must be spends > 0, got {rungs}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
+    @property
+    def end_lr(self) -> float:
+        """Where the decay ends: min_lr, else learning_rate / 10."""
+        return self.learning_rate / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def budget_in_unit(self) -> float:
+        """The budget in budget_unit: max_steps for steps."""
+        return float(self.max_steps if self.budget_unit == "steps" else self.budget)
+
+    @property
+    def eval_every_in_unit(self) -> float:
+        """The spend between evaluations in budget_unit: eval_interval for steps, else eval_every, else a tenth of
+        the budget."""
+        if self.budget_unit == "steps":
+            return float(self.eval_interval)
+        return default_eval_every(self.budget, self.budget_unit) if self.eval_every is None else self.eval_every
+
+    @property
+    def fixed_warmup(self) -> int | None:
+        """The warmup known before the run plans: warmup_steps, else for a steps budget min(100, max_steps // 10);
+        None: a tenth of the planned steps (nanogpt.plan.warmup_steps)."""
+        if self.warmup_steps is None and self.budget_unit == "steps":
+            return min(100, self.max_steps // 10)
+        return self.warmup_steps
+
+    @property
+    def fixed_decay_steps(self) -> int | None:
+        """The step where the decay ends, known before the run plans: lr_decay_steps, else for a steps budget
+        max_steps; None: the planned steps."""
+        if self.lr_decay_steps is None and self.budget_unit == "steps":
+            return self.max_steps
+        return self.lr_decay_steps
+
+    @property
+    def rung_spends(self) -> list[float] | None:
+        """cooldown_rungs in order, as floats."""
+        return None if self.cooldown_rungs is None else sorted(float(r) for r in self.cooldown_rungs)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, with what the config derives in place of None (a checkpoint's config.json "train")."""
+        eval_every = None if self.budget_unit == "steps" else self.eval_every_in_unit
+        return {**asdict(self), "min_lr": self.end_lr, "warmup_steps": self.fixed_warmup,
+                "lr_decay_steps": self.fixed_decay_steps, "eval_every": eval_every,
+                "cooldown_rungs": self.rung_spends}
 
 
 ADAM_EPS = 1e-8  # torch's default, as nanoGPT's
@@ -509,7 +544,7 @@ class Trainer:
         t0 = time.perf_counter()
         peak = self.plan.lr(max(0, self.step - 1))  # where the run's own schedule stands
         val, self.decayed = cooldown_branch(
-            self.model, self.optimizers, self.batch_gen, n_steps, peak, self.cfg.min_lr,
+            self.model, self.optimizers, self.batch_gen, n_steps, peak, self.cfg.end_lr,
             lambda model: configure_optimizer(model, self.cfg, self.device), self.train_step,
             lambda model: self.evaluate(("val",), model=model)["val"], self.device.type == "cuda")
         self.branch_steps += n_steps

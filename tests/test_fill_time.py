@@ -53,7 +53,7 @@ def test_run_fills_its_time_and_ends_decayed(data):
     assert t.status in (Status.FINISHED, Status.OUT_OF_TIME)
     assert t.step > 40  # far more than the first plan: its own speed re-planned it
     if t.status is Status.FINISHED:  # on a machine fast enough to keep its plan: the decay ran to its end
-        assert history[-1]["lr"] == pytest.approx(t.cfg.min_lr)
+        assert history[-1]["lr"] == pytest.approx(t.cfg.end_lr)
         assert history[-1]["budget"] == t.planned_steps * t.step_spend == t.spend
 
 
@@ -134,7 +134,7 @@ def test_steps_that_slow_in_the_decay_still_end_decayed_by_the_deadline(data):
     history = t.run()
     assert time.perf_counter() - t0 < 6.0
     assert t.status is Status.FINISHED and t.decay_anchor is not None  # squeezed, not stopped
-    assert history[-1]["lr"] == pytest.approx(t.cfg.min_lr) and lrs[-1] == pytest.approx(t.cfg.min_lr)
+    assert history[-1]["lr"] == pytest.approx(t.cfg.end_lr) and lrs[-1] == pytest.approx(t.cfg.end_lr)
     peak = lrs.index(max(lrs))
     assert all(b <= a + 1e-12 for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # never back up
 
@@ -145,7 +145,7 @@ def test_a_squeezed_decay_resumes_where_it_stood(data, tmp_path):
     # 2.5 s a step, evaluations counted: 2 fit
     t.plan.plan_to_fill(t.step, seconds=88.0, steps=36, train_s=80.0, evals=5)
     assert t.planned_steps == 38 and t.decay_anchor[0] == 36
-    assert lr_at(36, t.cfg, 38, t.decay_anchor) < t.decay_anchor[1] and lr_at(37, t.cfg, 38, t.decay_anchor) == pytest.approx(t.cfg.min_lr)
+    assert lr_at(36, t.cfg, 38, t.decay_anchor) < t.decay_anchor[1] and lr_at(37, t.cfg, 38, t.decay_anchor) == pytest.approx(t.cfg.end_lr)
     t.save(tmp_path)
     resumed = make(data)
     resumed.restore(tmp_path)

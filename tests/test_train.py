@@ -37,7 +37,19 @@ def test_lr_schedule():
     assert lr_at(100, cfg) == pytest.approx(1e-3)
     assert lr_at(1000, cfg) == pytest.approx(1e-4) and lr_at(5000, cfg) == pytest.approx(1e-4)
     assert lr_at(550, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
-    assert TrainConfig(max_steps=30).warmup_steps == 3  # a short run still warms up
+    assert TrainConfig(max_steps=30).fixed_warmup == 3  # a short run still warms up
+
+
+def test_train_config_is_frozen_and_saves_what_it_derives():
+    cfg = TrainConfig(budget_unit="tokens", budget=1000, schedule="wsd", cooldown_rungs=[300, 100])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.min_lr = 1e-4
+    assert cfg.min_lr is None and cfg.cooldown_rungs == [300, 100]  # as given
+    saved = cfg.to_dict()
+    assert (saved["min_lr"], saved["eval_every"], saved["cooldown_rungs"]) == (1e-4, 100.0, [100.0, 300.0])
+    assert TrainConfig(**saved).to_dict() == saved
+    steps = TrainConfig(max_steps=500).to_dict()
+    assert (steps["warmup_steps"], steps["lr_decay_steps"], steps["eval_every"]) == (50, 500, None)
 
 
 def test_loop_reports_metrics_and_learns(data):
