@@ -112,6 +112,14 @@ class TrainConfig:
     # compile time (nanogpt.compile); compile time is counted apart from training time, and in a seconds budget
     compile: Literal["auto", "on", "off"] = "off"
 
+    @classmethod
+    def for_budget(cls, unit: str, budget: float, eval_every: float, **fields) -> TrainConfig:
+        """A config whose budget is `budget` in `unit`, evaluated each `eval_every` of it: for steps, max_steps and
+        eval_interval (whole steps); `fields`: the rest of its fields."""
+        if unit == "steps":
+            return cls(max_steps=int(budget), eval_interval=int(eval_every), **fields)
+        return cls(budget_unit=unit, budget=budget, eval_every=eval_every, **fields)
+
     def __post_init__(self) -> None:
         positive = ["max_steps", "batch_size", "eval_interval", "eval_iters"]
         for name in positive:

@@ -111,13 +111,9 @@ class Hparams:
                      **shared: Any) -> TrainConfig:
         """The trial's TrainConfig for a budget in its unit; `shared`: the search-wide TrainConfig fields
         (eval_iters, eval_batch_size, train_loss_from, seed, schedule, ...). min_lr: TrainConfig's default."""
-        if budget_unit == "steps":
-            sized = dict(max_steps=int(budget), eval_interval=int(eval_every))
-        else:
-            sized = dict(budget_unit=budget_unit, budget=budget, eval_every=eval_every)
-        return TrainConfig(**sized, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           weight_decay=self.weight_decay, optimizer=self.optimizer,
-                           device=device, **shared)
+        return TrainConfig.for_budget(budget_unit, budget, eval_every, batch_size=self.batch_size,
+                                      learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                                      optimizer=self.optimizer, device=device, **shared)
 
 
 HPARAMS = [f.name for f in fields(Hparams)]  # in sampling order
