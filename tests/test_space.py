@@ -196,21 +196,26 @@ def test_the_architecture_is_searched_or_fixed_like_the_optimizer(tmp_path):
     assert specs["pos_emb"] == CategoricalDistribution(("learned", "rope")) and specs["norm"] == "rmsnorm"
     assert specs["qk_norm"] == CategoricalDistribution((True, False)) and specs["zero_init"] is True
     assert cfg.space["tie_embeddings"] is True and cfg.space["logit_softcap"] == 0.0  # recorded in search.json
-    sampler = SpaceSampler(cfg.space)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
-    for _ in range(12):
-        trial = study.ask()
-        constants = sampler(trial)  # samples first: trial.params fills as it does
-        hp = Hparams.from_config({**trial.params, **constants})
-        model = hp.model_config(vocab_size=65)
-        assert (model.norm, model.zero_init, model.tie_embeddings) == ("rmsnorm", True, True)
-        seen.add((model.pos_emb, model.mlp, model.qk_norm))
-        study.tell(trial, 1.0)
+    models = sampled_models(cfg)
+    assert {(m.norm, m.zero_init, m.tie_embeddings) for m in models} == {("rmsnorm", True, True)}
+    seen = {(m.pos_emb, m.mlp, m.qk_norm) for m in models}
     assert {s[0] for s in seen} == {"learned", "rope"} and {s[2] for s in seen} == {True, False}
     assert largest(specs).mlp == "swiglu"
     with pytest.raises(UserError, match="every --head-dim must be even"):
         _config("--pos-emb", "rope", "--head-dim", "15,16", tmp_path=tmp_path)
+
+
+def sampled_models(cfg, n: int = 12) -> list:
+    """The models of n trials drawn from cfg's space by a seeded random sampler, as the searcher draws them."""
+    sampler = SpaceSampler(cfg.space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    models = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = sampler(trial)  # samples first: trial.params fills as it does
+        models.append(Hparams.from_config({**trial.params, **constants}).model_config(vocab_size=65))
+        study.tell(trial, 1.0)
+    return models
 
 
 def test_the_default_preset_keeps_nanogpts_architecture_and_the_modern_one_fixes_its_own(tmp_path):
@@ -237,17 +242,8 @@ def test_the_parametrization_is_searched_or_fixed(tmp_path):
     --parametrization mup fixes it; a search.json or trial from before it takes sp."""
     cfg = _config("--parametrization", "sp,mup", "--head-dim", "16,32", "--mup-base-width", "64", tmp_path=tmp_path)
     assert cfg.space_specs()["parametrization"] == CategoricalDistribution(("sp", "mup"))
-    sampler = SpaceSampler(cfg.space)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
-    for _ in range(12):
-        trial = study.ask()
-        constants = sampler(trial)  # samples first: trial.params fills as it does
-        model = Hparams.from_config({**trial.params, **constants}).model_config(vocab_size=65)
-        assert model.mup_base_width == 64
-        seen.add(model.parametrization)
-        study.tell(trial, 1.0)
-    assert seen == {"sp", "mup"}
+    models = sampled_models(cfg)
+    assert {m.mup_base_width for m in models} == {64} and {m.parametrization for m in models} == {"sp", "mup"}
     fixed = _config("--parametrization", "mup", tmp_path=tmp_path)
     assert fixed.space["parametrization"] == "mup" and fixed.space["mup_base_width"] == 128
     line = Hparams.from_config({**fixed.space, "n_layer": 2, "n_head": 2, "learning_rate": 1e-2, "batch_size": 32})
