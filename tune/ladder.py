@@ -345,34 +345,12 @@ def _entry_task(config, data, tokenizer, search, start, out, spend, warmup):
 # --- the stage after Tuner.fit ------------------------------------------------------------
 
 
-def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None,
-        trial_files: Callable[[str], dict[str, bytes]]) -> dict | None:
-    """--ladder on: plan (or continue) the ladder, climb it, and train its winner to the final budget into final/.
-    `trial_files(trial_id)`: a finished trial's stable checkpoint files. None when nothing was trained."""
+def _level_runner(config: SearchConfig, data_ref, tokenizer, trial_files: Callable[[str], dict[str, bytes]]):
+    """climb's run_level: each entrant of a level trained to its spend as a Ray task with a trial's resources,
+    from its own ladder checkpoint or (the first time) its trial's stable checkpoint, its loss reported as it ends."""
     import ray
 
     exp = config.experiment_dir
-    if (exp / "final" / MODEL_FILE).is_file():
-        print(f"\nfinal/ is already trained: {exp / 'final'}")
-        return None
-    slots = _slots(config)
-    given, t_given = seconds_left, time.time()
-    state = load_state(exp)
-    if state is None or any(s["kept"] is None for s in state["steps"]):
-        warm = _warm_workers(config, slots)  # measured before planning: the plan counts from after it
-        seconds_left = seconds_left - warm if seconds_left is not None else None
-    if state is None:
-        state = new_state(config, trials, seconds_left, slots)
-        if state is None:
-            return None
-        save_state(exp, state)
-        print("\n" + describe_plan(state["steps"], state["final_budget"], state["unit"], state["reduction_factor"]))
-    else:
-        print(f"\nladder resumed: {sum(len(s['losses']) for s in state['steps'])} runs done, "
-              f"{state['seconds']:.0f} s spent")
-    if seconds_left is not None:  # a resumed ladder's earlier levels are not on the search's clock
-        seconds_left -= state["seconds"]
-    _print_lrs(state)
     first_files: dict[str, dict] = {}
 
     def start_files(trial_id: str) -> dict | None:
@@ -395,6 +373,36 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
             ready, pending = ray.wait(pending, num_returns=1)
             out = ray.get(ready[0])
             on_result(refs[ready[0]], out["val_loss"])
+    return run_level
+
+
+def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float | None,
+        trial_files: Callable[[str], dict[str, bytes]]) -> dict | None:
+    """--ladder on: plan (or continue) the ladder, climb it, and train its winner to the final budget into final/.
+    `trial_files(trial_id)`: a finished trial's stable checkpoint files. None when nothing was trained."""
+    exp = config.experiment_dir
+    if (exp / "final" / MODEL_FILE).is_file():
+        print(f"\nfinal/ is already trained: {exp / 'final'}")
+        return None
+    slots = _slots(config)
+    given, t_given = seconds_left, time.time()
+    state = load_state(exp)
+    if state is None or any(s["kept"] is None for s in state["steps"]):
+        warm = _warm_workers(config, slots)  # measured before planning: the plan counts from after it
+        seconds_left = seconds_left - warm if seconds_left is not None else None
+    if state is None:
+        state = new_state(config, trials, seconds_left, slots)
+        if state is None:
+            return None
+        save_state(exp, state)
+        print("\n" + describe_plan(state["steps"], state["final_budget"], state["unit"], state["reduction_factor"]))
+    else:
+        print(f"\nladder resumed: {sum(len(s['losses']) for s in state['steps'])} runs done, "
+              f"{state['seconds']:.0f} s spent")
+    if seconds_left is not None:  # a resumed ladder's earlier levels are not on the search's clock
+        seconds_left -= state["seconds"]
+    _print_lrs(state)
+    run_level = _level_runner(config, data_ref, tokenizer, trial_files)
 
     def replan(state: dict, seconds: float) -> None:
         if not config.final_auto:

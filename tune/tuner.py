@@ -15,15 +15,27 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # short: long names break on some file systems
 
 
-def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
+def _optuna_searcher(config: SearchConfig):
+    """The search's Optuna searcher: told the truth (or Ray's way, --tell-optuna), its study in the experiment."""
     import optuna
+
+    from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher_cls = TruthfulOptunaSearch if config.tell_optuna == "truth" else ResumableOptunaSearch
+    return searcher_cls(space=config.space_sampler(), metric=config.metric, mode=config.mode,
+                        sampler=config.make_sampler(), study_name=config.name,
+                        storage=StudyStorage(config.experiment_dir))
+
+
+def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
     from ray import tune
 
     from tune.checkpoints import CheckpointCheck
     from tune.progress import MirrorSync, OutcomeRecorder, Progress, TimeBudget
     from tune.ray_state import StateCopy
     from tune.binding import THIS_SEARCH
-    from tune.searcher import ResumableOptunaSearch, StudyStorage, TruthfulOptunaSearch, search_algorithm
+    from tune.searcher import search_algorithm
     from tune.trainable import train_gpt
 
     # before Ray unpickles its state: a moved or copied search resumes where it is now (see tune.binding)
@@ -39,17 +51,8 @@ def make_tuner(config: SearchConfig, data_ref, tokenizer, restore: bool):
         return tune.Tuner.restore(config.experiment_path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp = config.experiment_dir
-    searcher_cls = TruthfulOptunaSearch if config.tell_optuna == "truth" else ResumableOptunaSearch
-    searcher = searcher_cls(
-        space=config.space_sampler(),
-        metric=config.metric,
-        mode=config.mode,
-        sampler=config.make_sampler(),
-        study_name=config.name,
-        storage=StudyStorage(exp),
-    )
+    searcher = _optuna_searcher(config)
     scheduler = config.make_scheduler()
     mirror = config.mirror
     return tune.Tuner(
