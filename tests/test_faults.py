@@ -95,7 +95,7 @@ def test_search_killed_then_resumed(tmp_path):
     exp = tmp_path / "kill"
 
     def finished():
-        return {d.name for d in exp.glob("trial_*") if _results(d) and _results(d)[-1]["status"] == "finished"}
+        return {d.name for d in exp.glob("trial_*") if (rows := _results(d)) and rows[-1]["status"] == "finished"}
 
     _wait_for(lambda: len(finished()) >= 2, proc, what="two finished trials")
     time.sleep(1.5)  # let Ray snapshot the experiment state once more
@@ -142,7 +142,7 @@ def test_resume_when_the_named_checkpoint_is_gone(tmp_path):
     exp = tmp_path / "gone"
 
     def two_running():
-        running = [d for d in exp.glob("trial_*") if len(_results(d)) >= 3 and _results(d)[-1]["status"] == "running"]
+        running = [d for d in exp.glob("trial_*") if len(rows := _results(d)) >= 3 and rows[-1]["status"] == "running"]
         return len(running) >= 2
 
     _wait_for(two_running, proc, what="two trials three evaluations in")
