@@ -38,6 +38,7 @@ from benchmarks.common import ROOT, shakespeare_chars, stamp, write_section
 
 OUT = ROOT / "benchmarks" / "ablation.json"
 SPEED_OUT = ROOT / "benchmarks" / "ablation_speed.json"  # the last --speed timing: {"measured": ..., "load": ..., "s": {row: s}}
+SPEED_COMPILED_OUT = ROOT / "benchmarks" / "ablation_speed_compiled.json"  # the same, --speed --compile (torch.compile)
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
 BATCH = 12
 MODERN = dict(pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, zero_init=True)
@@ -162,8 +163,9 @@ def plan(rows: list[str], big_rows: list[str], opts: list[str], budgets: list[fl
     run_jobs([job(r, o, big, best_lr(r, o, big), s) for r in big_rows for o in opts for s in seeds[1:]], workers)
 
 
-def speed(rows: list[str], steps: int = 150, rounds: int = 3) -> dict[str, float]:
-    """Seconds per training step of each row at the recipe shape, one thread, rows alternating (AdamW)."""
+def speed(rows: list[str], steps: int = 150, rounds: int = 3, compile: str = "off") -> dict[str, float]:
+    """Seconds per training step of each row at the recipe shape, one thread, rows alternating (AdamW); with
+    compile "on", the compiled step (the compilation itself is not in it: the Trainer counts it apart)."""
     import torch
 
     from nanogpt.model import GPTConfig
@@ -175,15 +177,15 @@ def speed(rows: list[str], steps: int = 150, rounds: int = 3) -> dict[str, float
     for _ in range(rounds):
         for r in rows:
             cfg = TrainConfig(max_steps=steps + 10, eval_interval=10**6, eval_iters=1, batch_size=BATCH,
-                              compile="off", device="cpu", train_loss_from="steps")
+                              compile=compile, device="cpu", train_loss_from="steps")
             t = Trainer(GPTConfig(vocab_size=tok.vocab_size, **SHAPE, **ROWS[r]), cfg, data, tok)
             t.run()
             per[r].append(t.train_time / t.step)
     return {r: statistics.median(v) for r, v in per.items()}
 
 
-def save_speed(speeds: dict[str, float]) -> None:
-    SPEED_OUT.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg()[0],
+def save_speed(speeds: dict[str, float], out: Path = SPEED_OUT) -> None:
+    out.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg()[0],
                                      "s": speeds}, indent=1))
 
 
@@ -226,6 +228,14 @@ def report(rows: list[str], opts: list[str], budgets: list[float]) -> None:
                      "rounds of 150 steps), against the default row:\n\n| row | ms/step | vs default |\n|---|---|---|\n"
                      + "\n".join(f"| {r} | {s * 1e3:.1f} | {s / speeds['baseline']:.2f}x |" for r, s in speeds.items())
                      + "\n")
+    if SPEED_COMPILED_OUT.is_file():
+        timed = json.loads(SPEED_COMPILED_OUT.read_text())
+        speeds = timed["s"]
+        speed_txt += (f"\nThe same, compiled (`--speed --compile`, torch.compile's inductor, measured {timed['measured']}, "
+                      f"load average {timed['load']:.1f}; compilation not counted):\n\n| row | ms/step | vs default "
+                      "compiled |\n|---|---|---|\n"
+                      + "\n".join(f"| {r} | {s * 1e3:.1f} | {s / speeds['baseline']:.2f}x |" for r, s in speeds.items())
+                      + "\n")
     notes = "\n".join(NOTES[r] for r in rows if r in NOTES)
     body = f"""{stamp()}
 {__doc__.split(chr(10) + chr(10))[1]}
@@ -252,6 +262,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds at the best learning rate (the sweep is seed 0)")
     p.add_argument("--speed", action="store_true", help="also time every row's step (needs a quiet machine)")
+    p.add_argument("--compile", action="store_true", help="with --speed: time the compiled step (torch.compile)")
     p.add_argument("--report-only", action="store_true", help="write RESULTS.md from ablation.json, train nothing")
     args = p.parse_args()
     rows, opts = args.rows.split(","), args.optimizers.split(",")
@@ -262,7 +273,10 @@ def main() -> None:
     if not args.report_only:
         plan(rows, args.big_rows.split(","), opts, budgets, args.workers, SEEDS[:args.seeds])
     if args.speed:
-        save_speed(speed(rows))
+        if args.compile:
+            save_speed(speed(rows, compile="on"), SPEED_COMPILED_OUT)
+        else:
+            save_speed(speed(rows))
     report(rows, opts, budgets)
 
 
