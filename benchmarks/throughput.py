@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -128,30 +129,47 @@ def ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def default_search_vs_recipe(work) -> tuple[float, float, str]:
-    """Wall seconds of `python -m tune.search` (the default search as `make search` runs it, report included, 2
-    cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
-    with our_search([], "bench", echo=False) as run:
-        search_s = run.wall_s
-    probes = run.stdout.partition("what the best model learned (greedy):")[2].strip()
+def default_search_vs_recipe(work, flags: tuple[str, ...] = ()) -> tuple[float, float, str]:
+    """Wall seconds of `python -m tune.search FLAGS` (the default search as `make search` runs it, report included,
+    2 cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
+    search_s, probes = default_search(flags)
     t0 = time.time()
     anchor.train(work, 2, **anchor.CPU_RECIPE)
     return search_s, time.time() - t0, probes
 
 
-def search_only() -> None:
+def default_search(flags: tuple[str, ...] = ()) -> tuple[float, str]:
+    """Wall seconds of the default search with FLAGS added, and its probes' lines."""
+    with our_search(list(flags), "bench", echo=False) as run:
+        search_s = run.wall_s
+    return search_s, run.stdout.partition("what the best model learned (greedy):")[2].strip()
+
+
+def search_only(variants: list[str] | None = None) -> None:
+    """The default search against nanoGPT's recipe; with variants (flags added to the default search, e.g.
+    "--pos-emb rope"), each of them too, one after the other, the recipe run between the default and them."""
     load_before = os.getloadavg()
-    search_s, recipe_s, probes = default_search_vs_recipe(anchor.workdir())
+    work = anchor.workdir()
+    search_s, recipe_s, probes = default_search_vs_recipe(work)
+    runs = [(flags, *default_search(tuple(shlex.split(flags)))) for flags in variants or []]
     load_after = os.getloadavg()
     body = (f"{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n\n"
-            f"`python -m benchmarks.throughput --search-only`: the default search (`python -m tune.search` as `make search` "
+            f"`python -m benchmarks.throughput --search-only{''.join(f' --ours {shlex.quote(v)}' for v in variants or [])}`: "
+            f"the default search (`python -m tune.search` as `make search` "
             f"runs it: Ray's start, the trials, the report and its probes; 2 cores) took "
             f"{search_s:.0f} s; nanoGPT's CPU recipe (2000 iterations of its train.py, 2 threads) {recipe_s:.0f} s, one "
             f"after the other: **{search_s / recipe_s:.2f}x** (goal <= {SEARCH_GOAL}x: "
             f"{'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}). The search's probes (the goal: counting "
             f"90% seen and 70% held out, A/B/C 90%):\n\n" + "\n".join(f"    {line}" for line in probes.splitlines()) + "\n")
+    for flags, s, pr in runs:
+        body += (f"\nWith `{flags}` (right after): {s:.0f} s, **{s / recipe_s:.2f}x** the recipe's (goal <= {SEARCH_GOAL}x: "
+                 f"{'met' if s / recipe_s <= SEARCH_GOAL else 'missed'}); its probes:\n\n"
+                 + "\n".join(f"    {line}" for line in pr.splitlines()) + "\n")
     print(body)
-    write_section("Default search against nanoGPT's recipe (benchmarks/throughput.py --search-only)", body)
+    title = "Default search against nanoGPT's recipe (benchmarks/throughput.py --search-only)"
+    if variants:
+        title += ", with " + " / ".join(f"`{v}`" for v in variants)
+    write_section(title, body)
 
 
 def main() -> None:
@@ -167,9 +185,12 @@ def main() -> None:
     p.add_argument("--search", action="store_true", help="also the default search against nanoGPT's recipe")
     p.add_argument("--search-only", action="store_true",
                    help="only the default search against nanoGPT's recipe (its own section of RESULTS.md)")
+    p.add_argument("--ours", action="append", default=None, metavar="FLAGS",
+                   help="with --search-only: the default search with these flags added, too (repeatable; e.g. "
+                        "\"--pos-emb rope\"), in a section of its own")
     args = p.parse_args()
     if args.search_only:
-        return search_only()
+        return search_only(args.ours)
     gpu = args.device == "cuda"
     if gpu and args.search:
         sys.exit("benchmarks.throughput: --search is the CPU search against nanoGPT's CPU recipe; leave out --device")
