@@ -406,6 +406,12 @@ def test_wsd_search_reports_cooldown_rungs_and_continues_the_winner(tmp_path):
     assert "no scaling fit" in meta["chosen_by"]["reason"] and "final choice: " in proc.stdout
     assert f"continued trial `{best['trial_id']}`" in (exp / "report.md").read_text()
     assert f"{best['trial_id']} continued from its stable checkpoint" in proc.stdout
+    # its peak learning rate follows the new horizon, as a ladder run's: (80 / its trial's spend)^-0.125 of the trial's
+    h = meta["horizon_lr"]
+    assert h["beta"] == 0.125 and h["horizon"] == 80 and h["trial_lr"] == pytest.approx(best["learning_rate"])
+    assert h["lr"] == pytest.approx(best["learning_rate"] * (80 / best["train_spend"]) ** -0.125)
+    assert meta["train"]["learning_rate"] == pytest.approx(h["lr"])
+    assert f"peak learning rate {h['lr']:.3g} for its horizon" in (exp / "report.md").read_text()
 
 
 def test_rays_superseded_upload_of_a_vanished_temp_file_is_not_shown_every_other_error_is():

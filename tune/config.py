@@ -193,7 +193,8 @@ class SearchConfig:
         default="off", choices=["on", "off"], group="budget", saved_default="off")
     horizon_lr_beta: float = setting(
         "--horizon-lr-beta", "a continued trial's peak learning rate follows its new horizon: lr x (final budget / the "
-        "trial's spend)^-beta (0.125: DeepSeek LLM's lr ~ compute^-0.125; 0 keeps the trial's); with --ladder on",
+        "trial's spend)^-beta (0.125: DeepSeek LLM's lr ~ compute^-0.125; 0 keeps the trial's): the ladder's runs and "
+        "the winner continued to --final-budget (--final-from continue)",
         default=0.125, type=float, check=nonneg, group="budget", saved_default=0.125)
     # how the run ends, not what the search is (not compared on --resume): report.md and plots, or not (--no-report);
     # here so that `run(config_from_args(args))` honours --no-report as the command does

@@ -101,9 +101,14 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     final = exp / FINAL_DIR
     hp = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in HPARAMS}
     start, how = _final_start(config, best, grid)
+    meta = {"chosen_by": choice}
+    if start is not None:  # a continued trial's peak learning rate follows its new horizon, as the ladder's runs do
+        meta["horizon_lr"] = horizon = continued_lr(config, float(hp["learning_rate"]), float(best["train_spend"]))
+        hp["learning_rate"] = horizon["lr"]
+        how += f" at lr {horizon['lr']:.2e} (the trial's {horizon['trial_lr']:.2e} x (horizon / its spend)^-{horizon['beta']:g})"
     out = train_on_node(config, data_ref, tokenizer, hp, start, final,
                         f"final training: {how} to {config.budget_text(config.final_budget)}",
-                        seconds_left if config.final_auto else None, chosen_by=choice)
+                        seconds_left if config.final_auto else None, **meta)
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after {format_amount(m.get('spend', 0), config.budget_unit)} "
           f"({m.get('step')} steps, {out['wall_s']:.0f} s on {out['threads']} threads); {final}")
@@ -116,6 +121,20 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     if why and use.name == "best":
         print(f"warning: {why}: the search's answer is best/")
     return out
+
+
+def continued_lr(config: SearchConfig, trial_lr: float, trial_spend: float) -> dict:
+    """The peak learning rate of the winner continued from `trial_spend` to the final budget (its first plan under
+    auto): lr x (final / trial spend)^-beta, --horizon-lr-beta (tune.ladder.horizon_lr). Measured here: beta 0.125
+    against 0 was lower in 4 of 5 continuations at a 4x horizon, and the ladder's final run (the same configuration
+    and steps at the horizon's lr) 0.006 nats lower than the winner continued at its trial's at 28x
+    (benchmarks/RESULTS.md, "Selection regret ... at beta 0", "Equal total FLOPs"). What final/config.json records
+    under `horizon_lr`."""
+    from tune.ladder import horizon_lr
+
+    horizon = float(config.final_budget)
+    return {"beta": config.horizon_lr_beta, "horizon": horizon, "trial_lr": trial_lr,
+            "lr": horizon_lr(trial_lr, trial_spend, horizon, config.horizon_lr_beta), "trial_spend": trial_spend}
 
 
 def _final_start(config: SearchConfig, best, grid) -> tuple[dict | None, str]:

@@ -92,7 +92,13 @@ def _final_origin(meta: dict) -> str:
     decay = (f"then decayed over the last {train.get('cooldown_frac', 0):.0%} of the final budget ({train.get('schedule')})"
              f"{squeezed}" if short is None else f"then meant to decay over the last {train.get('cooldown_frac', 0):.0%} of the final "
                                    f"budget ({train.get('schedule')}), but {short}")
-    return f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
+    h = meta.get("horizon_lr")
+    lr = (f"; peak learning rate {h['lr']:.3g} for its horizon (the trial's {h['trial_lr']:.3g} x ("
+          f"{format_amount(h['horizon'], train.get('budget_unit', ''))} / its spend)^-{h['beta']:g})"
+          if isinstance(h, dict) and all(isinstance(h.get(k), numbers.Real) for k in ("lr", "trial_lr", "horizon", "beta"))
+          else "")
+    return (f"- continued trial `{trial}` from its stable checkpoint (its own spend counts in the final model's), {decay}"
+            + lr)
 
 
 def final_section(final: Model, df: pd.DataFrame, config: SearchConfig | None, unit: str, path: Path) -> list[str]:
