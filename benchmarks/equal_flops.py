@@ -23,7 +23,6 @@ Goal (issue 26): ours at least 0.10 nats below at 1.9e13.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -46,24 +45,6 @@ SMOKE = ["--num-samples", "2", "--trial-budget", "1e11flops", "--eval-every", "5
          "5e10flops", "--final-budget", "2e11flops"]
 
 
-def _history(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "config.json").read_text()).get("history") or []
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    rows = []
-    try:
-        lines = (trial_dir / "result.json").read_text().splitlines()
-    except FileNotFoundError:
-        return rows
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 def added_spend(history: list[dict], parent_step: int | None) -> float:
     """What a run trained beyond the run it continued: its last total_spend less the total_spend of its history's
     last row at or before the parent's last step (those rows are the parent's, carried over by the restore).
@@ -79,22 +60,20 @@ def added_spend(history: list[dict], parent_step: int | None) -> float:
 
 def total_flops(exp: Path) -> dict:
     """Every FLOP the search in `exp` trained: {"trials", "ladder", "final", "total"} in its budget unit (FLOPs)."""
-    last = {}  # trial id -> its last result row
-    trials = 0.0
-    for d in sorted(exp.glob("trial_*")):
-        rows = [r for r in _results(d) if "total_spend" in r]
-        if rows:
-            last[d.name.removeprefix("trial_")] = rows[-1]
-            trials += float(rows[-1]["total_spend"])
+    from nanogpt.checkpoint import raw_meta
+    from tune.experiment import read_trials
+
+    last = {t.trial_id: rows[-1] for t in read_trials(exp) if (rows := [r for r in t.results if "total_spend" in r])}
+    trials = sum(float(r["total_spend"]) for r in last.values())
     ladder, ladder_last = 0.0, {}
     for d in sorted((exp / "ladder").glob("*")) if (exp / "ladder").is_dir() else []:
         if (d / "config.json").is_file() and d.name in last:
-            hist = _history(d)
+            hist = raw_meta(d).get("history") or []
             ladder += added_spend(hist, int(last[d.name]["step"]))
             ladder_last[d.name] = int(hist[-1]["step"]) if hist else None
     final = 0.0
     if (exp / "final" / "config.json").is_file():
-        meta = json.loads((exp / "final" / "config.json").read_text())
+        meta = raw_meta(exp / "final")
         parent = meta.get("continued_from")
         via_ladder = (meta.get("chosen_by") or {}).get("by") == "ladder" and parent in ladder_last
         parent_step = ladder_last[parent] if via_ladder else (int(last[parent]["step"]) if parent in last else None)
@@ -126,12 +105,12 @@ def recipe_iters(total: float, flops_per_token: float, interval: int = RECIPE_EV
     return max(interval, math.ceil(total / per_iter / interval) * interval)
 
 
-def run_recipe(work: Path, threads: int, total: float, val, smoke: bool) -> dict:
+def run_recipe(work: Path, threads: int, total: float, val, vocab_size: int, smoke: bool) -> dict:
     from nanogpt.model import GPT, GPTConfig
 
     r = anchor.CPU_RECIPE
     fpt = GPT(GPTConfig(n_layer=r["n_layer"], n_head=r["n_head"], n_embd=r["n_embd"], block_size=r["block_size"],
-                        vocab_size=65, dropout=0.0)).flops_per_token()
+                        vocab_size=vocab_size, dropout=0.0)).flops_per_token()
     interval = 10 if smoke else RECIPE_EVAL_INTERVAL
     iters = recipe_iters(total, fpt, interval)
     t0 = time.time()
@@ -162,7 +141,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     src = shakespeare_file()
     ds = load_dataset(data_file=src)
-    val = tokenize(ds, CharTokenizer.from_text(ds.text)).val
+    tok = CharTokenizer.from_text(ds.text)  # nanoGPT's shakespeare_char: the same sorted characters
+    val = tokenize(ds, tok).val
     size = SMOKE if args.smoke_test else shlex.split(args.size)
     work = anchor.workdir()
     load0 = os.getloadavg()[0]
@@ -171,7 +151,7 @@ def main() -> None:
         flags = ["--preset", args.preset, "--data-file", str(src), *size, *shlex.split(extra)]
         ours = run_ours(flags, val)
         print(f"ours {extra or '(as is)'}: {ours['flops']['total']:.3g} FLOPs in all, val {ours['val']:.4f}", flush=True)
-        recipe = run_recipe(work, args.threads, ours["flops"]["total"], val, args.smoke_test)
+        recipe = run_recipe(work, args.threads, ours["flops"]["total"], val, tok.vocab_size, args.smoke_test)
         print(f"nanoGPT's recipe: {recipe['iters']} iterations, {recipe['flops']:.3g} FLOPs, val {recipe['val']:.4f}",
               flush=True)
         pairs.append((extra, flags, ours, recipe))
