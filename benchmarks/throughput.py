@@ -129,10 +129,10 @@ def ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def default_search_vs_recipe(work, flags: tuple[str, ...] = ()) -> tuple[float, float, str]:
-    """Wall seconds of `python -m tune.search FLAGS` (the default search as `make search` runs it, report included,
-    2 cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
-    search_s, probes = default_search(flags)
+def default_search_vs_recipe(work) -> tuple[float, float, str]:
+    """Wall seconds of `python -m tune.search` (the default search as `make search` runs it, report included, 2
+    cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
+    search_s, probes = default_search()
     t0 = time.time()
     anchor.train(work, 2, **anchor.CPU_RECIPE)
     return search_s, time.time() - t0, probes
