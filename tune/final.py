@@ -130,11 +130,9 @@ def continued_lr(config: SearchConfig, trial_lr: float, trial_spend: float) -> d
     and steps at the horizon's lr) 0.006 nats lower than the winner continued at its trial's at 28x
     (benchmarks/RESULTS.md, "Selection regret ... at beta 0", "Equal total FLOPs"). What final/config.json records
     under `horizon_lr`."""
-    from tune.ladder import horizon_lr
+    from tune.ladder import horizon_record
 
-    horizon = float(config.final_budget)
-    return {"beta": config.horizon_lr_beta, "horizon": horizon, "trial_lr": trial_lr,
-            "lr": horizon_lr(trial_lr, trial_spend, horizon, config.horizon_lr_beta), "trial_spend": trial_spend}
+    return horizon_record(trial_lr, trial_spend, float(config.final_budget), config.horizon_lr_beta)
 
 
 def _final_start(config: SearchConfig, best, grid) -> tuple[dict | None, str]:

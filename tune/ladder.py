@@ -56,6 +56,12 @@ def horizon_lr(lr: float, trial_spend: float, horizon: float, beta: float) -> fl
     return lr * (horizon / trial_spend) ** -beta if beta and horizon > trial_spend > 0 else lr
 
 
+def horizon_record(trial_lr: float, trial_spend: float, horizon: float, beta: float) -> dict:
+    """What final/config.json records under `horizon_lr` for a continued trial: the rule and both learning rates."""
+    return {"beta": beta, "horizon": horizon, "trial_lr": trial_lr,
+            "lr": horizon_lr(trial_lr, trial_spend, horizon, beta), "trial_spend": trial_spend}
+
+
 def levels(final: float, start: float, rf: int, n: int, unit: str) -> list[tuple[float, int]]:
     """The ladder's comparisons, lowest spend first: (spend, entrants). Spends are final / rf^j above `start` (the
     entrants' largest trial spend; whole steps for a steps budget), entrants min(n, rf^j); as many levels as the
@@ -530,8 +536,8 @@ def _train_final(config: SearchConfig, data_ref, tokenizer, state: dict, winner:
         chosen_by={"by": "ladder", "chosen": winner, "raw_winner": state["raw_winner"],
                    "reason": "best cooldown-branch loss at the ladder's last level" if state["steps"] else
                    "no ladder level above the trials' spend below the final budget: the trial winner"},
-        ladder=record(state), horizon_lr={"beta": state["horizon_lr_beta"], "horizon": state["horizon"],
-                                          "trial_lr": e["trial_lr"], "lr": e["lr"], "trial_spend": e["spend"]})
+        ladder=record(state), horizon_lr={**horizon_record(e["trial_lr"], e["spend"], state["horizon"],
+                                                           state["horizon_lr_beta"]), "lr": e["lr"]})
     m = out["metrics"]
     print(f"final model: val_loss {m.get('val_loss', float('nan')):.4f} after "
           f"{format_amount(m.get('spend', 0), config.budget_unit)} ({m.get('step')} steps, {out['wall_s']:.0f} s on "
