@@ -189,6 +189,16 @@ def save_speed(speeds: dict[str, float], out: Path = SPEED_OUT) -> None:
                                      "s": speeds}, indent=1))
 
 
+def _speed_table(path: Path, heading, default: str) -> str:
+    """A stored `--speed` timing (`path`) as a paragraph and a table against the default row; "" when none."""
+    if not path.is_file():
+        return ""
+    timed = json.loads(path.read_text())
+    speeds = timed["s"]
+    return (f"\n{heading(timed)}\n\n| row | ms/step | vs default{default} |\n|---|---|---|\n"
+            + "\n".join(f"| {r} | {s * 1e3:.1f} | {s / speeds['baseline']:.2f}x |" for r, s in speeds.items()) + "\n")
+
+
 def report(rows: list[str], opts: list[str], budgets: list[float]) -> None:
     """RESULTS.md's section from every row in ablation.json (rows run by an earlier command included) and the last
     `--speed` timing."""
@@ -219,23 +229,12 @@ def report(rows: list[str], opts: list[str], budgets: list[float]) -> None:
                 if got:
                     sweep.append(f"{r}/{o}/{b:.0e}: " + ", ".join(f"lr {lr:g} {statistics.mean(v):.4f}"
                                                                   for lr, v in sorted(got.items())))
-    speed_txt = ""
-    if SPEED_OUT.is_file():
-        timed = json.loads(SPEED_OUT.read_text())
-        speeds = timed["s"]
-        speed_txt = (f"\nSeconds per training step (measured {timed['measured']} by `--speed`, load average "
-                     f"{timed['load']:.1f}) at the recipe shape (AdamW, 1 thread, rows alternating, median of 3 "
-                     "rounds of 150 steps), against the default row:\n\n| row | ms/step | vs default |\n|---|---|---|\n"
-                     + "\n".join(f"| {r} | {s * 1e3:.1f} | {s / speeds['baseline']:.2f}x |" for r, s in speeds.items())
-                     + "\n")
-    if SPEED_COMPILED_OUT.is_file():
-        timed = json.loads(SPEED_COMPILED_OUT.read_text())
-        speeds = timed["s"]
-        speed_txt += (f"\nThe same, compiled (`--speed --compile`, torch.compile's inductor, measured {timed['measured']}, "
-                      f"load average {timed['load']:.1f}; compilation not counted):\n\n| row | ms/step | vs default "
-                      "compiled |\n|---|---|---|\n"
-                      + "\n".join(f"| {r} | {s * 1e3:.1f} | {s / speeds['baseline']:.2f}x |" for r, s in speeds.items())
-                      + "\n")
+    speed_txt = _speed_table(SPEED_OUT, lambda t: (
+        f"Seconds per training step (measured {t['measured']} by `--speed`, load average {t['load']:.1f}) at the recipe "
+        "shape (AdamW, 1 thread, rows alternating, median of 3 rounds of 150 steps), against the default row:"), "")
+    speed_txt += _speed_table(SPEED_COMPILED_OUT, lambda t: (
+        f"The same, compiled (`--speed --compile`, torch.compile's inductor, measured {t['measured']}, load average "
+        f"{t['load']:.1f}; compilation not counted):"), " compiled")
     notes = "\n".join(NOTES[r] for r in rows if r in NOTES)
     body = f"""{stamp()}
 {__doc__.split(chr(10) + chr(10))[1]}
@@ -273,10 +272,7 @@ def main() -> None:
     if not args.report_only:
         plan(rows, args.big_rows.split(","), opts, budgets, args.workers, SEEDS[:args.seeds])
     if args.speed:
-        if args.compile:
-            save_speed(speed(rows, compile="on"), SPEED_COMPILED_OUT)
-        else:
-            save_speed(speed(rows))
+        save_speed(speed(rows, compile="on" if args.compile else "off"), SPEED_COMPILED_OUT if args.compile else SPEED_OUT)
     report(rows, opts, budgets)
 
 
