@@ -32,6 +32,17 @@ def test_final_budget_auto_splits_the_time_budget(tmp_path):
     assert config(tmp_path, "--time-budget", "1h").time_budget_s == 3600  # without auto: the search's alone
 
 
+def test_final_share_moves_the_split(tmp_path):
+    c = config(tmp_path, "--time-budget", "10m", "--final-budget", "auto", "--final-share", "0.7")
+    assert c.final_share == 0.7 and c.total_time_s == 600 and c.time_budget_s == pytest.approx(180)
+    assert SearchConfig.load(c.save(tmp_path).parent).final_share == 0.7  # saved: a resume splits as the search did
+    with pytest.raises(UserError, match="--final-share.*--final-budget auto"):
+        config(tmp_path, "--time-budget", "10m", "--final-share", "0.7")  # no final training to share with
+    for bad in ("0", "1", "1.5"):
+        with pytest.raises(UserError, match="--final-share"):
+            config(tmp_path, "--time-budget", "10m", "--final-budget", "auto", "--final-share", bad)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--schedule", "cosine", "--final-from", "continue"], "needs --schedule wsd"),
     (["--schedule", "wsd", "--max-steps", "100", "--final-budget", "100steps"], "not more than the trial budget"),

@@ -125,7 +125,7 @@ class SearchConfig:
     train_loss_from: str = setting()
     time_budget_s: float | None = setting(
         "--time-budget", "stop the whole search after this long: 900, 900s, 15m or 1h; with --final-budget auto it "
-        f"covers the search ({1 - FINAL_TIME_SHARE:.0%}, saved here) and the final training", type=parse_duration,
+        "covers the search (1 - --final-share of it, saved here) and the final training", type=parse_duration,
         check=positive, metavar="DURATION", group="budget")
     cpus_per_trial: float = setting("--cpus-per-trial", "CPUs of each trial (its torch threads)", default=FROM_PRESET,
                                     type=float, check=positive, group="budget")
@@ -185,6 +185,10 @@ class SearchConfig:
     # whose budget is sized from the winner's own pace when the search ends
     final_auto: bool = setting(saved_default=False)
     total_time_s: float | None = setting(saved_default=None)
+    final_share: float = setting(
+        "--final-share", "--final-budget auto: the share of --time-budget kept for the final training; the search "
+        "gets the rest", default=FINAL_TIME_SHARE, type=float, check=open_fraction, group="budget",
+        saved_default=FINAL_TIME_SHARE)
     # the ladder (tune.ladder): the best trials' stable phases continued to growing spends, the best 1/rf kept at each
     ladder: str = setting(
         "--ladder", "--final-budget under wsd: on = continue the best reduction-factor^k finished trials (the best of each model first) to growing "
@@ -524,6 +528,9 @@ def _final(args: argparse.Namespace, values: dict, budget: float, unit: str) -> 
     if auto and total is None:
         raise UserError("--final-budget auto sizes the final training from the time budget: give --time-budget too "
                         "(e.g. --time-budget 15m)")
+    if args.final_share is not None and not auto:
+        raise UserError("--final-share splits --time-budget between the search and --final-budget auto's final "
+                        "training: give --final-budget auto (and --time-budget) with it, or drop it")
     final = parse_amount(args.final_budget, "--final-budget", unit)[0] if args.final_budget and not auto else None
     final_from = values["final_from"] or ("continue" if values["schedule"] == "wsd" else "scratch")
     if final_from == "continue" and values["schedule"] != "wsd":
@@ -535,7 +542,7 @@ def _final(args: argparse.Namespace, values: dict, budget: float, unit: str) -> 
     if values["ladder"] == "on":
         _check_ladder(values, final is not None or auto, final_from, unit)
     return dict(final_budget=final, final_from=final_from, final_auto=auto, total_time_s=total if auto else None,
-                time_budget_s=total * (1 - FINAL_TIME_SHARE) if auto else total)
+                time_budget_s=total * (1 - values["final_share"]) if auto else total)
 
 
 def _check_ladder(values: dict, final: bool, final_from: str, unit: str) -> None:
