@@ -2,6 +2,7 @@
 measured alternately in one run, as ratios.
 
     python -m benchmarks.throughput [--steps 100] [--rounds 2] [--threads 1] [--search] [--device cuda]
+    python -m benchmarks.throughput --search-only [--search-rounds 3] [--ours FLAGS ...]
 
 Three sizes: the laptop sizes (2 layers x 32 embd at batch 16, 3 x 64 at batch 32) and nanoGPT's CPU recipe (4 x 128,
 batch 12), all block 64. Each round runs, per size: our Trainer eager (AdamW), our Trainer compiled (--compile on),
@@ -129,13 +130,18 @@ def ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def default_search_vs_recipe(work) -> tuple[float, float, str]:
+def default_search_vs_recipe(work, rounds: int = 1) -> tuple[list[tuple[float, float]], str]:
     """Wall seconds of `python -m tune.search` (the default search as `make search` runs it, report included, 2
-    cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other."""
-    search_s, probes = default_search()
-    t0 = time.time()
-    anchor.train(work, 2, **anchor.CPU_RECIPE)
-    return search_s, time.time() - t0, probes
+    cores) and of nanoGPT's CPU recipe (2000 iterations, 2 threads), one after the other, `rounds` times: the
+    (search, recipe) pairs, and the first search's probe lines."""
+    pairs, first = [], None
+    for _ in range(rounds):
+        search_s, probes = default_search()
+        first = probes if first is None else first
+        t0 = time.time()
+        anchor.train(work, 2, **anchor.CPU_RECIPE)
+        pairs.append((search_s, time.time() - t0))
+    return pairs, first
 
 
 def default_search(flags: tuple[str, ...] = ()) -> tuple[float, str]:
@@ -145,21 +151,30 @@ def default_search(flags: tuple[str, ...] = ()) -> tuple[float, str]:
     return search_s, run.stdout.partition("what the best model learned (greedy):")[2].strip()
 
 
-def search_only(variants: list[str] | None = None) -> None:
-    """The default search against nanoGPT's recipe; with variants (flags added to the default search, e.g.
-    "--pos-emb rope"), each of them too, one after the other, the recipe run between the default and them."""
+def search_only(variants: list[str] | None = None, rounds: int = 1) -> None:
+    """The default search against nanoGPT's recipe, `rounds` pairs one after the other (the figure: the median of
+    the pairs' ratios); with variants (flags added to the default search, e.g. "--pos-emb rope"), each of them too,
+    one after the other, against the recipe's median time."""
     load_before = os.getloadavg()
     work = anchor.workdir()
-    search_s, recipe_s, probes = default_search_vs_recipe(work)
+    pairs, probes = default_search_vs_recipe(work, rounds)
+    ratios = [s / r for s, r in pairs]
+    ratio, recipe_s = statistics.median(ratios), statistics.median(r for _, r in pairs)
     runs = [(flags, *default_search(tuple(shlex.split(flags)))) for flags in variants or []]
     load_after = os.getloadavg()
+    flags_text = (f" --search-rounds {rounds}" if rounds > 1 else "") + "".join(
+        f" --ours {shlex.quote(v)}" for v in variants or [])
+    if rounds == 1:
+        timed = f"took {pairs[0][0]:.0f} s; nanoGPT's CPU recipe (2000 iterations of its train.py, 2 threads) {recipe_s:.0f} s, one after the other"
+    else:
+        timed = (f"and nanoGPT's CPU recipe (2000 iterations of its train.py, 2 threads), one after the other, "
+                 f"{rounds} times: " + ", ".join(f"{s:.0f} s against {r:.0f} s ({s / r:.2f}x)" for s, r in pairs)
+                 + "; the median of the ratios")
     body = (f"{stamp()} Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n\n"
-            f"`python -m benchmarks.throughput --search-only{''.join(f' --ours {shlex.quote(v)}' for v in variants or [])}`: "
+            f"`python -m benchmarks.throughput --search-only{flags_text}`: "
             f"the default search (`python -m tune.search` as `make search` "
-            f"runs it: Ray's start, the trials, the report and its probes; 2 cores) took "
-            f"{search_s:.0f} s; nanoGPT's CPU recipe (2000 iterations of its train.py, 2 threads) {recipe_s:.0f} s, one "
-            f"after the other: **{search_s / recipe_s:.2f}x** (goal <= {SEARCH_GOAL}x: "
-            f"{'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}). The search's probes (the goal: counting "
+            f"runs it: Ray's start, the trials, the report and its probes; 2 cores) {timed}: **{ratio:.2f}x** (goal <= {SEARCH_GOAL}x: "
+            f"{'met' if ratio <= SEARCH_GOAL else 'missed'}). The search's probes (the goal: counting "
             f"90% seen and 70% held out, A/B/C 90%):\n\n" + "\n".join(f"    {line}" for line in probes.splitlines()) + "\n")
     for flags, s, pr in runs:
         body += (f"\nWith `{flags}` (right after): {s:.0f} s, **{s / recipe_s:.2f}x** the recipe's (goal <= {SEARCH_GOAL}x: "
@@ -188,9 +203,14 @@ def main() -> None:
     p.add_argument("--ours", action="append", default=None, metavar="FLAGS",
                    help="with --search-only: the default search with these flags added, too (repeatable; e.g. "
                         "\"--pos-emb rope\"), in a section of its own")
+    p.add_argument("--search-rounds", type=int, default=1, metavar="N",
+                   help="with --search-only: N pairs of the default search and the recipe, one after the other (the "
+                        "figure: the median of the pairs' ratios; a search's wall time moves 20-30%% with ASHA's order)")
     args = p.parse_args()
+    if args.search_rounds < 1:
+        sys.exit("benchmarks.throughput: --search-rounds must be at least 1")
     if args.search_only:
-        return search_only(args.ours)
+        return search_only(args.ours, args.search_rounds)
     gpu = args.device == "cuda"
     if gpu and args.search:
         sys.exit("benchmarks.throughput: --search is the CPU search against nanoGPT's CPU recipe; leave out --device")
@@ -235,7 +255,7 @@ def main() -> None:
                            f"; Muon / AdamW {muon:.2f}x (goal {MUON_GOAL:.2f}x: {'met' if muon >= MUON_GOAL else 'missed'})"))
     search_text = ""
     if args.search:
-        search_s, recipe_s, _ = default_search_vs_recipe(work)
+        ((search_s, recipe_s),), _ = default_search_vs_recipe(work)
         search_text = (f"\nThe default search (`python -m tune.search`, 2 cores) took {search_s:.0f} s; nanoGPT's CPU recipe "
                        f"(2000 iterations, 2 threads) {recipe_s:.0f} s: **{search_s / recipe_s:.2f}x** (goal <= "
                        f"{SEARCH_GOAL}x: {'met' if search_s / recipe_s <= SEARCH_GOAL else 'missed'}).\n")
