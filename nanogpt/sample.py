@@ -44,27 +44,51 @@ def generate_text(
     return prompt + tokenizer.decode(out[0, len(ids) :].tolist())
 
 
+def greedy_continuations(model: GPT, tokenizer, prompts: list[str], new_tokens: list[int]) -> list[str]:
+    """Each prompt's greedy continuation, new_tokens[i] tokens of it: what generate_text(..., temperature=0) adds to
+    the prompt. Prompts of one length in tokens are decoded together, as one batch (a probe asks 100 short
+    questions: one at a time, a small model's step is mostly Python's overhead); greedy tokens do not depend on
+    what follows them, so each row is cut to its own length."""
+    device = next(model.parameters()).device
+    encoded = [tokenizer.encode(p or "\n") for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    out = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for length, rows in groups.items():
+            idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=device)
+            gen = model.generate(idx, max(new_tokens[i] for i in rows), temperature=0)
+            for r, i in enumerate(rows):
+                out[i] = tokenizer.decode(gen[r, length : length + new_tokens[i]].tolist())
+    finally:
+        model.train(was_training)
+    return out
+
+
 def counting_probe(model: GPT, tokenizer, numbers: list[int]) -> list[dict]:
     """Greedy continuation of "Number k comes before"; correct when the next number is k+1."""
+    prompts = [f"Number {k} comes before" for k in numbers]
+    outputs = greedy_continuations(model, tokenizer, prompts, [len(str(k + 1)) + 3 for k in numbers])
     rows = []
-    for k in numbers:
-        prompt = f"Number {k} comes before"
-        text = generate_text(model, tokenizer, prompt, max_new_tokens=len(str(k + 1)) + 3, temperature=0)
-        m = re.match(r"\s*(\d+)", text[len(prompt) :])
+    for k, prompt, output in zip(numbers, prompts, outputs):
+        m = re.match(r"\s*(\d+)", output)
         predicted = int(m.group(1)) if m else None
-        rows.append({"k": k, "prompt": prompt, "output": text[len(prompt) :], "predicted": predicted, "correct": predicted == k + 1})
+        rows.append({"k": k, "prompt": prompt, "output": output, "predicted": predicted, "correct": predicted == k + 1})
     return rows
 
 
 def abc_probe(model: GPT, tokenizer, numbers: list[int]) -> list[dict]:
     """Greedy continuation of "AkBk"; correct when it goes on with "Ck" (and no more digits)."""
+    prompts = [f"A{k}B{k}" for k in numbers]
+    outputs = greedy_continuations(model, tokenizer, prompts, [len(str(k)) + 2 for k in numbers])
     rows = []
-    for k in numbers:
-        prompt = f"A{k}B{k}"
-        text = generate_text(model, tokenizer, prompt, max_new_tokens=len(str(k)) + 2, temperature=0)
-        m = re.match(r"C(\d+)", text[len(prompt) :])
+    for k, prompt, output in zip(numbers, prompts, outputs):
+        m = re.match(r"C(\d+)", output)
         predicted = int(m.group(1)) if m else None
-        rows.append({"k": k, "prompt": prompt, "output": text[len(prompt) :], "predicted": predicted, "correct": predicted == k})
+        rows.append({"k": k, "prompt": prompt, "output": output, "predicted": predicted, "correct": predicted == k})
     return rows
 
 

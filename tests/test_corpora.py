@@ -8,7 +8,7 @@ import torch
 from nanogpt import corpora
 from nanogpt.dataset import load_dataset
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.sample import abc_probe, counting_probe, probe_numbers
+from nanogpt.sample import abc_probe, counting_probe, generate_text, greedy_continuations, probe_numbers
 from nanogpt.tokenizer import CharTokenizer
 
 SENTENCE = re.compile(r"Number (\d+) comes before (\d+)\.\n")
@@ -91,9 +91,11 @@ class Oracle(torch.nn.Module):
         self.tokenizer, self.answer = tokenizer, answer
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        prompt = self.tokenizer.decode(idx[0].tolist())
-        new = self.tokenizer.encode(self.answer(prompt))[:max_new_tokens]
-        return torch.cat([idx, torch.tensor([new], dtype=torch.long)], dim=1)
+        rows = []
+        for row in idx.tolist():
+            new = self.tokenizer.encode(self.answer(self.tokenizer.decode(row)))[:max_new_tokens]
+            rows.append(row + new + self.tokenizer.encode("\n") * (max_new_tokens - len(new)))
+        return torch.tensor(rows, dtype=torch.long)
 
 
 def test_probes_score_right_and_wrong_answers():
@@ -123,3 +125,16 @@ def test_probes_run_on_a_tiny_gpt():
         assert [r["k"] for r in rows] == [7, 123] and rows[0]["prompt"] == prompt
         assert all(isinstance(r["correct"], bool) and r["output"] for r in rows)
         assert probe(model, tok, [7, 123]) == rows  # greedy: the same every time
+
+
+def test_probes_decode_a_batch_as_one_at_a_time():
+    """greedy_continuations decodes prompts of one length together: each row as generate_text gives it alone."""
+    ds = load_dataset("mixed")
+    tok = CharTokenizer.from_text(ds.text)
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16))
+    prompts = ["Number 7 comes before", "A12B12", "Number 8 comes before", "A3B3", "Number 123 comes before", "A45B45"]
+    new = [4, 4, 6, 3, 5, 2]  # lengths past the block too (16): the context is cropped as generate crops it
+    alone = [generate_text(model, tok, p, n, temperature=0)[len(p):] for p, n in zip(prompts, new)]
+    assert greedy_continuations(model, tok, prompts, new) == alone
+    assert [len(t) for t in alone] == new and model.training  # left as it was found
