@@ -151,7 +151,8 @@ def main() -> None:
         first, recipe = recipe, run_recipe(work, args.threads, resized, val)
         recipe["first"] = first
         print(f"nanoGPT's recipe: {resized} iterations in {recipe['wall_s']:.0f} s, val {recipe['val']:.4f}", flush=True)
-    print(f"nanoGPT's recipe: {max_iters} iterations in {recipe['wall_s']:.0f} s, val {recipe['val']:.4f}", flush=True)
+    else:
+        print(f"nanoGPT's recipe: {max_iters} iterations in {recipe['wall_s']:.0f} s, val {recipe['val']:.4f}", flush=True)
     loads.append(os.getloadavg()[0])
 
     cmd = ["python", "-m", "tune.search", "--preset", args.preset, "--data-file", str(src), "--time-budget", text,
