@@ -169,7 +169,7 @@ def main() -> None:
         # one section per (time, preset, variants): a run with other flags never overwrites another's figures
         title = f"Equal wall-clock, {text}" + ("" if args.preset == "shakespeare-muon" else f", --preset {args.preset}")
         if args.ours:
-            title += ", ours with " + " / ".join(f"`{v}`" for v in args.ours)
+            title += ", ours with " + " / ".join(f"`{v}`" if v.strip() else "its defaults" for v in args.ours)
         write_section(title + " (benchmarks/equal_time.py)", body)
 
 
