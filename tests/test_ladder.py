@@ -36,6 +36,17 @@ def test_auto_final_budget_is_the_largest_that_fits():
     assert ladder.auto_final(5, ents, 2, 0.2, 2, "steps") is None  # not even one more step
 
 
+def test_the_last_run_is_planned_at_the_nodes_pace():
+    """The ladder's last run trains on a whole node: priced at its trial's pace, the final budget was planned 2.7x
+    short of what it reached (5.43e12 FLOPs against 1.48e13, benchmarks/RESULTS.md), and every level sat too low."""
+    ents = [{"spend": 14, "pace": p, "step": 1} for p in (10, 8, 12, 9)]
+    one, two = (ladder.plan_seconds(400, ents, 2, 0.2, 2, "steps", x) for x in (1.0, 2.0))
+    levels = one - (400 - 200) / 10 - ladder.LEVEL_OVERHEAD_S  # the levels (to 100 and 200) at the trials' pace
+    assert two == pytest.approx(levels + (400 - 200) / 20 + ladder.LEVEL_OVERHEAD_S)  # the last run at twice it
+    slow, fast = ladder.auto_final(60, ents, 2, 0.2, 2, "steps"), ladder.auto_final(60, ents, 2, 0.2, 2, "steps", 2.0)
+    assert fast > slow and ladder.plan_seconds(fast, ents, 2, 0.2, 2, "steps", 2.0) <= 60 * (1 - ladder.PLAN_MARGIN)
+
+
 def test_ladder_flags_are_checked_before_anything(tmp_path):
     def config(*args):
         return config_from_args(build_parser().parse_args([*TINY, "--max-steps", "20", "--results-dir",

@@ -1,6 +1,8 @@
 """The search's schedule settings: --schedule, --cooldown-frac, --final-from, --time-budget durations and
 --final-budget auto, checked before Ray; the rungs a wsd trial branches at are ASHA's."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -75,7 +77,22 @@ def test_auto_final_budget_from_the_winners_pace(tmp_path):
     best = pd.Series({"train_spend": 80.0, "seconds": 40.0, "steps": 80})  # 2 steps a second
     # the first plan: continued, its own 80 steps, then the 150 s left at its pace (the training re-plans from its own)
     assert auto_final_budget(c, best, 150) == 80 + 300
+    # on a node of 2 trials' CPUs the final training runs at twice a trial's pace (tune.trainable.final_speedup)
+    assert auto_final_budget(c, best, 150, speedup=2.0) == 80 + 600
     assert auto_final_budget(c, best, 0) is None
+
+
+def test_the_final_trainings_first_plan_counts_the_nodes_threads(tmp_path, monkeypatch):
+    """The final training holds a whole node: its first plan (and the horizon of its learning rate) at the trial's
+    pace x the node's CPUs over a trial's; a GPU trial's share says nothing of its speed alone (x1)."""
+    import tune.trainable
+
+    monkeypatch.setattr(tune.trainable, "node_cpus", lambda: 4)
+    assert tune.trainable.final_speedup(config(tmp_path)) == 4.0
+    assert tune.trainable.final_speedup(config(tmp_path, "--cpus-per-trial", "2")) == 2.0
+    assert tune.trainable.final_speedup(config(tmp_path, "--cpus-per-trial", "8")) == 1.0  # never below a trial's
+    gpu = dataclasses.replace(config(tmp_path), gpus_per_trial=0.25, device="auto")
+    assert tune.trainable.final_speedup(gpu) == 1.0
 
 
 def test_auto_final_budget_too_small_for_one_more_step_is_none(tmp_path):

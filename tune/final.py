@@ -30,13 +30,14 @@ def final_training(config: SearchConfig, data_ref, tokenizer, trials, seconds_le
     return train_winner(config, data_ref, tokenizer, trials, seconds_left, grid)
 
 
-def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float | None:
+def auto_final_budget(config: SearchConfig, best, seconds_left: float, speedup: float = 1.0) -> float | None:
     """--final-budget auto: the final training's first plan, from the seconds left and the winner's trial's own
-    pace (its training spend over its whole run's seconds, evaluations and branches included), on top of the
-    trial's spend when it is continued. The final training then plans its length from its own speed on the node's
-    threads so that it ends within seconds_left (TrainConfig.fill_time_s); the first plan sets its evaluations'
-    spacing. None: no time for one more of its steps."""
-    pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9)
+    pace (its training spend over its whole run's seconds, evaluations and branches included) x `speedup` (the
+    final training's pace over a trial's: tune.trainable.final_speedup, the node's threads), on top of the trial's
+    spend when it is continued. The final training then plans its length from its own speed on the node's threads
+    so that it ends within seconds_left (TrainConfig.fill_time_s); the first plan sets its evaluations' spacing and
+    the horizon of its learning rate (continued_lr). None: no time for one more of its steps."""
+    pace = float(best["train_spend"]) / max(float(best["seconds"]), 1e-9) * speedup
     start = float(best["train_spend"]) if config.final_from == "continue" else 0.0
     budget = start + pace * seconds_left
     if config.budget_unit == "steps":
@@ -45,10 +46,10 @@ def auto_final_budget(config: SearchConfig, best, seconds_left: float) -> float 
     return budget if budget >= start + step and seconds_left > 0 else None
 
 
-def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) -> tuple | None:
+def plan_final(config: SearchConfig, trials, seconds_left: float | None = None, speedup: float = 1.0) -> tuple | None:
     """(the trial the final training starts from, the configuration with its final budget, the scaling choice
     (tune.scaling)): the raw winner (the best finished trial), or the scaling law's pick where its held-back error
-    says it can be trusted. None (and one line) when there is nothing to train."""
+    says it can be trusted. None (and one line) when there is nothing to train. `speedup`: auto_final_budget's."""
     final = config.experiment_dir / FINAL_DIR
     finished = trials[trials["outcome"].eq(Outcome.FINISHED)]  # a diverged trial has that outcome (tune.results)
     asked = "auto" if config.final_auto else config.budget_text(config.final_budget)
@@ -57,7 +58,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
         return None
     best = finished.iloc[0]
     if config.final_auto:
-        budget = auto_final_budget(config, best, seconds_left or 0.0)
+        budget = auto_final_budget(config, best, seconds_left or 0.0, speedup)
         if budget is None:
             print(f"\nno time left of the time budget for a final training ({seconds_left or 0:.0f} s)")
             return None
@@ -71,7 +72,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
         pick = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
         # under auto, the chosen trial's own pace sizes what fits in the seconds left
-        budget = auto_final_budget(config, pick, seconds_left or 0.0) if config.final_auto else config.final_budget
+        budget = auto_final_budget(config, pick, seconds_left or 0.0, speedup) if config.final_auto else config.final_budget
         if budget is None:
             print(f"the scaling law's pick {pick['trial_id']} has no time left for one more of its steps: "
                   f"the raw winner {best['trial_id']} is trained")
@@ -81,7 +82,7 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None) 
     if config.final_auto:
         print(f"final budget (auto): the final training fills the {seconds_left:.0f} s left, its length planned "
               f"from its own speed (first plan {config.budget_text(config.final_budget)}, at {best['trial_id']}'s "
-              f"trial pace)")
+              f"trial pace x {speedup:g}: the node's threads over a trial's)")
     return best, config, choice
 
 
@@ -91,9 +92,9 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     node; writes final/. None when there is nothing to train. `seconds_left`: what --final-budget auto may use.
     `grid`: what the search's `Tuner.fit()` returned (--final-from continue)."""
     from tune.space import HPARAMS
-    from tune.trainable import train_on_node
+    from tune.trainable import final_speedup, train_on_node
 
-    plan = plan_final(config, trials, seconds_left)
+    plan = plan_final(config, trials, seconds_left, final_speedup(config) if config.final_auto else 1.0)
     if plan is None:
         return None
     best, config, choice = plan

@@ -21,7 +21,8 @@ continues from its last checkpoint (its random streams in it), and a run that en
 only takes its branch again (a branch leaves the run's state as it was).
 
 Under `--final-budget auto` the plan fits the seconds the search leaves: F is the largest final budget whose
-levels (entrants x spend at the trials' own pace, as many at once as the cluster holds trials) and last run fit,
+levels (entrants x spend at the trials' own pace, as many at once as the cluster holds trials) and last run (on a
+whole node: the trial's pace x the node's threads over a trial's, tune.trainable.final_speedup) fit,
 printed before the ladder starts and planned again after every level from the levels' measured pace; the last run
 fills what is left (TrainConfig.fill_time_s), as the final training does without the ladder.
 """
@@ -77,10 +78,12 @@ def levels(final: float, start: float, rf: int, n: int, unit: str) -> list[tuple
     return out
 
 
-def plan_seconds(final: float, entrants: list[dict], rf: int, frac: float, slots: int, unit: str) -> float:
+def plan_seconds(final: float, entrants: list[dict], rf: int, frac: float, slots: int, unit: str,
+                 speedup: float = 1.0) -> float:
     """Seconds the ladder to `final` takes: `entrants` (best first) each {"spend": trial spend, "pace": spend a
     second}; each level runs its entrants `slots` at a time (a round as long as its slowest), each training to the
-    level's spend and branching `frac` of it; then the best trains on to `final`. Survivors are taken to be the
+    level's spend and branching `frac` of it, at its trial's pace (a trial's resources); then the best trains on to
+    `final` on a whole node, at its pace x `speedup` (tune.trainable.final_speedup). Survivors are taken to be the
     best-ranked entrants."""
     plan = levels(final, max(e["spend"] for e in entrants), rf, len(entrants), unit)
     at = [e["spend"] for e in entrants]
@@ -89,22 +92,23 @@ def plan_seconds(final: float, entrants: list[dict], rf: int, frac: float, slots
         work = sorted(((spend - at[i] + frac * spend) / entrants[i]["pace"] for i in range(n)), reverse=True)
         total += sum(work[k] for k in range(0, n, max(1, slots))) + LEVEL_OVERHEAD_S
         at[:n] = [spend] * n
-    return total + (final - at[0]) / entrants[0]["pace"] + LEVEL_OVERHEAD_S
+    return total + (final - at[0]) / (entrants[0]["pace"] * speedup) + LEVEL_OVERHEAD_S
 
 
-def auto_final(seconds: float, entrants: list[dict], rf: int, frac: float, slots: int, unit: str) -> float | None:
-    """--final-budget auto: the largest final budget whose ladder fits `seconds` (less PLAN_MARGIN); None when not
-    even one more step of the best trial's fits."""
+def auto_final(seconds: float, entrants: list[dict], rf: int, frac: float, slots: int, unit: str,
+               speedup: float = 1.0) -> float | None:
+    """--final-budget auto: the largest final budget whose ladder fits `seconds` (less PLAN_MARGIN), its last run at
+    `speedup` x the trial's pace (plan_seconds); None when not even one more step of the best trial's fits."""
     budget = seconds * (1 - PLAN_MARGIN)
     lo = entrants[0]["spend"] + entrants[0].get("step", 0.0)
-    if plan_seconds(lo, entrants[:1], rf, frac, slots, unit) > budget:
+    if plan_seconds(lo, entrants[:1], rf, frac, slots, unit, speedup) > budget:
         return None
     hi = lo * 2
-    while plan_seconds(hi, entrants, rf, frac, slots, unit) <= budget and hi < lo * 1e9:
+    while plan_seconds(hi, entrants, rf, frac, slots, unit, speedup) <= budget and hi < lo * 1e9:
         lo, hi = hi, hi * 2
     for _ in range(60):  # the seconds jump where a level is added: bisection finds the last F that fits
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if plan_seconds(mid, entrants, rf, frac, slots, unit) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if plan_seconds(mid, entrants, rf, frac, slots, unit, speedup) <= budget else (lo, mid)
     return float(int(lo)) if unit == "steps" else lo
 
 
@@ -147,9 +151,10 @@ def save_state(exp: Path, state: dict) -> None:
     write_json(exp / LADDER_FILE, state, indent=2)
 
 
-def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: int) -> dict | None:
+def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: int, speedup: float = 1.0) -> dict | None:
     """The plan from the finished trials (best first): entrants, levels, the final budget (auto: what fits the
-    seconds left) and each entrant's learning rate for that horizon. None (and one line) when nothing can climb."""
+    seconds left, the last run at `speedup` x its trial's pace) and each entrant's learning rate for that horizon.
+    None (and one line) when nothing can climb."""
     from tune.outcomes import Outcome
     from tune.space import HPARAMS
 
@@ -166,7 +171,7 @@ def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: i
              "hp": {k: r[k].item() if hasattr(r[k], "item") else r[k] for k in HPARAMS if k in r}}
             for _, r in finished.iterrows()]
     if config.final_auto:
-        final = auto_final(seconds_left or 0.0, pool, rf, frac, slots, unit)
+        final = auto_final(seconds_left or 0.0, pool, rf, frac, slots, unit, speedup)
         if final is None:
             print(f"\nno time left of the time budget for the ladder or a final training ({seconds_left or 0:.0f} s)")
             return None
@@ -181,7 +186,7 @@ def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: i
     ids = [e.pop("trial_id") for e in entrants]
     return {"unit": unit, "reduction_factor": rf, "horizon_lr_beta": beta, "horizon": final, "final_budget": final,
             "raw_winner": ids[0], "entrants": dict(zip(ids, entrants)), "steps": _steps(plan, ids),
-            "winner": None if plan else ids[0], "seconds": 0.0, "seconds_left": seconds_left, "slots": slots}
+            "winner": None if plan else ids[0], "seconds": 0.0, "seconds_left": seconds_left, "slots": slots, "speedup": speedup}
 
 
 def entrant_order(pool: list[dict]) -> list[dict]:
@@ -397,7 +402,9 @@ def run(config: SearchConfig, data_ref, tokenizer, trials, seconds_left: float |
         warm = _warm_workers(config, slots)  # measured before planning: the plan counts from after it
         seconds_left = seconds_left - warm if seconds_left is not None else None
     if state is None:
-        state = new_state(config, trials, seconds_left, slots)
+        from tune.trainable import final_speedup
+
+        state = new_state(config, trials, seconds_left, slots, final_speedup(config) if config.final_auto else 1.0)
         if state is None:
             return None
         save_state(exp, state)
@@ -481,7 +488,7 @@ def _replan(state: dict, seconds_left: float, frac: float) -> None:
     ents = [{"spend": last["spend"], "pace": state["entrants"][t]["pace"] * scale,
              "step": state["entrants"][t]["step"]} for t in alive]
     rf, unit = state["reduction_factor"], state["unit"]
-    final = auto_final(max(seconds_left, 0.0), ents, rf, frac, state["slots"], unit)
+    final = auto_final(max(seconds_left, 0.0), ents, rf, frac, state["slots"], unit, state.get("speedup", 1.0))
     final = final if final is not None else last["spend"] + ents[0]["step"]
     plan = levels(final, last["spend"], rf, len(alive), unit)
     last["kept"] = ranked[:plan[0][1] if plan else 1]  # never more than first kept: the plan's counts only shrink

@@ -153,6 +153,21 @@ def train_final(config: dict, data: TokenData, tokenizer: dict, search: SearchCo
             "status": trainer.status.value, "wall_s": time.time() - t0}
 
 
+def node_cpus() -> int:
+    """The CPUs of the cluster's largest live node: what the final training (one task on a whole node) holds."""
+    return max(int(n["Resources"].get("CPU", 1)) for n in ray.nodes() if n.get("Alive"))
+
+
+def final_speedup(config: SearchConfig) -> float:
+    """The final training's pace over a trial's, for the first plan of its length: on CPUs, the node's CPUs over a
+    trial's (its threads; measured on 2 cores, a run on both trained 1.85-1.87x a one-thread trial's FLOPs a
+    second, benchmarks/RESULTS.md "Equal wall-clock"); on a GPU 1, a trial's GPU share saying little of its speed
+    alone. Only the first plan: the final training plans its length again from its own speed (fill_time_s)."""
+    if config.gpus_per_trial > 0 and config.device != "cpu":
+        return 1.0
+    return max(1.0, node_cpus() / config.cpus_per_trial)
+
+
 def train_on_node(config: SearchConfig, data_ref, tokenizer, hp: dict, start: dict | None, dest: Path, say: str,
                   time_limit_s: float | None = None, **meta) -> dict:
     """`hp` trained to config.final_budget as one Ray task on a whole node (train_final), continued
@@ -163,8 +178,7 @@ def train_on_node(config: SearchConfig, data_ref, tokenizer, hp: dict, start: di
 
     from tune.progress import follow_final
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = max(int(n["Resources"].get("CPU", 1)) for n in nodes)
+    cpus = node_cpus()
     gpus = 1 if config.gpus_per_trial > 0 else 0
     print(f"\n{say} on one node ({cpus} CPUs" + (", 1 GPU" if gpus else "") + ")", flush=True)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=config.max_failures)(train_final)
