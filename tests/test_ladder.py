@@ -15,12 +15,14 @@ from tune.config import build_parser, config_from_args
 
 def test_levels_are_a_factor_apart_the_last_at_the_final_budget_over_rf():
     # as many levels as the finished trials fill, the highest ones: the last comparison at final / rf
-    assert ladder.levels(100, 14, 2, 4, "steps") == [(25.0, 4), (50.0, 2)]
+    assert ladder.levels(200, 14, 2, 4, "steps") == [(50.0, 4), (100.0, 2)]
     assert ladder.levels(9e9, 1e8, 3, 9, "flops") == [(1e9, 9), (3e9, 3)]
     assert ladder.levels(9e9, 1e8, 3, 5, "flops") == [(1e9, 5), (3e9, 3)]  # fewer finished: fewer at the bottom
     assert ladder.levels(30, 14, 3, 9, "steps") == []  # final / rf is below the trials' spend: no comparison left
     assert ladder.levels(100, 14, 3, 1, "steps") == []  # one finished trial: nothing to compare
-    assert ladder.levels(100, 14, 3, 9, "steps") == [(34.0, 3)]  # whole steps, never below final / rf
+    assert ladder.levels(130, 14, 3, 9, "steps") == [(44.0, 3)]  # whole steps, never below final / rf
+    # the first level a factor rf above the trials: at 34 steps (2.4x their 14) it would repeat their comparison
+    assert ladder.levels(100, 14, 3, 9, "steps") == [] and ladder.levels(126, 14, 3, 9, "steps") == [(42.0, 3)]
 
 
 def test_horizon_learning_rate():
@@ -55,9 +57,9 @@ def test_ladder_flags_are_checked_before_anything(tmp_path):
         config("--ladder", "on", "--final-budget", "100steps")  # TINY is cosine
     with pytest.raises(UserError, match="--final-budget"):
         config("--ladder", "on", "--schedule", "wsd")
-    c = config("--ladder", "on", "--schedule", "wsd", "--final-budget", "100steps", "--horizon-lr-beta", "0.2")
+    c = config("--ladder", "on", "--schedule", "wsd", "--final-budget", "300steps", "--horizon-lr-beta", "0.2")
     assert c.ladder == "on" and c.horizon_lr_beta == 0.2
-    assert ladder.announce(c).startswith("ladder: the best 3 to 34 steps, then the best to 100 steps")
+    assert ladder.announce(c).startswith("ladder: the best 3 to 100 steps, then the best to 300 steps")
 
 
 def _state(losses_at_trial: dict[str, float]) -> dict:
@@ -87,7 +89,7 @@ def planned(tmp_path):
     from tune.config import SearchConfig
 
     config = config_from_args(build_parser().parse_args(
-        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "100steps",
+        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "200steps",
          "--reduction-factor", "2", "--results-dir", str(tmp_path), "--name", "l"]))
     assert isinstance(config, SearchConfig)
     trials = _state({"a": 1.0, "b": 1.1, "c": 1.2, "d": 1.3, "e": 1.4})
@@ -96,31 +98,31 @@ def planned(tmp_path):
     return exp, ladder.new_state(config, trials, None, 2)
 
 
-# the small model "a" leads at the trial budget; "c", larger, leads from 25 steps on
-CURVES = {"a": {25.0: 0.9, 50.0: 0.85}, "b": {25.0: 0.95, 50.0: 0.9}, "c": {25.0: 0.8, 50.0: 0.7},
-          "d": {25.0: 1.0, 50.0: 0.95}}
+# the small model "a" leads at the trial budget; "c", larger, leads from 50 steps on
+CURVES = {"a": {50.0: 0.9, 100.0: 0.85}, "b": {50.0: 0.95, 100.0: 0.9}, "c": {50.0: 0.8, 100.0: 0.7},
+          "d": {50.0: 1.0, 100.0: 0.95}}
 
 
 def test_ladder_picks_the_trial_the_later_spend_favours(planned):
     exp, state = planned
     assert list(state["entrants"]) == ["a", "b", "c", "d"] and state["raw_winner"] == "a"  # the best 4 of 5
-    assert [(s["spend"], s["n"]) for s in state["steps"]] == [(25.0, 4), (50.0, 2)]
+    assert [(s["spend"], s["n"]) for s in state["steps"]] == [(50.0, 4), (100.0, 2)]
     calls = []
     winner = ladder.climb(exp, state, _fake_levels(CURVES, calls)[0])
     assert winner == "c" != state["raw_winner"]
     assert [s["kept"] for s in state["steps"]] == [["c", "a"], ["c"]]
-    assert calls == [(t, 25.0) for t in "abcd"] + [("c", 50.0), ("a", 50.0)]
+    assert calls == [(t, 50.0) for t in "abcd"] + [("c", 100.0), ("a", 100.0)]
     rec = ladder.record(state)
-    assert rec[0]["spend"] == 25.0 and rec[0]["losses"]["c"] == 0.8 and rec[1]["kept"] == ["c"]
-    # the peak learning rate for the horizon: (100 / 14)^-0.125 of the trial's
-    assert state["entrants"]["c"]["lr"] == pytest.approx(1e-3 * (100 / 14) ** -0.125)
+    assert rec[0]["spend"] == 50.0 and rec[0]["losses"]["c"] == 0.8 and rec[1]["kept"] == ["c"]
+    # the peak learning rate for the horizon: (200 / 14)^-0.125 of the trial's
+    assert state["entrants"]["c"]["lr"] == pytest.approx(1e-3 * (200 / 14) ** -0.125)
 
 
 def test_the_ladder_takes_the_best_of_each_model_before_a_second_of_any(tmp_path):
     """Entrants: the best trial of each model first (ranks swap between sizes, not between one model's learning
     rates), then the rest by loss; the trial winner stays the best trial."""
     config = config_from_args(build_parser().parse_args(
-        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "100steps",
+        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "200steps",
          "--reduction-factor", "2", "--results-dir", str(tmp_path), "--name", "l"]))
     trials = _state({"a": 1.0, "b": 1.1, "c": 1.2, "d": 1.3, "e": 1.4})
     trials.loc[trials["trial_id"].eq("d"), "n_layer"] = 2  # another model, fourth at the trial budget
@@ -138,7 +140,7 @@ def test_a_ladder_stopped_midway_continues_exactly(planned):
     resumed = ladder.load_state(exp)  # what --resume reads
     more = []
     assert ladder.climb(exp, resumed, _fake_levels(CURVES, more)[0]) == "c"
-    assert more == [("a", 50.0)]  # nothing trained twice
+    assert more == [("a", 100.0)]  # nothing trained twice
     whole = []
     fresh = ladder.new_state(*_planned_args(exp))
     ladder.climb(exp, fresh, _fake_levels(CURVES, whole)[0])
@@ -149,7 +151,7 @@ def _planned_args(exp):
     from tune.config import SearchConfig
 
     config = config_from_args(build_parser().parse_args(
-        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "100steps",
+        [*TINY, "--max-steps", "20", "--schedule", "wsd", "--ladder", "on", "--final-budget", "200steps",
          "--reduction-factor", "2", "--results-dir", str(exp.parent), "--name", "l2"]))
     assert isinstance(config, SearchConfig)
     return config, _state({"a": 1.0, "b": 1.1, "c": 1.2, "d": 1.3, "e": 1.4}), None, 2
@@ -210,22 +212,22 @@ LADDER_SEARCH = [*TINY, "--num-samples", "4", "--max-steps", "20", "--eval-inter
 
 
 def test_search_with_a_ladder_records_it_in_final_and_the_report(tmp_path):
-    proc = run_cli("tune.search", *LADDER_SEARCH, "--final-budget", "100steps", "--results-dir", str(tmp_path),
+    proc = run_cli("tune.search", *LADDER_SEARCH, "--final-budget", "200steps", "--results-dir", str(tmp_path),
                    "--name", "lad")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "lad"
-    assert "ladder: the best 4 to 25 steps, then the best 2 to 50 steps, then the best to 100 steps" in proc.stdout
+    assert "ladder: the best 4 to 50 steps, then the best 2 to 100 steps, then the best to 200 steps" in proc.stdout
     state = json.loads((exp / "ladder.json").read_text())
     meta = json.loads((exp / "final" / "config.json").read_text())
-    assert [s["spend"] for s in meta["ladder"]] == [25.0, 50.0]
+    assert [s["spend"] for s in meta["ladder"]] == [50.0, 100.0]
     assert len(meta["ladder"][0]["losses"]) == 4 and len(meta["ladder"][0]["kept"]) == 2
     assert meta["ladder"][1]["kept"] == [state["winner"]] == [meta["continued_from"]]
-    assert meta["step"] == 100 and meta["chosen_by"]["by"] == "ladder"
+    assert meta["step"] == 200 and meta["chosen_by"]["by"] == "ladder"
     assert meta["train"]["learning_rate"] == pytest.approx(meta["horizon_lr"]["lr"])
     assert meta["horizon_lr"]["lr"] < meta["horizon_lr"]["trial_lr"]
     # every ladder level's losses are the branch losses the runs recorded
     winner_step = json.loads((exp / "ladder" / state["winner"] / "ladder_step.json").read_text())
-    assert winner_step["spend"] == 50.0 and meta["ladder"][1]["losses"][state["winner"]] == winner_step["val_loss"]
+    assert winner_step["spend"] == 100.0 and meta["ladder"][1]["losses"][state["winner"]] == winner_step["val_loss"]
     report = (exp / "report.md").read_text()
     assert "## Ladder" in report and "plots/ladder.png" in report and (exp / "plots" / "ladder.png").is_file()
 

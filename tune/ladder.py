@@ -64,11 +64,14 @@ def horizon_record(trial_lr: float, trial_spend: float, horizon: float, beta: fl
 
 
 def levels(final: float, start: float, rf: int, n: int, unit: str) -> list[tuple[float, int]]:
-    """The ladder's comparisons, lowest spend first: (spend, entrants). Spends are final / rf^j above `start` (the
-    entrants' largest trial spend; whole steps for a steps budget), entrants min(n, rf^j); as many levels as the
-    `n` finished trials fill (ceil(log_rf n)), the highest ones, so the last comparison is at final / rf."""
+    """The ladder's comparisons, lowest spend first: (spend, entrants). Spends are final / rf^j, at least rf x
+    `start` (the entrants' largest trial spend; whole steps for a steps budget), entrants min(n, rf^j); as many
+    levels as the `n` finished trials fill (ceil(log_rf n)), the highest ones, so the last comparison is at
+    final / rf. The first level sits a factor rf above the trials, as ASHA's rungs sit a factor rf apart: one
+    closer repeats the trials' own end-branch comparison at almost their spend and only costs time (measured at 5
+    minutes, one at 1.27x the trials' spend: benchmarks/RESULTS.md, "Equal wall-clock, 5m ... `--ladder on`")."""
     m = 0
-    while final / rf ** (m + 1) > start * (1 + 1e-9):
+    while final / rf ** (m + 1) >= start * rf * (1 - 1e-9):
         m += 1
     m = min(m, math.ceil(math.log(n) / math.log(rf) - 1e-9)) if n > 1 else 0
     out = []
