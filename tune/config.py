@@ -192,7 +192,8 @@ class SearchConfig:
     # the ladder (tune.ladder): the best trials' stable phases continued to growing spends, the best 1/rf kept at each
     ladder: str = setting(
         "--ladder", "--final-budget under wsd: on = continue the best reduction-factor^k finished trials (the best of each model first) to growing "
-        "spends (a factor --reduction-factor apart), keeping the best 1/--reduction-factor by their cooldown-branch "
+        "spends (a factor --reduction-factor apart, the first that far above the trials'), keeping the best "
+        "1/--reduction-factor by their cooldown-branch "
         "loss at each, until one reaches the final budget (final/); off = continue the winner alone",
         default="off", choices=["on", "off"], group="budget", saved_default="off")
     horizon_lr_beta: float = setting(
