@@ -72,7 +72,8 @@ def plan_final(config: SearchConfig, trials, seconds_left: float | None = None, 
     if choice.get("chosen", best["trial_id"]) != best["trial_id"]:
         pick = trials[trials["trial_id"].eq(choice["chosen"])].iloc[0]
         # under auto, the chosen trial's own pace sizes what fits in the seconds left
-        budget = auto_final_budget(config, pick, seconds_left or 0.0, speedup) if config.final_auto else config.final_budget
+        budget = (auto_final_budget(config, pick, seconds_left or 0.0, speedup) if config.final_auto
+                  else config.final_budget)
         if budget is None:
             print(f"the scaling law's pick {pick['trial_id']} has no time left for one more of its steps: "
                   f"the raw winner {best['trial_id']} is trained")
@@ -94,6 +95,7 @@ def train_winner(config: SearchConfig, data_ref, tokenizer, trials, seconds_left
     from tune.space import HPARAMS
     from tune.trainable import final_speedup, train_on_node
 
+    # the node's pace is asked of Ray only where a plan needs it (--final-budget auto)
     plan = plan_final(config, trials, seconds_left, final_speedup(config) if config.final_auto else 1.0)
     if plan is None:
         return None

@@ -154,7 +154,8 @@ def save_state(exp: Path, state: dict) -> None:
     write_json(exp / LADDER_FILE, state, indent=2)
 
 
-def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: int, speedup: float = 1.0) -> dict | None:
+def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: int,
+              speedup: float = 1.0) -> dict | None:
     """The plan from the finished trials (best first): entrants, levels, the final budget (auto: what fits the
     seconds left, the last run at `speedup` x its trial's pace) and each entrant's learning rate for that horizon.
     None (and one line) when nothing can climb."""
@@ -189,7 +190,8 @@ def new_state(config: SearchConfig, trials, seconds_left: float | None, slots: i
     ids = [e.pop("trial_id") for e in entrants]
     return {"unit": unit, "reduction_factor": rf, "horizon_lr_beta": beta, "horizon": final, "final_budget": final,
             "raw_winner": ids[0], "entrants": dict(zip(ids, entrants)), "steps": _steps(plan, ids),
-            "winner": None if plan else ids[0], "seconds": 0.0, "seconds_left": seconds_left, "slots": slots, "speedup": speedup}
+            "winner": None if plan else ids[0], "seconds": 0.0, "seconds_left": seconds_left, "slots": slots,
+            "speedup": speedup}
 
 
 def entrant_order(pool: list[dict]) -> list[dict]:
